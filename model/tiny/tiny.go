@@ -16,7 +16,7 @@ import (
 // Config sizes the model.
 type Config struct {
 	Vocab, Hidden, Layers, Heads, FFN, MaxLen, Labels int
-	Dropout                                          float64
+	Dropout                                           float64
 }
 
 // Small is the default test size.
@@ -139,7 +139,7 @@ func (m *Model) Logits(s *torch.Scope, ids, mask torch.Tensor, train bool) torch
 
 	for l := range c.Layers {
 		pre := fmt.Sprintf("layer.%d.", l)
-		qkv := s.Linear(x, m.w(pre+"qkv.weight"), m.w(pre+"qkv.bias"))          // [B,T,3H]
+		qkv := s.Linear(x, m.w(pre+"qkv.weight"), m.w(pre+"qkv.bias"))           // [B,T,3H]
 		qkv = s.Permute(s.View(qkv, b, t, 3, nh, hd), 2, 0, 3, 1, 4)             // [3,B,nh,T,hd]
 		q, k, v := s.Select(qkv, 0, 0), s.Select(qkv, 0, 1), s.Select(qkv, 0, 2) // [B,nh,T,hd]
 		scores := s.MulScalar(s.Matmul(q, s.Transpose(k, -2, -1)), 1/math.Sqrt(float64(hd)))

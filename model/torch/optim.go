@@ -26,8 +26,8 @@ type AdamW struct {
 	Config AdamWConfig
 	Step   int64
 
-	p       *Params
-	m, v    Tensor // owned: first and second moments
+	p    *Params
+	m, v Tensor // owned: first and second moments
 }
 
 // NewAdamW allocates the moment buffers next to p's block.
