@@ -5,6 +5,9 @@ spec with json, struct, numpy and torch (no safetensors library).
                               DIR/expected.json describing their values
   oracle.py check PATH EXP    read a Go-written file or directory and compare
                               it with the values described in EXP
+  oracle.py torchsave DIR     write .bin checkpoints with torch.save (good and
+                              unsupported ones) plus DIR/expected.json
+                              ({"order": [names], "tensors": {as above}})
 
 expected.json maps tensor name -> {"dtype", "shape", "f32": [uint32 bit
 patterns of the values widened to float32 by torch]} for floating dtypes, or
@@ -202,7 +205,33 @@ def is_nan(bits):
     return (bits & 0x7F800000) == 0x7F800000 and (bits & 0x7FFFFF) != 0
 
 
+def cmd_torchsave(d):
+    """Write .bin checkpoints with torch.save itself, plus expected.json."""
+    import collections
+    sd = collections.OrderedDict()
+    for name, (t, dtype) in sample().items():
+        sd[name] = t
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    sd["shared.base"] = base
+    sd["shared.row"] = base[1]  # a view at a storage offset
+    sd["shared.tied"] = base  # tied weights: same storage twice
+    lin = torch.nn.Linear(3, 2)
+    for k, v in lin.state_dict().items():
+        sd["lin." + k] = v
+    torch.save(sd, os.path.join(d, "pytorch_model.bin"))
+    torch.save(lin, os.path.join(d, "module.bin"))
+    torch.save({"model": lin.state_dict(), "step": 3}, os.path.join(d, "nested.bin"))
+    torch.save({"w": base.t()}, os.path.join(d, "strided.bin"))
+    torch.save(sd, os.path.join(d, "legacy.bin"), _use_new_zipfile_serialization=False)
+    dt = {v: k for k, v in TORCH.items()}
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump({"order": list(sd), "tensors": {n: describe(t, dt[t.dtype]) for n, t in sd.items()}}, f)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "torchsave":
+        cmd_torchsave(sys.argv[2])
+        sys.exit(0)
     if sys.argv[1] == "write":
         cmd_write(sys.argv[2])
     elif sys.argv[1] == "check":
