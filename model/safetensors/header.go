@@ -47,6 +47,7 @@ type FormatError struct {
 	Reason string
 }
 
+// Error says what is wrong, where, and that the file must be replaced.
 func (e *FormatError) Error() string {
 	var b strings.Builder
 	b.WriteString("safetensors ")
