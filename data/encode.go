@@ -19,8 +19,8 @@ type Encoded struct {
 
 // Encode tokenizes an example, truncates it to maxLen tokens including
 // special tokens and frames it: [CLS] a [SEP] or [CLS] a [SEP] b [SEP] for
-// BERT, a or a b for GPT-2. A pair is truncated longest-first (one token at a
-// time from the longer text), as Hugging Face does by default.
+// BERT, a or a b for GPT-2. A pair is truncated longest-first, as Hugging
+// Face tokenizers do by default (see longestFirst).
 func (t *Tokenizer) Encode(ex Example, maxLen int) (Encoded, error) {
 	a, err := t.IDs(ex.Text)
 	if err != nil {
@@ -44,12 +44,9 @@ func (t *Tokenizer) Encode(ex Example, maxLen int) (Encoded, error) {
 	if budget < 1 || (hasPair && budget < 2) {
 		return Encoded{}, fmt.Errorf("max_length %d leaves no room for text after %d special tokens", maxLen, special)
 	}
-	for len(a)+len(b) > budget {
-		if len(a) >= len(b) {
-			a = a[:len(a)-1]
-		} else {
-			b = b[:len(b)-1]
-		}
+	if len(a)+len(b) > budget {
+		na, nb := longestFirst(len(a), len(b), budget)
+		a, b = a[:na], b[:nb]
 	}
 	e := Encoded{Label: ex.Label, Target: ex.Target}
 	push := func(typ int, ids ...int) {
@@ -71,6 +68,33 @@ func (t *Tokenizer) Encode(ex Example, maxLen int) (Encoded, error) {
 		push(1, b...)
 	}
 	return e, nil
+}
+
+// longestFirst returns the lengths a pair of n1 and n2 tokens is cut to so
+// that it fits target, following the tokenizers crate (truncate_encodings,
+// LongestFirst): the shorter text is kept whole if the longer can absorb the
+// cut; otherwise both get half, the originally longer one the odd token.
+func longestFirst(n1, n2, target int) (int, int) {
+	if n1+n2 <= target {
+		return n1, n2
+	}
+	swap := n1 > n2
+	if swap {
+		n1, n2 = n2, n1
+	}
+	if n1 > target {
+		n2 = n1
+	} else {
+		n2 = max(n1, target-n1)
+	}
+	if n1+n2 > target {
+		n1 = target / 2
+		n2 = n1 + target%2
+	}
+	if swap {
+		n1, n2 = n2, n1
+	}
+	return n1, n2
 }
 
 // EncodeAll encodes a dataset once, for the coordinator to slice into batches.
