@@ -1,0 +1,324 @@
+// Package config is ringtune's typed configuration: one struct with a
+// documented field per setting, the defaults, and a validation that names the
+// offending key path. Load reads it from a YAML file, RINGTUNE_* environment
+// variables and command-line flags, in increasing order of precedence.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole configuration of a training run. The coordinator loads
+// it; nodes receive the parts they need over the network.
+type Config struct {
+	Cluster    ClusterConfig    `mapstructure:"cluster"`
+	Model      ModelConfig      `mapstructure:"model"`
+	Data       DataConfig       `mapstructure:"data"`
+	Train      TrainConfig      `mapstructure:"train"`
+	AllReduce  AllReduceConfig  `mapstructure:"allreduce"`
+	Checkpoint CheckpointConfig `mapstructure:"checkpoint"`
+	Metrics    MetricsConfig    `mapstructure:"metrics"`
+	Output     OutputConfig     `mapstructure:"output"`
+}
+
+// ClusterConfig controls membership: the gossip layer and the control plane.
+type ClusterConfig struct {
+	// Bind is the host:port the gossip (memberlist) listener binds to.
+	Bind string `mapstructure:"bind"`
+
+	// Advertise is the host:port other members use to reach this process's
+	// gossip listener. Empty means the bind address (or, for 0.0.0.0, the
+	// first private address memberlist finds); set it behind NAT.
+	Advertise string `mapstructure:"advertise"`
+
+	// GRPC is the host:port of the coordinator's control-plane gRPC server.
+	GRPC string `mapstructure:"grpc"`
+
+	// KeyFile holds the cluster key that encrypts gossip and from which RPC
+	// tokens are derived. Empty disables encryption and authentication, which
+	// is only acceptable on a single trusted machine.
+	KeyFile string `mapstructure:"key_file"`
+
+	// MinNodes is the number of settled nodes the coordinator waits for before
+	// forming the first world.
+	MinNodes int `mapstructure:"min_nodes"`
+
+	// MaxNodes caps the world size; nodes beyond it wait as spares.
+	MaxNodes int `mapstructure:"max_nodes"`
+
+	// Settle is how long membership must stay unchanged before the
+	// coordinator forms a world, so that a burst of joins forms one
+	// generation rather than many.
+	Settle time.Duration `mapstructure:"settle"`
+
+	// Label names the cluster; members with a different label are refused, so
+	// two runs on one network cannot merge by accident.
+	Label string `mapstructure:"label"`
+}
+
+// Model tasks.
+const (
+	TaskClassification = "classification"
+	TaskRegression     = "regression"
+	TaskCausalLM       = "causal_lm"
+)
+
+// Model initialisations.
+const (
+	InitPretrained = "pretrained"
+	InitRandom     = "random"
+)
+
+// ModelConfig names the model and what it is trained for.
+type ModelConfig struct {
+	// Path is a Hugging Face model directory (config.json, weights,
+	// tokenizer files). Relative paths are resolved against the config file.
+	Path string `mapstructure:"path"`
+
+	// Task is classification, regression or causal_lm; it decides the head,
+	// the loss and how labels are read.
+	Task string `mapstructure:"task"`
+
+	// NumLabels is the size of the classification head. Zero means derive it:
+	// len(labels) (or 2) for classification, 1 for regression, unused for
+	// causal_lm.
+	NumLabels int `mapstructure:"num_labels"`
+
+	// Labels names the classes in id order; a dataset may then give labels as
+	// these strings. Optional; when set its length must equal num_labels.
+	Labels []string `mapstructure:"labels"`
+
+	// Init is pretrained (load the weights under path) or random (build the
+	// architecture from path/config.json with random initialisation, for
+	// when no pretrained weights are available).
+	Init string `mapstructure:"init"`
+}
+
+// Data formats.
+const (
+	FormatJSONL = "jsonl"
+	FormatCSV   = "csv"
+	FormatTSV   = "tsv"
+)
+
+// DataConfig says where the dataset is and how to read and tokenize it.
+type DataConfig struct {
+	// TrainFile is the training set. Relative to the config file.
+	TrainFile string `mapstructure:"train_file"`
+
+	// EvalFile is the evaluation set; empty skips evaluation.
+	EvalFile string `mapstructure:"eval_file"`
+
+	// Format is jsonl, csv or tsv. Empty means infer it from train_file's
+	// extension (.jsonl/.json, .csv, .tsv).
+	Format string `mapstructure:"format"`
+
+	// TextField is the column or JSON key holding the text.
+	TextField string `mapstructure:"text_field"`
+
+	// TextPairField, when set, holds the second text of a pair task
+	// (entailment, similarity); it is encoded as [CLS] a [SEP] b [SEP].
+	TextPairField string `mapstructure:"text_pair_field"`
+
+	// LabelField holds the label: an integer class id, a class name from
+	// model.labels, or a number for regression. Ignored for causal_lm.
+	LabelField string `mapstructure:"label_field"`
+
+	// MaxLength truncates every encoded example to this many tokens,
+	// special tokens included. Batches are padded to their longest example.
+	MaxLength int `mapstructure:"max_length"`
+
+	// Tokenizer is a file (tokenizer.json, vocab.txt, vocab.json) or a
+	// directory holding one. Empty means model.path.
+	Tokenizer string `mapstructure:"tokenizer"`
+}
+
+// Optimizers, schedules, precisions and wire formats.
+const (
+	OptimizerAdamW = "adamw"
+	OptimizerSGD   = "sgd"
+
+	ScheduleConstant = "constant"
+	ScheduleLinear   = "linear"
+	ScheduleCosine   = "cosine"
+
+	PrecisionFP32 = "fp32"
+	PrecisionBF16 = "bf16"
+)
+
+// TrainConfig holds the optimisation settings.
+//
+// Batching: global_batch samples make one optimizer step whatever the world
+// size. Each of the W ranks gets global_batch/W samples (the first
+// global_batch%W ranks one more) and runs them in ceil(share/micro_batch)
+// micro-batches, accumulating gradients; the accumulation count is thus
+// derived at run time from the world size, which may change after a failure,
+// and never changes the update. Hence global_batch must be at least
+// micro_batch and at least cluster.min_nodes, but need not be a multiple of
+// either.
+type TrainConfig struct {
+	// Epochs is the number of passes over the training set.
+	Epochs int `mapstructure:"epochs"`
+
+	// MaxSteps, when > 0, stops training after this many optimizer steps,
+	// even mid-epoch.
+	MaxSteps int `mapstructure:"max_steps"`
+
+	// GlobalBatch is the number of samples per optimizer step, summed over
+	// all ranks.
+	GlobalBatch int `mapstructure:"global_batch"`
+
+	// MicroBatch is the most samples a rank puts through one forward and
+	// backward pass; it bounds device memory.
+	MicroBatch int `mapstructure:"micro_batch"`
+
+	// Optimizer is adamw or sgd.
+	Optimizer string `mapstructure:"optimizer"`
+
+	// LR is the peak learning rate.
+	LR float64 `mapstructure:"lr"`
+
+	// Schedule is the learning-rate schedule after warm-up: constant,
+	// linear (decay to 0) or cosine (decay to 0).
+	Schedule string `mapstructure:"schedule"`
+
+	// WarmupSteps ramps the learning rate linearly from 0 over this many
+	// steps. Set at most one of warmup_steps and warmup_ratio.
+	WarmupSteps int `mapstructure:"warmup_steps"`
+
+	// WarmupRatio is warm-up as a fraction of the total steps, in [0, 1).
+	WarmupRatio float64 `mapstructure:"warmup_ratio"`
+
+	// WeightDecay is decoupled (AdamW) or L2 (SGD) weight decay; biases and
+	// LayerNorm weights are exempt.
+	WeightDecay float64 `mapstructure:"weight_decay"`
+
+	// Betas are AdamW's two moment decay rates, each in [0, 1).
+	Betas []float64 `mapstructure:"betas"`
+
+	// Eps is AdamW's denominator epsilon.
+	Eps float64 `mapstructure:"eps"`
+
+	// Momentum is SGD's momentum, in [0, 1).
+	Momentum float64 `mapstructure:"momentum"`
+
+	// MaxGradNorm clips the global gradient norm; 0 disables clipping.
+	MaxGradNorm float64 `mapstructure:"max_grad_norm"`
+
+	// Seed drives weight initialisation, data order and dropout; the same
+	// seed gives the same run.
+	Seed int64 `mapstructure:"seed"`
+
+	// Precision is the compute precision on the nodes: fp32 or bf16.
+	Precision string `mapstructure:"precision"`
+
+	// Threads is libtorch's intra-op thread count per node; 0 lets libtorch
+	// choose.
+	Threads int `mapstructure:"threads"`
+
+	// DropLast drops the last, short global batch of an epoch instead of
+	// filling it by repeating samples from the start of the epoch.
+	DropLast bool `mapstructure:"drop_last"`
+
+	// EvalEvery evaluates every this many steps; 0 evaluates at epoch ends
+	// only.
+	EvalEvery int `mapstructure:"eval_every"`
+
+	// DigestEvery compares parameter digests across ranks every this many
+	// steps; 0 disables the check.
+	DigestEvery int `mapstructure:"digest_every"`
+}
+
+// AllReduceConfig tunes the gradient ring.
+type AllReduceConfig struct {
+	// ChunkBytes is the size of one streamed gradient chunk.
+	ChunkBytes int `mapstructure:"chunk_bytes"`
+
+	// Wire is the element type on the wire: fp32, or bf16 to halve traffic
+	// at some precision cost.
+	Wire string `mapstructure:"wire"`
+
+	// Timeout bounds one all-reduce; a peer silent for longer is declared
+	// failed and a new generation is formed.
+	Timeout time.Duration `mapstructure:"timeout"`
+}
+
+// CheckpointConfig controls periodic checkpoints.
+type CheckpointConfig struct {
+	// Dir receives checkpoints. Relative to the config file.
+	Dir string `mapstructure:"dir"`
+
+	// Every writes a checkpoint every this many committed steps; 0 writes
+	// only the final one.
+	Every int `mapstructure:"every"`
+
+	// Keep is how many recent checkpoints to keep; older ones are deleted.
+	Keep int `mapstructure:"keep"`
+}
+
+// MetricsConfig controls the coordinator's observability endpoints.
+type MetricsConfig struct {
+	// Address serves Prometheus metrics at /metrics; empty disables it.
+	Address string `mapstructure:"address"`
+
+	// Dashboard serves the live dashboard; empty disables it.
+	Dashboard string `mapstructure:"dashboard"`
+}
+
+// OutputConfig says where the final model goes.
+type OutputConfig struct {
+	// Dir receives the final Hugging Face–compatible model directory.
+	Dir string `mapstructure:"dir"`
+}
+
+// Default returns the configuration used for every key the file, the
+// environment and the flags leave unset. It is not valid on its own: model.path
+// and data.train_file have no sensible default.
+func Default() *Config {
+	return &Config{
+		Cluster: ClusterConfig{
+			Bind:     "0.0.0.0:7946",
+			GRPC:     "0.0.0.0:7947",
+			MinNodes: 1,
+			MaxNodes: 64,
+			Settle:   5 * time.Second,
+			Label:    "ringtune",
+		},
+		Model: ModelConfig{
+			Task: TaskClassification,
+			Init: InitPretrained,
+		},
+		Data: DataConfig{
+			TextField:  "text",
+			LabelField: "label",
+			MaxLength:  128,
+		},
+		Train: TrainConfig{
+			Epochs:      3,
+			GlobalBatch: 32,
+			MicroBatch:  8,
+			Optimizer:   OptimizerAdamW,
+			LR:          5e-5,
+			Schedule:    ScheduleLinear,
+			WeightDecay: 0.01,
+			Betas:       []float64{0.9, 0.999},
+			Eps:         1e-8,
+			MaxGradNorm: 1.0,
+			Seed:        42,
+			Precision:   PrecisionFP32,
+			DigestEvery: 50,
+		},
+		AllReduce: AllReduceConfig{
+			ChunkBytes: 4 << 20,
+			Wire:       PrecisionFP32,
+			Timeout:    60 * time.Second,
+		},
+		Checkpoint: CheckpointConfig{
+			Dir:  "checkpoints",
+			Keep: 2,
+		},
+		Output: OutputConfig{
+			Dir: "output",
+		},
+	}
+}

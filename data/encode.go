@@ -1,0 +1,189 @@
+package data
+
+import (
+	"fmt"
+)
+
+// IgnoreIndex marks label positions the loss skips (torch's
+// CrossEntropyLoss ignore_index default).
+const IgnoreIndex = -100
+
+// Encoded is one example as token ids, truncated and framed with special
+// tokens but not padded; padding happens per batch in Collate.
+type Encoded struct {
+	IDs     []int
+	TypeIDs []int // 0 for the first text, 1 for the pair
+	Label   int
+	Target  float64
+}
+
+// Encode tokenizes an example, truncates it to maxLen tokens including
+// special tokens and frames it: [CLS] a [SEP] or [CLS] a [SEP] b [SEP] for
+// BERT, a or a b for GPT-2. A pair is truncated longest-first, as Hugging
+// Face tokenizers do by default (see longestFirst).
+func (t *Tokenizer) Encode(ex Example, maxLen int) (Encoded, error) {
+	a, err := t.IDs(ex.Text)
+	if err != nil {
+		return Encoded{}, err
+	}
+	var b []int
+	hasPair := ex.TextPair != ""
+	if hasPair {
+		if b, err = t.IDs(ex.TextPair); err != nil {
+			return Encoded{}, err
+		}
+	}
+	special := 0
+	if t.style == StyleBERT {
+		special = 2
+		if hasPair {
+			special = 3
+		}
+	}
+	budget := maxLen - special
+	if budget < 1 || (hasPair && budget < 2) {
+		return Encoded{}, fmt.Errorf("max_length %d leaves no room for text after %d special tokens", maxLen, special)
+	}
+	if len(a)+len(b) > budget {
+		na, nb := longestFirst(len(a), len(b), budget)
+		a, b = a[:na], b[:nb]
+	}
+	e := Encoded{Label: ex.Label, Target: ex.Target}
+	push := func(typ int, ids ...int) {
+		e.IDs = append(e.IDs, ids...)
+		for range ids {
+			e.TypeIDs = append(e.TypeIDs, typ)
+		}
+	}
+	if t.style == StyleBERT {
+		push(0, t.CLS)
+		push(0, a...)
+		push(0, t.SEP)
+		if hasPair {
+			push(1, b...)
+			push(1, t.SEP)
+		}
+	} else {
+		push(0, a...)
+		push(1, b...)
+	}
+	return e, nil
+}
+
+// longestFirst returns the lengths a pair of n1 and n2 tokens is cut to so
+// that it fits target, following the tokenizers crate (truncate_encodings,
+// LongestFirst): the shorter text is kept whole if the longer can absorb the
+// cut; otherwise both get half, the originally longer one the odd token.
+func longestFirst(n1, n2, target int) (int, int) {
+	if n1+n2 <= target {
+		return n1, n2
+	}
+	swap := n1 > n2
+	if swap {
+		n1, n2 = n2, n1
+	}
+	if n1 > target {
+		n2 = n1
+	} else {
+		n2 = max(n1, target-n1)
+	}
+	if n1+n2 > target {
+		n1 = target / 2
+		n2 = n1 + target%2
+	}
+	if swap {
+		n1, n2 = n2, n1
+	}
+	return n1, n2
+}
+
+// EncodeAll encodes a dataset once, for the coordinator to slice into batches.
+// An error names the example's line in name.
+func (t *Tokenizer) EncodeAll(name string, exs []Example, maxLen int) ([]Encoded, error) {
+	out := make([]Encoded, len(exs))
+	for i, ex := range exs {
+		e, err := t.Encode(ex, maxLen)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", name, ex.Line, err)
+		}
+		out[i] = e
+	}
+	return out, nil
+}
+
+// Batch is a collated batch as flat row-major arrays of shape (Size, Seq),
+// ready to become libtorch tensors without copying.
+type Batch struct {
+	Size, Seq     int
+	InputIDs      []int64 // (Size, Seq), padded with the tokenizer's pad id
+	AttentionMask []int64 // (Size, Seq), 1 for tokens, 0 for padding
+	TokenTypeIDs  []int64 // (Size, Seq), 0 first text, 1 pair, 0 padding
+	// Labels is (Size) class ids for classification, or (Size, Seq) token
+	// ids for causal LM with IgnoreIndex on padding; nil for regression.
+	Labels []int64
+	// Targets is (Size) values for regression; nil otherwise.
+	Targets []float32
+	// Tokens counts the non-padding tokens, the divisor of a causal-LM loss
+	// summed over ranks.
+	Tokens int
+}
+
+// Collate pads items to the longest among them (dynamic padding; Encode has
+// already capped each at max_length) and lays them out as a Batch for task.
+// For causal LM the labels are the input ids themselves; the model shifts
+// them when computing the loss, as Hugging Face's models do.
+func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
+	if len(items) == 0 {
+		return nil, fmt.Errorf("collate: empty batch")
+	}
+	seq := 0
+	for _, it := range items {
+		seq = max(seq, len(it.IDs))
+	}
+	if seq == 0 {
+		return nil, fmt.Errorf("collate: every example encodes to zero tokens")
+	}
+	n := len(items)
+	b := &Batch{
+		Size: n, Seq: seq,
+		InputIDs:      make([]int64, n*seq),
+		AttentionMask: make([]int64, n*seq),
+		TokenTypeIDs:  make([]int64, n*seq),
+	}
+	switch task {
+	case Classification:
+		b.Labels = make([]int64, n)
+	case Regression:
+		b.Targets = make([]float32, n)
+	case CausalLM:
+		b.Labels = make([]int64, n*seq)
+	default:
+		return nil, fmt.Errorf("collate: unknown task %q", task)
+	}
+	for i, it := range items {
+		row := i * seq
+		for j := 0; j < seq; j++ {
+			if j < len(it.IDs) {
+				b.InputIDs[row+j] = int64(it.IDs[j])
+				b.AttentionMask[row+j] = 1
+				b.TokenTypeIDs[row+j] = int64(it.TypeIDs[j])
+			} else {
+				b.InputIDs[row+j] = int64(padID)
+			}
+			if task == CausalLM {
+				b.Labels[row+j] = IgnoreIndex
+				if j < len(it.IDs) {
+					b.Labels[row+j] = int64(it.IDs[j])
+				}
+			}
+		}
+		b.Tokens += len(it.IDs)
+		switch task {
+		case Classification:
+			b.Labels[i] = int64(it.Label)
+		case Regression:
+			b.Targets[i] = float32(it.Target)
+		}
+	}
+	return b, nil
+}
