@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# ringtune setup: installs what the build, the tests and the demo need, and
+# checks that libtorch really runs on OpenBLAS. Idempotent: a second run only
+# checks. Safe to run as often as you like (the Makefile runs it first).
+#
+#   scripts/setup.sh                 Debian/Ubuntu: apt packages (libtorch-dev
+#                                    1.13 CPU, OpenBLAS, python3-torch for the
+#                                    test oracle), Go modules, demo data.
+#   scripts/setup.sh --check         only check; print what is missing and
+#                                    exit 1 instead of installing.
+#   scripts/setup.sh --libtorch DIR  GPU hosts: build against an official
+#                                    libtorch 2.1 (CUDA) unpacked at DIR
+#                                    (also: LIBTORCH=DIR scripts/setup.sh).
+#   scripts/setup.sh --libtorch DIR --download-libtorch [--cuda cu121]
+#                                    download it from pytorch.org into DIR
+#                                    first (only when asked).
+#   scripts/setup.sh --no-data       skip fetching the demo dataset.
+#
+# The --libtorch path is UNTESTED in this project's CI (no GPU and no
+# pytorch.org there): it is written to work and documented as such.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+say() { echo "setup: $*" >&2; }
+die() { echo "setup: error: $*" >&2; exit 1; }
+
+check_only=0
+libtorch=${LIBTORCH:-}
+download=0
+cuda=cu121
+fetch_data=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --check) check_only=1 ;;
+    --libtorch) [ $# -ge 2 ] || die "--libtorch needs a directory"; libtorch=$2; shift ;;
+    --libtorch=*) libtorch=${1#--libtorch=} ;;
+    --download-libtorch) download=1 ;;
+    --cuda) [ $# -ge 2 ] || die "--cuda needs a value such as cu121"; cuda=$2; shift ;;
+    --no-data) fetch_data=0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) die "unknown option '$1' (see scripts/setup.sh --help)" ;;
+  esac
+  shift
+done
+
+t0=$(date +%s)
+
+# --- Go ------------------------------------------------------------------
+need_go=1.26
+if ! command -v go >/dev/null 2>&1; then
+  die "Go is not installed. Install Go $need_go or newer (https://go.dev/dl/) and put it on PATH."
+fi
+gov=$(go env GOVERSION | sed 's/^go//')
+if [ "$(printf '%s\n%s\n' "$need_go" "$gov" | sort -V | head -1)" != "$need_go" ]; then
+  die "Go $gov is too old: ringtune needs Go $need_go or newer (https://go.dev/dl/)."
+fi
+say "Go $gov"
+
+# --- system packages --------------------------------------------------------
+# Where the system libtorch lives; the tests point these elsewhere to check
+# the message a machine without libtorch gets.
+torch_inc=${RINGTUNE_TORCH_INCLUDE:-/usr/include/torch/csrc/api/include/torch/torch.h}
+torch_lib=${RINGTUNE_TORCH_LIB:-/usr/lib/x86_64-linux-gnu/libtorch_cpu.so}
+pkgs=(libtorch-dev libopenblas0-pthread python3-torch python3-numpy)
+# Tools that may come from elsewhere than apt (a Node.js install, say):
+# install Debian's package only when the command is missing.
+command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+
+missing_pkgs() {
+  local p miss=()
+  for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || miss+=("$p")
+  done
+  echo "${miss[@]:-}"
+}
+
+if [ -n "$libtorch" ] && [ "$libtorch" != system ]; then
+  # Official libtorch build (GPU hosts). UNTESTED here.
+  if [ "$download" = 1 ] && [ ! -f "$libtorch/lib/libtorch_cpu.so" ]; then
+    url="https://download.pytorch.org/libtorch/$cuda/libtorch-cxx11-abi-shared-with-deps-2.1.0%2B$cuda.zip"
+    [ "$check_only" = 1 ] && die "libtorch is not at $libtorch (run without --check to download it)"
+    command -v unzip >/dev/null || die "unzip is needed to unpack libtorch: apt-get install unzip"
+    say "downloading libtorch 2.1.0+$cuda from $url"
+    tmp=$(mktemp -d)
+    curl -fL --retry 3 -o "$tmp/libtorch.zip" "$url" || die "download of $url failed"
+    mkdir -p "$libtorch"
+    unzip -q "$tmp/libtorch.zip" -d "$tmp" && cp -a "$tmp/libtorch/." "$libtorch/"
+    rm -rf "$tmp"
+  fi
+  [ -f "$libtorch/lib/libtorch_cpu.so" ] || die "no libtorch at '$libtorch' (expected $libtorch/lib/libtorch_cpu.so). Unpack an official libtorch 2.1 build there, or add --download-libtorch."
+  [ -f "$libtorch/include/torch/csrc/api/include/torch/torch.h" ] || die "'$libtorch' has no C++ headers (include/torch/csrc/api/include/torch/torch.h): use the cxx11-abi 'shared-with-deps' libtorch build."
+  ver=$(sed -n 's/^#define TORCH_VERSION "\(.*\)"/\1/p' "$libtorch/include/torch/csrc/api/include/torch/version.h" 2>/dev/null || true)
+  case "$ver" in 2.1*) ;; *) say "warning: libtorch at $libtorch reports version '${ver:-unknown}'; gotch v0.9.1 targets 2.1" ;; esac
+  mkdir -p .build && echo "$libtorch" > .build/libtorch-path
+  say "using libtorch ${ver:-?} at $libtorch (recorded in .build/libtorch-path)"
+else
+  rm -f .build/libtorch-path
+  miss=$(missing_pkgs)
+  if [ ! -f "$torch_inc" ] || [ ! -f "$torch_lib" ] || [ -n "$miss" ]; then
+    if [ "$check_only" = 1 ] || ! command -v apt-get >/dev/null 2>&1; then
+      msg="libtorch or its companions are missing"
+      [ ! -f "$torch_inc" ] && msg="$msg; no libtorch headers at $torch_inc"
+      [ ! -f "$torch_lib" ] && msg="$msg; no libtorch library at $torch_lib"
+      [ -n "$miss" ] && msg="$msg; missing packages: $miss"
+      die "$msg. Install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]} (Debian 12 / Ubuntu), or on other systems unpack an official libtorch 2.1 and run scripts/setup.sh --libtorch DIR"
+    fi
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    say "installing ${miss:-libtorch-dev} with apt-get (libtorch 1.13 CPU, OpenBLAS, PyTorch for the test oracle)"
+    t1=$(date +%s)
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    say "apt-get took $(( $(date +%s) - t1 ))s"
+    [ -f "$torch_inc" ] || die "apt-get finished but $torch_inc is still missing"
+  fi
+  say "libtorch $(dpkg-query -W -f='${Version}' libtorch-dev) (Debian, CPU)"
+  # Debian's libtorch links libblas.so.3; only OpenBLAS behind that name makes
+  # matrix products fast (the reference BLAS is ~5x slower end to end).
+  blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
+  case "$blas" in
+    *openblas*) say "libblas.so.3 -> $blas (OpenBLAS)" ;;
+    *)
+      [ "$check_only" = 1 ] && die "libblas.so.3 resolves to '$blas', not OpenBLAS: sudo update-alternatives --set libblas.so.3-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+      say "pointing libblas.so.3 at OpenBLAS"
+      sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+      $sudo update-alternatives --set libblas.so.3-x86_64-linux-gnu /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 >/dev/null
+      ;;
+  esac
+fi
+
+# --- Go modules -------------------------------------------------------------
+t1=$(date +%s)
+go mod download
+go mod verify >/dev/null || die "go mod verify failed: a module in the cache was modified; run 'go clean -modcache' and retry"
+say "Go modules downloaded and verified in $(( $(date +%s) - t1 ))s"
+
+# --- build gotch and check libtorch at run time ------------------------------
+# shellcheck source=scripts/env.sh
+. scripts/env.sh
+t1=$(date +%s)
+say "building the torch layer (a cold build of gotch takes 3-6 minutes; later builds are cached)"
+go build -o .build/torchinfo ./internal/torchinfo
+say "built in $(( $(date +%s) - t1 ))s"
+.build/torchinfo || die "libtorch does not run: see the message above"
+
+# --- demo data ---------------------------------------------------------------
+if [ "$fetch_data" = 1 ]; then
+  if [ "$check_only" = 1 ]; then
+    [ -s .data/sentiment/train.jsonl ] || die "demo data missing: run scripts/fetch-data.sh"
+  else
+    scripts/fetch-data.sh
+  fi
+fi
+
+say "done in $(( $(date +%s) - t0 ))s"
