@@ -44,6 +44,9 @@ type inMsg struct {
 	hdr  header
 	want *header
 	sink *sink
+	// resolve, if set, fills want and sink once a message has arrived (it
+	// may wait for the caller to start the operation the message is for).
+	resolve func() error
 }
 
 func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
@@ -84,6 +87,11 @@ func (m *inMsg) decode(data mem.BufferSlice) error {
 			return fmt.Errorf("hello carries %d payload bytes, want none", total)
 		}
 		return nil
+	}
+	if m.resolve != nil {
+		if err := m.resolve(); err != nil {
+			return err
+		}
 	}
 	if err := checkData(h, *m.want); err != nil {
 		return err

@@ -24,6 +24,9 @@ const maxInFlight = 4096
 // never pools buffers below 1 KiB, so smaller payloads are copied.
 const zeroCopyMin = 4 << 10
 
+// closeGrace bounds how long Close waits for the right neighbour to drain.
+const closeGrace = 2 * time.Second
+
 // ErrClosed is the cause of errors of operations cut short by Close.
 var ErrClosed = errors.New("ring closed")
 
@@ -44,13 +47,19 @@ type Ring struct {
 	once   sync.Once
 	err    error // set before dead is closed
 
-	mu      sync.Mutex
-	closed  bool
-	nextSeq uint64
-	pending map[uint64]*Op
-	sendQ   chan *Op
-	recvQ   chan *Op
-	hasLeft bool
+	mu       sync.Mutex
+	closed   bool
+	nextSeq  uint64
+	pending  map[uint64]*Op
+	sendQ    chan *Op
+	recvQ    chan *Op
+	hasLeft  bool
+	leftGone bool // the left neighbour closed its stream cleanly
+	last     *Op  // most recently started operation
+
+	closing   atomic.Bool
+	connected atomic.Bool   // the stream to the right neighbour is open
+	graceDone chan struct{} // closed by sendLoop after a clean CloseSend
 
 	wg sync.WaitGroup
 }
@@ -67,10 +76,11 @@ func New(cfg Config) (*Ring, error) {
 	r := &Ring{
 		cfg: cfg, size: size,
 		left: mod(cfg.Rank-1, size), right: mod(cfg.Rank+1, size),
-		dead:    make(chan struct{}),
-		pending: map[uint64]*Op{},
-		sendQ:   make(chan *Op, maxInFlight),
-		recvQ:   make(chan *Op, maxInFlight),
+		dead:      make(chan struct{}),
+		graceDone: make(chan struct{}),
+		pending:   map[uint64]*Op{},
+		sendQ:     make(chan *Op, maxInFlight),
+		recvQ:     make(chan *Op, maxInFlight),
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if size == 1 {
@@ -164,6 +174,26 @@ func (r *Ring) fail(err error) {
 // Close breaks the ring (pending operations fail with ErrClosed), stops its
 // server or detaches from the shared one, and waits for its goroutines.
 func (r *Ring) Close() error {
+	r.mu.Lock()
+	// A healthy idle ring half-closes its stream and waits for the right
+	// neighbour to read to the end: otherwise the tail of the last
+	// operation, still in gRPC's write buffer, could be cut off.
+	graceful := r.size > 1 && !r.closed && r.Err() == nil && len(r.pending) == 0 && r.connected.Load()
+	r.closed = true
+	r.closing.Store(true)
+	if graceful {
+		r.sendQ <- nil
+	}
+	r.mu.Unlock()
+	if graceful {
+		t := time.NewTimer(closeGrace)
+		select {
+		case <-r.graceDone:
+		case <-r.dead:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	r.fail(fmt.Errorf("allreduce: %s: %w", r.who(), ErrClosed))
 	r.shutdown()
 	return nil
@@ -216,6 +246,9 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 	if r.closed {
 		return nil, fmt.Errorf("allreduce: %s: %w", r.who(), ErrClosed)
 	}
+	if r.leftGone {
+		return nil, fmt.Errorf("allreduce: %s: left neighbour %s closed the ring; form a new generation", r.who(), r.peer(r.left))
+	}
 	op := &Op{r: r, seq: r.nextSeq, buf: buf, done: make(chan struct{}), progress: make(chan struct{})}
 	r.nextSeq++
 	if r.size == 1 {
@@ -227,6 +260,9 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 	}
 	op.plan = newPlan(len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
 	op.remaining.Store(int64(op.plan.totalRecv() + op.plan.totalSend() + 1))
+	if len(buf) == 0 {
+		op.remaining.Store(1)
+	}
 	deadline := time.Now().Add(r.cfg.Timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -243,6 +279,19 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 		r.fail(fmt.Errorf("allreduce: %s: operation %d: caller's context ended: %w", r.who(), op.seq, context.Cause(ctx)))
 	})
 	r.pending[op.seq] = op
+	prev := r.last
+	r.last = op
+	if len(buf) == 0 {
+		// Nothing to move on any rank; it just completes after its
+		// predecessor, keeping completion in start order.
+		r.wg.Go(func() {
+			if prev != nil {
+				<-prev.done
+			}
+			op.partDone()
+		})
+		return op, nil
+	}
 	r.sendQ <- op
 	r.recvQ <- op
 	return op, nil
@@ -379,15 +428,29 @@ func (r *Ring) sendLoop() {
 		defer close(recvDone)
 		var in inMsg
 		err := stream.RecvMsg(&in)
+		if errors.Is(err, io.EOF) && r.closing.Load() {
+			return // the right neighbour read our half-close: clean end
+		}
 		if err == nil {
 			err = errors.New("unexpected message on the return path")
 		}
 		r.fail(fmt.Errorf("allreduce: %s: right neighbour %s ended the ring stream: %w", r.who(), r.peer(r.right), err))
 	})
 	err = stream.SendMsg(&outMsg{hdr: hb})
+	r.connected.Store(err == nil)
 	for err == nil {
 		select {
 		case op := <-r.sendQ:
+			if op == nil { // Close: half-close and let the neighbour drain
+				if err := stream.CloseSend(); err == nil {
+					select {
+					case <-recvDone:
+					case <-r.dead:
+					}
+				}
+				close(r.graceDone)
+				return
+			}
 			err = r.sendOp(stream, op)
 		case <-r.dead:
 			return
@@ -466,56 +529,77 @@ func (r *Ring) serveLeft(ss grpc.ServerStream, hello header) error {
 	r.mu.Unlock()
 	select {
 	case err := <-errc:
-		if err != nil {
-			r.fail(err)
+		if err == nil {
+			return nil // clean half-close by the left neighbour
 		}
+		r.fail(err)
 	case <-r.dead:
 	}
 	// Returning ends the stream; the left neighbour sees why.
 	return status.Error(codes.Aborted, r.Err().Error())
 }
 
+// recvLoop reads the left neighbour's stream for the ring's lifetime. It is
+// always inside RecvMsg, so a clean half-close is seen even when idle; the
+// operation a message belongs to is looked up once its header has arrived.
 func (r *Ring) recvLoop(ss grpc.ServerStream) error {
-	for {
-		select {
-		case op := <-r.recvQ:
-			if err := r.recvOp(ss, op); err != nil {
-				return err
-			}
-		case <-r.dead:
-			return nil
-		}
-	}
-}
-
-func (r *Ring) recvOp(ss grpc.ServerStream, op *Op) error {
-	p := op.plan
 	wire := r.cfg.Wire
-	var in inMsg
-	var want header
-	var sk sink
-	in.want, in.sink = &want, &sk
-	for t := 0; t < p.steps(); t++ {
+	var (
+		cur  *Op
+		i, t int // chunk index in receive order, and its step
+		want header
+		sk   sink
+	)
+	in := inMsg{want: &want, sink: &sk}
+	in.resolve = func() error {
+		if cur == nil {
+			select {
+			case cur = <-r.recvQ:
+				i, t = 0, 0
+			case <-r.dead:
+				return r.err
+			}
+		}
+		p := cur.plan
+		for p.recvStart[t+1] <= i {
+			t++
+		}
+		c := i - p.recvStart[t]
 		lo, hi := p.recvSeg(t)
+		a, b := p.chunkRange(lo, hi, c)
 		ph, st := p.phaseStep(t)
-		for c := range numChunks(hi-lo, p.chunk) {
-			a, b := p.chunkRange(lo, hi, c)
-			want = header{Kind: kindData, Wire: wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
-				From: uint32(r.left), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
-			sk = sink{dst: op.buf[a:b], wire: wire, add: ph == ReduceScatter}
-			if err := ss.RecvMsg(&in); err != nil {
-				return fmt.Errorf("allreduce: %s: operation %d: receiving %v step %d chunk %d from left neighbour %s: %w",
-					r.who(), op.seq, ph, st, c, r.peer(r.left), err)
+		want = header{Kind: kindData, Wire: wire, Phase: ph, Gen: r.cfg.Generation, Seq: cur.seq,
+			From: uint32(r.left), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
+		sk = sink{dst: cur.buf[a:b], wire: wire, add: ph == ReduceScatter}
+		return nil
+	}
+	for {
+		if err := ss.RecvMsg(&in); err != nil {
+			if errors.Is(err, io.EOF) {
+				r.mu.Lock()
+				r.leftGone = true
+				busy := cur != nil || len(r.recvQ) > 0
+				r.mu.Unlock()
+				if !busy {
+					return nil
+				}
 			}
-			if wire == BFloat16 && ph == ReduceScatter && st == r.size-2 {
-				// This rank owns the segment now; make its copy equal to
-				// what the others will decode from bfloat16.
-				roundBF16(op.buf[a:b])
+			if cur == nil {
+				return fmt.Errorf("allreduce: %s: receiving from left neighbour %s: %w", r.who(), r.peer(r.left), err)
 			}
-			op.advance()
-			op.partDone()
+			return fmt.Errorf("allreduce: %s: operation %d: receiving %v step %d chunk %d from left neighbour %s: %w",
+				r.who(), cur.seq, want.Phase, want.Step, want.Chunk, r.peer(r.left), err)
+		}
+		if wire == BFloat16 && want.Phase == ReduceScatter && int(want.Step) == r.size-2 {
+			// This rank owns the segment now; make its copy equal to what
+			// the others will decode from bfloat16.
+			roundBF16(sk.dst)
+		}
+		cur.advance()
+		cur.partDone()
+		if i++; i == cur.plan.totalRecv() {
+			cur.partDone() // in-order completion token
+			cur = nil
 		}
 	}
-	op.partDone()
-	return nil
 }

@@ -308,12 +308,12 @@ func TestStaleGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer old.Close()
 	cur, err := New(Config{Generation: 7, Rank: 1, Peers: addrs, Listener: ls[1], Key: testKey, Timeout: 300 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cur.Close()
+	defer old.Close() // first: it is broken, so it shuts down at once
 	err = old.AllReduce(context.Background(), make([]float32, 10))
 	if err == nil || !strings.Contains(err.Error(), "generation 6") || !strings.Contains(err.Error(), "generation 7") {
 		t.Fatalf("stale rank got %v; want a rejection naming generations 6 and 7", err)
