@@ -1,0 +1,375 @@
+// Command torchbench measures the torch layer: "leak" (RSS and C-heap growth
+// over many op calls and training steps, against the same op calls through
+// gotch's own tensor API) and "step" (the tiny model's training-step time;
+// scripts/bench/step.sh times the PyTorch peer). It prints JSON on stdout.
+package main
+
+/*
+#include <malloc.h>
+static size_t heap_in_use(void) {
+	struct mallinfo2 mi = mallinfo2();
+	return mi.uordblks + mi.hblkhd;
+}
+*/
+import "C"
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sugarme/gotch"
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/ringtune/ringtune/model/tiny"
+	"github.com/ringtune/ringtune/model/torch"
+)
+
+func main() {
+	mode := flag.String("mode", "step", "leak or step")
+	ops := flag.Int("ops", 100000, "leak: op calls")
+	steps := flag.Int("steps", 2000, "training steps")
+	warmup := flag.Int("warmup", 0, "steps (or op calls) before the baseline; default 10%")
+	cfgJSON := flag.String("cfg", "", "step: model config as JSON (see scripts/bench/step.sh)")
+	gotchOps := flag.Bool("gotch", false, "leak: run the op calls through gotch's ts API instead")
+	flag.Parse()
+	th := torch.NewThread()
+	defer th.Close()
+	var out any
+	err := th.Do(func() error {
+		if err := torch.SetThreads(1); err != nil {
+			return err
+		}
+		if err := torch.Seed(1); err != nil {
+			return err
+		}
+		var err error
+		switch *mode {
+		case "leak":
+			if *gotchOps {
+				out, err = leakGotch(*ops, *warmup)
+			} else {
+				out, err = leak(*ops, *steps, *warmup)
+			}
+		case "step":
+			out, err = step(*cfgJSON, *steps, *warmup)
+		default:
+			err = fmt.Errorf("unknown -mode %q (want leak or step)", *mode)
+		}
+		return err
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "torchbench:", err)
+		os.Exit(1)
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		fmt.Fprintln(os.Stderr, "torchbench:", err)
+		os.Exit(1)
+	}
+}
+
+// rss reads the resident set size in bytes.
+func rss() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func heap() int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	return int64(C.heap_in_use())
+}
+
+type mem struct{ RSS, Heap int64 }
+
+func sample() mem { h := heap(); return mem{RSS: rss(), Heap: h} }
+
+func pct(a, b int64) float64 { return 100 * float64(b-a) / float64(a) }
+
+type leakResult struct {
+	Ops, Steps                    int
+	OpsRSSGrowthPct, OpsHeapPct   float64
+	StepRSSGrowthPct, StepHeapPct float64
+	RSSGrowthPct, HeapGrowthPct   float64
+	RSSMB                         float64
+}
+
+// opRound is a mix of op kinds: elementwise, matmul, in-place, scalar, an
+// op with a string argument in gotch (gelu), a reduction and a copy-out.
+func opRound(s *torch.Scope, a, b torch.Tensor, buf []float32) {
+	c := s.Add(a, b)
+	d := s.Matmul(c, b)
+	s.Fill_(d, 0.5)
+	e := s.Gelu(s.MulScalar(d, 2), false)
+	f := s.Sum(e)
+	if s.Err() == nil {
+		_ = s.Softmax(c, -1).CopyTo(buf)
+	}
+	_ = f
+}
+
+func leak(ops, steps, warmup int) (*leakResult, error) {
+	s := torch.NewScope()
+	defer s.Close()
+	a := s.Keep(s.Randn(torch.Float32, torch.CPU, 16, 16))
+	b := s.Keep(s.Randn(torch.Float32, torch.CPU, 16, 16))
+	defer a.Free()
+	defer b.Free()
+	buf := make([]float32, 256)
+	const perRound = 8 // op calls in opRound
+	rounds := ops / perRound
+	w := warmup
+	if w == 0 {
+		w = rounds / 10
+	}
+	var base mem
+	for i := range rounds + w {
+		if i == w {
+			base = sample()
+		}
+		opRound(s, a, b, buf)
+		if err := s.Release(); err != nil {
+			return nil, err
+		}
+	}
+	afterOps := sample()
+
+	cfg := tiny.Small()
+	cfg.Dropout = 0.1
+	m, err := tiny.New(cfg, torch.CPU)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Free()
+	opt, err := torch.NewAdamW(m.Params, torch.DefaultAdamW())
+	if err != nil {
+		return nil, err
+	}
+	defer opt.Free()
+	rng := rand.New(rand.NewPCG(1, 1))
+	ids := make([]int64, 8*32)
+	mask := make([]int64, 8*32)
+	labels := make([]int64, 8)
+	sw := steps / 10
+	var stepBase mem
+	for i := range steps + sw {
+		if i == sw {
+			stepBase = sample()
+		}
+		for j := range ids {
+			ids[j] = int64(rng.IntN(cfg.Vocab))
+			mask[j] = 1
+		}
+		for j := range labels {
+			labels[j] = int64(rng.IntN(2))
+		}
+		if err := m.Params.ZeroGrad(); err != nil {
+			return nil, err
+		}
+		loss := m.Loss(s, s.FromInt64(ids, 8, 32), s.FromInt64(mask, 8, 32), s.FromInt64(labels, 8), true)
+		s.Backward(loss)
+		_ = s.Item(loss)
+		if err := s.Release(); err != nil {
+			return nil, err
+		}
+		if _, err := m.Params.ClipGradNorm(1); err != nil {
+			return nil, err
+		}
+		if err := opt.Apply(1e-4); err != nil {
+			return nil, err
+		}
+	}
+	end := sample()
+	return &leakResult{
+		Ops: rounds * perRound, Steps: steps,
+		OpsRSSGrowthPct: pct(base.RSS, afterOps.RSS), OpsHeapPct: pct(base.Heap, afterOps.Heap),
+		StepRSSGrowthPct: pct(stepBase.RSS, end.RSS), StepHeapPct: pct(stepBase.Heap, end.Heap),
+		// Growth within the two measured phases, excluding the model's own
+		// allocation between them.
+		RSSGrowthPct:  100 * float64((afterOps.RSS-base.RSS)+(end.RSS-stepBase.RSS)) / float64(base.RSS),
+		HeapGrowthPct: 100 * float64((afterOps.Heap-base.Heap)+(end.Heap-stepBase.Heap)) / float64(base.Heap),
+		RSSMB:         float64(end.RSS) / (1 << 20),
+	}, nil
+}
+
+// leakGotch runs the same op mix through gotch's ts API (the peer), freeing
+// every result as its documentation says.
+func leakGotch(ops, warmup int) (*leakResult, error) {
+	a, err := ts.Randn([]int64{16, 16}, gotch.Float, gotch.CPU)
+	if err != nil {
+		return nil, err
+	}
+	b, err := ts.Randn([]int64{16, 16}, gotch.Float, gotch.CPU)
+	if err != nil {
+		return nil, err
+	}
+	const perRound = 8
+	rounds := ops / perRound
+	w := warmup
+	if w == 0 {
+		w = rounds / 10
+	}
+	var base mem
+	for i := range rounds + w {
+		if i == w {
+			base = sample()
+		}
+		c, err := a.Add(b, false)
+		if err != nil {
+			return nil, err
+		}
+		d, err := c.Matmul(b, false)
+		if err != nil {
+			return nil, err
+		}
+		half, two := ts.FloatScalar(0.5), ts.FloatScalar(2)
+		if err := d.Fill_(half); err != nil {
+			return nil, err
+		}
+		e0, err := d.MulScalar(two, false)
+		if err != nil {
+			return nil, err
+		}
+		e, err := e0.Gelu("none", false)
+		if err != nil {
+			return nil, err
+		}
+		f, err := e.Sum(gotch.Float, false)
+		if err != nil {
+			return nil, err
+		}
+		g, err := c.Softmax(-1, gotch.Float, false)
+		if err != nil {
+			return nil, err
+		}
+		_ = g.Float64Values()
+		for _, sc := range []*ts.Scalar{half, two} {
+			if err := sc.Drop(); err != nil {
+				return nil, err
+			}
+		}
+		for _, t := range []*ts.Tensor{c, d, e0, e, f, g} {
+			if err := t.Drop(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	end := sample()
+	return &leakResult{Ops: rounds * perRound, OpsRSSGrowthPct: pct(base.RSS, end.RSS), OpsHeapPct: pct(base.Heap, end.Heap),
+		RSSGrowthPct: pct(base.RSS, end.RSS), HeapGrowthPct: pct(base.Heap, end.Heap), RSSMB: float64(end.RSS) / (1 << 20)}, nil
+}
+
+type stepCfg struct {
+	Vocab   int     `json:"vocab"`
+	Hidden  int     `json:"hidden"`
+	Layers  int     `json:"layers"`
+	Heads   int     `json:"heads"`
+	FFN     int     `json:"ffn"`
+	MaxLen  int     `json:"max_len"`
+	Labels  int     `json:"labels"`
+	Dropout float64 `json:"dropout"`
+	Batch   int     `json:"batch"`
+	Seq     int     `json:"seq"`
+}
+
+type stepResult struct {
+	MedianMS, MeanMS float64
+	RSSGrowthPct     float64
+}
+
+func step(cfgJSON string, steps, warmup int) (*stepResult, error) {
+	var c stepCfg
+	if err := json.Unmarshal([]byte(cfgJSON), &c); err != nil {
+		return nil, fmt.Errorf("-cfg: %w", err)
+	}
+	cfg := tiny.Config{Vocab: c.Vocab, Hidden: c.Hidden, Layers: c.Layers, Heads: c.Heads, FFN: c.FFN, MaxLen: c.MaxLen, Labels: c.Labels, Dropout: c.Dropout}
+	m, err := tiny.New(cfg, torch.CPU)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Free()
+	opt, err := torch.NewAdamW(m.Params, torch.DefaultAdamW())
+	if err != nil {
+		return nil, err
+	}
+	defer opt.Free()
+	rng := rand.New(rand.NewPCG(2, 2))
+	type batch struct{ ids, mask, labels []int64 }
+	pool := make([]batch, 8)
+	for i := range pool {
+		b := batch{make([]int64, c.Batch*c.Seq), make([]int64, c.Batch*c.Seq), make([]int64, c.Batch)}
+		for j := range b.ids {
+			b.ids[j] = int64(rng.IntN(c.Vocab))
+			b.mask[j] = 1
+		}
+		for j := range b.labels {
+			b.labels[j] = int64(rng.IntN(c.Labels))
+		}
+		pool[i] = b
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	bs, sq := int64(c.Batch), int64(c.Seq)
+	one := func(i int) error {
+		b := pool[i%len(pool)]
+		if err := m.Params.ZeroGrad(); err != nil {
+			return err
+		}
+		loss := m.Loss(s, s.FromInt64(b.ids, bs, sq), s.FromInt64(b.mask, bs, sq), s.FromInt64(b.labels, bs), true)
+		s.Backward(loss)
+		_ = s.Item(loss)
+		if err := s.Release(); err != nil {
+			return err
+		}
+		g := m.Params.GradSlice()
+		inv := 1 / float32(c.Batch)
+		for j := range g {
+			g[j] *= inv
+		}
+		if _, err := m.Params.ClipGradNorm(1); err != nil {
+			return err
+		}
+		return opt.Apply(1e-4)
+	}
+	for i := range warmup {
+		if err := one(i); err != nil {
+			return nil, err
+		}
+	}
+	r0 := rss()
+	times := make([]float64, steps)
+	for i := range steps {
+		t := time.Now()
+		if err := one(i); err != nil {
+			return nil, err
+		}
+		times[i] = float64(time.Since(t).Microseconds()) / 1000
+	}
+	r1 := rss()
+	var sum float64
+	for _, v := range times {
+		sum += v
+	}
+	sort.Float64s(times)
+	return &stepResult{MedianMS: times[len(times)/2], MeanMS: sum / float64(len(times)), RSSGrowthPct: pct(r0, r1)}, nil
+}
