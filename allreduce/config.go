@@ -1,0 +1,120 @@
+package allreduce
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/ringtune/ringtune/auth"
+)
+
+// Defaults and limits of Config.
+const (
+	// DefaultChunkBytes: big enough that per-message costs (header, gRPC
+	// framing, a channel wake-up) vanish next to the bytes moved, small
+	// enough that a 16 MiB bucket split over 4 ranks still pipelines in
+	// several chunks. Measured best on loopback at 1–4 MiB.
+	DefaultChunkBytes = 1 << 20
+	MinChunkBytes     = 4 << 10
+	MaxChunkBytes     = 64 << 20
+	// DefaultTimeout bounds one operation, from Start until every byte is in.
+	DefaultTimeout = 30 * time.Second
+)
+
+// Config describes one rank of the ring of one generation. The zero value of
+// every optional field selects its default.
+type Config struct {
+	// Generation numbers the ring (≥ 1). Messages of any other generation
+	// are rejected, so a survivor of an old ring can never feed a new one.
+	Generation uint64
+	// Rank is this node's position in Peers.
+	Rank int
+	// Peers are the ring's addresses ("host:port") in rank order. Rank i
+	// sends to rank i+1 and receives from rank i-1 (mod len(Peers)).
+	// Peers[Rank] is where this rank listens unless Listener or Server is
+	// set.
+	Peers []string
+	// Listener, if set, is served by the ring's own gRPC server instead of
+	// listening on Peers[Rank]. Close closes it.
+	Listener net.Listener
+	// Server, if set, is a ring service already registered on the caller's
+	// *grpc.Server (see NewServer); the ring attaches to it and serves
+	// nothing itself. Mutually exclusive with Listener.
+	Server *Server
+	// ChunkBytes is the pipelining unit in bytes of float32 buffer (default
+	// DefaultChunkBytes, between MinChunkBytes and MaxChunkBytes, multiple
+	// of 4). With BFloat16 a chunk is half as many bytes on the wire.
+	ChunkBytes int
+	// Wire is the payload format on the wire (default Float32).
+	Wire Wire
+	// Timeout is the deadline of each operation, counted from Start
+	// (default DefaultTimeout). A context deadline passed to Start that is
+	// earlier wins.
+	Timeout time.Duration
+	// Key is the cluster key; every stream must carry a token derived from
+	// it (see package auth).
+	Key auth.Key
+	// ServerTLS and ClientTLS optionally encrypt the ring's connections.
+	// ServerTLS is used only by the ring's own server (not with Server).
+	ServerTLS, ClientTLS *tls.Config
+}
+
+// Validate reports the first problem with c, naming the field.
+func (c *Config) Validate() error {
+	if c.Generation == 0 {
+		return errors.New("allreduce: Config.Generation is 0; generations start at 1")
+	}
+	if len(c.Peers) == 0 {
+		return errors.New("allreduce: Config.Peers is empty; list every rank's address in ring order")
+	}
+	if c.Rank < 0 || c.Rank >= len(c.Peers) {
+		return fmt.Errorf("allreduce: Config.Rank is %d but Peers has %d entries (ranks 0..%d)", c.Rank, len(c.Peers), len(c.Peers)-1)
+	}
+	seen := make(map[string]int, len(c.Peers))
+	for i, p := range c.Peers {
+		if len(c.Peers) == 1 {
+			break // a ring of one never talks to anyone
+		}
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			return fmt.Errorf("allreduce: Config.Peers[%d] = %q is not host:port: %w", i, p, err)
+		}
+		if j, dup := seen[p]; dup {
+			return fmt.Errorf("allreduce: Config.Peers[%d] and Peers[%d] are both %q; every rank needs its own address", j, i, p)
+		}
+		seen[p] = i
+	}
+	if c.ChunkBytes != 0 && (c.ChunkBytes < MinChunkBytes || c.ChunkBytes > MaxChunkBytes || c.ChunkBytes%4 != 0) {
+		return fmt.Errorf("allreduce: Config.ChunkBytes is %d; want a multiple of 4 between %d and %d (0 = %d)", c.ChunkBytes, MinChunkBytes, MaxChunkBytes, DefaultChunkBytes)
+	}
+	if c.Wire != Float32 && c.Wire != BFloat16 {
+		return fmt.Errorf("allreduce: Config.Wire is %v; want Float32 or BFloat16", c.Wire)
+	}
+	if c.Timeout < 0 {
+		return fmt.Errorf("allreduce: Config.Timeout is %v; want > 0 (0 = %v)", c.Timeout, DefaultTimeout)
+	}
+	if err := c.Key.Validate(); err != nil {
+		return fmt.Errorf("allreduce: Config.Key: %w", err)
+	}
+	if c.Listener != nil && c.Server != nil {
+		return errors.New("allreduce: set Config.Listener or Config.Server, not both")
+	}
+	if c.Server != nil && string(c.Server.key) != string(c.Key) {
+		return errors.New("allreduce: Config.Server was created with a different key than Config.Key")
+	}
+	if c.Server != nil && c.ServerTLS != nil {
+		return errors.New("allreduce: Config.ServerTLS has no effect with Config.Server; configure TLS on that gRPC server")
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = DefaultChunkBytes
+	}
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	return c
+}

@@ -1,0 +1,67 @@
+// Package allreduce sums float32 buffers across the ranks of one generation
+// with a ring all-reduce over gRPC. It is pure Go and needs no coordinator:
+// a Config names the generation, this rank, every rank's address and the
+// cluster key.
+//
+// # Algorithm
+//
+// The buffer is split into N segments (sizes differ by at most one element).
+// Reduce-scatter: for N-1 steps each rank sends one segment to its right
+// neighbour and adds the segment arriving from its left into its own buffer;
+// afterwards rank r owns the complete sum of segment r+1. All-gather: for N-1
+// more steps the owners' final bytes are forwarded and copied. Each rank sends
+// and receives 2(N-1)/N of the buffer. Segments are cut into chunks
+// (Config.ChunkBytes) and each chunk is forwarded as soon as it has been
+// received and added, so sending, receiving and adding overlap.
+//
+// Every rank ends with bit-identical results: a segment's sum is formed in
+// one place (along the ring, always in the same order) and the all-gather
+// copies its owner's bytes. With BFloat16 the owner rounds its segment to
+// bfloat16 before the all-gather, so it holds exactly what the others decode;
+// see BFloat16ErrorBound for the accuracy.
+//
+// # Transport
+//
+// Rank r opens one long-lived bidirectional gRPC stream
+// (/ringtune.allreduce.Ring/Stream) to rank r+1 per generation and carries all
+// operations on it. Data flows client→server; the server never sends a
+// message, but ends the stream with a status when its ring fails, so the
+// failure reaches the sender at once. Messages use the "ringtune-raw" codec
+// (content-type application/grpc+ringtune-raw), not protobuf: a 44-byte
+// little-endian header (see header) followed by the raw payload. The first
+// message is a hello (generation, sender rank, ring size, wire format); every
+// data message names generation, operation sequence, phase, step, chunk and
+// element count, and the receiver rejects anything but the exact next message
+// it expects, with an error that names both values.
+//
+// Sending is zero-copy for float32: gRPC reads chunks straight from the
+// caller's buffer and signals (through a mem.BufferPool) when it has written
+// them, and an operation completes only after that, so the caller may reuse
+// the buffer as soon as Wait returns. Receiving adds or copies gRPC's received
+// buffers straight into the destination, without an intermediate message.
+// Flow-control windows and I/O buffers are fixed and sized for throughput
+// (see TransportServerOptions).
+//
+// # Failure
+//
+// Every operation has a deadline (Config.Timeout, or an earlier deadline of
+// the context passed to Start). A dead peer breaks its streams and every rank
+// fails within moments as the breakage propagates both ways round the ring; a
+// stalled peer is caught by the deadline. A failed ring stays failed, all
+// pending and later operations return its error, and the caller forms a new
+// generation. Close stops everything the ring started.
+//
+// # Security
+//
+// Streams must carry a token derived from the cluster key (package auth); it
+// is checked before the first message is read. TLS is optional
+// (Config.ServerTLS, Config.ClientTLS).
+//
+// # Hosting
+//
+// A ring serves its stream on its own gRPC server (listening on
+// Peers[Rank] or Config.Listener), or attaches to a Server that the caller
+// registered on an existing *grpc.Server built with ServerOptions; one Server
+// hosts successive generations and refuses streams of generations older than
+// the newest it has seen.
+package allreduce

@@ -1,0 +1,605 @@
+package allreduce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+)
+
+// maxInFlight bounds operations started but not finished.
+const maxInFlight = 4096
+
+// zeroCopyMin is the smallest payload sent straight from the caller's buffer;
+// gRPC reports the end of its use of a buffer only for pooled buffers, and it
+// never pools buffers below 1 KiB, so smaller payloads are copied.
+const zeroCopyMin = 4 << 10
+
+// closeGrace bounds how long Close waits for the right neighbour to drain.
+const closeGrace = 2 * time.Second
+
+// ErrClosed is the cause of errors of operations cut short by Close.
+var ErrClosed = errors.New("ring closed")
+
+// Ring is one rank of the all-reduce ring of one generation. After any error
+// (a dead peer, a timeout, a cancelled context, a protocol violation) the
+// ring is broken for good: every pending and later operation fails with that
+// error, and the caller forms a new generation.
+type Ring struct {
+	cfg               Config
+	size, left, right int
+	srv               *Server
+	ownSrv            *grpc.Server
+	conn              *grpc.ClientConn
+
+	ctx    context.Context // cancelled when the ring fails or closes
+	cancel context.CancelFunc
+	dead   chan struct{}
+	once   sync.Once
+	err    error // set before dead is closed
+
+	mu       sync.Mutex
+	closed   bool
+	nextSeq  uint64
+	pending  map[uint64]*Op
+	sendQ    chan *Op
+	recvQ    chan *Op
+	hasLeft  bool
+	leftGone bool // the left neighbour closed its stream cleanly
+	last     *Op  // most recently started operation
+
+	closing   atomic.Bool
+	connected atomic.Bool   // the stream to the right neighbour is open
+	graceDone chan struct{} // closed by sendLoop after a clean CloseSend
+
+	wg sync.WaitGroup
+}
+
+// New validates cfg and builds the ring: it starts serving (unless it is
+// attached to a Server) and connecting to the right neighbour in the
+// background. A ring of one rank does no networking at all.
+func New(cfg Config) (*Ring, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	size := len(cfg.Peers)
+	r := &Ring{
+		cfg: cfg, size: size,
+		left: mod(cfg.Rank-1, size), right: mod(cfg.Rank+1, size),
+		dead:      make(chan struct{}),
+		graceDone: make(chan struct{}),
+		pending:   map[uint64]*Op{},
+		sendQ:     make(chan *Op, maxInFlight),
+		recvQ:     make(chan *Op, maxInFlight),
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	if size == 1 {
+		if cfg.Listener != nil {
+			cfg.Listener.Close()
+		}
+		return r, nil
+	}
+	if cfg.Server != nil {
+		r.srv = cfg.Server
+	} else {
+		lis := cfg.Listener
+		if lis == nil {
+			var err error
+			if lis, err = net.Listen("tcp", cfg.Peers[cfg.Rank]); err != nil {
+				r.cancel()
+				return nil, fmt.Errorf("allreduce: %s: listen on Peers[%d]: %w", r.who(), cfg.Rank, err)
+			}
+		}
+		srv, err := NewServer(cfg.Key)
+		if err != nil {
+			lis.Close()
+			r.cancel()
+			return nil, err
+		}
+		r.srv = srv
+		r.ownSrv = grpc.NewServer(ServerOptions(cfg.Key, cfg.ServerTLS)...)
+		srv.Register(r.ownSrv)
+		r.wg.Go(func() { r.ownSrv.Serve(lis) })
+	}
+	if err := r.srv.attach(r); err != nil {
+		r.shutdown()
+		return nil, err
+	}
+	conn, err := grpc.NewClient(cfg.Peers[r.right], dialOptions(cfg.Key, cfg.ClientTLS)...)
+	if err != nil {
+		r.shutdown()
+		return nil, fmt.Errorf("allreduce: %s: client for right neighbour rank %d (%s): %w", r.who(), r.right, cfg.Peers[r.right], err)
+	}
+	r.conn = conn
+	r.wg.Go(r.sendLoop)
+	return r, nil
+}
+
+func (r *Ring) who() string {
+	return fmt.Sprintf("generation %d rank %d/%d", r.cfg.Generation, r.cfg.Rank, r.size)
+}
+
+func (r *Ring) peer(rank int) string {
+	return fmt.Sprintf("rank %d (%s)", rank, r.cfg.Peers[rank])
+}
+
+// Size is the number of ranks in the ring.
+func (r *Ring) Size() int { return r.size }
+
+// Rank is this ring member's rank.
+func (r *Ring) Rank() int { return r.cfg.Rank }
+
+// Generation is the ring's generation.
+func (r *Ring) Generation() uint64 { return r.cfg.Generation }
+
+// Err returns the error that broke the ring, or nil while it is healthy.
+func (r *Ring) Err() error {
+	select {
+	case <-r.dead:
+		return r.err
+	default:
+		return nil
+	}
+}
+
+// fail breaks the ring with err (first error wins) and fails every pending
+// operation with it.
+func (r *Ring) fail(err error) {
+	r.once.Do(func() {
+		r.err = err
+		close(r.dead)
+		r.cancel()
+		r.mu.Lock()
+		ops := make([]*Op, 0, len(r.pending))
+		for _, op := range r.pending {
+			ops = append(ops, op)
+		}
+		r.mu.Unlock()
+		for _, op := range ops {
+			op.finish(err)
+		}
+	})
+}
+
+// Close breaks the ring (pending operations fail with ErrClosed), stops its
+// server or detaches from the shared one, and waits for its goroutines.
+func (r *Ring) Close() error {
+	r.mu.Lock()
+	// A healthy idle ring half-closes its stream and waits for the right
+	// neighbour to read to the end: otherwise the tail of the last
+	// operation, still in gRPC's write buffer, could be cut off.
+	graceful := r.size > 1 && !r.closed && r.Err() == nil && len(r.pending) == 0 && r.connected.Load()
+	r.closed = true
+	r.closing.Store(true)
+	if graceful {
+		r.sendQ <- nil
+	}
+	r.mu.Unlock()
+	if graceful {
+		t := time.NewTimer(closeGrace)
+		select {
+		case <-r.graceDone:
+		case <-r.dead:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	r.fail(fmt.Errorf("allreduce: %s: %w", r.who(), ErrClosed))
+	r.shutdown()
+	return nil
+}
+
+func (r *Ring) shutdown() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.cancel()
+	if r.srv != nil {
+		r.srv.detach(r)
+	}
+	if r.ownSrv != nil {
+		r.ownSrv.Stop()
+	}
+	if r.conn != nil {
+		r.conn.Close()
+	}
+	r.wg.Wait()
+}
+
+// AllReduce sums buf element-wise over all ranks, in place; every rank ends
+// with bit-identical contents. It is Start followed by Wait.
+func (r *Ring) AllReduce(ctx context.Context, buf []float32) error {
+	op, err := r.Start(ctx, buf)
+	if err != nil {
+		return err
+	}
+	return op.Wait()
+}
+
+// Start begins an all-reduce of buf and returns at once. Operations run and
+// finish in the order they were started, and every rank must start the same
+// sequence of operations with equal lengths. buf must not be touched until
+// the operation is done. Cancelling ctx, or passing its deadline or the
+// ring's Timeout, breaks the ring.
+func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("allreduce: %s: start: %w", r.who(), err)
+	}
+	if len(buf) > 1<<40 {
+		return nil, fmt.Errorf("allreduce: %s: buffer of %d elements is too large", r.who(), len(buf))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.Err(); err != nil {
+		return nil, err
+	}
+	if r.closed {
+		return nil, fmt.Errorf("allreduce: %s: %w", r.who(), ErrClosed)
+	}
+	if r.leftGone {
+		return nil, fmt.Errorf("allreduce: %s: left neighbour %s closed the ring; form a new generation", r.who(), r.peer(r.left))
+	}
+	op := &Op{r: r, seq: r.nextSeq, buf: buf, done: make(chan struct{}), progress: make(chan struct{})}
+	r.nextSeq++
+	if r.size == 1 {
+		close(op.done)
+		return op, nil
+	}
+	if len(r.pending) >= maxInFlight {
+		return nil, fmt.Errorf("allreduce: %s: %d operations already in flight; Wait for some first", r.who(), maxInFlight)
+	}
+	op.plan = newPlan(len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
+	op.remaining.Store(int64(op.plan.totalRecv() + op.plan.totalSend() + 1))
+	if len(buf) == 0 {
+		op.remaining.Store(1)
+	}
+	deadline := time.Now().Add(r.cfg.Timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	op.limit = time.Until(deadline)
+	op.timer = time.AfterFunc(op.limit, func() {
+		select {
+		case <-op.done:
+		default:
+			r.fail(op.stallErr())
+		}
+	})
+	op.stopCtx = context.AfterFunc(ctx, func() {
+		r.fail(fmt.Errorf("allreduce: %s: operation %d: caller's context ended: %w", r.who(), op.seq, context.Cause(ctx)))
+	})
+	r.pending[op.seq] = op
+	prev := r.last
+	r.last = op
+	if len(buf) == 0 {
+		// Nothing to move on any rank; it just completes after its
+		// predecessor, keeping completion in start order.
+		r.wg.Go(func() {
+			if prev != nil {
+				<-prev.done
+			}
+			op.partDone()
+		})
+		return op, nil
+	}
+	r.sendQ <- op
+	r.recvQ <- op
+	return op, nil
+}
+
+// Op is one all-reduce in flight.
+type Op struct {
+	r    *Ring
+	seq  uint64
+	buf  []float32
+	plan plan
+
+	// remaining counts what is left: received chunks, sent chunks not yet
+	// released by gRPC, and one token the receive loop drops after the
+	// operation's last chunk (which keeps completion in start order).
+	remaining atomic.Int64
+	recvd     atomic.Int64 // chunks received and applied, in receive order
+	sent      atomic.Int64 // chunks handed to gRPC
+	progMu    sync.Mutex
+	progress  chan struct{} // closed and replaced when recvd grows
+
+	timer   *time.Timer
+	stopCtx func() bool
+	limit   time.Duration
+
+	once sync.Once
+	err  error
+	done chan struct{}
+}
+
+// Seq is the operation's sequence number in its ring (0, 1, 2, ...).
+func (o *Op) Seq() uint64 { return o.seq }
+
+// Done is closed when the operation has finished.
+func (o *Op) Done() <-chan struct{} { return o.done }
+
+// Wait blocks until the operation finishes and returns its error.
+func (o *Op) Wait() error {
+	<-o.done
+	return o.err
+}
+
+func (o *Op) finish(err error) {
+	o.once.Do(func() {
+		if o.timer != nil {
+			o.timer.Stop()
+		}
+		if o.stopCtx != nil {
+			o.stopCtx()
+		}
+		if err != nil {
+			o.err = fmt.Errorf("allreduce: operation %d (%d floats): %w", o.seq, len(o.buf), err)
+		}
+		o.r.mu.Lock()
+		delete(o.r.pending, o.seq)
+		o.r.mu.Unlock()
+		close(o.done)
+	})
+}
+
+func (o *Op) partDone() {
+	if o.remaining.Add(-1) == 0 {
+		o.finish(nil)
+	}
+}
+
+// stallErr describes where the operation stood when its deadline passed.
+func (o *Op) stallErr() error {
+	r, p := o.r, o.plan
+	got := int(o.recvd.Load())
+	where := "after its last chunk (waiting for gRPC to release sent data)"
+	if got < p.totalRecv() {
+		t := 0
+		for t+1 < len(p.recvStart) && p.recvStart[t+1] <= got {
+			t++
+		}
+		ph, st := p.phaseStep(t)
+		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, got-p.recvStart[t], r.peer(r.left))
+	}
+	return fmt.Errorf("allreduce: %s: operation %d timed out after %v %s; %d of %d chunks received, %d of %d sent to right neighbour %s; a peer is dead or stalled, form a new generation",
+		r.who(), o.seq, o.limit.Round(time.Millisecond), where, got, p.totalRecv(), o.sent.Load(), p.totalSend(), r.peer(r.right))
+}
+
+// waitRecv blocks until at least n chunks of o have been received.
+func (o *Op) waitRecv(n int) error {
+	for {
+		o.progMu.Lock()
+		ch := o.progress
+		o.progMu.Unlock()
+		if int(o.recvd.Load()) >= n {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-o.r.dead:
+			return o.r.err
+		}
+	}
+}
+
+func (o *Op) advance() {
+	o.recvd.Add(1)
+	o.progMu.Lock()
+	close(o.progress)
+	o.progress = make(chan struct{})
+	o.progMu.Unlock()
+}
+
+// sentPool is handed to gRPC with zero-copy payloads: gRPC "returns" the
+// bytes to it once they are written to the transport, which is exactly when
+// the caller's buffer is no longer needed for that chunk.
+type sentPool struct{ op *Op }
+
+func (p sentPool) Get(int) *[]byte { return new([]byte) } // gRPC only Puts buffers it was given
+func (p sentPool) Put(*[]byte)     { p.op.partDone() }
+
+// sendLoop owns the stream to the right neighbour.
+func (r *Ring) sendLoop() {
+	stream, err := r.conn.NewStream(r.ctx, &serviceDesc.Streams[0], streamMethod,
+		grpc.WaitForReady(true), grpc.ForceCodecV2(rawCodec{}),
+		// gRPC keeps sent messages for transparent retry until the stream
+		// commits; a zero budget commits on the hello, so chunks are
+		// released (and operations complete) as soon as they are written.
+		grpc.MaxRetryRPCBufferSize(0))
+	if err != nil {
+		r.fail(fmt.Errorf("allreduce: %s: open stream to right neighbour %s: %w", r.who(), r.peer(r.right), err))
+		return
+	}
+	hello := header{Kind: kindHello, Wire: r.cfg.Wire, Gen: r.cfg.Generation, From: uint32(r.cfg.Rank), Step: uint32(r.size)}
+	hb := make([]byte, headerLen)
+	hello.encode(hb)
+	recvDone := make(chan struct{})
+	r.wg.Go(func() {
+		defer close(recvDone)
+		var in inMsg
+		err := stream.RecvMsg(&in)
+		if errors.Is(err, io.EOF) && r.closing.Load() {
+			return // the right neighbour read our half-close: clean end
+		}
+		if err == nil {
+			err = errors.New("unexpected message on the return path")
+		}
+		r.fail(fmt.Errorf("allreduce: %s: right neighbour %s ended the ring stream: %w", r.who(), r.peer(r.right), err))
+	})
+	err = stream.SendMsg(&outMsg{hdr: hb})
+	r.connected.Store(err == nil)
+	for err == nil {
+		select {
+		case op := <-r.sendQ:
+			if op == nil { // Close: half-close and let the neighbour drain
+				if err := stream.CloseSend(); err == nil {
+					select {
+					case <-recvDone:
+					case <-r.dead:
+					}
+				}
+				close(r.graceDone)
+				return
+			}
+			err = r.sendOp(stream, op)
+		case <-r.dead:
+			return
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		<-recvDone // the receive side holds the real status
+		return
+	}
+	r.fail(fmt.Errorf("allreduce: %s: sending to right neighbour %s: %w", r.who(), r.peer(r.right), err))
+}
+
+func (r *Ring) sendOp(stream grpc.ClientStream, op *Op) error {
+	p := op.plan
+	wire := r.cfg.Wire
+	for t := 0; t < p.steps(); t++ {
+		lo, hi := p.sendSeg(t)
+		ph, st := p.phaseStep(t)
+		for c := range numChunks(hi-lo, p.chunk) {
+			if t > 0 {
+				// The chunk we forward at step t is the one received at t-1.
+				if err := op.waitRecv(p.recvStart[t-1] + c + 1); err != nil {
+					return err
+				}
+			}
+			a, b := p.chunkRange(lo, hi, c)
+			h := header{Kind: kindData, Wire: wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
+				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
+			m := outMsg{hdr: make([]byte, headerLen)}
+			h.encode(m.hdr)
+			copied := true
+			switch {
+			case wire == BFloat16:
+				pool := mem.DefaultBufferPool()
+				buf := pool.Get(2 * (b - a))
+				encodeBF16(*buf, op.buf[a:b])
+				m.payload = mem.NewBuffer(buf, pool)
+			case 4*(b-a) >= zeroCopyMin:
+				view := f32bytes(op.buf[a:b])
+				m.payload = mem.NewBuffer(&view, sentPool{op})
+				copied = false
+			default:
+				m.payload = mem.SliceBuffer(append([]byte(nil), f32bytes(op.buf[a:b])...))
+			}
+			if err := stream.SendMsg(&m); err != nil {
+				return err
+			}
+			op.sent.Add(1)
+			if copied {
+				op.partDone()
+			}
+		}
+	}
+	return nil
+}
+
+// serveLeft runs the receiving half of the ring on the stream from the left
+// neighbour, inside that stream's gRPC handler.
+func (r *Ring) serveLeft(ss grpc.ServerStream, hello header) error {
+	switch {
+	case int(hello.From) != r.left:
+		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: stream from rank %d rejected: left neighbour is %s", r.who(), hello.From, r.peer(r.left))
+	case int(hello.Step) != r.size:
+		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: rank %d thinks the ring has %d ranks, this ring has %d", r.who(), hello.From, hello.Step, r.size)
+	case hello.Wire != r.cfg.Wire:
+		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: rank %d sends %v, this ring uses %v", r.who(), hello.From, hello.Wire, r.cfg.Wire)
+	}
+	r.mu.Lock()
+	if r.closed || r.hasLeft {
+		r.mu.Unlock()
+		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: stream from %s rejected: ring closed or already connected", r.who(), r.peer(r.left))
+	}
+	r.hasLeft = true
+	errc := make(chan error, 1)
+	r.wg.Go(func() { errc <- r.recvLoop(ss) })
+	r.mu.Unlock()
+	select {
+	case err := <-errc:
+		if err == nil {
+			return nil // clean half-close by the left neighbour
+		}
+		r.fail(err)
+	case <-r.dead:
+	}
+	// Returning ends the stream; the left neighbour sees why.
+	return status.Error(codes.Aborted, r.Err().Error())
+}
+
+// recvLoop reads the left neighbour's stream for the ring's lifetime. It is
+// always inside RecvMsg, so a clean half-close is seen even when idle; the
+// operation a message belongs to is looked up once its header has arrived.
+func (r *Ring) recvLoop(ss grpc.ServerStream) error {
+	wire := r.cfg.Wire
+	var (
+		cur  *Op
+		i, t int // chunk index in receive order, and its step
+		want header
+		sk   sink
+	)
+	in := inMsg{want: &want, sink: &sk}
+	in.resolve = func() error {
+		if cur == nil {
+			select {
+			case cur = <-r.recvQ:
+				i, t = 0, 0
+			case <-r.dead:
+				return r.err
+			}
+		}
+		p := cur.plan
+		for p.recvStart[t+1] <= i {
+			t++
+		}
+		c := i - p.recvStart[t]
+		lo, hi := p.recvSeg(t)
+		a, b := p.chunkRange(lo, hi, c)
+		ph, st := p.phaseStep(t)
+		want = header{Kind: kindData, Wire: wire, Phase: ph, Gen: r.cfg.Generation, Seq: cur.seq,
+			From: uint32(r.left), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
+		sk = sink{dst: cur.buf[a:b], wire: wire, add: ph == ReduceScatter}
+		return nil
+	}
+	for {
+		if err := ss.RecvMsg(&in); err != nil {
+			if errors.Is(err, io.EOF) {
+				r.mu.Lock()
+				r.leftGone = true
+				busy := cur != nil || len(r.recvQ) > 0
+				r.mu.Unlock()
+				if !busy {
+					return nil
+				}
+			}
+			if cur == nil {
+				return fmt.Errorf("allreduce: %s: receiving from left neighbour %s: %w", r.who(), r.peer(r.left), err)
+			}
+			return fmt.Errorf("allreduce: %s: operation %d: receiving %v step %d chunk %d from left neighbour %s: %w",
+				r.who(), cur.seq, want.Phase, want.Step, want.Chunk, r.peer(r.left), err)
+		}
+		if wire == BFloat16 && want.Phase == ReduceScatter && int(want.Step) == r.size-2 {
+			// This rank owns the segment now; make its copy equal to what
+			// the others will decode from bfloat16.
+			roundBF16(sk.dst)
+		}
+		cur.advance()
+		cur.partDone()
+		if i++; i == cur.plan.totalRecv() {
+			cur.partDone() // in-order completion token
+			cur = nil
+		}
+	}
+}

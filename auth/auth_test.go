@@ -1,0 +1,162 @@
+package auth
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func mustKey(t *testing.T) Key {
+	t.Helper()
+	k, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "cluster.key")
+	k, err := WriteKeyFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadKeyFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(k) {
+		t.Fatal("loaded key differs from written key")
+	}
+	if st, _ := os.Stat(p); st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, want 0600", st.Mode().Perm())
+	}
+	if _, err := WriteKeyFile(p); err == nil {
+		t.Fatal("WriteKeyFile overwrote an existing key file")
+	}
+
+	cases := map[string]struct{ content, want string }{
+		"empty":   {"  \n", "is empty"},
+		"short":   {Key(make([]byte, 16)).Encode(), "holds a 16-byte key"},
+		"garbage": {"not base64!!\n", "not valid base64"},
+	}
+	for name, c := range cases {
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, []byte(c.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadKeyFile(f)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), f) {
+			t.Errorf("%s: got %v, want error naming %s containing %q", name, err, f, c.want)
+		}
+	}
+	missing := filepath.Join(dir, "nope")
+	if _, err := LoadKeyFile(missing); err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), missing) {
+		t.Errorf("missing file: got %v", err)
+	}
+}
+
+func TestTokenVerify(t *testing.T) {
+	k, other := mustKey(t), mustKey(t)
+	now := time.Now()
+	tok, err := k.Token("/a.B/C", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Verify("/a.B/C", tok, now); err != nil {
+		t.Fatalf("valid token refused: %v", err)
+	}
+	for name, c := range map[string]struct {
+		key    Key
+		method string
+		tok    string
+		at     time.Time
+		want   string
+	}{
+		"other key":    {other, "/a.B/C", tok, now, "different cluster key"},
+		"other method": {k, "/a.B/D", tok, now, "does not match"},
+		"expired":      {k, "/a.B/C", tok, now.Add(MaxSkew + time.Minute), "clock"},
+		"malformed":    {k, "/a.B/C", "hello", now, "malformed"},
+		"bad time":     {k, "/a.B/C", "rt1.x.00.00", now, "malformed token time"},
+		"bad mac hex":  {k, "/a.B/C", "rt1." + strconv.FormatInt(now.Unix(), 10) + ".00.zz", now, "MAC"},
+	} {
+		if err := c.key.Verify(c.method, c.tok, c.at); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want %q", name, err, c.want)
+		}
+	}
+	if err := Key(make([]byte, 8)).Validate(); err == nil {
+		t.Error("8-byte key validated")
+	}
+}
+
+// TestInterceptors runs a real gRPC server (the standard health service, which
+// has a unary and a streaming method) behind ServerOptions.
+func TestInterceptors(t *testing.T) {
+	k := mustKey(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(ServerOptions(k, nil)...)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	defer hs.Shutdown()
+
+	dial := func(opts ...grpc.DialOption) healthpb.HealthClient {
+		cc, err := grpc.NewClient(lis.Addr().String(), opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		return healthpb.NewHealthClient(cc)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	good := dial(DialOptions(k, nil)...)
+	if _, err := good.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("unary with key: %v", err)
+	}
+	ws, err := good.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ws.Recv(); err != nil {
+		t.Fatalf("stream with key: %v", err)
+	}
+
+	for name, cl := range map[string]healthpb.HealthClient{
+		"missing": dial(grpc.WithTransportCredentials(insecure.NewCredentials())),
+		"wrong":   dial(DialOptions(mustKey(t), nil)...),
+	} {
+		_, err := cl.Check(ctx, &healthpb.HealthCheckRequest{})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s credential, unary: got %v, want Unauthenticated", name, err)
+		}
+		s, err := cl.Watch(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil {
+			_, err = s.Recv()
+		}
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s credential, stream: got %v, want Unauthenticated", name, err)
+		}
+	}
+}
