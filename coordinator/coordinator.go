@@ -825,6 +825,10 @@ func (c *Coordinator) train1(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			if epochDone {
+				l := c.sched.Ledger()
+				c.log.Info("epoch complete", "epoch", c.sched.epoch.Index, "committed", l.Committed(), "missing", len(l.Missing()), "samples", c.sched.N)
+			}
 			digest := c.cfg.Train.DigestEvery > 0 && (g+1)%c.cfg.Train.DigestEvery == 0
 			for _, s := range c.world {
 				s.send(&control.Msg{Type: control.TypeCommit, Gen: c.gen, Step: g, Count: count, Digest: digest})
