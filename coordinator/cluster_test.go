@@ -492,3 +492,47 @@ func appendLine(t *testing.T, path, line string) {
 		t.Fatal(err)
 	}
 }
+
+// TestResumeFromCheckpoint kills the coordinator after a checkpoint and
+// restarts it with --resume and a fresh node: the result equals an
+// uninterrupted run.
+func TestResumeFromCheckpoint(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFixture(t, fmt.Sprintf("res-%d", os.Getpid()), 1, 1, "")
+	c := runCluster(t, ctx, f, 1, nil)
+	if code := c.coord.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("uninterrupted run: exit %d", code)
+	}
+	c.nodes[0].wait(t, 10*time.Second)
+	wantW, wantB := readModel(t, filepath.Join(f.dir, "out"))
+	if err := os.RemoveAll(filepath.Join(f.dir, "out")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(f.dir, "ckpt")); err != nil {
+		t.Fatal(err)
+	}
+
+	c = runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=20ms"})
+	c.coord.waitFor(t, `checkpoint written" path=\S+ applied=10`, 60*time.Second)
+	_ = c.coord.cmd.Process.Signal(syscall.SIGKILL)
+	c.coord.wait(t, 10*time.Second)
+	if code := c.nodes[0].wait(t, 30*time.Second); code == 0 {
+		t.Fatal("node exited 0 after losing its coordinator")
+	}
+
+	c = runCluster(t, ctx, f, 1, nil, "--resume")
+	if code := c.coord.wait(t, 60*time.Second); code != 0 {
+		t.Fatalf("resumed run: exit %d", code)
+	}
+	if !strings.Contains(c.coord.text(), `msg=resuming checkpoint=ckpt/step-000000010.ckpt applied=10`) {
+		t.Fatal("the coordinator did not resume")
+	}
+	gotW, gotB := readModel(t, filepath.Join(f.dir, "out"))
+	got, want := append(gotW, gotB...), append(wantW, wantB...)
+	for i := range want {
+		if d := math.Abs(float64(got[i] - want[i])); d > 1e-6 {
+			t.Fatalf("resumed run differs from the uninterrupted one at parameter %d by %g", i, d)
+		}
+	}
+}
