@@ -60,6 +60,7 @@ type Ring struct {
 	closing   atomic.Bool
 	connected atomic.Bool   // the stream to the right neighbour is open
 	graceDone chan struct{} // closed by sendLoop after a clean CloseSend
+	leftEOF   chan struct{} // closed by recvLoop when the left neighbour half-closes
 
 	wg sync.WaitGroup
 }
@@ -78,6 +79,7 @@ func New(cfg Config) (*Ring, error) {
 		left: mod(cfg.Rank-1, size), right: mod(cfg.Rank+1, size),
 		dead:      make(chan struct{}),
 		graceDone: make(chan struct{}),
+		leftEOF:   make(chan struct{}),
 		pending:   map[uint64]*Op{},
 		sendQ:     make(chan *Op, maxInFlight),
 		recvQ:     make(chan *Op, maxInFlight),
@@ -172,13 +174,19 @@ func (r *Ring) fail(err error) {
 }
 
 // Close breaks the ring (pending operations fail with ErrClosed), stops its
-// server or detaches from the shared one, and waits for its goroutines.
+// server or detaches from the shared one, and waits for its goroutines. A
+// healthy idle ring first drains: it waits up to 2 s for its right neighbour
+// to read the rest of its stream and for its left neighbour to close too, so
+// all ranks should close at about the same time (as separate nodes do).
 func (r *Ring) Close() error {
 	r.mu.Lock()
 	// A healthy idle ring half-closes its stream and waits for the right
 	// neighbour to read to the end: otherwise the tail of the last
-	// operation, still in gRPC's write buffer, could be cut off.
+	// operation, still in gRPC's write buffer, could be cut off. It also
+	// waits for the left neighbour to do the same, so that closing this
+	// rank cannot break a neighbour still finishing that operation.
 	graceful := r.size > 1 && !r.closed && r.Err() == nil && len(r.pending) == 0 && r.connected.Load()
+	hasLeft := r.hasLeft
 	r.closed = true
 	r.closing.Store(true)
 	if graceful {
@@ -191,6 +199,13 @@ func (r *Ring) Close() error {
 		case <-r.graceDone:
 		case <-r.dead:
 		case <-t.C:
+		}
+		if hasLeft {
+			select {
+			case <-r.leftEOF:
+			case <-r.dead:
+			case <-t.C:
+			}
 		}
 		t.Stop()
 	}
@@ -581,6 +596,7 @@ func (r *Ring) recvLoop(ss grpc.ServerStream) error {
 				busy := cur != nil || len(r.recvQ) > 0
 				r.mu.Unlock()
 				if !busy {
+					close(r.leftEOF)
 					return nil
 				}
 			}

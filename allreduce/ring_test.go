@@ -66,12 +66,16 @@ func newRings(t testing.TB, n int, mod func(*Config)) []*Ring {
 	return rings
 }
 
+// closeAll closes the ranks concurrently, as separate nodes would; Close of
+// a healthy rank waits (briefly) for its neighbours to close too.
 func closeAll(rings []*Ring) {
+	var wg sync.WaitGroup
 	for _, r := range rings {
 		if r != nil {
-			r.Close()
+			wg.Go(func() { r.Close() })
 		}
 	}
+	wg.Wait()
 }
 
 // reduceAll runs one AllReduce per rank concurrently and returns the errors.

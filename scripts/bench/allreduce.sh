@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Ring all-reduce (allreduce/, via cmd/ringbench: one OS process per rank on
+# 127.0.0.1) against gloo (../shared/bench/gloo_allreduce.py) and the raw
+# loopback TCP ring ceiling (../shared/bench/tcp_loopback.go).
+#
+# usage: scripts/bench.sh allreduce [--quick] [--repeats R] [--sizes-mib 1,16,64,256] [--n 2,3,4]
+#
+# ringbench and gloo are interleaved repeat by repeat (A/B/A/B) so that the
+# machine's speed drift and foreign load hit both alike. Prints one line per
+# (n, size):
+#   bench: allreduce n=N bytes=B busbw_gbps=X gloo_busbw_gbps=Y ratio=X/Y tcp_gbps=Z
+# busbw = bytes/time * 2(n-1)/n (nccl-tests), GB = 1e9 B, medians over repeats.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+repeats=3 sizes=1,16,64,256 ns=2,3,4 scale=1 tcp_seconds=2
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) repeats=1 sizes=1,16 ns=2,4 scale=0.5 tcp_seconds=1 ;;
+    --repeats) repeats=$2; shift ;;
+    --sizes-mib) sizes=$2; shift ;;
+    --n) ns=$2; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "allreduce.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+gloo=$root/../shared/bench/gloo_allreduce.py
+tcp=$root/../shared/bench/tcp_loopback.go
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+(cd "$root" && go build -o "$tmp/ringbench" ./cmd/ringbench)
+have_gloo=1
+if [ ! -f "$gloo" ]; then
+  echo "allreduce.sh: $gloo not found; gloo columns will be NA" >&2; have_gloo=0
+elif ! /usr/bin/python3 -c 'import torch.distributed' 2>/dev/null; then
+  echo "allreduce.sh: /usr/bin/python3 has no torch (apt-get install python3-torch); gloo columns will be NA" >&2; have_gloo=0
+fi
+
+for rep in $(seq 1 "$repeats"); do
+  echo "# repeat $rep/$repeats: ringbench"
+  timeout 900 "$tmp/ringbench" -n "$ns" -sizes-mib "$sizes" -iters-scale "$scale" -json "$tmp/ring_$rep.json"
+  if [ $have_gloo = 1 ]; then
+    echo "# repeat $rep/$repeats: gloo"
+    timeout 900 /usr/bin/python3 "$gloo" --world-sizes "$ns" --sizes-mib "$sizes" --repeats 1 \
+      --iters-scale "$scale" --out "$tmp/gloo_$rep.json" | grep -v '^$' | tail -n +2 || echo "allreduce.sh: gloo run $rep failed" >&2
+  fi
+done
+
+tcp_json=""
+if [ -f "$tcp" ]; then
+  echo "# loopback TCP ring ceiling"
+  (cd "$tmp" && cp "$tcp" . && go build -o tcp_loopback tcp_loopback.go) &&
+    timeout 300 "$tmp/tcp_loopback" -streams 1 -bufs 1048576 -ring "$ns" -seconds "$tcp_seconds" \
+      -repeats "$repeats" -memcpy-mib 0 -json "$tmp/tcp.json" >/dev/null && tcp_json=$tmp/tcp.json
+fi
+
+"$tmp/ringbench" -report -ring-json "$tmp/ring_*.json" -gloo-json "$tmp/gloo_*.json" -tcp-json "$tcp_json"
