@@ -381,12 +381,22 @@ func (c *Coordinator) serveSession(st control.Stream) error {
 	if h.Proto != control.Version {
 		return fmt.Errorf("node %s speaks protocol %d, coordinator %d", h.ID, h.Proto, control.Version)
 	}
+	// The node's gossip join may still be propagating when its session
+	// arrives: look for it for a few seconds before refusing.
 	ring := ""
-	for _, m := range c.ml.Members() {
-		if m.Name == h.ID {
-			meta, err := control.DecodeMeta(m.Meta)
-			if err == nil {
-				ring = meta.GRPC
+	for wait := time.Now().Add(5 * time.Second); ring == "" && time.Now().Before(wait); {
+		for _, m := range c.ml.Members() {
+			if m.Name == h.ID {
+				if meta, err := control.DecodeMeta(m.Meta); err == nil {
+					ring = meta.GRPC
+				}
+			}
+		}
+		if ring == "" {
+			select {
+			case <-st.Context().Done():
+				return st.Context().Err()
+			case <-time.After(50 * time.Millisecond):
 			}
 		}
 	}
