@@ -266,6 +266,8 @@ type session struct {
 	need    map[string]bool // model files still to receive
 	partial map[string][]byte
 	stateIn []byte // SetState chunks
+	// modelDir is the job's model directory, laid out from the cache.
+	modelDir string
 }
 
 func (s *session) send(m *control.Msg) error {
@@ -284,6 +286,9 @@ func (s *session) close() {
 	if s.tr != nil {
 		_ = s.tr.Close()
 		s.tr = nil
+	}
+	if s.modelDir != "" {
+		_ = os.RemoveAll(s.modelDir) // the cache keeps the files
 	}
 	if cs, ok := s.st.(interface{ CloseSend() error }); ok {
 		_ = cs.CloseSend()
@@ -525,6 +530,7 @@ func (s *session) onFilesDone() error {
 	if err != nil {
 		return fmt.Errorf("agent: model dir: %w", err)
 	}
+	s.modelDir = dir
 	for _, f := range j.Files {
 		b, err := os.ReadFile(s.blob(f.SHA256))
 		if err != nil {
