@@ -24,6 +24,7 @@ var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "specia
 
 // weightSource is a checkpoint's tensors, however stored.
 type weightSource struct {
+	files  string // for errors not tied to one tensor
 	names  []string
 	shape  func(name string) []int64
 	read   func(name string) ([]float32, error)
@@ -42,6 +43,7 @@ func openWeights(dir string) (*weightSource, error) {
 			return nil, err
 		}
 		return &weightSource{
+			files: strings.Join(c.Files(), ", "),
 			names: c.Names(),
 			shape: func(n string) []int64 { i, _ := c.Info(n); return i.Shape },
 			read:  c.Float32s, fileOf: c.FileOf, close: c.Close,
@@ -58,6 +60,7 @@ func openWeights(dir string) (*weightSource, error) {
 			names = append(names, t.Name)
 		}
 		return &weightSource{
+			files:  bin,
 			names:  names,
 			shape:  func(n string) []int64 { return byName[n].Shape },
 			read:   func(n string) ([]float32, error) { return byName[n].Float32s() },
@@ -105,7 +108,7 @@ func (m *Model) loadWeights() error {
 		if f := src.fileOf(name); f != "" {
 			return f
 		}
-		return m.dir
+		return src.files
 	}
 	used := map[string]bool{}
 	var missing []string
