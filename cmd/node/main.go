@@ -16,7 +16,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(predictCmd(), evalCmd())
+	root.AddCommand(joinCmd(), predictCmd(), evalCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "node:", err)
 		os.Exit(1)

@@ -197,7 +197,7 @@ func (t *Trainer) Accumulate(b *data.Batch) (float64, int, error) {
 }
 
 // Gradients implements agent.Trainer.
-func (t *Trainer) Gradients() []float32 { return t.grad }
+func (t *Trainer) Gradients() ([]float32, error) { return t.grad, nil }
 
 // lr is the schedule's learning rate at step (0-based).
 func (t *Trainer) lr(step int) float64 {

@@ -615,7 +615,11 @@ func (s *session) onStep(m *control.Msg) error {
 	}
 	s.inStep = true
 	s.stepDone = time.Now()
-	if err := s.ring.AllReduce(context.Background(), s.tr.Gradients()); err != nil {
+	grads, err := s.tr.Gradients()
+	if err != nil {
+		return fmt.Errorf("agent: step %d: gradients: %w", m.Step, err)
+	}
+	if err := s.ring.AllReduce(context.Background(), grads); err != nil {
 		// The ring is broken for good; the coordinator will abort the step
 		// and form a new generation.
 		s.a.log.Warn("all-reduce failed", "step", m.Step, "err", err)

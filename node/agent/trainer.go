@@ -30,7 +30,9 @@ type Trainer interface {
 	// Gradients is the flat gradient of all parameters, summed over this
 	// step's micro-batches. The agent all-reduces it in place; the slice
 	// must stay valid and unmoved until Apply or Discard.
-	Gradients() []float32
+	// An error (a failed device-to-host copy, say) fails the step before
+	// anything is sent, so no rank sums stale gradients.
+	Gradients() ([]float32, error)
 
 	// Apply finishes committed step (0-based over the run): divide the
 	// all-reduced gradient by globalCount (the step's samples or tokens
