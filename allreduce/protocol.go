@@ -347,9 +347,10 @@ func (s *sink) apply(b []byte) {
 	s.pos += n
 }
 
-// addF32 is dst[i] += src[i]; unrolled because it runs on every received byte
-// of the reduce-scatter phase and competes with kernel TCP for the CPU.
-func addF32(dst, src []float32) {
+// addF32Generic is dst[i] += src[i]; unrolled because it runs on every
+// received byte of the reduce-scatter phase and competes with kernel TCP for
+// the CPU. addF32 (add_*.go) uses vector instructions where it can.
+func addF32Generic(dst, src []float32) {
 	src = src[:len(dst)]
 	i := 0
 	for ; i+8 <= len(dst); i += 8 {
