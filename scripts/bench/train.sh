@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# scripts/bench.sh train [--sizes 1,2,4] [--steps 12] [--warmup 3] [--repeats 1]
+#
+# Training throughput of a ringtune cluster on this machine against PyTorch
+# DDP (gloo) running ../shared/bench/ddp_train.py in the same run, on the same
+# model: a BERT-style classifier with vocab 8192, hidden 256, 4 layers,
+# 4 heads, FFN 1024, sequence 128, dropout 0.1, micro-batch 8 per node,
+# 1 thread per node, synthetic tokens, AdamW. ringtune runs a coordinator and
+# N `node join` processes over loopback; the global batch is 8·N, so every
+# node computes one micro-batch per step as a DDP rank does.
+#
+# samples/s for ringtune = samples committed between the end of warm-up and
+# the last step, over the time between those commits (coordinator's debug
+# log). For DDP, the script's synced-step figure. One line per N:
+#   bench: train n=N samples_per_s=X ddp_samples_per_s=Y ratio=X/Y
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+sizes=1,2,4
+steps=12
+warmup=3
+repeats=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sizes) sizes=$2; shift ;;
+    --steps) steps=$2; shift ;;
+    --warmup) warmup=$2; shift ;;
+    --repeats) repeats=$2; shift ;;
+    *) echo "bench train: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+ddp=$root/../shared/bench/ddp_train.py
+[ -f "$ddp" ] || { echo "bench train: $ddp not found (../shared/bench)" >&2; exit 2; }
+/usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "bench train: /usr/bin/python3 lacks torch: scripts/setup.sh installs python3-torch" >&2; exit 2; }
+
+. scripts/env.sh
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+go build -o .build/coordinator ./cmd/coordinator
+go build -o .build/node ./cmd/node
+
+work=$(mktemp -d /tmp/ringtune-bench-train.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+# Synthetic data: a WordPiece vocabulary of 8192 whole words, so each word is
+# one token and max_length 128 gives sequences of exactly 128 tokens.
+/usr/bin/python3 - "$work" <<'PY'
+import json, os, random, sys
+d = sys.argv[1]
+os.makedirs(d + "/model", exist_ok=True)
+special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+words = ["w%d" % i for i in range(8192 - len(special))]
+open(d + "/model/vocab.txt", "w").write("\n".join(special + words) + "\n")
+rng = random.Random(1234)
+with open(d + "/train.jsonl", "w") as f:
+    for _ in range(4096):
+        f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(140)), "label": rng.randrange(2)}) + "\n")
+with open(d + "/eval.jsonl", "w") as f:
+    for _ in range(8):
+        f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(140)), "label": rng.randrange(2)}) + "\n")
+json.dump({"architectures": ["BertForSequenceClassification"], "model_type": "bert", "vocab_size": 8192,
+           "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024,
+           "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+           "max_position_embeddings": 128, "type_vocab_size": 2, "initializer_range": 0.02,
+           "layer_norm_eps": 1e-12, "pad_token_id": 0}, open(d + "/model/config.json", "w"))
+PY
+.build/coordinator keygen "$work/cluster.key"
+
+ours() { # N -> samples/s
+  local n=$1 dir=$work/run$1
+  mkdir -p "$dir"
+  cat > "$dir/cluster.yaml" <<YAML
+cluster:
+  bind: 127.0.0.1:0
+  grpc: 127.0.0.1:0
+  key_file: $work/cluster.key
+  min_nodes: $n
+  max_nodes: $n
+  settle: 500ms
+  label: bench-train
+model:
+  path: $work/model
+  task: classification
+  num_labels: 2
+  init: random
+data:
+  train_file: $work/train.jsonl
+  eval_file: $work/eval.jsonl
+  max_length: 128
+  tokenizer: $work/model/vocab.txt
+train:
+  epochs: 1
+  max_steps: $((steps + warmup))
+  global_batch: $((8 * n))
+  micro_batch: 8
+  optimizer: adamw
+  lr: 1.0e-4
+  weight_decay: 0.01
+  schedule: constant
+  max_grad_norm: 0
+  seed: 1234
+  threads: 1
+  digest_every: 1000
+allreduce:
+  timeout: 120s
+checkpoint:
+  dir: ckpt
+  every: 0
+output:
+  dir: out
+YAML
+  (cd "$dir" && "$root/.build/coordinator" --config cluster.yaml --log-level debug > coord.log 2>&1) &
+  local cpid=$! gossip=""
+  for _ in $(seq 200); do
+    gossip=$(sed -n 's/.*gossip=\([^ ]*\).*/\1/p' "$dir/coord.log" | head -1)
+    [ -n "$gossip" ] && break
+    sleep 0.1
+  done
+  [ -n "$gossip" ] || { echo "bench train: coordinator did not start:" >&2; cat "$dir/coord.log" >&2; kill $cpid; return 1; }
+  local pids=()
+  for k in $(seq "$n"); do
+    .build/node join --coordinator "$gossip" --key-file "$work/cluster.key" --label bench-train \
+      --bind 127.0.0.1:0 --name "bench-$n-$k" --cache-dir "$dir/cache" > "$dir/node$k.log" 2>&1 &
+    pids+=("$!")
+  done
+  if ! wait $cpid; then
+    echo "bench train: n=$n run failed:" >&2; tail -20 "$dir/coord.log" >&2
+    kill "${pids[@]}" 2>/dev/null || true
+    return 1
+  fi
+  wait "${pids[@]}" 2>/dev/null || true
+  /usr/bin/python3 - "$dir/coord.log" "$warmup" "$n" <<'PY'
+import re, sys, datetime
+log, warm, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ts = {}
+for line in open(log):
+    m = re.search(r'time=(\S+) level=DEBUG msg="step committed" step=(\d+)', line)
+    if m:
+        ts[int(m.group(2))] = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+last = max(ts)
+first = warm - 1
+print("%.4f" % (8 * n * (last - first) / (ts[last] - ts[first])))
+PY
+}
+
+declare -A mine theirs
+for r in $(seq "$repeats"); do
+  for n in ${sizes//,/ }; do
+    v=$(ours "$n")
+    mine[$n]="${mine[$n]:-} $v"
+    echo "bench train: repeat $r ringtune n=$n samples/s=$v" >&2
+  done
+  /usr/bin/python3 "$ddp" --world-sizes "$sizes" --repeats 1 --warmup "$warmup" --steps "$steps" --blocks 1 \
+    --threads 1 --out "$work/ddp$r.json" > "$work/ddp$r.log" 2>&1 || { cat "$work/ddp$r.log" >&2; exit 1; }
+  for n in ${sizes//,/ }; do
+    v=$(/usr/bin/python3 -c 'import json,sys
+s=[x for x in json.load(open(sys.argv[1]))["summary"] if x["world_size"]==int(sys.argv[2])][0]
+print("%.4f" % s["samples_per_s_sync"]["median"])' "$work/ddp$r.json" "$n")
+    theirs[$n]="${theirs[$n]:-} $v"
+    echo "bench train: repeat $r ddp n=$n samples/s=$v" >&2
+  done
+done
+for n in ${sizes//,/ }; do
+  /usr/bin/python3 - "$n" "${mine[$n]}" "${theirs[$n]}" <<'PY'
+import statistics, sys
+n, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+x, y = statistics.median(a), statistics.median(b)
+print("bench: train n=%s samples_per_s=%.2f ddp_samples_per_s=%.2f ratio=%.3f repeats=%d" % (n, x, y, x / y, len(a)))
+PY
+done
