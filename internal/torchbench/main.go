@@ -183,19 +183,7 @@ func leak(ops, steps, warmup int) (*leakResult, error) {
 		for j := range labels {
 			labels[j] = int64(rng.IntN(2))
 		}
-		if err := m.Params.ZeroGrad(); err != nil {
-			return nil, err
-		}
-		loss := m.Loss(s, s.FromInt64(ids, 8, 32), s.FromInt64(mask, 8, 32), s.FromInt64(labels, 8), true)
-		s.Backward(loss)
-		_ = s.Item(loss)
-		if err := s.Release(); err != nil {
-			return nil, err
-		}
-		if _, err := m.Params.ClipGradNorm(1); err != nil {
-			return nil, err
-		}
-		if err := opt.Apply(1e-4); err != nil {
+		if err := trainStep(s, m, opt, ids, mask, labels, 8, 32); err != nil {
 			return nil, err
 		}
 	}
@@ -279,6 +267,30 @@ func leakGotch(ops, warmup int) (*leakResult, error) {
 		RSSGrowthPct: pct(base.RSS, end.RSS), HeapGrowthPct: pct(base.Heap, end.Heap), RSSMB: float64(end.RSS) / (1 << 20)}, nil
 }
 
+// trainStep is the measured training step, the same as tiny_torch.py's:
+// forward, backward of the summed loss, divide by the batch size, clip to
+// norm 1, AdamW.
+func trainStep(s *torch.Scope, m *tiny.Model, opt *torch.AdamW, ids, mask, labels []int64, b, t int64) error {
+	if err := m.Params.ZeroGrad(); err != nil {
+		return err
+	}
+	loss := m.Loss(s, s.FromInt64(ids, b, t), s.FromInt64(mask, b, t), s.FromInt64(labels, b), true)
+	s.Backward(loss)
+	_ = s.Item(loss)
+	if err := s.Release(); err != nil {
+		return err
+	}
+	g := m.Params.GradSlice()
+	inv := 1 / float32(b)
+	for j := range g {
+		g[j] *= inv
+	}
+	if _, err := m.Params.ClipGradNorm(1); err != nil {
+		return err
+	}
+	return opt.Apply(1e-4)
+}
+
 type stepCfg struct {
 	Vocab   int     `json:"vocab"`
 	Hidden  int     `json:"hidden"`
@@ -332,24 +344,7 @@ func step(cfgJSON string, steps, warmup int) (*stepResult, error) {
 	bs, sq := int64(c.Batch), int64(c.Seq)
 	one := func(i int) error {
 		b := pool[i%len(pool)]
-		if err := m.Params.ZeroGrad(); err != nil {
-			return err
-		}
-		loss := m.Loss(s, s.FromInt64(b.ids, bs, sq), s.FromInt64(b.mask, bs, sq), s.FromInt64(b.labels, bs), true)
-		s.Backward(loss)
-		_ = s.Item(loss)
-		if err := s.Release(); err != nil {
-			return err
-		}
-		g := m.Params.GradSlice()
-		inv := 1 / float32(c.Batch)
-		for j := range g {
-			g[j] *= inv
-		}
-		if _, err := m.Params.ClipGradNorm(1); err != nil {
-			return err
-		}
-		return opt.Apply(1e-4)
+		return trainStep(s, m, opt, b.ids, b.mask, b.labels, bs, sq)
 	}
 	for i := range warmup {
 		if err := one(i); err != nil {

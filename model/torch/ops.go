@@ -33,11 +33,15 @@ func ints(v []int64) []int64 {
 	return v
 }
 
-// withScalar runs f with a libtorch Scalar of v and frees it afterwards.
-func withScalar(v float64, f func(libtch.Cscalar)) {
+// scalarOp runs an op that takes a libtorch Scalar of v, freeing the
+// Scalar afterwards (gotch's wrappers would leak it).
+func (s *Scope) scalarOp(name string, v float64, f func(o *libtch.Ctensor, sc libtch.Cscalar)) Tensor {
+	if s.err != nil {
+		return Tensor{}
+	}
 	sc := libtch.AtsFloat(v)
 	defer libtch.AtsFree(sc)
-	f(sc)
+	return s.run(name, func(o *libtch.Ctensor) { f(o, sc) })
 }
 
 // Zeros makes a zero tensor.
@@ -73,12 +77,7 @@ func (s *Scope) Uniform_(t Tensor, from, to float64) {
 
 // Fill_ sets every element of t to v.
 func (s *Scope) Fill_(t Tensor, v float64) {
-	if s.err != nil {
-		return
-	}
-	withScalar(v, func(sc libtch.Cscalar) {
-		s.run("fill_", func(o *libtch.Ctensor) { libtch.AtgFill_(o, t.c, sc) })
-	})
+	s.scalarOp("fill_", v, func(o *libtch.Ctensor, sc libtch.Cscalar) { libtch.AtgFill_(o, t.c, sc) })
 }
 
 // Zero_ sets every element of t to 0.
@@ -196,26 +195,12 @@ func (s *Scope) Div(a, b Tensor) Tensor {
 
 // MulScalar is a * v.
 func (s *Scope) MulScalar(a Tensor, v float64) Tensor {
-	var r Tensor
-	if s.err != nil {
-		return r
-	}
-	withScalar(v, func(sc libtch.Cscalar) {
-		r = s.run("mul", func(o *libtch.Ctensor) { libtch.AtgMulScalar(o, a.c, sc) })
-	})
-	return r
+	return s.scalarOp("mul", v, func(o *libtch.Ctensor, sc libtch.Cscalar) { libtch.AtgMulScalar(o, a.c, sc) })
 }
 
 // AddScalar is a + v.
 func (s *Scope) AddScalar(a Tensor, v float64) Tensor {
-	var r Tensor
-	if s.err != nil {
-		return r
-	}
-	withScalar(v, func(sc libtch.Cscalar) {
-		r = s.run("add", func(o *libtch.Ctensor) { libtch.AtgAddScalar(o, a.c, sc) })
-	})
-	return r
+	return s.scalarOp("add", v, func(o *libtch.Ctensor, sc libtch.Cscalar) { libtch.AtgAddScalar(o, a.c, sc) })
 }
 
 // Matmul is torch.matmul.
@@ -280,26 +265,12 @@ func (s *Scope) Dropout(x Tensor, p float64, train bool) Tensor {
 
 // MaskedFill sets the elements where mask is true to v.
 func (s *Scope) MaskedFill(x, mask Tensor, v float64) Tensor {
-	var r Tensor
-	if s.err != nil {
-		return r
-	}
-	withScalar(v, func(sc libtch.Cscalar) {
-		r = s.run("masked_fill", func(o *libtch.Ctensor) { libtch.AtgMaskedFill(o, x.c, mask.c, sc) })
-	})
-	return r
+	return s.scalarOp("masked_fill", v, func(o *libtch.Ctensor, sc libtch.Cscalar) { libtch.AtgMaskedFill(o, x.c, mask.c, sc) })
 }
 
 // Eq is x == v elementwise (bool).
 func (s *Scope) Eq(x Tensor, v float64) Tensor {
-	var r Tensor
-	if s.err != nil {
-		return r
-	}
-	withScalar(v, func(sc libtch.Cscalar) {
-		r = s.run("eq", func(o *libtch.Ctensor) { libtch.AtgEq(o, x.c, sc) })
-	})
-	return r
+	return s.scalarOp("eq", v, func(o *libtch.Ctensor, sc libtch.Cscalar) { libtch.AtgEq(o, x.c, sc) })
 }
 
 // Sum of all elements.
