@@ -37,13 +37,15 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.SliceBuffer(m.hdr), m.payload}, nil
 }
 
-// inMsg receives one message. With want == nil it accepts only a hello;
+// inMsg receives one message. With want == nil it accepts only the control
+// message of kind expect (a hello when expect is 0);
 // otherwise it accepts only the data message described by want and applies
 // its payload through sink while gRPC's buffers are still held.
 type inMsg struct {
-	hdr  header
-	want *header
-	sink *sink
+	hdr    header
+	expect uint8
+	want   *header
+	sink   *sink
 	// resolve, if set, fills want and sink once a message has arrived (it
 	// may wait for the caller to start the operation the message is for).
 	resolve func() error
@@ -80,11 +82,15 @@ func (m *inMsg) decode(data mem.BufferSlice) error {
 	m.hdr = h
 	total := data.Len() - headerLen
 	if m.want == nil {
-		if h.Kind != kindHello {
-			return fmt.Errorf("first message of a stream must be a hello, got kind %d", h.Kind)
+		want := m.expect
+		if want == 0 {
+			want = kindHello
+		}
+		if h.Kind != want {
+			return fmt.Errorf("got message kind %d where only kind %d (1 hello, 3 offer) is allowed", h.Kind, want)
 		}
 		if total != 0 {
-			return fmt.Errorf("hello carries %d payload bytes, want none", total)
+			return fmt.Errorf("control message (kind %d) carries %d payload bytes, want none", h.Kind, total)
 		}
 		return nil
 	}

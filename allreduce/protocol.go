@@ -54,6 +54,7 @@ func (p Phase) String() string {
 const (
 	kindHello uint8 = 1 // first message of a stream: who is sending, for which generation
 	kindData  uint8 = 2 // one chunk of one segment of one operation
+	kindOffer uint8 = 3 // receiver → sender (TCP transport): the port of the data listener
 )
 
 const (
@@ -67,14 +68,15 @@ const (
 //	off size field
 //	  0    4 magic "RTAR"
 //	  4    1 version (1)
-//	  5    1 kind (1 hello, 2 data)
+//	  5    1 kind (1 hello, 2 data, 3 offer)
 //	  6    1 wire format (0 float32, 1 bfloat16)
 //	  7    1 phase (0 reduce-scatter, 1 all-gather)
 //	  8    8 generation
 //	 16    8 operation sequence number (hello: 0)
 //	 24    4 sender rank
-//	 28    4 ring size (hello) / step within the phase (data)
-//	 32    4 chunk index within the segment
+//	 28    4 ring size (hello, offer) / step within the phase (data)
+//	 32    4 chunk index within the segment (data) / transport (hello) /
+//	         TCP port of the data listener (offer)
 //	 36    4 element count of the payload
 //	 40    4 reserved, zero
 //
@@ -122,7 +124,7 @@ func decodeHeader(b []byte) (header, error) {
 		return h, fmt.Errorf("protocol version %d, this build speaks %d", b[4], headerVersion)
 	}
 	h.Kind, h.Wire, h.Phase = b[5], Wire(b[6]), Phase(b[7])
-	if h.Kind != kindHello && h.Kind != kindData {
+	if h.Kind != kindHello && h.Kind != kindData && h.Kind != kindOffer {
 		return h, fmt.Errorf("unknown message kind %d", h.Kind)
 	}
 	if h.Wire != Float32 && h.Wire != BFloat16 {
@@ -140,8 +142,8 @@ func decodeHeader(b []byte) (header, error) {
 	if r := binary.LittleEndian.Uint32(b[40:]); r != 0 {
 		return h, fmt.Errorf("reserved header field is %#x, want 0", r)
 	}
-	if h.Kind == kindHello && h.Count != 0 {
-		return h, fmt.Errorf("hello message claims a payload of %d elements", h.Count)
+	if h.Kind != kindData && h.Count != 0 {
+		return h, fmt.Errorf("control message (kind %d) claims a payload of %d elements", h.Kind, h.Count)
 	}
 	return h, nil
 }
@@ -345,9 +347,10 @@ func (s *sink) apply(b []byte) {
 	s.pos += n
 }
 
-// addF32 is dst[i] += src[i]; unrolled because it runs on every received byte
-// of the reduce-scatter phase and competes with kernel TCP for the CPU.
-func addF32(dst, src []float32) {
+// addF32Generic is dst[i] += src[i]; unrolled because it runs on every
+// received byte of the reduce-scatter phase and competes with kernel TCP for
+// the CPU. addF32 (add_*.go) uses vector instructions where it can.
+func addF32Generic(dst, src []float32) {
 	src = src[:len(dst)]
 	i := 0
 	for ; i+8 <= len(dst); i += 8 {

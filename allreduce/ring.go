@@ -423,7 +423,8 @@ type sentPool struct{ op *Op }
 func (p sentPool) Get(int) *[]byte { return new([]byte) } // gRPC only Puts buffers it was given
 func (p sentPool) Put(*[]byte)     { p.op.partDone() }
 
-// sendLoop owns the stream to the right neighbour.
+// sendLoop owns the stream to the right neighbour (and, with the TCP
+// transport, the data connection to it).
 func (r *Ring) sendLoop() {
 	stream, err := r.conn.NewStream(r.ctx, &serviceDesc.Streams[0], streamMethod,
 		grpc.WaitForReady(true), grpc.ForceCodecV2(rawCodec{}),
@@ -435,12 +436,22 @@ func (r *Ring) sendLoop() {
 		r.fail(fmt.Errorf("allreduce: %s: open stream to right neighbour %s: %w", r.who(), r.peer(r.right), err))
 		return
 	}
-	hello := header{Kind: kindHello, Wire: r.cfg.Wire, Gen: r.cfg.Generation, From: uint32(r.cfg.Rank), Step: uint32(r.size)}
+	tcp := r.cfg.Transport == TCP
+	hello := header{Kind: kindHello, Wire: r.cfg.Wire, Gen: r.cfg.Generation, From: uint32(r.cfg.Rank), Step: uint32(r.size), Chunk: uint32(r.cfg.Transport)}
 	hb := make([]byte, headerLen)
 	hello.encode(hb)
 	recvDone := make(chan struct{})
+	offer := make(chan header, 1)
 	r.wg.Go(func() {
 		defer close(recvDone)
+		if tcp {
+			in := inMsg{expect: kindOffer}
+			if err := stream.RecvMsg(&in); err != nil {
+				r.fail(fmt.Errorf("allreduce: %s: right neighbour %s ended the ring stream before offering a data connection: %w", r.who(), r.peer(r.right), err))
+				return
+			}
+			offer <- in.hdr
+		}
 		var in inMsg
 		err := stream.RecvMsg(&in)
 		if errors.Is(err, io.EOF) && r.closing.Load() {
@@ -452,12 +463,37 @@ func (r *Ring) sendLoop() {
 		r.fail(fmt.Errorf("allreduce: %s: right neighbour %s ended the ring stream: %w", r.who(), r.peer(r.right), err))
 	})
 	err = stream.SendMsg(&outMsg{hdr: hb})
+	var tx chunkSender = grpcSender{stream}
+	var conn *net.TCPConn
+	if err == nil && tcp {
+		select {
+		case h := <-offer:
+			conn, err = r.dialData(h)
+		case <-r.dead:
+			return
+		}
+		if err != nil {
+			r.fail(err)
+			return
+		}
+		defer conn.Close()
+		// A failed or closed ring must unblock a write in progress.
+		stop := context.AfterFunc(r.ctx, func() { conn.Close() })
+		defer stop()
+		tx = &tcpSender{conn: conn}
+	}
 	r.connected.Store(err == nil)
 	for err == nil {
 		select {
 		case op := <-r.sendQ:
 			if op == nil { // Close: half-close and let the neighbour drain
-				if err := stream.CloseSend(); err == nil {
+				if conn != nil {
+					err = conn.CloseWrite()
+				}
+				if err == nil {
+					err = stream.CloseSend()
+				}
+				if err == nil {
 					select {
 					case <-recvDone:
 					case <-r.dead:
@@ -466,7 +502,7 @@ func (r *Ring) sendLoop() {
 				close(r.graceDone)
 				return
 			}
-			err = r.sendOp(stream, op)
+			err = r.sendOp(tx, op)
 		case <-r.dead:
 			return
 		}
@@ -475,12 +511,57 @@ func (r *Ring) sendLoop() {
 		<-recvDone // the receive side holds the real status
 		return
 	}
+	if conn != nil {
+		// The right neighbour's gRPC status usually says why it hung up
+		// on the data connection; prefer it to "connection reset".
+		t := time.NewTimer(statusWait)
+		select {
+		case <-r.dead:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	r.fail(fmt.Errorf("allreduce: %s: sending to right neighbour %s: %w", r.who(), r.peer(r.right), err))
 }
 
-func (r *Ring) sendOp(stream grpc.ClientStream, op *Op) error {
+// chunkSender writes one chunk of op, the elements [a, b) of its buffer,
+// under header h, and calls op.partDone once the caller's buffer is no
+// longer needed for it.
+type chunkSender interface {
+	send(op *Op, h *header, a, b int) error
+}
+
+// grpcSender sends chunks as messages of the ring stream.
+type grpcSender struct{ stream grpc.ClientStream }
+
+func (g grpcSender) send(op *Op, h *header, a, b int) error {
+	m := outMsg{hdr: make([]byte, headerLen)}
+	h.encode(m.hdr)
+	copied := true
+	switch {
+	case h.Wire == BFloat16:
+		pool := mem.DefaultBufferPool()
+		buf := pool.Get(2 * (b - a))
+		encodeBF16(*buf, op.buf[a:b])
+		m.payload = mem.NewBuffer(buf, pool)
+	case 4*(b-a) >= zeroCopyMin:
+		view := f32bytes(op.buf[a:b])
+		m.payload = mem.NewBuffer(&view, sentPool{op})
+		copied = false
+	default:
+		m.payload = mem.SliceBuffer(append([]byte(nil), f32bytes(op.buf[a:b])...))
+	}
+	if err := g.stream.SendMsg(&m); err != nil {
+		return err
+	}
+	if copied {
+		op.partDone()
+	}
+	return nil
+}
+
+func (r *Ring) sendOp(tx chunkSender, op *Op) error {
 	p := op.plan
-	wire := r.cfg.Wire
 	for t := 0; t < p.steps(); t++ {
 		lo, hi := p.sendSeg(t)
 		ph, st := p.phaseStep(t)
@@ -492,30 +573,11 @@ func (r *Ring) sendOp(stream grpc.ClientStream, op *Op) error {
 				}
 			}
 			a, b := p.chunkRange(lo, hi, c)
-			h := header{Kind: kindData, Wire: wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
+			h := header{Kind: kindData, Wire: r.cfg.Wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
 				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
-			m := outMsg{hdr: make([]byte, headerLen)}
-			h.encode(m.hdr)
-			copied := true
-			switch {
-			case wire == BFloat16:
-				pool := mem.DefaultBufferPool()
-				buf := pool.Get(2 * (b - a))
-				encodeBF16(*buf, op.buf[a:b])
-				m.payload = mem.NewBuffer(buf, pool)
-			case 4*(b-a) >= zeroCopyMin:
-				view := f32bytes(op.buf[a:b])
-				m.payload = mem.NewBuffer(&view, sentPool{op})
-				copied = false
-			default:
-				m.payload = mem.SliceBuffer(append([]byte(nil), f32bytes(op.buf[a:b])...))
-			}
-			if err := stream.SendMsg(&m); err != nil {
-				return err
-			}
 			op.sent.Add(1)
-			if copied {
-				op.partDone()
+			if err := tx.send(op, &h, a, b); err != nil {
+				return err
 			}
 		}
 	}
@@ -532,6 +594,8 @@ func (r *Ring) serveLeft(ss grpc.ServerStream, hello header) error {
 		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: rank %d thinks the ring has %d ranks, this ring has %d", r.who(), hello.From, hello.Step, r.size)
 	case hello.Wire != r.cfg.Wire:
 		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: rank %d sends %v, this ring uses %v", r.who(), hello.From, hello.Wire, r.cfg.Wire)
+	case Transport(hello.Chunk) != r.cfg.Transport:
+		return status.Errorf(codes.FailedPrecondition, "allreduce: %s: rank %d uses the %v transport, this ring uses %v; configure every rank alike", r.who(), hello.From, Transport(hello.Chunk), r.cfg.Transport)
 	}
 	r.mu.Lock()
 	if r.closed || r.hasLeft {
@@ -540,7 +604,25 @@ func (r *Ring) serveLeft(ss grpc.ServerStream, hello header) error {
 	}
 	r.hasLeft = true
 	errc := make(chan error, 1)
-	r.wg.Go(func() { errc <- r.recvLoop(ss) })
+	ctlErr := make(chan error, 1)
+	if r.cfg.Transport == TCP {
+		r.wg.Go(func() { errc <- r.serveLeftTCP(ss) })
+		// The left neighbour sends nothing more on the stream; a break of
+		// it (its process died) fails the ring even before TCP notices.
+		// A half-close is its clean Close and is ignored.
+		r.wg.Go(func() {
+			var in inMsg
+			err := ss.RecvMsg(&in)
+			if err == nil {
+				err = errors.New("unexpected message on the control stream")
+			}
+			if !errors.Is(err, io.EOF) {
+				ctlErr <- fmt.Errorf("allreduce: %s: control stream from left neighbour %s broke: %w", r.who(), r.peer(r.left), err)
+			}
+		})
+	} else {
+		r.wg.Go(func() { errc <- r.recvLoop(ss) })
+	}
 	r.mu.Unlock()
 	select {
 	case err := <-errc:
@@ -548,74 +630,130 @@ func (r *Ring) serveLeft(ss grpc.ServerStream, hello header) error {
 			return nil // clean half-close by the left neighbour
 		}
 		r.fail(err)
+	case err := <-ctlErr:
+		r.fail(err)
 	case <-r.dead:
 	}
 	// Returning ends the stream; the left neighbour sees why.
 	return status.Error(codes.Aborted, r.Err().Error())
 }
 
+// serveLeftTCP offers a data listener to the left neighbour, accepts its
+// authenticated connection and reads it.
+func (r *Ring) serveLeftTCP(ss grpc.ServerStream) error {
+	lis, err := net.Listen("tcp", net.JoinHostPort(dataHost(r.cfg.Peers[r.cfg.Rank]), "0"))
+	if err != nil {
+		return fmt.Errorf("allreduce: %s: listen for the data connection of left neighbour %s: %w", r.who(), r.peer(r.left), err)
+	}
+	offer := header{Kind: kindOffer, Wire: r.cfg.Wire, Gen: r.cfg.Generation, From: uint32(r.cfg.Rank), Step: uint32(r.size),
+		Chunk: uint32(lis.Addr().(*net.TCPAddr).Port)}
+	m := outMsg{hdr: make([]byte, headerLen)}
+	offer.encode(m.hdr)
+	if err := ss.SendMsg(&m); err != nil {
+		lis.Close()
+		return fmt.Errorf("allreduce: %s: offering a data connection to left neighbour %s: %w", r.who(), r.peer(r.left), err)
+	}
+	conn, err := r.acceptData(lis)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(r.ctx, func() { conn.Close() })
+	defer stop()
+	return r.recvLoopTCP(conn)
+}
+
+// recvCursor walks the receive schedule of the operations in start order:
+// which message comes next, and where its payload goes.
+type recvCursor struct {
+	r    *Ring
+	cur  *Op
+	i, t int    // chunk index of cur in receive order, and its step
+	want header // the message expected next
+}
+
+// next waits until the operation the next message belongs to has been
+// started, sets want and returns the destination of its payload.
+func (c *recvCursor) next() ([]float32, error) {
+	r := c.r
+	if c.cur == nil {
+		select {
+		case c.cur = <-r.recvQ:
+			c.i, c.t = 0, 0
+		case <-r.dead:
+			return nil, r.err
+		}
+	}
+	p := c.cur.plan
+	for p.recvStart[c.t+1] <= c.i {
+		c.t++
+	}
+	ch := c.i - p.recvStart[c.t]
+	lo, hi := p.recvSeg(c.t)
+	a, b := p.chunkRange(lo, hi, ch)
+	ph, st := p.phaseStep(c.t)
+	c.want = header{Kind: kindData, Wire: r.cfg.Wire, Phase: ph, Gen: r.cfg.Generation, Seq: c.cur.seq,
+		From: uint32(r.left), Step: uint32(st), Chunk: uint32(ch), Count: uint32(b - a)}
+	return c.cur.buf[a:b], nil
+}
+
+// applied records that the expected message's payload is in dst.
+func (c *recvCursor) applied(dst []float32) {
+	r := c.r
+	if r.cfg.Wire == BFloat16 && c.want.Phase == ReduceScatter && int(c.want.Step) == r.size-2 {
+		// This rank owns the segment now; make its copy equal to what
+		// the others will decode from bfloat16.
+		roundBF16(dst)
+	}
+	c.cur.advance()
+	c.cur.partDone()
+	if c.i++; c.i == c.cur.plan.totalRecv() {
+		c.cur.partDone() // in-order completion token
+		c.cur = nil
+	}
+}
+
+// end turns a receive error into the loop's result: a clean end of the
+// stream between operations is nil (the left neighbour closed), anything
+// else an error naming where it happened.
+func (c *recvCursor) end(err error) error {
+	r := c.r
+	if errors.Is(err, io.EOF) {
+		r.mu.Lock()
+		r.leftGone = true
+		busy := c.cur != nil || len(r.recvQ) > 0
+		r.mu.Unlock()
+		if !busy {
+			close(r.leftEOF)
+			return nil
+		}
+	}
+	if c.cur == nil {
+		return fmt.Errorf("allreduce: %s: receiving from left neighbour %s: %w", r.who(), r.peer(r.left), err)
+	}
+	return fmt.Errorf("allreduce: %s: operation %d: receiving %v step %d chunk %d from left neighbour %s: %w",
+		r.who(), c.cur.seq, c.want.Phase, c.want.Step, c.want.Chunk, r.peer(r.left), err)
+}
+
 // recvLoop reads the left neighbour's stream for the ring's lifetime. It is
 // always inside RecvMsg, so a clean half-close is seen even when idle; the
 // operation a message belongs to is looked up once its header has arrived.
 func (r *Ring) recvLoop(ss grpc.ServerStream) error {
-	wire := r.cfg.Wire
-	var (
-		cur  *Op
-		i, t int // chunk index in receive order, and its step
-		want header
-		sk   sink
-	)
-	in := inMsg{want: &want, sink: &sk}
+	cr := recvCursor{r: r}
+	var sk sink
+	in := inMsg{want: &cr.want, sink: &sk}
 	in.resolve = func() error {
-		if cur == nil {
-			select {
-			case cur = <-r.recvQ:
-				i, t = 0, 0
-			case <-r.dead:
-				return r.err
-			}
+		dst, err := cr.next()
+		if err != nil {
+			return err
 		}
-		p := cur.plan
-		for p.recvStart[t+1] <= i {
-			t++
-		}
-		c := i - p.recvStart[t]
-		lo, hi := p.recvSeg(t)
-		a, b := p.chunkRange(lo, hi, c)
-		ph, st := p.phaseStep(t)
-		want = header{Kind: kindData, Wire: wire, Phase: ph, Gen: r.cfg.Generation, Seq: cur.seq,
-			From: uint32(r.left), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
-		sk = sink{dst: cur.buf[a:b], wire: wire, add: ph == ReduceScatter}
+		sk = sink{dst: dst, wire: r.cfg.Wire, add: cr.want.Phase == ReduceScatter}
 		return nil
 	}
 	for {
 		if err := ss.RecvMsg(&in); err != nil {
-			if errors.Is(err, io.EOF) {
-				r.mu.Lock()
-				r.leftGone = true
-				busy := cur != nil || len(r.recvQ) > 0
-				r.mu.Unlock()
-				if !busy {
-					close(r.leftEOF)
-					return nil
-				}
-			}
-			if cur == nil {
-				return fmt.Errorf("allreduce: %s: receiving from left neighbour %s: %w", r.who(), r.peer(r.left), err)
-			}
-			return fmt.Errorf("allreduce: %s: operation %d: receiving %v step %d chunk %d from left neighbour %s: %w",
-				r.who(), cur.seq, want.Phase, want.Step, want.Chunk, r.peer(r.left), err)
+			return cr.end(err)
 		}
-		if wire == BFloat16 && want.Phase == ReduceScatter && int(want.Step) == r.size-2 {
-			// This rank owns the segment now; make its copy equal to what
-			// the others will decode from bfloat16.
-			roundBF16(sk.dst)
-		}
-		cur.advance()
-		cur.partDone()
-		if i++; i == cur.plan.totalRecv() {
-			cur.partDone() // in-order completion token
-			cur = nil
-		}
+		cr.applied(sk.dst)
 	}
 }

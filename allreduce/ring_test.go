@@ -46,13 +46,24 @@ func listeners(t testing.TB, n int) ([]net.Listener, []string) {
 	return ls, addrs
 }
 
-// newRings builds a ring of n ranks on loopback; mod may adjust each config.
-func newRings(t testing.TB, n int, mod func(*Config)) []*Ring {
+// transports are the data paths every ring test runs on.
+var transports = []Transport{TCP, GRPC}
+
+// forTransports runs f as a subtest per transport.
+func forTransports(t *testing.T, f func(t *testing.T, tr Transport)) {
+	for _, tr := range transports {
+		t.Run(tr.String(), func(t *testing.T) { f(t, tr) })
+	}
+}
+
+// newRings builds a ring of n ranks on loopback using transport tr; mod may
+// adjust each config.
+func newRings(t testing.TB, tr Transport, n int, mod func(*Config)) []*Ring {
 	t.Helper()
 	ls, addrs := listeners(t, n)
 	rings := make([]*Ring, n)
 	for i := range rings {
-		cfg := Config{Generation: 1, Rank: i, Peers: addrs, Listener: ls[i], Key: testKey, Timeout: 20 * time.Second}
+		cfg := Config{Generation: 1, Rank: i, Peers: addrs, Listener: ls[i], Key: testKey, Timeout: 20 * time.Second, Transport: tr}
 		if mod != nil {
 			mod(&cfg)
 		}
@@ -128,219 +139,235 @@ func checkResult(t *testing.T, bufs [][]float32, ref, abs []float64, tol float64
 func f32tol(n int) float64 { return float64(n) * 0x1p-24 }
 
 func TestAllReduceSizes(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for n := 1; n <= 8; n++ {
-		t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
-			lengths := []int{0, 1, max(n-1, 1), n, 1009, 4099, 65537 + rng.IntN(1000)}
-			if n <= 2 {
-				lengths = append(lengths, 16<<20) // 64 MiB, only where it is quick
-			}
-			rings := newRings(t, n, func(c *Config) { c.ChunkBytes = MinChunkBytes })
-			for _, length := range lengths {
-				bufs, ref, abs := randomBufs(rng, n, length)
-				for i, err := range reduceAll(rings, bufs) {
-					if err != nil {
-						t.Fatalf("length %d rank %d: %v", length, i, err)
-					}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		rng := rand.New(rand.NewPCG(1, 2))
+		for n := 1; n <= 8; n++ {
+			t.Run(fmt.Sprint("n=", n), func(t *testing.T) {
+				lengths := []int{0, 1, max(n-1, 1), n, 1009, 4099, 65537 + rng.IntN(1000)}
+				if n <= 2 {
+					lengths = append(lengths, 16<<20) // 64 MiB, only where it is quick
 				}
-				checkResult(t, bufs, ref, abs, f32tol(n))
-			}
-		})
-	}
+				rings := newRings(t, tr, n, func(c *Config) { c.ChunkBytes = MinChunkBytes })
+				for _, length := range lengths {
+					bufs, ref, abs := randomBufs(rng, n, length)
+					for i, err := range reduceAll(rings, bufs) {
+						if err != nil {
+							t.Fatalf("length %d rank %d: %v", length, i, err)
+						}
+					}
+					checkResult(t, bufs, ref, abs, f32tol(n))
+				}
+			})
+		}
+	})
 }
 
 func TestAllReduceBFloat16(t *testing.T) {
-	rng := rand.New(rand.NewPCG(3, 4))
-	for _, n := range []int{2, 3, 5} {
-		rings := newRings(t, n, func(c *Config) { c.Wire = BFloat16; c.ChunkBytes = MinChunkBytes })
-		bufs, ref, abs := randomBufs(rng, n, 50021)
-		for i, err := range reduceAll(rings, bufs) {
-			if err != nil {
-				t.Fatalf("n=%d rank %d: %v", n, i, err)
+	forTransports(t, func(t *testing.T, tr Transport) {
+		rng := rand.New(rand.NewPCG(3, 4))
+		for _, n := range []int{2, 3, 5} {
+			rings := newRings(t, tr, n, func(c *Config) { c.Wire = BFloat16; c.ChunkBytes = MinChunkBytes })
+			bufs, ref, abs := randomBufs(rng, n, 50021)
+			for i, err := range reduceAll(rings, bufs) {
+				if err != nil {
+					t.Fatalf("n=%d rank %d: %v", n, i, err)
+				}
 			}
+			checkResult(t, bufs, ref, abs, BFloat16ErrorBound(n))
+			// The bound must not be vacuous: bfloat16 really loses precision.
+			worst := 0.0
+			for j := range ref {
+				worst = max(worst, math.Abs(float64(bufs[0][j])-ref[j])/abs[j])
+			}
+			if worst < f32tol(n)*4 {
+				t.Fatalf("n=%d: worst relative error %g looks like float32, not bfloat16", n, worst)
+			}
+			closeAll(rings)
 		}
-		checkResult(t, bufs, ref, abs, BFloat16ErrorBound(n))
-		// The bound must not be vacuous: bfloat16 really loses precision.
-		worst := 0.0
-		for j := range ref {
-			worst = max(worst, math.Abs(float64(bufs[0][j])-ref[j])/abs[j])
-		}
-		if worst < f32tol(n)*4 {
-			t.Fatalf("n=%d: worst relative error %g looks like float32, not bfloat16", n, worst)
-		}
-		closeAll(rings)
-	}
+	})
 }
 
 func TestBucketsInFlight(t *testing.T) {
-	const n, ops = 3, 6
-	rings := newRings(t, n, func(c *Config) { c.ChunkBytes = 64 << 10 })
-	rng := rand.New(rand.NewPCG(5, 6))
-	type bucket struct {
-		bufs     [][]float32
-		ref, abs []float64
-	}
-	buckets := make([]bucket, ops)
-	for k := range buckets {
-		b := &buckets[k]
-		b.bufs, b.ref, b.abs = randomBufs(rng, n, 1+rng.IntN(300000))
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, n)
-	for i, r := range rings {
-		wg.Go(func() {
-			started := make([]*Op, ops)
-			for k := range buckets {
-				op, err := r.Start(context.Background(), buckets[k].bufs[i])
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				if op.Seq() != uint64(k) {
-					errs[i] = fmt.Errorf("op %d has seq %d", k, op.Seq())
-					return
-				}
-				started[k] = op
-			}
-			// Completion is in start order: once op k is done, all before it are.
-			for k := ops - 1; k >= 0; k-- {
-				if err := started[k].Wait(); err != nil {
-					errs[i] = err
-					return
-				}
-				for j := 0; j < k; j++ {
-					select {
-					case <-started[j].Done():
-					default:
-						errs[i] = fmt.Errorf("op %d done before op %d", k, j)
+	forTransports(t, func(t *testing.T, tr Transport) {
+		const n, ops = 3, 6
+		rings := newRings(t, tr, n, func(c *Config) { c.ChunkBytes = 64 << 10 })
+		rng := rand.New(rand.NewPCG(5, 6))
+		type bucket struct {
+			bufs     [][]float32
+			ref, abs []float64
+		}
+		buckets := make([]bucket, ops)
+		for k := range buckets {
+			b := &buckets[k]
+			b.bufs, b.ref, b.abs = randomBufs(rng, n, 1+rng.IntN(300000))
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, n)
+		for i, r := range rings {
+			wg.Go(func() {
+				started := make([]*Op, ops)
+				for k := range buckets {
+					op, err := r.Start(context.Background(), buckets[k].bufs[i])
+					if err != nil {
+						errs[i] = err
 						return
 					}
+					if op.Seq() != uint64(k) {
+						errs[i] = fmt.Errorf("op %d has seq %d", k, op.Seq())
+						return
+					}
+					started[k] = op
 				}
-			}
-		})
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("rank %d: %v", i, err)
+				// Completion is in start order: once op k is done, all before it are.
+				for k := ops - 1; k >= 0; k-- {
+					if err := started[k].Wait(); err != nil {
+						errs[i] = err
+						return
+					}
+					for j := 0; j < k; j++ {
+						select {
+						case <-started[j].Done():
+						default:
+							errs[i] = fmt.Errorf("op %d done before op %d", k, j)
+							return
+						}
+					}
+				}
+			})
 		}
-	}
-	for _, b := range buckets {
-		checkResult(t, b.bufs, b.ref, b.abs, f32tol(n))
-	}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("rank %d: %v", i, err)
+			}
+		}
+		for _, b := range buckets {
+			checkResult(t, b.bufs, b.ref, b.abs, f32tol(n))
+		}
+	})
 }
 
 // TestPeerKilled closes one rank abruptly in the middle of an operation; every
 // other rank must get an error (not hang) well within its deadline.
 func TestPeerKilled(t *testing.T) {
-	const n, victim = 4, 2
-	rings := newRings(t, n, func(c *Config) { c.Timeout = 10 * time.Second; c.ChunkBytes = 64 << 10 })
-	bufs := make([][]float32, n)
-	for i := range bufs {
-		bufs[i] = make([]float32, 8<<20)
-	}
-	ops := make([]*Op, n)
-	for i, r := range rings {
-		op, err := r.Start(context.Background(), bufs[i])
-		if err != nil {
-			t.Fatal(err)
+	forTransports(t, func(t *testing.T, tr Transport) {
+		const n, victim = 4, 2
+		rings := newRings(t, tr, n, func(c *Config) { c.Timeout = 10 * time.Second; c.ChunkBytes = 64 << 10 })
+		bufs := make([][]float32, n)
+		for i := range bufs {
+			bufs[i] = make([]float32, 8<<20)
 		}
-		ops[i] = op
-	}
-	// Wait until data flows, then kill the victim.
-	for ops[victim].recvd.Load() == 0 {
-		select {
-		case <-ops[victim].Done():
-			t.Fatal("operation finished before the victim could be killed; make it bigger")
-		case <-time.After(time.Millisecond):
+		ops := make([]*Op, n)
+		for i, r := range rings {
+			op, err := r.Start(context.Background(), bufs[i])
+			if err != nil {
+				t.Fatal(err)
+			}
+			ops[i] = op
 		}
-	}
-	rings[victim].Close()
-	for i, op := range ops {
-		err := op.Wait()
-		if err == nil {
-			t.Fatalf("rank %d: operation succeeded with rank %d dead", i, victim)
+		// Wait until data flows, then kill the victim.
+		for ops[victim].recvd.Load() == 0 {
+			select {
+			case <-ops[victim].Done():
+				t.Fatal("operation finished before the victim could be killed; make it bigger")
+			case <-time.After(time.Millisecond):
+			}
 		}
-		if i != victim && strings.Contains(err.Error(), "timed out") {
-			t.Errorf("rank %d noticed the dead peer only by timeout: %v", i, err)
+		rings[victim].Close()
+		for i, op := range ops {
+			err := op.Wait()
+			if err == nil {
+				t.Fatalf("rank %d: operation succeeded with rank %d dead", i, victim)
+			}
+			if i != victim && strings.Contains(err.Error(), "timed out") {
+				t.Errorf("rank %d noticed the dead peer only by timeout: %v", i, err)
+			}
+			t.Logf("rank %d: %v", i, err)
 		}
-		t.Logf("rank %d: %v", i, err)
-	}
-	// A broken ring refuses new work with the same cause.
-	if _, err := rings[0].Start(context.Background(), bufs[0]); err == nil {
-		t.Fatal("broken ring accepted a new operation")
-	}
+		// A broken ring refuses new work with the same cause.
+		if _, err := rings[0].Start(context.Background(), bufs[0]); err == nil {
+			t.Fatal("broken ring accepted a new operation")
+		}
+	})
 }
 
 // TestStalledPeer: a rank that never joins the operation turns into a timeout
 // error on every other rank, naming where it stalled.
 func TestStalledPeer(t *testing.T) {
-	const n = 3
-	rings := newRings(t, n, func(c *Config) { c.Timeout = 300 * time.Millisecond })
-	var wg sync.WaitGroup
-	for i := 0; i < n-1; i++ {
-		wg.Go(func() {
-			err := rings[i].AllReduce(context.Background(), make([]float32, 1000))
-			if err == nil {
-				t.Errorf("rank %d: succeeded although rank %d never started", i, n-1)
-				return
-			}
-			if !strings.Contains(err.Error(), "generation 1") {
-				t.Errorf("rank %d: error does not name the generation: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
+	forTransports(t, func(t *testing.T, tr Transport) {
+		const n = 3
+		rings := newRings(t, tr, n, func(c *Config) { c.Timeout = 300 * time.Millisecond })
+		var wg sync.WaitGroup
+		for i := 0; i < n-1; i++ {
+			wg.Go(func() {
+				err := rings[i].AllReduce(context.Background(), make([]float32, 1000))
+				if err == nil {
+					t.Errorf("rank %d: succeeded although rank %d never started", i, n-1)
+					return
+				}
+				if !strings.Contains(err.Error(), "generation 1") {
+					t.Errorf("rank %d: error does not name the generation: %v", i, err)
+				}
+			})
+		}
+		wg.Wait()
+	})
 }
 
 func TestContextCancel(t *testing.T) {
-	rings := newRings(t, 2, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	op, err := rings[0].Start(ctx, make([]float32, 100))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cancel()
-	if err := op.Wait(); !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v, want context.Canceled", err)
-	}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		rings := newRings(t, tr, 2, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		op, err := rings[0].Start(ctx, make([]float32, 100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		if err := op.Wait(); !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want context.Canceled", err)
+		}
+	})
 }
 
 func TestStaleGeneration(t *testing.T) {
-	ls, addrs := listeners(t, 2)
-	old, err := New(Config{Generation: 6, Rank: 0, Peers: addrs, Listener: ls[0], Key: testKey, Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cur, err := New(Config{Generation: 7, Rank: 1, Peers: addrs, Listener: ls[1], Key: testKey, Timeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cur.Close()
-	defer old.Close() // first: it is broken, so it shuts down at once
-	err = old.AllReduce(context.Background(), make([]float32, 10))
-	if err == nil || !strings.Contains(err.Error(), "generation 6") || !strings.Contains(err.Error(), "generation 7") {
-		t.Fatalf("stale rank got %v; want a rejection naming generations 6 and 7", err)
-	}
+	forTransports(t, func(t *testing.T, tr Transport) {
+		ls, addrs := listeners(t, 2)
+		old, err := New(Config{Generation: 6, Rank: 0, Peers: addrs, Listener: ls[0], Key: testKey, Timeout: 5 * time.Second, Transport: tr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur, err := New(Config{Generation: 7, Rank: 1, Peers: addrs, Listener: ls[1], Key: testKey, Timeout: 300 * time.Millisecond, Transport: tr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cur.Close()
+		defer old.Close() // first: it is broken, so it shuts down at once
+		err = old.AllReduce(context.Background(), make([]float32, 10))
+		if err == nil || !strings.Contains(err.Error(), "generation 6") || !strings.Contains(err.Error(), "generation 7") {
+			t.Fatalf("stale rank got %v; want a rejection naming generations 6 and 7", err)
+		}
+	})
 }
 
 func TestWrongKey(t *testing.T) {
-	other, err := auth.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rings := newRings(t, 2, func(c *Config) {
-		c.Timeout = 2 * time.Second
-		if c.Rank == 1 {
-			c.Key = other
+	forTransports(t, func(t *testing.T, tr Transport) {
+		other, err := auth.GenerateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rings := newRings(t, tr, 2, func(c *Config) {
+			c.Timeout = 2 * time.Second
+			if c.Rank == 1 {
+				c.Key = other
+			}
+		})
+		errs := reduceAll(rings, [][]float32{make([]float32, 10), make([]float32, 10)})
+		for i, err := range errs {
+			if err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+				t.Errorf("rank %d: got %v, want Unauthenticated", i, err)
+			}
 		}
 	})
-	errs := reduceAll(rings, [][]float32{make([]float32, 10), make([]float32, 10)})
-	for i, err := range errs {
-		if err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
-			t.Errorf("rank %d: got %v, want Unauthenticated", i, err)
-		}
-	}
 }
 
 // rawStream opens a ring stream to addr the way a (possibly misbehaving) peer
@@ -373,88 +400,132 @@ func send(t *testing.T, s grpc.ClientStream, h header, payload []byte) {
 	}
 }
 
-func TestMissingCredential(t *testing.T) {
-	rings := newRings(t, 2, nil)
-	s := rawStream(t, rings[1].cfg.Peers[1], []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}) // no token
-	hello := header{Kind: kindHello, Gen: 1, From: 0, Step: 2}
-	send(t, s, hello, nil)
-	err := s.RecvMsg(&inMsg{})
-	if err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
-		t.Fatalf("got %v, want Unauthenticated", err)
+// fakeLeft plays rank 0 of a 2-rank ring of generation 1 towards the rank
+// at addr: it opens an authenticated ring stream and, with the TCP transport,
+// the authenticated data connection. The returned function sends one data
+// message on the data path.
+func fakeLeft(t *testing.T, addr string, tr Transport) func(h header, payload []byte) {
+	t.Helper()
+	s := rawStream(t, addr, dialOptions(testKey, nil))
+	send(t, s, header{Kind: kindHello, Gen: 1, From: 0, Step: 2, Chunk: uint32(tr)}, nil)
+	if tr == GRPC {
+		return func(h header, payload []byte) { send(t, s, h, payload) }
 	}
+	conn := dataConn(t, s, addr)
+	if err := clientHandshake(conn, testKey, 1, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	return func(h header, payload []byte) {
+		b := make([]byte, headerLen)
+		h.encode(b)
+		if _, err := conn.Write(append(b, payload...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// dataConn reads the data offer from a ring stream and connects to it.
+func dataConn(t *testing.T, s grpc.ClientStream, addr string) *net.TCPConn {
+	t.Helper()
+	in := inMsg{expect: kindOffer}
+	if err := s.RecvMsg(&in); err != nil {
+		t.Fatalf("no data offer: %v", err)
+	}
+	c, err := net.Dial("tcp", net.JoinHostPort(dataHost(addr), fmt.Sprint(in.hdr.Chunk)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+func TestMissingCredential(t *testing.T) {
+	forTransports(t, func(t *testing.T, tr Transport) {
+		rings := newRings(t, tr, 2, nil)
+		s := rawStream(t, rings[1].cfg.Peers[1], []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}) // no token
+		hello := header{Kind: kindHello, Gen: 1, From: 0, Step: 2, Chunk: uint32(tr)}
+		send(t, s, hello, nil)
+		err := s.RecvMsg(&inMsg{})
+		if err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+			t.Fatalf("got %v, want Unauthenticated", err)
+		}
+	})
 }
 
 // TestForeignDataRejected impersonates the left neighbour and sends data of
 // another operation or generation: the receiving rank must fail, naming both.
 func TestForeignDataRejected(t *testing.T) {
-	for name, c := range map[string]struct {
-		h    header
-		want []string
-	}{
-		"operation":  {header{Kind: kindData, Gen: 1, Seq: 5, Count: 4}, []string{"operation 5", "operation 0 expected"}},
-		"generation": {header{Kind: kindData, Gen: 9, Seq: 0, Count: 4}, []string{"generation 9", "generation 1"}},
-	} {
-		t.Run(name, func(t *testing.T) {
-			ls, addrs := listeners(t, 2)
-			ls[0].Close() // rank 0 is played by the test
-			r, err := New(Config{Generation: 1, Rank: 1, Peers: addrs, Listener: ls[1], Key: testKey, Timeout: 5 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			op, err := r.Start(context.Background(), make([]float32, 8))
-			if err != nil {
-				t.Fatal(err)
-			}
-			s := rawStream(t, addrs[1], dialOptions(testKey, nil))
-			send(t, s, header{Kind: kindHello, Gen: 1, From: 0, Step: 2}, nil)
-			send(t, s, c.h, make([]byte, 16))
-			err = op.Wait()
-			for _, w := range c.want {
-				if err == nil || !strings.Contains(err.Error(), w) {
-					t.Fatalf("got %v, want it to contain %q", err, w)
+	forTransports(t, func(t *testing.T, tr Transport) {
+		for name, c := range map[string]struct {
+			h    header
+			want []string
+		}{
+			"operation":  {header{Kind: kindData, Gen: 1, Seq: 5, Count: 4}, []string{"operation 5", "operation 0 expected"}},
+			"generation": {header{Kind: kindData, Gen: 9, Seq: 0, Count: 4}, []string{"generation 9", "generation 1"}},
+		} {
+			t.Run(name, func(t *testing.T) {
+				ls, addrs := listeners(t, 2)
+				ls[0].Close() // rank 0 is played by the test
+				r, err := New(Config{Generation: 1, Rank: 1, Peers: addrs, Listener: ls[1], Key: testKey, Timeout: 5 * time.Second, Transport: tr})
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-		})
-	}
+				defer r.Close()
+				op, err := r.Start(context.Background(), make([]float32, 8))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sendData := fakeLeft(t, addrs[1], tr)
+				sendData(c.h, make([]byte, 16))
+				err = op.Wait()
+				for _, w := range c.want {
+					if err == nil || !strings.Contains(err.Error(), w) {
+						t.Fatalf("got %v, want it to contain %q", err, w)
+					}
+				}
+			})
+		}
+	})
 }
 
 // TestSharedServer attaches two successive generations to one service
 // registered on caller-owned gRPC servers.
 func TestSharedServer(t *testing.T) {
-	const n = 3
-	ls, addrs := listeners(t, n)
-	svcs := make([]*Server, n)
-	for i := range svcs {
-		s, err := NewServer(testKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gs := grpc.NewServer(ServerOptions(testKey, nil)...)
-		s.Register(gs)
-		go gs.Serve(ls[i])
-		t.Cleanup(gs.Stop)
-		svcs[i] = s
-	}
-	rng := rand.New(rand.NewPCG(7, 8))
-	for gen := uint64(1); gen <= 2; gen++ {
-		rings := make([]*Ring, n)
-		for i := range rings {
-			r, err := New(Config{Generation: gen, Rank: i, Peers: addrs, Server: svcs[i], Key: testKey})
+	forTransports(t, func(t *testing.T, tr Transport) {
+		const n = 3
+		ls, addrs := listeners(t, n)
+		svcs := make([]*Server, n)
+		for i := range svcs {
+			s, err := NewServer(testKey)
 			if err != nil {
 				t.Fatal(err)
 			}
-			rings[i] = r
+			gs := grpc.NewServer(ServerOptions(testKey, nil)...)
+			s.Register(gs)
+			go gs.Serve(ls[i])
+			t.Cleanup(gs.Stop)
+			svcs[i] = s
 		}
-		bufs, ref, abs := randomBufs(rng, n, 12345)
-		for i, err := range reduceAll(rings, bufs) {
-			if err != nil {
-				t.Fatalf("generation %d rank %d: %v", gen, i, err)
+		rng := rand.New(rand.NewPCG(7, 8))
+		for gen := uint64(1); gen <= 2; gen++ {
+			rings := make([]*Ring, n)
+			for i := range rings {
+				r, err := New(Config{Generation: gen, Rank: i, Peers: addrs, Server: svcs[i], Key: testKey, Transport: tr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				rings[i] = r
 			}
+			bufs, ref, abs := randomBufs(rng, n, 12345)
+			for i, err := range reduceAll(rings, bufs) {
+				if err != nil {
+					t.Fatalf("generation %d rank %d: %v", gen, i, err)
+				}
+			}
+			checkResult(t, bufs, ref, abs, f32tol(n))
+			closeAll(rings)
 		}
-		checkResult(t, bufs, ref, abs, f32tol(n))
-		closeAll(rings)
-	}
+	})
 }
 
 func TestConfigValidate(t *testing.T) {

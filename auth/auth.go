@@ -129,9 +129,15 @@ func LoadKeyFile(path string) (Key, error) {
 
 // macKey derives the token MAC key so that the cluster key is never used
 // directly for two purposes.
-func (k Key) macKey() []byte {
+func (k Key) macKey() []byte { return k.SubKey("ringtune grpc token v1") }
+
+// SubKey derives a 32-byte key for one named purpose (HMAC-SHA256 of the
+// purpose under the cluster key). Each protocol that authenticates with the
+// cluster key uses its own purpose string, so a MAC made for one protocol can
+// never be replayed as proof in another.
+func (k Key) SubKey(purpose string) []byte {
 	m := hmac.New(sha256.New, k)
-	m.Write([]byte("ringtune grpc token v1"))
+	m.Write([]byte(purpose))
 	return m.Sum(nil)
 }
 

@@ -76,6 +76,7 @@ func run() error {
 		scale    = flag.Float64("iters-scale", 1, "scale timed iterations")
 		chunk    = flag.Int("chunk-bytes", 0, "allreduce chunk size (0 = default)")
 		wire     = flag.String("wire", "float32", "float32 or bfloat16")
+		tport    = flag.String("transport", "default", "data path: tcp, grpc or default (the package default)")
 		jsonOut  = flag.String("json", "", "write results here")
 		timeout  = flag.Duration("timeout", 5*time.Minute, "limit per launch")
 		cpuprof  = flag.String("cpuprofile", "", "rank 0 writes a CPU profile here")
@@ -94,15 +95,19 @@ func run() error {
 	} else if *wire != "float32" {
 		return fmt.Errorf("-wire %q: want float32 or bfloat16", *wire)
 	}
+	tr, err := allreduce.ParseTransport(*tport)
+	if err != nil {
+		return fmt.Errorf("-transport: %w", err)
+	}
 	switch {
 	case *worker:
-		return runWorker(*rank, strings.Split(*peers, ","), ints(*sizes), *scale, *chunk, w, *cpuprof)
+		return runWorker(*rank, strings.Split(*peers, ","), ints(*sizes), *scale, *chunk, w, tr, *cpuprof)
 	case *report:
 		return runReport(*ringJSON, *glooJSON, *tcpJSON)
 	}
 	var all []result
 	for _, n := range ints(*ns) {
-		res, err := launch(n, *sizes, *scale, *chunk, *wire, *timeout, *cpuprof)
+		res, err := launch(n, *sizes, *scale, *chunk, *wire, *tport, *timeout, *cpuprof)
 		if err != nil {
 			return fmt.Errorf("n=%d: %w", n, err)
 		}
@@ -131,7 +136,7 @@ func ints(s string) []int {
 }
 
 // launch runs one world of n worker processes and combines their results.
-func launch(n int, sizes string, scale float64, chunk int, wire string, timeout time.Duration, cpuprof string) ([]result, error) {
+func launch(n int, sizes string, scale float64, chunk int, wire, transport string, timeout time.Duration, cpuprof string) ([]result, error) {
 	key, err := auth.GenerateKey()
 	if err != nil {
 		return nil, err
@@ -161,7 +166,7 @@ func launch(n int, sizes string, scale float64, chunk int, wire string, timeout 
 	outs := make([]*strings.Builder, n)
 	for i := range n {
 		cmd := exec.CommandContext(ctx, self, "-worker", "-rank", strconv.Itoa(i), "-peers", strings.Join(addrs, ","),
-			"-sizes-mib", sizes, "-iters-scale", fmt.Sprint(scale), "-chunk-bytes", strconv.Itoa(chunk), "-wire", wire)
+			"-sizes-mib", sizes, "-iters-scale", fmt.Sprint(scale), "-chunk-bytes", strconv.Itoa(chunk), "-wire", wire, "-transport", transport)
 		if i == 0 && cpuprof != "" {
 			cmd.Args = append(cmd.Args, "-cpuprofile", cpuprof)
 		}
@@ -207,7 +212,7 @@ func launch(n int, sizes string, scale float64, chunk int, wire string, timeout 
 	return combined, nil
 }
 
-func runWorker(rank int, peers []string, sizes []int, scale float64, chunk int, wire allreduce.Wire, cpuprof string) error {
+func runWorker(rank int, peers []string, sizes []int, scale float64, chunk int, wire allreduce.Wire, transport allreduce.Transport, cpuprof string) error {
 	key, err := base64.StdEncoding.DecodeString(os.Getenv("RINGBENCH_KEY"))
 	if err != nil {
 		return fmt.Errorf("RINGBENCH_KEY: %w", err)
@@ -217,7 +222,7 @@ func runWorker(rank int, peers []string, sizes []int, scale float64, chunk int, 
 		return fmt.Errorf("inherited listener: %w", err)
 	}
 	ring, err := allreduce.New(allreduce.Config{Generation: 1, Rank: rank, Peers: peers, Listener: lis,
-		Key: key, ChunkBytes: chunk, Wire: wire, Timeout: 2 * time.Minute})
+		Key: key, ChunkBytes: chunk, Wire: wire, Transport: transport, Timeout: 2 * time.Minute})
 	if err != nil {
 		return err
 	}

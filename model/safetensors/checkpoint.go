@@ -167,6 +167,15 @@ func (c *Checkpoint) file(name string) (*File, error) {
 	return f, nil
 }
 
+// FileOf is the path of the file holding tensor name ("" if none does), for
+// error messages that must say which shard is wrong.
+func (c *Checkpoint) FileOf(name string) string {
+	if f := c.owner[name]; f != nil {
+		return f.Path()
+	}
+	return ""
+}
+
 // Info describes one tensor; ok is false when there is no such tensor.
 func (c *Checkpoint) Info(name string) (info TensorInfo, ok bool) {
 	if f := c.owner[name]; f != nil {

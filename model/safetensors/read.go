@@ -133,3 +133,13 @@ func (f *File) Close() error {
 	}
 	return nil
 }
+
+// Float32s converts a floating-point tensor's bytes (F32, F16, BF16, F64) to
+// float32, for tensors that did not come from a File (ReadTorchBin).
+func (t Tensor) Float32s() ([]float32, error) {
+	v, err := decodeFloat32s(t.DType, t.Data)
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+	}
+	return v, nil
+}

@@ -327,3 +327,52 @@ func (s *Scope) Item(t Tensor) float64 {
 	}
 	return v[0]
 }
+
+// EmbeddingPad is Embedding whose row padIdx gets no gradient, like
+// nn.Embedding(padding_idx=padIdx); padIdx < 0 means none.
+func (s *Scope) EmbeddingPad(w, ids Tensor, padIdx int64) Tensor {
+	if padIdx < 0 {
+		padIdx = -1
+	}
+	return s.run("embedding", func(o *libtch.Ctensor) { libtch.AtgEmbedding(o, w.c, ids.c, padIdx, 0, 0) })
+}
+
+// Expand broadcasts size-1 dims to shape without copying (-1 keeps a dim).
+func (s *Scope) Expand(t Tensor, shape ...int64) Tensor {
+	return s.run("expand", func(o *libtch.Ctensor) { libtch.AtgExpand(o, t.c, ints(shape), len(shape), 0) })
+}
+
+// MeanDim averages over dims, keeping them as size 1 when keep is true.
+func (s *Scope) MeanDim(x Tensor, keep bool, dims ...int64) Tensor {
+	k := int32(0)
+	if keep {
+		k = 1
+	}
+	return s.run("mean_dim", func(o *libtch.Ctensor) { libtch.AtgMeanDim(o, x.c, ints(dims), len(dims), k, noDType) })
+}
+
+// SumDim sums over dims, keeping them as size 1 when keep is true.
+func (s *Scope) SumDim(x Tensor, keep bool, dims ...int64) Tensor {
+	k := int32(0)
+	if keep {
+		k = 1
+	}
+	return s.run("sum_dim", func(o *libtch.Ctensor) {
+		libtch.AtgSumDimIntlist(o, x.c, ints(dims), len(dims), k, noDType)
+	})
+}
+
+// Square is x*x elementwise.
+func (s *Scope) Square(x Tensor) Tensor {
+	return s.run("square", func(o *libtch.Ctensor) { libtch.AtgSquare(o, x.c) })
+}
+
+// Rsqrt is 1/sqrt(x) elementwise.
+func (s *Scope) Rsqrt(x Tensor) Tensor {
+	return s.run("rsqrt", func(o *libtch.Ctensor) { libtch.AtgRsqrt(o, x.c) })
+}
+
+// Neg is -x.
+func (s *Scope) Neg(x Tensor) Tensor {
+	return s.run("neg", func(o *libtch.Ctensor) { libtch.AtgNeg(o, x.c) })
+}

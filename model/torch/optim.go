@@ -106,5 +106,8 @@ func (o *SGD) Apply(lr float64) error {
 	return nil
 }
 
+// Buffer exposes the momentum buffer (for checkpoints).
+func (o *SGD) Buffer() Tensor { return o.buf }
+
 // Free releases the momentum buffer.
 func (o *SGD) Free() { o.buf.Free() }

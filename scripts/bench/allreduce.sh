@@ -4,22 +4,24 @@
 # loopback TCP ring ceiling (../shared/bench/tcp_loopback.go).
 #
 # usage: scripts/bench.sh allreduce [--quick] [--repeats R] [--sizes-mib 1,16,64,256] [--n 2,3,4]
+#                                   [--transport default|tcp|grpc]
 #
 # ringbench and gloo are interleaved repeat by repeat (A/B/A/B) so that the
 # machine's speed drift and foreign load hit both alike. Prints one line per
-# (n, size):
+# (n, size), for the transport given (default: the package default, TCP):
 #   bench: allreduce n=N bytes=B busbw_gbps=X gloo_busbw_gbps=Y ratio=X/Y tcp_gbps=Z
 # busbw = bytes/time * 2(n-1)/n (nccl-tests), GB = 1e9 B, medians over repeats.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-repeats=3 sizes=1,16,64,256 ns=2,3,4 scale=1 tcp_seconds=2
+repeats=3 sizes=1,16,64,256 ns=2,3,4 scale=1 tcp_seconds=2 transport=default
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) repeats=1 sizes=1,16 ns=2,4 scale=0.5 tcp_seconds=1 ;;
     --repeats) repeats=$2; shift ;;
     --sizes-mib) sizes=$2; shift ;;
     --n) ns=$2; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --transport) transport=$2; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "allreduce.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -39,7 +41,7 @@ fi
 
 for rep in $(seq 1 "$repeats"); do
   echo "# repeat $rep/$repeats: ringbench"
-  timeout 900 "$tmp/ringbench" -n "$ns" -sizes-mib "$sizes" -iters-scale "$scale" -json "$tmp/ring_$rep.json"
+  timeout 900 "$tmp/ringbench" -n "$ns" -sizes-mib "$sizes" -iters-scale "$scale" -transport "$transport" -json "$tmp/ring_$rep.json"
   if [ $have_gloo = 1 ]; then
     echo "# repeat $rep/$repeats: gloo"
     timeout 900 /usr/bin/python3 "$gloo" --world-sizes "$ns" --sizes-mib "$sizes" --repeats 1 \

@@ -1,0 +1,140 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+
+	"github.com/ringtune/ringtune/auth"
+)
+
+// CodecName is the gRPC content-subtype of control messages
+// ("application/grpc+ringtune-json"): JSON, because the messages are few
+// and small next to the ring's traffic, and JSON keeps them readable and
+// versionable without generated code. Large payloads (state, files) travel
+// as base64 []byte chunks of at most ChunkSize bytes.
+const CodecName = "ringtune-json"
+
+// ChunkSize is the largest payload of one state or file chunk.
+const ChunkSize = 4 << 20
+
+// MaxMsg is the largest control message accepted: a chunk in base64 plus the
+// envelope, or a step's batches (gRPC's 4 MiB default would refuse both).
+const MaxMsg = 64 << 20
+
+func init() { encoding.RegisterCodec(jsonCodec{}) }
+
+type jsonCodec struct{}
+
+func (jsonCodec) Name() string { return CodecName }
+
+func (jsonCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+func (jsonCodec) Unmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("control: decode message: %w", err)
+	}
+	if m, ok := v.(*Msg); ok {
+		if err := m.Validate(); err != nil {
+			return fmt.Errorf("control: invalid %q message: %w", m.Type, err)
+		}
+	}
+	return nil
+}
+
+const (
+	serviceName   = "ringtune.control.Coordinator"
+	sessionName   = "Session"
+	SessionMethod = "/" + serviceName + "/" + sessionName // full method name, for auth
+)
+
+// Stream is one side of a session: Send and Recv of Msg values.
+type Stream interface {
+	Send(*Msg) error
+	Recv() (*Msg, error)
+	Context() context.Context
+}
+
+// SessionHandler serves one node's session; it returns when the session is
+// over (the error becomes the stream's status).
+type SessionHandler func(Stream) error
+
+type serverStream struct{ grpc.ServerStream }
+
+func (s serverStream) Send(m *Msg) error { return s.SendMsg(m) }
+func (s serverStream) Recv() (*Msg, error) {
+	m := new(Msg)
+	if err := s.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+type handlerIface interface{ session(Stream) error }
+
+type handlerFunc SessionHandler
+
+func (h handlerFunc) session(s Stream) error { return h(s) }
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: serviceName,
+	HandlerType: (*handlerIface)(nil),
+	Streams: []grpc.StreamDesc{{
+		StreamName:    sessionName,
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler: func(srv any, ss grpc.ServerStream) error {
+			return srv.(handlerIface).session(serverStream{ss})
+		},
+	}},
+	Metadata: "control (JSON messages, see package doc)",
+}
+
+// Register serves sessions on reg with h.
+func Register(reg grpc.ServiceRegistrar, h SessionHandler) {
+	reg.RegisterService(&serviceDesc, handlerFunc(h))
+}
+
+// ServerOptions are the options of the coordinator's control server:
+// authentication with key (as the ring's) and the raised message limit.
+func ServerOptions(key auth.Key) []grpc.ServerOption {
+	return append(auth.ServerOptions(key, nil), grpc.MaxRecvMsgSize(MaxMsg), grpc.MaxSendMsgSize(MaxMsg))
+}
+
+// Dial connects to the coordinator's control server at addr with key.
+func Dial(addr string, key auth.Key) (*grpc.ClientConn, error) {
+	opts := append(auth.DialOptions(key, nil),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsg), grpc.MaxCallSendMsgSize(MaxMsg), grpc.CallContentSubtype(CodecName)),
+	)
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("control: dial coordinator %s: %w", addr, err)
+	}
+	return cc, nil
+}
+
+type clientStream struct{ grpc.ClientStream }
+
+func (s clientStream) Send(m *Msg) error { return s.SendMsg(m) }
+func (s clientStream) Recv() (*Msg, error) {
+	m := new(Msg)
+	if err := s.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// CloseSend ends the node's side of the session.
+func (s clientStream) CloseSend() error { return s.ClientStream.CloseSend() }
+
+// OpenSession opens the node's session stream on cc; ctx bounds its life.
+func OpenSession(ctx context.Context, cc *grpc.ClientConn) (Stream, error) {
+	cs, err := cc.NewStream(ctx, &serviceDesc.Streams[0], SessionMethod)
+	if err != nil {
+		return nil, fmt.Errorf("control: open session: %w", err)
+	}
+	return clientStream{cs}, nil
+}

@@ -1,0 +1,255 @@
+package coordinator
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ringtune/ringtune/control"
+	"github.com/ringtune/ringtune/data"
+)
+
+func TestFormWorldOrdersByIDAndCaps(t *testing.T) {
+	c := []Candidate{{"c", "c:1"}, {"a", "a:1"}, {"d", "d:1"}, {"b", "b:1"}}
+	w, spare := FormWorld(c, 3)
+	var ids []string
+	for _, m := range w {
+		ids = append(ids, m.ID)
+	}
+	if !slices.Equal(ids, []string{"a", "b", "c"}) || len(spare) != 1 || spare[0].ID != "d" {
+		t.Fatalf("world %v spares %v", ids, spare)
+	}
+	if c[0].ID != "c" {
+		t.Fatal("FormWorld reordered its input")
+	}
+}
+
+func TestRoundCommitRule(t *testing.T) {
+	r := NewRound(3, 7, []string{"a", "b", "c"})
+	if err := r.Report("a", 3, 7, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Report("b", 3, 7, ""); err != nil {
+		t.Fatal(err)
+	}
+	if r.Answered() || r.Committable() {
+		t.Fatal("round complete with one rank missing")
+	}
+	if err := r.Report("c", 3, 7, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Committable() {
+		t.Fatal("all ranks reported but the step is not committable")
+	}
+}
+
+func TestRoundRejectsStaleAndForeignReports(t *testing.T) {
+	r := NewRound(5, 2, []string{"a", "b"})
+	err := r.Report("a", 4, 2, "")
+	if err == nil || !strings.Contains(err.Error(), "generation 4") || !strings.Contains(err.Error(), "generation is 5") || !strings.Contains(err.Error(), "a") {
+		t.Fatalf("stale report: %v", err)
+	}
+	if err := r.Report("x", 5, 2, ""); err == nil || !strings.Contains(err.Error(), "x") {
+		t.Fatalf("foreign node: %v", err)
+	}
+	if err := r.Report("a", 5, 1, ""); err == nil || !strings.Contains(err.Error(), "step 1") {
+		t.Fatalf("wrong step: %v", err)
+	}
+	if err := r.Report("a", 5, 2, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Report("a", 5, 2, ""); err == nil {
+		t.Fatal("second report accepted")
+	}
+	if len(r.Silent()) != 1 || r.Silent()[0] != "b" {
+		t.Fatalf("silent %v", r.Silent())
+	}
+}
+
+func TestRoundFailureAndLoss(t *testing.T) {
+	r := NewRound(1, 0, []string{"a", "b", "c"})
+	_ = r.Report("a", 1, 0, "")
+	_ = r.Report("b", 1, 0, "ring timeout")
+	r.Lost("c")
+	r.Lost("a") // already answered: stays a success
+	if !r.Answered() || r.Committable() {
+		t.Fatal("a round with a failed and a lost rank must be answered but not committable")
+	}
+	f := r.Failed()
+	if !strings.Contains(f, "rank 1 (b): ring timeout") || !strings.Contains(f, "rank 2 (c): lost") || strings.Contains(f, "(a)") {
+		t.Fatalf("Failed() = %q", f)
+	}
+}
+
+func TestCompareDigestsNamesRanks(t *testing.T) {
+	ids := []string{"a", "b", "c"}
+	if err := CompareDigests(4, ids, map[string]string{"a": "x", "b": "x", "c": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	err := CompareDigests(4, ids, map[string]string{"a": "x", "b": "x", "c": "y"})
+	if err == nil || !strings.Contains(err.Error(), "rank 2 (c)") || strings.Contains(err.Error(), "rank 1 (b)") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestScheduleAbortReplaysSameSamples checks the ledger handling of an
+// abort: the step's samples go back and the replay assigns exactly them,
+// and at the end every sample is committed once.
+func TestScheduleAbortReplaysSameSamples(t *testing.T) {
+	s := &Schedule{Seed: 1, N: 10, GlobalBatch: 4, Epochs: 2}
+	total, err := s.Total()
+	if err != nil || total != 6 {
+		t.Fatalf("total %d, %v", total, err)
+	}
+	seen := map[int]int{}
+	for g := 0; g < 3; g++ {
+		b, err := s.Begin(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g == 1 {
+			if err := s.Abort(g); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Ledger().Returned(); !slices.Equal(got, b.Fresh()) {
+				t.Fatalf("returned %v, want %v", got, b.Fresh())
+			}
+			b2, err := s.Begin(g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(b.Indices, b2.Indices) {
+				t.Fatalf("replay of step %d has samples %v, first try %v", g, b2.Indices, b.Indices)
+			}
+		}
+		done, err := s.Commit(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range b.Fresh() {
+			seen[i]++
+		}
+		if done != (g == 2) {
+			t.Fatalf("step %d: epochDone %v", g, done)
+		}
+	}
+	for i := 0; i < 10; i++ {
+		if seen[i] != 1 {
+			t.Fatalf("sample %d committed %d times", i, seen[i])
+		}
+	}
+	if !s.Ledger().Complete() {
+		t.Fatal("ledger incomplete")
+	}
+	// A step cannot be begun twice without an abort.
+	if _, err := s.Begin(3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Begin(3); err == nil {
+		t.Fatal("double Begin accepted")
+	}
+}
+
+func TestScheduleResumeMidEpoch(t *testing.T) {
+	s := &Schedule{Seed: 1, N: 10, GlobalBatch: 4, Epochs: 1}
+	if _, err := s.Begin(1); err != nil {
+		t.Fatal(err)
+	}
+	if s.Ledger().Committed() != 4 {
+		t.Fatalf("resumed at step 1: %d samples counted committed, want 4", s.Ledger().Committed())
+	}
+}
+
+func TestGlobalCount(t *testing.T) {
+	enc := []data.Encoded{{IDs: []int{1, 2, 3}}, {IDs: []int{4}}}
+	if n := GlobalCount(data.Classification, enc, []int{0, 1, 0}); n != 3 {
+		t.Fatalf("classification: %d", n)
+	}
+	if n := GlobalCount(data.CausalLM, enc, []int{0, 1}); n != 2 {
+		t.Fatalf("causal LM: %d", n)
+	}
+}
+
+func TestRankBatchesCoverTheBatch(t *testing.T) {
+	enc := make([]data.Encoded, 10)
+	for i := range enc {
+		enc[i] = data.Encoded{IDs: []int{i + 1}, TypeIDs: []int{0}, Label: i % 2}
+	}
+	idx := []int{9, 3, 5, 1, 0, 7, 2}
+	var got []int64
+	for r := 0; r < 3; r++ {
+		bs, err := RankBatches(enc, idx, 3, r, 2, data.Classification, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bs {
+			if b.Size > 2 {
+				t.Fatalf("micro-batch of %d > 2", b.Size)
+			}
+			got = append(got, b.InputIDs...)
+		}
+	}
+	slices.Sort(got)
+	want := []int64{1, 2, 3, 4, 6, 8, 10}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ranks together saw %v, want %v", got, want)
+	}
+}
+
+func TestCheckpointRoundTripAndCorruption(t *testing.T) {
+	dir := t.TempDir()
+	st := control.EncodeState([]float32{1, 2, 3}, []float32{4}, 7)
+	for _, a := range []int{5, 10, 15} {
+		if _, err := WriteCheckpoint(dir, a, 1, st, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names, _ := listCheckpoints(dir)
+	if !slices.Equal(names, []string{ckptName(10), ckptName(15)}) {
+		t.Fatalf("kept %v", names)
+	}
+	// Corrupt the newest: resume must fall back to the previous one.
+	p := filepath.Join(dir, ckptName(15))
+	b, _ := os.ReadFile(p)
+	b[len(b)-1] ^= 1
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var skipped []string
+	path, applied, got, err := LatestCheckpoint(dir, func(err error) { skipped = append(skipped, err.Error()) })
+	if err != nil || applied != 10 || string(got) != string(st) || filepath.Base(path) != ckptName(10) {
+		t.Fatalf("latest: %s %d %v", path, applied, err)
+	}
+	if len(skipped) != 1 || !strings.Contains(skipped[0], "checksum") || !strings.Contains(skipped[0], ckptName(15)) {
+		t.Fatalf("skipped %v", skipped)
+	}
+	// Truncated file.
+	if err := os.WriteFile(p, b[:len(b)-5], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ReadCheckpoint(p); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("truncated: %v", err)
+	}
+	if _, _, _, err := LatestCheckpoint(t.TempDir(), nil); err == nil {
+		t.Fatal("empty dir gave a checkpoint")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	m := Metrics(data.Classification, 2, control.EvalSums{LossSum: 2, Count: 4, Correct: 3, Confusion: []float64{2, 0, 1, 1}})
+	if m["accuracy"] != 0.75 || m["loss"] != 0.5 {
+		t.Fatalf("%v", m)
+	}
+	// class 0: tp 2 fp 1 fn 0 → 0.8; class 1: tp 1 fp 0 fn 1 → 2/3.
+	if f := m["macro_f1"]; f < 0.7333 || f > 0.7334 {
+		t.Fatalf("macro F1 %v", f)
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	if ExitCode(nil) != 0 || ExitCode(badInput(os.ErrNotExist)) != 2 || ExitCode(&Error{Code: ExitDiverged, Err: os.ErrClosed}) != 3 || ExitCode(os.ErrClosed) != 1 {
+		t.Fatal("exit codes")
+	}
+}

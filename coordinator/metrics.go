@@ -1,0 +1,220 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ringtune/ringtune/control"
+	"github.com/ringtune/ringtune/data"
+)
+
+// metrics are the coordinator's Prometheus series. A nil *metrics (no
+// metrics.address) ignores every update.
+type metrics struct {
+	reg                              *prometheus.Registry
+	applied, epoch, loss, rate, size prometheus.Gauge
+	gen                              prometheus.Gauge
+	samples, aborts, losses, commits prometheus.Counter
+	evals                            *prometheus.GaugeVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	g := func(name, help string) prometheus.Gauge {
+		x := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ringtune", Name: name, Help: help})
+		m.reg.MustRegister(x)
+		return x
+	}
+	ct := func(name, help string) prometheus.Counter {
+		x := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ringtune", Name: name, Help: help})
+		m.reg.MustRegister(x)
+		return x
+	}
+	m.applied = g("committed_steps", "Optimizer steps committed so far.")
+	m.epoch = g("epoch", "Current epoch (0-based).")
+	m.loss = g("train_loss", "Mean training loss of the last committed step.")
+	m.rate = g("samples_per_second", "Training samples per second since the start.")
+	m.size = g("world_size", "Ranks in the current generation (0 while forming).")
+	m.gen = g("generation", "Current generation number.")
+	m.samples = ct("samples_total", "Training samples in committed steps.")
+	m.commits = ct("steps_committed_total", "Committed steps.")
+	m.aborts = ct("steps_aborted_total", "Aborted steps.")
+	m.losses = ct("nodes_lost_total", "Nodes lost (session broken, gossip dead, or silent).")
+	m.evals = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "eval", Help: "Last evaluation metrics."}, []string{"metric"})
+	m.reg.MustRegister(m.evals)
+	return m
+}
+
+func (m *metrics) step1(applied, epoch int, loss, rate float64, samples int) {
+	m.applied.Set(float64(applied))
+	m.epoch.Set(float64(epoch))
+	m.loss.Set(loss)
+	m.rate.Set(rate)
+	m.samples.Add(float64(samples))
+	m.commits.Inc()
+}
+
+func (m *metrics) step(applied, epoch int, loss, rate float64, samples int) {
+	if m != nil {
+		m.step1(applied, epoch, loss, rate, samples)
+	}
+}
+
+func (m *metrics) world(size int, gen uint64) {
+	if m != nil {
+		m.size.Set(float64(size))
+		m.gen.Set(float64(gen))
+	}
+}
+
+func (m *metrics) abort() {
+	if m != nil {
+		m.aborts.Inc()
+	}
+}
+
+func (m *metrics) lost() {
+	if m != nil {
+		m.losses.Inc()
+	}
+}
+
+func (m *metrics) eval(k string, v float64) {
+	if m != nil {
+		m.evals.WithLabelValues(k).Set(v)
+	}
+}
+
+// serveMetrics serves /metrics on metrics.address until the returned stop.
+func (c *Coordinator) serveMetrics() (func(), error) {
+	addr := c.cfg.Metrics.Address
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.address: listen on %s: %w", addr, err)
+	}
+	c.metrics = newMetrics()
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.log.Error("metrics server", "err", err)
+		}
+	}()
+	c.log.Info("metrics", "url", "http://"+lis.Addr().String()+"/metrics")
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
+}
+
+// Metrics turns summed evaluation counts into metrics: loss and accuracy
+// and macro F1 for classification, MSE for regression, loss and perplexity
+// for causal LM.
+func Metrics(task data.Task, numLabels int, s control.EvalSums) map[string]float64 {
+	n := math.Max(s.Count, 1)
+	out := map[string]float64{"loss": s.LossSum / n, "count": s.Count}
+	switch task {
+	case data.Classification:
+		out["accuracy"] = s.Correct / n
+		if len(s.Confusion) == numLabels*numLabels {
+			f1 := 0.0
+			for k := 0; k < numLabels; k++ {
+				tp := s.Confusion[k*numLabels+k]
+				var fp, fn float64
+				for j := 0; j < numLabels; j++ {
+					if j != k {
+						fp += s.Confusion[j*numLabels+k]
+						fn += s.Confusion[k*numLabels+j]
+					}
+				}
+				if d := 2*tp + fp + fn; d > 0 {
+					f1 += 2 * tp / d
+				}
+			}
+			out["macro_f1"] = f1 / float64(numLabels)
+		}
+	case data.Regression:
+		out["mse"] = s.SqErr / n
+	case data.CausalLM:
+		out["perplexity"] = math.Exp(s.LossSum / n)
+	}
+	return out
+}
+
+// progress shows the run's progress: a redrawn bar on a terminal, a plain
+// line every few seconds otherwise.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	total int
+	start time.Time
+	last  time.Time
+}
+
+func newProgress(w io.Writer, total int) *progress {
+	if w == nil {
+		return nil
+	}
+	p := &progress{w: w, total: total, start: time.Now()}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progress) update(step, epoch int, loss, rate float64) {
+	if p == nil {
+		return
+	}
+	el := time.Since(p.start)
+	eta := time.Duration(0)
+	if step > 0 {
+		eta = time.Duration(float64(el) / float64(step) * float64(p.total-step)).Round(time.Second)
+	}
+	if p.tty {
+		const width = 30
+		fill := width * step / max(p.total, 1)
+		bar := strings.Repeat("█", fill) + strings.Repeat("░", width-fill)
+		fmt.Fprintf(p.w, "\r%s step %d/%d epoch %d loss %.4f %.1f samples/s ETA %s ", bar, step, p.total, epoch, loss, rate, eta)
+		return
+	}
+	if step == p.total || time.Since(p.last) >= 5*time.Second {
+		p.last = time.Now()
+		fmt.Fprintf(p.w, "step %d/%d epoch %d loss %.4f samples/s %.1f eta %s\n", step, p.total, epoch, loss, rate, eta)
+	}
+}
+
+func (p *progress) note(s string) {
+	if p == nil {
+		return
+	}
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s\n", s)
+		return
+	}
+	fmt.Fprintln(p.w, s)
+}
+
+func (p *progress) finish() {
+	if p != nil && p.tty {
+		fmt.Fprintln(p.w)
+	}
+}

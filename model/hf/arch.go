@@ -1,0 +1,354 @@
+package hf
+
+import (
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/ringtune/ringtune/data"
+	"github.com/ringtune/ringtune/model/torch"
+)
+
+// initKind is how init: random fills one parameter, following each family's
+// _init_weights in transformers.
+type initKind struct {
+	std    float64 // > 0: normal(0, std)
+	one    bool    // norm weights
+	padRow int64   // >= 0: zero this embedding row afterwards
+}
+
+// layout is a model's parameters in Hugging Face naming plus what the
+// loader needs to know about them.
+type layout struct {
+	specs []torch.ParamSpec
+	init  map[string]initKind
+	// optional parameters may be absent from a checkpoint (a base-model or
+	// pre-training checkpoint loaded for a new task head) and are then
+	// initialised randomly, as transformers does.
+	optional map[string]bool
+	// prefix is the base model's attribute name ("bert.", "transformer.",
+	// "model."); checkpoints of the bare base model lack it.
+	prefix string
+	// class is the transformers class this layout mirrors.
+	class string
+}
+
+func (l *layout) add(name string, shape []int64, in initKind) {
+	// Weight decay goes to matrices and embeddings only; biases and norm
+	// weights are exempt, as in transformers' Trainer.
+	decay := len(shape) > 1
+	l.specs = append(l.specs, torch.ParamSpec{Name: name, Shape: shape, Decay: decay})
+	l.init[name] = in
+}
+
+// ignorable reports whether a checkpoint tensor that is not a parameter is
+// one transformers also skips silently: non-parameter buffers that old
+// versions saved, the tied output projection, and BERT's pre-training heads.
+func (l *layout) ignorable(c *Config, name string) bool {
+	switch {
+	case strings.HasSuffix(name, "position_ids"), strings.HasSuffix(name, "rotary_emb.inv_freq"),
+		strings.HasSuffix(name, ".attn.bias"), strings.HasSuffix(name, ".attn.masked_bias"):
+		return true
+	case c.Tied && name == "lm_head.weight":
+		return true
+	case c.Family == BERT && strings.HasPrefix(name, "cls."):
+		return true
+	}
+	return false
+}
+
+func newLayout(c *Config, task data.Task, numLabels int) (*layout, error) {
+	l := &layout{init: map[string]initKind{}, optional: map[string]bool{}}
+	h, f, v := int64(c.Hidden), int64(c.Intermediate), int64(c.Vocab)
+	normal := initKind{std: c.InitRange, padRow: -1}
+	zero := initKind{padRow: -1}
+	one := initKind{one: true, padRow: -1}
+	vec := func(n int64) []int64 { return []int64{n} }
+	mat := func(a, b int64) []int64 { return []int64{a, b} }
+	switch c.Family {
+	case BERT:
+		if task == data.CausalLM {
+			return nil, fmt.Errorf("model %s: bert has no causal-LM head here; use task classification or regression", c.Path)
+		}
+		l.prefix, l.class = "bert.", "BertForSequenceClassification"
+		p := "bert."
+		emb := normal
+		emb.padRow = int64(c.PadTokenID)
+		l.add(p+"embeddings.word_embeddings.weight", mat(v, h), emb)
+		l.add(p+"embeddings.position_embeddings.weight", mat(int64(c.MaxPositions), h), normal)
+		l.add(p+"embeddings.token_type_embeddings.weight", mat(int64(c.TypeVocab), h), normal)
+		l.add(p+"embeddings.LayerNorm.weight", vec(h), one)
+		l.add(p+"embeddings.LayerNorm.bias", vec(h), zero)
+		for i := range c.Layers {
+			q := fmt.Sprintf("%sencoder.layer.%d.", p, i)
+			for _, n := range []string{"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"} {
+				l.add(q+n+".weight", mat(h, h), normal)
+				l.add(q+n+".bias", vec(h), zero)
+			}
+			l.add(q+"attention.output.LayerNorm.weight", vec(h), one)
+			l.add(q+"attention.output.LayerNorm.bias", vec(h), zero)
+			l.add(q+"intermediate.dense.weight", mat(f, h), normal)
+			l.add(q+"intermediate.dense.bias", vec(f), zero)
+			l.add(q+"output.dense.weight", mat(h, f), normal)
+			l.add(q+"output.dense.bias", vec(h), zero)
+			l.add(q+"output.LayerNorm.weight", vec(h), one)
+			l.add(q+"output.LayerNorm.bias", vec(h), zero)
+		}
+		l.add(p+"pooler.dense.weight", mat(h, h), normal)
+		l.add(p+"pooler.dense.bias", vec(h), zero)
+		l.add("classifier.weight", mat(int64(numLabels), h), normal)
+		l.add("classifier.bias", vec(int64(numLabels)), zero)
+		for _, n := range []string{p + "pooler.dense.weight", p + "pooler.dense.bias", "classifier.weight", "classifier.bias"} {
+			l.optional[n] = true
+		}
+	case GPT2:
+		if task != data.CausalLM {
+			return nil, fmt.Errorf("model %s: gpt2 is supported as a causal LM only; use task causal_lm", c.Path)
+		}
+		l.prefix, l.class = "transformer.", "GPT2LMHeadModel"
+		p := "transformer."
+		// GPT-2 scales the init of the projections into the residual stream
+		// by 1/sqrt(2·layers) (transformers' GPT2PreTrainedModel).
+		proj := initKind{std: c.InitRange / math.Sqrt(2*float64(c.Layers)), padRow: -1}
+		l.add(p+"wte.weight", mat(v, h), normal)
+		l.add(p+"wpe.weight", mat(int64(c.MaxPositions), h), normal)
+		for i := range c.Layers {
+			q := fmt.Sprintf("%sh.%d.", p, i)
+			l.add(q+"ln_1.weight", vec(h), one)
+			l.add(q+"ln_1.bias", vec(h), zero)
+			// Conv1D stores weights as [in, out].
+			l.add(q+"attn.c_attn.weight", mat(h, 3*h), normal)
+			l.add(q+"attn.c_attn.bias", vec(3*h), zero)
+			l.add(q+"attn.c_proj.weight", mat(h, h), proj)
+			l.add(q+"attn.c_proj.bias", vec(h), zero)
+			l.add(q+"ln_2.weight", vec(h), one)
+			l.add(q+"ln_2.bias", vec(h), zero)
+			l.add(q+"mlp.c_fc.weight", mat(h, f), normal)
+			l.add(q+"mlp.c_fc.bias", vec(f), zero)
+			l.add(q+"mlp.c_proj.weight", mat(f, h), proj)
+			l.add(q+"mlp.c_proj.bias", vec(h), zero)
+		}
+		l.add(p+"ln_f.weight", vec(h), one)
+		l.add(p+"ln_f.bias", vec(h), zero)
+		if !c.Tied {
+			l.add("lm_head.weight", mat(v, h), normal)
+		}
+	case Llama:
+		if task != data.CausalLM {
+			return nil, fmt.Errorf("model %s: llama is supported as a causal LM only; use task causal_lm", c.Path)
+		}
+		l.prefix, l.class = "model.", "LlamaForCausalLM"
+		p := "model."
+		emb := normal
+		emb.padRow = int64(c.PadTokenID)
+		qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
+		l.add(p+"embed_tokens.weight", mat(v, h), emb)
+		for i := range c.Layers {
+			q := fmt.Sprintf("%slayers.%d.", p, i)
+			for _, pr := range []struct {
+				n        string
+				out, in  int64
+				biasFlag bool
+			}{
+				{"self_attn.q_proj", qd, h, c.AttnBias}, {"self_attn.k_proj", kvd, h, c.AttnBias},
+				{"self_attn.v_proj", kvd, h, c.AttnBias}, {"self_attn.o_proj", h, qd, c.AttnBias},
+				{"mlp.gate_proj", f, h, c.MLPBias}, {"mlp.up_proj", f, h, c.MLPBias}, {"mlp.down_proj", h, f, c.MLPBias},
+			} {
+				l.add(q+pr.n+".weight", mat(pr.out, pr.in), normal)
+				if pr.biasFlag {
+					l.add(q+pr.n+".bias", vec(pr.out), zero)
+				}
+			}
+			l.add(q+"input_layernorm.weight", vec(h), one)
+			l.add(q+"post_attention_layernorm.weight", vec(h), one)
+		}
+		l.add(p+"norm.weight", vec(h), one)
+		if !c.Tied {
+			l.add("lm_head.weight", mat(v, h), normal)
+		}
+	default:
+		return nil, fmt.Errorf("model %s: unsupported family %q", c.Path, c.Family)
+	}
+	return l, nil
+}
+
+// inputs is one batch as tensors on the model's device.
+type inputs struct {
+	b, t  int64
+	ids   torch.Tensor // [B,T] int64
+	types torch.Tensor // [B,T] int64 (BERT)
+	pos   torch.Tensor // [T] int64
+	mask  torch.Tensor // additive attention mask, [B,1,1,T] or [B,1,T,T]
+}
+
+// net runs the forward passes; it reads parameters through w so that bf16
+// compute can cast each fp32 master weight on the way in.
+type net struct {
+	c    *Config
+	w    func(s *torch.Scope, name string) torch.Tensor
+	drop func(kind string) float64
+	rope func(s *torch.Scope, t int64) (cos, sin torch.Tensor)
+}
+
+// splitHeads turns [B,T,n·d] into [B,n,T,d].
+func splitHeads(s *torch.Scope, x torch.Tensor, b, t, n, d int64) torch.Tensor {
+	return s.Transpose(s.View(x, b, t, n, d), 1, 2)
+}
+
+// attend is eager scaled dot-product attention with an additive mask, as
+// transformers' eager attention computes it; returns [B,T,n·d].
+func attend(s *torch.Scope, q, k, v, mask torch.Tensor, b, t, n, d int64, p float64, train bool) torch.Tensor {
+	scores := s.MulScalar(s.Matmul(q, s.Transpose(k, -2, -1)), 1/math.Sqrt(float64(d)))
+	probs := s.Softmax(s.Add(scores, mask), -1)
+	probs = s.Dropout(probs, p, train)
+	return s.Reshape(s.Transpose(s.Matmul(probs, v), 1, 2), b, t, n*d)
+}
+
+// bert returns the classifier logits [B, labels].
+func (n *net) bert(s *torch.Scope, in *inputs, train bool) torch.Tensor {
+	c := n.c
+	h, nh, hd := int64(c.Hidden), int64(c.Heads), int64(c.HeadDim)
+	eps := c.NormEps
+	pd, ad := n.drop("hidden"), n.drop("attn")
+	p := "bert."
+	x := s.EmbeddingPad(n.w(s, p+"embeddings.word_embeddings.weight"), in.ids, int64(c.PadTokenID))
+	x = s.Add(x, s.Embedding(n.w(s, p+"embeddings.token_type_embeddings.weight"), in.types))
+	x = s.Add(x, s.Embedding(n.w(s, p+"embeddings.position_embeddings.weight"), in.pos))
+	x = s.LayerNorm(x, []int64{h}, n.w(s, p+"embeddings.LayerNorm.weight"), n.w(s, p+"embeddings.LayerNorm.bias"), eps)
+	x = s.Dropout(x, pd, train)
+	lin := func(x torch.Tensor, name string) torch.Tensor {
+		return s.Linear(x, n.w(s, name+".weight"), n.w(s, name+".bias"))
+	}
+	for i := range c.Layers {
+		q := fmt.Sprintf("%sencoder.layer.%d.", p, i)
+		qh := splitHeads(s, lin(x, q+"attention.self.query"), in.b, in.t, nh, hd)
+		kh := splitHeads(s, lin(x, q+"attention.self.key"), in.b, in.t, nh, hd)
+		vh := splitHeads(s, lin(x, q+"attention.self.value"), in.b, in.t, nh, hd)
+		ctx := attend(s, qh, kh, vh, in.mask, in.b, in.t, nh, hd, ad, train)
+		a := s.Dropout(lin(ctx, q+"attention.output.dense"), pd, train)
+		x = s.LayerNorm(s.Add(a, x), []int64{h}, n.w(s, q+"attention.output.LayerNorm.weight"), n.w(s, q+"attention.output.LayerNorm.bias"), eps)
+		f := s.Gelu(lin(x, q+"intermediate.dense"), false)
+		o := s.Dropout(lin(f, q+"output.dense"), pd, train)
+		x = s.LayerNorm(s.Add(o, x), []int64{h}, n.w(s, q+"output.LayerNorm.weight"), n.w(s, q+"output.LayerNorm.bias"), eps)
+	}
+	pooled := s.Tanh(lin(s.Select(x, 1, 0), p+"pooler.dense"))
+	return lin(s.Dropout(pooled, n.drop("classifier"), train), "classifier")
+}
+
+// gpt2 returns the final hidden states [B,T,H] (before the LM head).
+func (n *net) gpt2(s *torch.Scope, in *inputs, train bool) torch.Tensor {
+	c := n.c
+	h, nh, hd := int64(c.Hidden), int64(c.Heads), int64(c.HeadDim)
+	eps := c.NormEps
+	pd, ad := n.drop("hidden"), n.drop("attn")
+	p := "transformer."
+	x := s.Add(s.Embedding(n.w(s, p+"wte.weight"), in.ids), s.Embedding(n.w(s, p+"wpe.weight"), in.pos))
+	x = s.Dropout(x, n.drop("embedding"), train)
+	ln := func(x torch.Tensor, name string) torch.Tensor {
+		return s.LayerNorm(x, []int64{h}, n.w(s, name+".weight"), n.w(s, name+".bias"), eps)
+	}
+	conv := func(x torch.Tensor, name string) torch.Tensor { // Conv1D: x·W + b with W [in,out]
+		return s.Linear(x, s.Transpose(n.w(s, name+".weight"), 0, 1), n.w(s, name+".bias"))
+	}
+	for i := range c.Layers {
+		q := fmt.Sprintf("%sh.%d.", p, i)
+		qkv := conv(ln(x, q+"ln_1"), q+"attn.c_attn")
+		qh := splitHeads(s, s.Narrow(qkv, 2, 0, h), in.b, in.t, nh, hd)
+		kh := splitHeads(s, s.Narrow(qkv, 2, h, h), in.b, in.t, nh, hd)
+		vh := splitHeads(s, s.Narrow(qkv, 2, 2*h, h), in.b, in.t, nh, hd)
+		ctx := attend(s, qh, kh, vh, in.mask, in.b, in.t, nh, hd, ad, train)
+		x = s.Add(x, s.Dropout(conv(ctx, q+"attn.c_proj"), pd, train))
+		f := s.Gelu(conv(ln(x, q+"ln_2"), q+"mlp.c_fc"), c.Act != "gelu")
+		x = s.Add(x, s.Dropout(conv(f, q+"mlp.c_proj"), pd, train))
+	}
+	return ln(x, p+"ln_f")
+}
+
+// rmsNorm is LlamaRMSNorm: x·rsqrt(mean(x²)+eps)·w, in fp32.
+func rmsNorm(s *torch.Scope, x, w torch.Tensor, eps float64) torch.Tensor {
+	dt := x.DType()
+	if dt != torch.Float32 {
+		x = s.To(x, torch.Float32)
+	}
+	y := s.Mul(x, s.Rsqrt(s.AddScalar(s.MeanDim(s.Square(x), true, -1), eps)))
+	if dt != torch.Float32 {
+		y = s.To(y, dt)
+	}
+	return s.Mul(w, y)
+}
+
+// rotate applies rotary embeddings to x [B,n,T,d] with cos, sin [T,d].
+func rotate(s *torch.Scope, x, cos, sin torch.Tensor, d int64) torch.Tensor {
+	half := d / 2
+	rot := s.Cat(-1, s.Neg(s.Narrow(x, -1, half, half)), s.Narrow(x, -1, 0, half))
+	return s.Add(s.Mul(x, cos), s.Mul(rot, sin))
+}
+
+// llama returns the final hidden states [B,T,H].
+func (n *net) llama(s *torch.Scope, in *inputs, train bool) torch.Tensor {
+	c := n.c
+	nh, nkv, hd := int64(c.Heads), int64(c.KVHeads), int64(c.HeadDim)
+	eps := c.NormEps
+	ad := n.drop("attn")
+	p := "model."
+	x := s.EmbeddingPad(n.w(s, p+"embed_tokens.weight"), in.ids, int64(c.PadTokenID))
+	cos, sin := n.rope(s, in.t)
+	lin := func(x torch.Tensor, name string, bias bool) torch.Tensor {
+		var b torch.Tensor
+		if bias {
+			b = n.w(s, name+".bias")
+		}
+		return s.Linear(x, n.w(s, name+".weight"), b)
+	}
+	rep := nh / nkv
+	repeat := func(t torch.Tensor) torch.Tensor { // repeat_kv: [B,kv,T,d] -> [B,kv·rep,T,d]
+		if rep == 1 {
+			return t
+		}
+		e := s.Expand(s.Unsqueeze(t, 2), in.b, nkv, rep, in.t, hd)
+		return s.Reshape(e, in.b, nh, in.t, hd)
+	}
+	for i := range c.Layers {
+		q := fmt.Sprintf("%slayers.%d.", p, i)
+		hs := rmsNorm(s, x, n.w(s, q+"input_layernorm.weight"), eps)
+		qh := rotate(s, splitHeads(s, lin(hs, q+"self_attn.q_proj", c.AttnBias), in.b, in.t, nh, hd), cos, sin, hd)
+		kh := rotate(s, splitHeads(s, lin(hs, q+"self_attn.k_proj", c.AttnBias), in.b, in.t, nkv, hd), cos, sin, hd)
+		vh := splitHeads(s, lin(hs, q+"self_attn.v_proj", c.AttnBias), in.b, in.t, nkv, hd)
+		ctx := attend(s, qh, repeat(kh), repeat(vh), in.mask, in.b, in.t, nh, hd, ad, train)
+		x = s.Add(x, lin(ctx, q+"self_attn.o_proj", c.AttnBias))
+		hs = rmsNorm(s, x, n.w(s, q+"post_attention_layernorm.weight"), eps)
+		g := s.Silu(lin(hs, q+"mlp.gate_proj", c.MLPBias))
+		x = s.Add(x, lin(s.Mul(g, lin(hs, q+"mlp.up_proj", c.MLPBias)), q+"mlp.down_proj", c.MLPBias))
+	}
+	return rmsNorm(s, x, n.w(s, p+"norm.weight"), eps)
+}
+
+// lmHead projects hidden states to vocabulary logits.
+func (n *net) lmHead(s *torch.Scope, x torch.Tensor) torch.Tensor {
+	name := "lm_head.weight"
+	if n.c.Tied {
+		name = map[Family]string{GPT2: "transformer.wte.weight", Llama: "model.embed_tokens.weight"}[n.c.Family]
+	}
+	return s.Linear(x, n.w(s, name), torch.Tensor{})
+}
+
+// ropeTables computes Llama's rotary cos and sin tables [t, d] the way
+// transformers does: inverse frequencies and angles in float32.
+func ropeTables(theta float64, d, t int) (cos, sin []float32) {
+	half := d / 2
+	inv := make([]float32, half)
+	for i := range half {
+		inv[i] = float32(1 / float64(float32(math.Pow(theta, float64(float32(2*i)/float32(d))))))
+	}
+	cos = make([]float32, t*d)
+	sin = make([]float32, t*d)
+	for p := range t {
+		for i := range half {
+			a := float64(float32(p) * inv[i])
+			cv, sv := float32(math.Cos(a)), float32(math.Sin(a))
+			cos[p*d+i], cos[p*d+i+half] = cv, cv
+			sin[p*d+i], sin[p*d+i+half] = sv, sv
+		}
+	}
+	return cos, sin
+}

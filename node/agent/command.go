@@ -1,0 +1,67 @@
+package agent
+
+import (
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ringtune/ringtune/auth"
+)
+
+// Command returns the "join" command that runs a node with trainers from
+// factory. cmd/node registers it with the libtorch trainer; test binaries
+// with a pure-Go one. On SIGTERM or SIGINT the node leaves at the next step
+// boundary. Errors are returned, not printed: the caller maps them to exit
+// codes.
+func Command(factory Factory) *cobra.Command {
+	var cfg Config
+	var keyFile, logLevel string
+	cmd := &cobra.Command{
+		Use:   "join",
+		Short: "Join a ringtune cluster as a training node",
+		Long: `join connects to the coordinator's gossip address with the cluster key,
+receives the model, settings and data over the network, and trains until the
+coordinator ends the run. SIGTERM/SIGINT leave at the next step boundary.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			key, err := auth.LoadKeyFile(keyFile)
+			if err != nil {
+				return err
+			}
+			cfg.Key = key
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return err
+			}
+			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			a, err := New(cfg, factory)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator's gossip address host:port (required)")
+	f.StringVar(&keyFile, "key-file", "", "cluster key file (required)")
+	f.StringVar(&cfg.Device, "device", "cpu", "device for the trainer: cpu, cuda:N")
+	f.StringVar(&cfg.Bind, "bind", "0.0.0.0:7946", "gossip listen address host:port (port 0 picks one)")
+	f.StringVar(&cfg.Advertise, "advertise", "", "gossip address other members use, when not --bind's (NAT)")
+	f.StringVar(&cfg.RingAddr, "ring", "", "ring gRPC listen address (default: --bind's host, any port)")
+	f.StringVar(&cfg.Name, "name", "", "unique node id (default host-pid-random)")
+	f.StringVar(&cfg.Label, "label", "ringtune", "cluster label; must equal the coordinator's cluster.label")
+	f.StringVar(&cfg.CacheDir, "cache-dir", "", "model file cache (default $XDG_CACHE_HOME/ringtune/blobs)")
+	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 30*time.Second, "give up joining the cluster after this long")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	_ = cmd.MarkFlagRequired("coordinator")
+	_ = cmd.MarkFlagRequired("key-file")
+	return cmd
+}

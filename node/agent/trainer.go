@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"github.com/ringtune/ringtune/control"
+	"github.com/ringtune/ringtune/data"
+)
+
+// Trainer is the model side of a node (libtorch in node/, pure Go in tests).
+//
+// The agent calls every method from one goroutine and never two at once, so
+// an implementation bound to one OS thread (libtorch) needs no locking of
+// its own. Per step the agent calls Accumulate once per micro-batch, then
+// all-reduces Gradients() in place (summing over ranks), and then either
+// Apply (the step was committed) or Discard (it was aborted).
+type Trainer interface {
+	// Setup builds the model from job.ModelDir (a Hugging Face directory
+	// whose files the coordinator streamed to this node) and the optimizer,
+	// and returns the number of parameters, the length of Gradients(). With
+	// job.Init "random" it must initialise from job.Seed alone, so that
+	// every node holds bit-identical weights (the first digest check
+	// verifies it).
+	Setup(job Job) (params int, err error)
+
+	// Accumulate runs forward and backward on one micro-batch and adds the
+	// gradient of the summed (not averaged) loss into the flat gradient. It
+	// returns the loss sum and the number of terms in it (samples, or target
+	// tokens for causal LM).
+	Accumulate(b *data.Batch) (lossSum float64, count int, err error)
+
+	// Gradients is the flat gradient of all parameters, summed over this
+	// step's micro-batches. The agent all-reduces it in place; the slice
+	// must stay valid and unmoved until Apply or Discard.
+	// An error (a failed device-to-host copy, say) fails the step before
+	// anything is sent, so no rank sums stale gradients.
+	Gradients() ([]float32, error)
+
+	// Apply finishes committed step (0-based over the run): divide the
+	// all-reduced gradient by globalCount (the step's samples or tokens
+	// over all ranks), clip to max_grad_norm, take an optimizer step with
+	// the schedule's learning rate for step, and zero the gradient.
+	Apply(step, globalCount int) error
+
+	// Discard zeroes the gradient of an aborted step, leaving parameters
+	// and optimizer state as they were.
+	Discard() error
+
+	// Digest is a hash of the parameters (and optimizer state) that is equal
+	// on two replicas exactly when they are bit-identical.
+	Digest() ([]byte, error)
+
+	// State returns the flat parameters and optimizer state, for
+	// checkpoints and for late joiners; SetState loads them back.
+	State() (State, error)
+	SetState(State) error
+
+	// Evaluate runs one evaluation micro-batch without touching the
+	// gradient and returns its metric sums.
+	Evaluate(b *data.Batch) (control.EvalSums, error)
+
+	// Export writes the model as a Hugging Face directory (config.json,
+	// weights, tokenizer files) into dir, which exists and is empty.
+	Export(dir string) error
+
+	// Close frees the model.
+	Close() error
+}
+
+// State is a trainer's complete training state as flat arrays: the
+// parameters in Gradients() order and the optimizer's per-parameter state
+// (AdamW: the two moments, SGD: the momentum buffer), plus the optimizer's
+// step count.
+type State struct {
+	Params []float32
+	Optim  []float32
+	// Steps is the number of optimizer steps taken (AdamW's bias
+	// correction needs it).
+	Steps int
+}
+
+// Job is what Setup gets.
+type Job struct {
+	// ModelDir holds the model directory's files, by their names.
+	ModelDir  string
+	Task      string // config.Task*
+	NumLabels int
+	Labels    []string
+	Init      string // config.Init*
+	Seed      int64
+	Device    string // e.g. cpu, cuda:0
+	// Train holds optimizer, schedule, clipping, precision and threads.
+	Train control.TrainSpec
+	// TotalSteps is the number of optimizer steps of the run, for the
+	// learning-rate schedule.
+	TotalSteps int
+	// Rank and WorldSize describe the first generation the node joins
+	// (they can change later; a trainer should not depend on them for
+	// anything that must stay identical across replicas).
+	Rank, WorldSize int
+}
+
+// Factory makes a fresh Trainer for one run.
+type Factory func() (Trainer, error)

@@ -1,0 +1,200 @@
+// Package node is the libtorch side of a ringtune worker: Trainer adapts a
+// Hugging Face model of package model/hf to the node agent's Trainer
+// interface (node/agent), which runs the cluster protocol.
+package node
+
+import (
+	"encoding/hex"
+	"fmt"
+
+	"github.com/ringtune/ringtune/config"
+	"github.com/ringtune/ringtune/control"
+	"github.com/ringtune/ringtune/data"
+	"github.com/ringtune/ringtune/model/hf"
+	"github.com/ringtune/ringtune/model/torch"
+	"github.com/ringtune/ringtune/node/agent"
+)
+
+// Trainer implements agent.Trainer on a model/hf Model. On CPU the gradient
+// block is handed to the all-reduce as a Go slice aliasing libtorch's
+// memory (no copy); on CUDA it is copied to a host buffer and back.
+type Trainer struct {
+	job   agent.Job
+	m     *hf.Model
+	host  []float32 // CUDA only: host copy of the gradients
+	optim string
+}
+
+// NewTrainer returns an empty trainer; Setup builds it. It is an
+// agent.Factory.
+func NewTrainer() (agent.Trainer, error) { return &Trainer{}, nil }
+
+var _ agent.Trainer = (*Trainer)(nil)
+
+// Setup implements agent.Trainer.
+func (t *Trainer) Setup(job agent.Job) (int, error) {
+	dev, err := torch.ParseDevice(job.Device)
+	if err != nil {
+		return 0, fmt.Errorf("--device: %w", err)
+	}
+	if err := dev.Check(); err != nil {
+		return 0, err
+	}
+	threads := job.Train.Threads
+	if threads <= 0 {
+		threads = 1
+	}
+	m, err := hf.Load(job.ModelDir, hf.Options{
+		Task: data.Task(job.Task), NumLabels: job.NumLabels, Init: job.Init, Seed: job.Seed,
+		Threads: threads, Device: dev, Precision: job.Train.Precision,
+	})
+	if err != nil {
+		return 0, err
+	}
+	tr := job.Train
+	oc := hf.OptimConfig{
+		Name: tr.Optimizer, LR: tr.LR, Schedule: tr.Schedule, WarmupSteps: tr.WarmupSteps,
+		TotalSteps: job.TotalSteps, WeightDecay: tr.WeightDecay, Eps: tr.Eps, Momentum: tr.Momentum,
+		MaxGradNorm: tr.MaxGradNorm, Beta1: 0.9, Beta2: 0.999,
+	}
+	if len(tr.Betas) == 2 {
+		oc.Beta1, oc.Beta2 = tr.Betas[0], tr.Betas[1]
+	}
+	if oc.Eps == 0 {
+		oc.Eps = 1e-8
+	}
+	if oc.Name == "" {
+		oc.Name = config.OptimizerAdamW
+	}
+	if err := m.SetOptimizer(oc); err != nil {
+		m.Close()
+		return 0, err
+	}
+	if err := m.ZeroGrad(); err != nil {
+		m.Close()
+		return 0, err
+	}
+	t.job, t.m, t.optim = job, m, oc.Name
+	if dev.IsCUDA() {
+		t.host = make([]float32, m.NumParams())
+	}
+	return int(m.NumParams()), nil
+}
+
+// Accumulate implements agent.Trainer.
+func (t *Trainer) Accumulate(b *data.Batch) (float64, int, error) {
+	return t.m.ForwardBackward(b)
+}
+
+// Gradients implements agent.Trainer.
+func (t *Trainer) Gradients() ([]float32, error) {
+	if t.host == nil {
+		return t.m.GradSlice(), nil
+	}
+	if err := t.m.CopyGradsTo(t.host); err != nil {
+		return nil, err
+	}
+	return t.host, nil
+}
+
+// Apply implements agent.Trainer.
+func (t *Trainer) Apply(step, globalCount int) error {
+	if globalCount <= 0 {
+		return fmt.Errorf("apply step %d: global count %d is not positive", step, globalCount)
+	}
+	if t.host != nil {
+		if err := t.m.SetGrads(t.host); err != nil {
+			return fmt.Errorf("apply step %d: %w", step, err)
+		}
+	}
+	if err := t.m.ScaleGrads(1 / float64(globalCount)); err != nil {
+		return fmt.Errorf("apply step %d: %w", step, err)
+	}
+	if _, err := t.m.Update(step); err != nil {
+		return fmt.Errorf("apply step %d: %w", step, err)
+	}
+	return t.m.ZeroGrad()
+}
+
+// Discard implements agent.Trainer.
+func (t *Trainer) Discard() error { return t.m.ZeroGrad() }
+
+// Digest implements agent.Trainer.
+func (t *Trainer) Digest() ([]byte, error) {
+	d, err := t.m.Digest()
+	if err != nil {
+		return nil, err
+	}
+	return hex.DecodeString(d)
+}
+
+// State implements agent.Trainer: parameters, then the optimizer's buffers
+// one after another (AdamW: first then second moment; SGD: momentum).
+func (t *Trainer) State() (agent.State, error) {
+	p := make([]float32, t.m.NumParams())
+	if err := t.m.CopyParamsTo(p); err != nil {
+		return agent.State{}, err
+	}
+	os, err := t.m.OptimizerState()
+	if err != nil {
+		return agent.State{}, err
+	}
+	var opt []float32
+	for _, b := range os.Buffers {
+		opt = append(opt, b...)
+	}
+	return agent.State{Params: p, Optim: opt, Steps: int(os.Step)}, nil
+}
+
+// SetState implements agent.Trainer.
+func (t *Trainer) SetState(s agent.State) error {
+	n := int(t.m.NumParams())
+	if len(s.Params) != n {
+		return fmt.Errorf("set state: %d parameters, model has %d", len(s.Params), n)
+	}
+	if len(s.Optim)%n != 0 {
+		return fmt.Errorf("set state: optimizer state of %d values is not a multiple of %d parameters", len(s.Optim), n)
+	}
+	if err := t.m.SetParams(s.Params); err != nil {
+		return err
+	}
+	st := &hf.OptimState{Name: t.optim, Step: int64(s.Steps)}
+	for i := 0; i < len(s.Optim); i += n {
+		st.Buffers = append(st.Buffers, s.Optim[i:i+n])
+	}
+	return t.m.SetOptimizerState(st)
+}
+
+// Evaluate implements agent.Trainer.
+func (t *Trainer) Evaluate(b *data.Batch) (control.EvalSums, error) {
+	e := t.m.NewEval()
+	if err := t.m.EvalBatch(e, b); err != nil {
+		return control.EvalSums{}, err
+	}
+	s := control.EvalSums{LossSum: e.LossSum, Count: float64(e.Count)}
+	switch e.Task {
+	case data.Classification:
+		s.Confusion = make([]float64, len(e.Confusion))
+		for i, v := range e.Confusion {
+			s.Confusion[i] = float64(v)
+			if i/e.NumLabels == i%e.NumLabels {
+				s.Correct += float64(v)
+			}
+		}
+	case data.Regression:
+		s.SqErr = e.LossSum
+	}
+	return s, nil
+}
+
+// Export implements agent.Trainer.
+func (t *Trainer) Export(dir string) error { return t.m.Save(dir) }
+
+// Close implements agent.Trainer.
+func (t *Trainer) Close() error {
+	if t.m != nil {
+		t.m.Close()
+		t.m = nil
+	}
+	return nil
+}
