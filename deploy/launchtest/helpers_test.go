@@ -19,6 +19,9 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	stopSSHD()
+	if stubPath != "" {
+		os.RemoveAll(filepath.Dir(stubPath))
+	}
 	os.Exit(code)
 }
 
