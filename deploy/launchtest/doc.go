@@ -1,0 +1,6 @@
+// Package launchtest holds the tests of the multi-host launchers:
+// scripts/launch.sh against a real sshd started by the test on loopback
+// addresses, the Slurm batch script, and the flags they and the Kubernetes
+// manifests pass to the real binaries. It has no non-test code; stub/ is the
+// stand-in binary for the launcher's mechanics tests.
+package launchtest
