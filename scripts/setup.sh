@@ -63,7 +63,9 @@ say "Go $gov"
 # the message a machine without libtorch gets.
 torch_inc=${RINGTUNE_TORCH_INCLUDE:-/usr/include/torch/csrc/api/include/torch/torch.h}
 torch_lib=${RINGTUNE_TORCH_LIB:-/usr/lib/x86_64-linux-gnu/libtorch_cpu.so}
-pkgs=(libtorch-dev libopenblas0-pthread python3-torch python3-numpy)
+pkgs=(libtorch-dev libopenblas0-pthread python3-torch python3-numpy
+  # The launch tests start a real sshd and a one-machine Slurm themselves.
+  openssh-server openssh-client slurmctld slurmd slurm-client munge)
 # Tools that may come from elsewhere than apt (a Node.js install, say):
 # install Debian's package only when the command is missing.
 command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
@@ -112,7 +114,15 @@ else
     say "installing ${miss:-libtorch-dev} with apt-get (libtorch 1.13 CPU, OpenBLAS, PyTorch for the test oracle)"
     t1=$(date +%s)
     $sudo apt-get update -qq
+    # Install daemons (sshd, munged, slurmd) without starting them: the tests
+    # run their own instances on loopback ports.
+    rcd=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      rcd=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee "$rcd" >/dev/null && $sudo chmod 755 "$rcd"
+    fi
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    [ -n "$rcd" ] && $sudo rm -f "$rcd"
     say "apt-get took $(( $(date +%s) - t1 ))s"
     [ -f "$torch_inc" ] || die "apt-get finished but $torch_inc is still missing"
   fi
