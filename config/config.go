@@ -241,6 +241,12 @@ type AllReduceConfig struct {
 	// Timeout bounds one all-reduce; a peer silent for longer is declared
 	// failed and a new generation is formed.
 	Timeout time.Duration `mapstructure:"timeout"`
+
+	// Transport carries the ring's bulk data: "tcp" (a raw TCP connection per
+	// neighbour, authenticated by an HMAC handshake after the gRPC hello;
+	// fastest, not encrypted), "grpc" (the gRPC streams themselves), or
+	// "default" (tcp).
+	Transport string `mapstructure:"transport"`
 }
 
 // CheckpointConfig controls periodic checkpoints.
@@ -310,6 +316,7 @@ func Default() *Config {
 		},
 		AllReduce: AllReduceConfig{
 			ChunkBytes: 4 << 20,
+			Transport:  "default",
 			Wire:       PrecisionFP32,
 			Timeout:    60 * time.Second,
 		},

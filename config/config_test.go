@@ -88,6 +88,7 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"digest every", func(c *Config) { c.Train.DigestEvery = -1 }, "train.digest_every: must be >= 0"},
 		{"chunk", func(c *Config) { c.AllReduce.ChunkBytes = 1000 }, "allreduce.chunk_bytes: must be >= 4096 and a multiple of 4, got 1000"},
 		{"wire", func(c *Config) { c.AllReduce.Wire = "int8" }, `allreduce.wire: must be one of fp32, bf16, got "int8"`},
+		{"transport", func(c *Config) { c.AllReduce.Transport = "udp" }, `allreduce.transport: must be one of default, tcp, grpc, got "udp"`},
 		{"timeout", func(c *Config) { c.AllReduce.Timeout = 0 }, "allreduce.timeout: must be > 0"},
 		{"checkpoint dir", func(c *Config) { c.Checkpoint.Dir = "" }, "checkpoint.dir: must be set"},
 		{"checkpoint every", func(c *Config) { c.Checkpoint.Every = -1 }, "checkpoint.every: must be >= 0"},

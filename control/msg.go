@@ -115,6 +115,7 @@ type Job struct {
 	ChunkBytes int        `json:"chunk_bytes"`
 	Wire       string     `json:"wire"`
 	TimeoutMS  int64      `json:"timeout_ms"`
+	Transport  string     `json:"transport,omitempty"`
 }
 
 // TrainSpec is the optimisation part of the configuration a trainer needs.

@@ -61,6 +61,12 @@ func TestTwoNodesEqualOneNode(t *testing.T) {
   digest_every: 1
 `,
 		})
+		if n > 1 {
+			// The coordinator's own tests run the ring on its default raw TCP
+			// path; run this one on gRPC streams so both transports train.
+			f.YAML = strings.Replace(f.YAML, "allreduce:\n", "allreduce:\n  transport: grpc\n", 1)
+			f.Write(t, f.YAML)
+		}
 		c := clustertest.RunCluster(t, ctx, f, bins[0], bins[1], n, nil)
 		if code := c.Coord.Wait(t, 3*time.Minute); code != 0 {
 			t.Fatalf("%d-node run: coordinator exit %d", n, code)
@@ -71,6 +77,9 @@ func TestTwoNodesEqualOneNode(t *testing.T) {
 			}
 		}
 		out := c.Coord.Text()
+		if n > 1 && !strings.Contains(c.Nodes[0].Text(), `transport=grpc`) {
+			t.Fatalf("the 2-node run did not use the gRPC transport")
+		}
 		if n > 1 && !strings.Contains(out, `replicas identical" applied=3`) {
 			t.Fatalf("no digest agreement after the last step in the %d-node run", n)
 		}

@@ -581,12 +581,16 @@ func (s *session) onGen(m *control.Msg) error {
 	if j.Wire == "bf16" {
 		wire = allreduce.BFloat16
 	}
-	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
+	transport, err := allreduce.ParseTransport(j.Transport)
+	if err != nil {
+		return fmt.Errorf("agent: job from the coordinator: %w", err)
+	}
+	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
 	if err != nil {
 		return fmt.Errorf("agent: ring of generation %d: %w", w.Generation, err)
 	}
 	s.ring, s.gen, s.world = r, w.Generation, w
-	s.a.log.Info("generation", "gen", w.Generation, "rank", w.Rank, "size", len(w.Peers))
+	s.a.log.Info("generation", "gen", w.Generation, "rank", w.Rank, "size", len(w.Peers), "transport", transport.String())
 	if err := s.send(&control.Msg{Type: control.TypeReady, Gen: s.gen, Ready: &control.Ready{Params: s.params, Applied: s.applied}}); err != nil {
 		return err
 	}
