@@ -156,7 +156,17 @@ func startLaunch(t *testing.T, args ...string) *launch {
 	t.Cleanup(func() {
 		select {
 		case <-l.done:
+			return
 		default:
+		}
+		// A test that failed mid-launch: TERM lets the launcher stop its
+		// hosts, whose wrappers then remove their key files; KILL (which
+		// leaves them to the dead man's switch, racing the test's own
+		// cleanup) only if it does not end in time.
+		syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-l.done:
+		case <-time.After(15 * time.Second):
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-l.done
 		}
