@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if stubPath != "" {
 		os.RemoveAll(filepath.Dir(stubPath))
 	}
+	if realDir != "" {
+		os.RemoveAll(realDir)
+	}
 	os.Exit(code)
 }
 
