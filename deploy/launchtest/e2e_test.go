@@ -267,3 +267,37 @@ func atoi(s string) int {
 	fmt.Sscan(s, &n)
 	return n
 }
+
+// The same run through scripts/slurm/ringtune.sbatch on the test's
+// one-machine Slurm: the coordinator in the batch script, two CPU tasks of
+// one srun step as the nodes. The job must train to the end with both tasks
+// and exit 0, leaving no process behind.
+func TestSlurmBatchTrains(t *testing.T) {
+	s := needSlurm(t)
+	e, runDir := newRealEnv(t, "lt-slurm")
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// A free coordinator port instead of the mechanics tests' fixed one,
+	// and a private model cache instead of root's ~/.cache (the job
+	// inherits the environment).
+	code, out := s.sbatch(t, e, fmt.Sprintf("RINGTUNE_PORT=%d", port), "RINGTUNE_GRACE=5",
+		"XDG_CACHE_HOME="+filepath.Join(e.dir, "cache"))
+	t.Logf("sbatch --wait with real binaries took %v", time.Since(start).Round(time.Millisecond))
+	if code != 0 {
+		t.Fatalf("job exited %d, want 0:\n%s", code, out)
+	}
+	if !strings.Contains(out, fmt.Sprintf("coordinator on %s (127.0.0.1:%d)", s.host, port)) {
+		t.Errorf("job output does not name the coordinator's address 127.0.0.1:%d:\n%s", port, out)
+	}
+	// The node host's address is what its name resolves to, as the batch
+	// script computes it.
+	addr := "127.0.0.1"
+	if raw, err := exec.Command("getent", "ahostsv4", s.host).Output(); err == nil && len(strings.Fields(string(raw))) > 0 {
+		addr = strings.Fields(string(raw))[0]
+	}
+	assertTrained(t, out, runDir, map[string]string{s.host + "-0": addr, s.host + "-1": addr})
+	assertNothingLeft(t, e, nil, nil, 10*time.Second)
+}
