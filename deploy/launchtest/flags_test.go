@@ -92,13 +92,7 @@ func TestFlagsExistInBinaries(t *testing.T) {
 			t.Skipf("cmd/%s is not in this checkout yet; flags used: %v", bin, used[bin])
 		}
 	}
-	dir := t.TempDir()
-	build := exec.Command("bash", "-c", `. scripts/env.sh && go build -o "$1" ./cmd/coordinator && go build -o "$2" ./cmd/node`, "build",
-		filepath.Join(dir, "coordinator"), filepath.Join(dir, "node"))
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build the binaries: %v\n%s", err, out)
-	}
+	dir := realBinaries(t)
 	help := map[string][]string{"coordinator": {"--help"}, "node": {"join", "--help"}}
 	for bin, fl := range used {
 		out, err := exec.Command(filepath.Join(dir, bin), help[bin]...).CombinedOutput()

@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 	if stubPath != "" {
 		os.RemoveAll(filepath.Dir(stubPath))
 	}
+	if realDir != "" {
+		os.RemoveAll(realDir)
+	}
 	os.Exit(code)
 }
 
@@ -156,7 +159,17 @@ func startLaunch(t *testing.T, args ...string) *launch {
 	t.Cleanup(func() {
 		select {
 		case <-l.done:
+			return
 		default:
+		}
+		// A test that failed mid-launch: TERM lets the launcher stop its
+		// hosts, whose wrappers then remove their key files; KILL (which
+		// leaves them to the dead man's switch, racing the test's own
+		// cleanup) only if it does not end in time.
+		syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-l.done:
+		case <-time.After(15 * time.Second):
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-l.done
 		}

@@ -117,6 +117,14 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 	}
 	t.Cleanup(func() {
 		exec.Command("scancel", "--full", "--partition=debug").Run()
+		// Wait (bounded) until no job is left, COMPLETING included: a
+		// cancelled job's slurmstepd reports its end to slurmd, and one
+		// whose slurmd is already gone stays behind, orphaned.
+		for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			if out, err := exec.Command("squeue", "-h").Output(); err != nil || strings.TrimSpace(string(out)) == "" {
+				break
+			}
+		}
 		// TERM first, so that slurmctld and slurmd reap their helpers
 		// (slurmscriptd, slurmstepd) instead of leaving them to init.
 		for i := len(s.daemons) - 1; i >= 0; i-- {
