@@ -37,9 +37,9 @@ func TestLaunchOverSSH(t *testing.T) {
 	e := newEnv(t, "coordinator.exit_after=3s\nnode.exit_after=4s\n")
 	hf := writeHostfile(t, e, hostfile)
 	l := startLaunch(t, e.args(s, "--hostfile", hf)...)
-	l.waitOutput(t, 20*time.Second, "node-a:0| stub node ready", "node-a:1| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
+	l.waitOutput(t, 60*time.Second, "node-a:0| stub node ready", "node-a:1| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
 	assertKeyNotInProcesses(t, e.key)
-	code := l.wait(t, 30*time.Second)
+	code := l.wait(t, 90*time.Second)
 	out := l.out.String()
 	if code != 0 {
 		t.Fatalf("launch exited %d, want 0 (the coordinator's status):\n%s", code, out)
@@ -84,7 +84,7 @@ func TestLaunchOverSSH(t *testing.T) {
 	if _, err := os.Stat(e.state); !os.IsNotExist(err) {
 		t.Errorf("state file %s left after the launch ended (%v)", e.state, err)
 	}
-	assertNothingLeft(t, e, s, keyDirs(out), 10*time.Second)
+	assertNothingLeft(t, e, s, keyDirs(out), 30*time.Second)
 }
 
 // A coordinator failing is the launch's status, and nodes that do not leave
@@ -103,7 +103,7 @@ func TestCoordinatorFailureStopsNodes(t *testing.T) {
 	if d := time.Since(start); d > 15*time.Second {
 		t.Errorf("took %v; the nodes should be stopped 2s (--grace) after the coordinator", d)
 	}
-	assertNothingLeft(t, e, s, keyDirs(out), 10*time.Second)
+	assertNothingLeft(t, e, s, keyDirs(out), 30*time.Second)
 }
 
 // Ctrl-C (SIGINT to the launch's process group, as a terminal sends it)
@@ -114,12 +114,12 @@ func TestCtrlCStopsEverything(t *testing.T) {
 	e := newEnv(t, "node.ignore_term=1\n")
 	hf := writeHostfile(t, e, hostfile)
 	l := startLaunch(t, e.args(s, "--hostfile", hf)...)
-	l.waitOutput(t, 20*time.Second, "node-a:0| stub node ready", "node-a:1| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
+	l.waitOutput(t, 60*time.Second, "node-a:0| stub node ready", "node-a:1| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
 	if n := len(stubs(e, "node")); n != 3 {
 		t.Fatalf("want 3 node processes running, found %d", n)
 	}
 	syscall.Kill(-l.cmd.Process.Pid, syscall.SIGINT)
-	code := l.wait(t, 20*time.Second)
+	code := l.wait(t, 60*time.Second)
 	out := l.out.String()
 	if code != 130 {
 		t.Errorf("launch exited %d after Ctrl-C, want 130:\n%s", code, out)
@@ -127,7 +127,7 @@ func TestCtrlCStopsEverything(t *testing.T) {
 	if !strings.Contains(out, "node-b:0| stub node ignoring terminated") {
 		t.Errorf("the nodes were not sent TERM first:\n%s", out)
 	}
-	assertNothingLeft(t, e, s, keyDirs(out), 10*time.Second)
+	assertNothingLeft(t, e, s, keyDirs(out), 30*time.Second)
 }
 
 // --stop, from another shell, stops a running launch through its state file.
@@ -135,20 +135,20 @@ func TestStop(t *testing.T) {
 	s := needSSHD(t)
 	e := newEnv(t, "")
 	l := startLaunch(t, e.args(s, "--hosts", "node-a:2,node-b")...)
-	l.waitOutput(t, 20*time.Second, "node-a:1| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
+	l.waitOutput(t, 60*time.Second, "node-a:1| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
 	// A second launch with the same state file is refused.
 	code, out := runLaunch(t, 20*time.Second, e.args(s, "--hosts", "node-b")...)
 	if code != 2 || !strings.Contains(out, "already running") || !strings.Contains(out, e.state) {
 		t.Errorf("second launch: exit %d, want 2 naming the running launch's state file:\n%s", code, out)
 	}
-	code, out = runLaunch(t, 30*time.Second, "--stop", "--state-file", e.state)
+	code, out = runLaunch(t, 90*time.Second, "--stop", "--state-file", e.state)
 	if code != 0 {
 		t.Errorf("--stop exited %d:\n%s", code, out)
 	}
-	if c := l.wait(t, 10*time.Second); c != 130 {
+	if c := l.wait(t, 90*time.Second); c != 130 {
 		t.Errorf("stopped launch exited %d, want 130", c)
 	}
-	assertNothingLeft(t, e, s, keyDirs(l.out.String()), 10*time.Second)
+	assertNothingLeft(t, e, s, keyDirs(l.out.String()), 30*time.Second)
 	// Nothing to stop any more: a clear error naming the state file.
 	code, out = runLaunch(t, 10*time.Second, "--stop", "--state-file", e.state)
 	if code != 2 || !strings.Contains(out, e.state) {
@@ -165,7 +165,7 @@ func TestKilledLauncherStopsHosts(t *testing.T) {
 		s := needSSHD(t)
 		e := newEnv(t, "")
 		l := startLaunch(t, e.args(s, "--hosts", "node-a,node-b")...)
-		l.waitOutput(t, 20*time.Second, "node-a:0| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
+		l.waitOutput(t, 60*time.Second, "node-a:0| stub node ready", "node-b:0| stub node ready", "coordinator| stub coordinator ready")
 		dirs := keyDirs(l.out.String())
 		runDir := stateValue(t, e.state, "rundir")
 		if group {
@@ -175,7 +175,7 @@ func TestKilledLauncherStopsHosts(t *testing.T) {
 		}
 		l.wait(t, 5*time.Second)
 		assertNothingLeft(t, e, s, dirs, 15*time.Second)
-		code, out := runLaunch(t, 30*time.Second, "--stop", "--state-file", e.state)
+		code, out := runLaunch(t, 90*time.Second, "--stop", "--state-file", e.state)
 		if code != 0 {
 			t.Errorf("--stop after a killed launcher exited %d:\n%s", code, out)
 		}
@@ -193,7 +193,7 @@ func TestStopWithoutLauncher(t *testing.T) {
 	s := needSSHD(t)
 	e := newEnv(t, "")
 	l := startLaunch(t, e.args(s, "--hosts", "node-a")...)
-	l.waitOutput(t, 20*time.Second, "node-a:0| stub node ready", "coordinator| stub coordinator ready")
+	l.waitOutput(t, 60*time.Second, "node-a:0| stub node ready", "coordinator| stub coordinator ready")
 	// Stop the launcher without letting it clean up or close its pipes:
 	// SIGSTOP, as a hung launcher would look.
 	syscall.Kill(l.cmd.Process.Pid, syscall.SIGSTOP)
@@ -208,7 +208,7 @@ func TestStopWithoutLauncher(t *testing.T) {
 	if err := os.WriteFile(e.state, []byte(state), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	code, out := runLaunch(t, 30*time.Second, "--stop", "--state-file", e.state)
+	code, out := runLaunch(t, 90*time.Second, "--stop", "--state-file", e.state)
 	if code != 0 {
 		t.Fatalf("--stop exited %d:\n%s", code, out)
 	}
