@@ -107,13 +107,12 @@ func (t *Trainer) Apply(step, globalCount int) error {
 			return fmt.Errorf("apply step %d: %w", step, err)
 		}
 	}
-	if err := t.m.ScaleGrads(1 / float64(globalCount)); err != nil {
+	// Scale, update and zero in one call: with AdamW on CPU that is a
+	// single fused pass over the blocks instead of ~20 (see hf.Model.Step).
+	if _, err := t.m.Step(step, 1/float64(globalCount)); err != nil {
 		return fmt.Errorf("apply step %d: %w", step, err)
 	}
-	if _, err := t.m.Update(step); err != nil {
-		return fmt.Errorf("apply step %d: %w", step, err)
-	}
-	return t.m.ZeroGrad()
+	return nil
 }
 
 // Discard implements agent.Trainer.

@@ -348,3 +348,80 @@ func TestClassificationMetrics(t *testing.T) {
 }
 
 var _ = torch.CPU
+
+// TestStepEqualsSeparatePasses: the fused AdamW step (scale, update, zero in
+// one pass) gives the parameters, moments and norm of ScaleGrads + Update +
+// ZeroGrad to float tolerance, with weight decay and warm-up, over steps.
+func TestStepEqualsSeparatePasses(t *testing.T) {
+	dir := tinyDir(t, "bert")
+	oc := hf.OptimConfig{Name: config.OptimizerAdamW, LR: 1e-2, Beta1: 0.9, Beta2: 0.98, Eps: 1e-6, WeightDecay: 0.1,
+		Schedule: config.ScheduleLinear, WarmupSteps: 1, TotalSteps: 10}
+	b := &data.Batch{Size: 2, Seq: 4, InputIDs: []int64{1, 2, 3, 4, 5, 6, 0, 0},
+		AttentionMask: []int64{1, 1, 1, 1, 1, 1, 0, 0}, Labels: []int64{1, 0}}
+	var models [2]*hf.Model
+	for i := range models {
+		m, err := hf.Load(dir, hf.Options{Init: config.InitRandom, Seed: 5, Task: data.Classification, NumLabels: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.SetOptimizer(oc); err != nil {
+			t.Fatal(err)
+		}
+		models[i] = m
+	}
+	for step := 0; step < 3; step++ {
+		var norms [2]float64
+		for i, m := range models {
+			if err := m.SetSeed(int64(step)); err != nil { // same dropout masks
+				t.Fatal(err)
+			}
+			if _, _, err := m.ForwardBackward(b); err != nil {
+				t.Fatal(err)
+			}
+			var u hf.UpdateInfo
+			var err error
+			if i == 0 {
+				u, err = m.Step(step, 0.5)
+			} else {
+				if err = m.ScaleGrads(0.5); err == nil {
+					if u, err = m.Update(step); err == nil {
+						err = m.ZeroGrad()
+					}
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			norms[i] = u.GradNorm
+			for _, g := range m.GradSlice() {
+				if g != 0 {
+					t.Fatalf("step %d, model %d: gradient not zeroed", step, i)
+				}
+			}
+		}
+		if d := math.Abs(norms[0] - norms[1]); d > 1e-5*norms[1] || norms[1] == 0 {
+			t.Errorf("step %d: gradient norm %g fused, %g separate", step, norms[0], norms[1])
+		}
+		var a, c [2][]float32
+		for i, m := range models {
+			a[i] = make([]float32, m.NumParams())
+			if err := m.CopyParamsTo(a[i]); err != nil {
+				t.Fatal(err)
+			}
+			st, err := m.OptimizerState()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c[i] = append(st.Buffers[0], st.Buffers[1]...)
+		}
+		for _, pair := range [][2][]float32{a, c} {
+			for k := range pair[0] {
+				x, y := float64(pair[0][k]), float64(pair[1][k])
+				if math.Abs(x-y) > 1e-5*max(1, math.Abs(y)) {
+					t.Fatalf("step %d, element %d: fused %g, separate %g", step, k, x, y)
+				}
+			}
+		}
+	}
+}

@@ -142,6 +142,41 @@ func (m *Model) Update(step int) (UpdateInfo, error) {
 	return u, nil
 }
 
+// Step finishes a training step whose summed gradients are in the block:
+// scale them by scale (1/global count), clip, update, and zero them for
+// the next step. It equals ScaleGrads, Update and ZeroGrad, but with AdamW
+// and no clipping it is one fused pass over the blocks (see
+// torch.AdamW.ApplyScaled), which is most of the optimizer's time on CPU.
+func (m *Model) Step(step int, scale float64) (UpdateInfo, error) {
+	a, fused := m.optim.(*torch.AdamW)
+	if !fused || m.optimCfg.MaxGradNorm > 0 {
+		// Clipping needs the norm before the update: the separate passes.
+		if err := m.ScaleGrads(scale); err != nil {
+			return UpdateInfo{}, err
+		}
+		u, err := m.Update(step)
+		if err != nil {
+			return UpdateInfo{}, err
+		}
+		return u, m.ZeroGrad()
+	}
+	var u UpdateInfo
+	err := m.do(func() error {
+		o := m.optimCfg
+		f, err := LRFactor(o.Schedule, step, o.WarmupSteps, o.TotalSteps)
+		if err != nil {
+			return err
+		}
+		u.LR = o.LR * f
+		u.GradNorm, err = a.ApplyScaled(u.LR, scale)
+		return err
+	})
+	if err != nil {
+		return UpdateInfo{}, fmt.Errorf("update step %d: %w", step, err)
+	}
+	return u, nil
+}
+
 // OptimState is the optimizer's state as host buffers, for checkpoints and
 // late joiners: AdamW's step count and first and second moments, or SGD's
 // step count and momentum buffer, each NumParams long.

@@ -5,7 +5,10 @@ package torch
 */
 import "C"
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // AdamWConfig holds torch.optim.AdamW's hyper-parameters.
 type AdamWConfig struct {
@@ -56,6 +59,25 @@ func (o *AdamW) Apply(lr float64) error {
 		return fmt.Errorf("adamw step %d: %w", o.Step+1, err)
 	}
 	return nil
+}
+
+// ApplyScaled is Apply on the gradient multiplied by gscale, and it zeroes
+// the gradient afterwards, all in one pass over the blocks on CPU (see
+// rt_adamw_step): the node's per-step scale by 1/global count, update and
+// zero-grad cost one memory sweep instead of about twenty. It returns the
+// L2 norm of the scaled gradient.
+func (o *AdamW) ApplyScaled(lr, gscale float64) (float64, error) {
+	o.Step++
+	c := o.Config
+	var sumsq C.double
+	err := cErr(C.rt_adamw_step(C.rt_tensor(o.p.flat.c), C.rt_tensor(o.p.grad.c), C.rt_tensor(o.m.c),
+		C.rt_tensor(o.v.c), C.int64_t(o.p.DecayNumel), C.double(gscale), C.double(lr), C.double(c.Beta1),
+		C.double(c.Beta2), C.double(c.Eps), C.double(c.WeightDecay), C.int64_t(o.Step), &sumsq))
+	if err != nil {
+		o.Step--
+		return 0, fmt.Errorf("adamw step %d: %w", o.Step+1, err)
+	}
+	return math.Sqrt(float64(sumsq)), nil
 }
 
 // Moments exposes the moment buffers (for checkpoints).

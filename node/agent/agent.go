@@ -262,6 +262,10 @@ type session struct {
 	ring     *allreduce.Ring
 	inStep   bool // reduced sent, commit/abort pending
 	stepDone time.Time
+	// timing of the step in flight, for the debug log that shows where a
+	// step's wall time goes (compute, ring, waiting for the commit, apply,
+	// waiting for the next step's batches).
+	tm stepTiming
 
 	need    map[string]bool // model files still to receive
 	partial map[string][]byte
@@ -396,10 +400,13 @@ func (s *session) handle(m *control.Msg) error {
 			return fmt.Errorf("agent: commit of step %d, but no step is pending", m.Step)
 		}
 		s.inStep = false
+		s.tm.commit = time.Now()
 		if err := s.tr.Apply(m.Step, m.Count); err != nil {
 			return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
 		}
 		s.applied = m.Step + 1
+		s.tm.applied = time.Now()
+		s.tm.log(s.a.log, m.Step)
 		return s.digest(m.Gen, m.Step, m.Digest)
 	case control.TypeAbort:
 		// An abort may name an older generation: the coordinator aborts a
@@ -606,6 +613,7 @@ func (s *session) onStep(m *control.Msg) error {
 		return fmt.Errorf("agent: step %d requested but the trainer holds %d committed steps", m.Step, s.applied)
 	}
 	start := time.Now()
+	s.tm.start = start
 	red := &control.Reduced{}
 	for i, b := range m.Batches {
 		loss, n, err := s.tr.Accumulate(b)
@@ -619,6 +627,7 @@ func (s *session) onStep(m *control.Msg) error {
 	}
 	s.inStep = true
 	s.stepDone = time.Now()
+	s.tm.computed = s.stepDone
 	grads, err := s.tr.Gradients()
 	if err != nil {
 		return fmt.Errorf("agent: step %d: gradients: %w", m.Step, err)
@@ -631,6 +640,7 @@ func (s *session) onStep(m *control.Msg) error {
 	}
 	red.Seconds = time.Since(start).Seconds()
 	s.stepDone = time.Now()
+	s.tm.reduced = s.stepDone
 	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: red})
 }
 
@@ -660,4 +670,24 @@ func (s *session) onExport(req int) error {
 		}
 	}
 	return s.send(&control.Msg{Type: control.TypeDone, Gen: s.gen, Req: req})
+}
+
+// stepTiming holds the moments of one step on this node.
+type stepTiming struct {
+	start, computed, reduced, commit, applied time.Time
+	prevApplied                               time.Time // end of the previous step
+}
+
+// log writes the step's phases at debug level and starts the next step's
+// idle clock. idle_ms is the time between applying the previous step and
+// starting this one: the node had nothing to do.
+func (t *stepTiming) log(l *slog.Logger, step int) {
+	ms := func(a, b time.Time) float64 { return float64(b.Sub(a).Microseconds()) / 1000 }
+	idle := 0.0
+	if !t.prevApplied.IsZero() {
+		idle = ms(t.prevApplied, t.start)
+	}
+	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
+		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
+	*t = stepTiming{prevApplied: t.applied}
 }

@@ -1,7 +1,11 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,7 +23,7 @@ import (
 // codes.
 func Command(factory Factory) *cobra.Command {
 	var cfg Config
-	var keyFile, logLevel string
+	var keyFile, logLevel, pprofAddr string
 	cmd := &cobra.Command{
 		Use:   "join",
 		Short: "Join a ringtune cluster as a training node",
@@ -40,6 +44,13 @@ coordinator ends the run. SIGTERM/SIGINT leave at the next step boundary.`,
 				return err
 			}
 			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+			if pprofAddr != "" {
+				stop, err := servePprof(pprofAddr, cfg.Log)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			a, err := New(cfg, factory)
 			if err != nil {
 				return err
@@ -61,7 +72,28 @@ coordinator ends the run. SIGTERM/SIGINT leave at the next step boundary.`,
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "model file cache (default $XDG_CACHE_HOME/ringtune/blobs)")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 30*time.Second, "give up joining the cluster after this long")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&pprofAddr, "pprof", "", "serve net/http/pprof on this address (e.g. 127.0.0.1:6060), for profiling a step; off by default")
 	_ = cmd.MarkFlagRequired("coordinator")
 	_ = cmd.MarkFlagRequired("key-file")
 	return cmd
+}
+
+// servePprof serves the profiling endpoints on their own mux (not
+// http.DefaultServeMux, so that nothing else a dependency registers is
+// exposed) and returns a function that stops the server.
+func servePprof(addr string, log *slog.Logger) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux}
+	go func() { _ = srv.Serve(lis) }()
+	log.Info("pprof serving", "addr", lis.Addr().String())
+	return func() { _ = srv.Close() }, nil
 }
