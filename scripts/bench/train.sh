@@ -143,18 +143,18 @@ PY
 }
 
 declare -A mine theirs
+# Interleaved per world size (ringtune N, DDP N, next N, ...) so that a burst
+# of foreign load lands on both sides alike.
 for r in $(seq "$repeats"); do
   for n in ${sizes//,/ }; do
     v=$(ours "$n")
     mine[$n]="${mine[$n]:-} $v"
     echo "bench train: repeat $r ringtune n=$n samples/s=$v" >&2
-  done
-  /usr/bin/python3 "$ddp" --world-sizes "$sizes" --repeats 1 --warmup "$warmup" --steps "$steps" --blocks 1 \
-    --threads 1 --out "$work/ddp$r.json" > "$work/ddp$r.log" 2>&1 || { cat "$work/ddp$r.log" >&2; exit 1; }
-  for n in ${sizes//,/ }; do
+    /usr/bin/python3 "$ddp" --world-sizes "$n" --repeats 1 --warmup "$warmup" --steps "$steps" --blocks 1 \
+      --threads 1 --out "$work/ddp$r-$n.json" > "$work/ddp$r-$n.log" 2>&1 || { cat "$work/ddp$r-$n.log" >&2; exit 1; }
     v=$(/usr/bin/python3 -c 'import json,sys
 s=[x for x in json.load(open(sys.argv[1]))["summary"] if x["world_size"]==int(sys.argv[2])][0]
-print("%.4f" % s["samples_per_s_sync"]["median"])' "$work/ddp$r.json" "$n")
+print("%.4f" % s["samples_per_s_sync"]["median"])' "$work/ddp$r-$n.json" "$n")
     theirs[$n]="${theirs[$n]:-} $v"
     echo "bench train: repeat $r ddp n=$n samples/s=$v" >&2
   done
