@@ -194,20 +194,22 @@ func (r *Ring) Close() error {
 	}
 	r.mu.Unlock()
 	if graceful {
-		t := time.NewTimer(closeGrace)
+		// One deadline for both waits: a timer's channel fires only once, so
+		// a second select on it after the first timed out would never end.
+		ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
 		select {
 		case <-r.graceDone:
 		case <-r.dead:
-		case <-t.C:
+		case <-ctx.Done():
 		}
 		if hasLeft {
 			select {
 			case <-r.leftEOF:
 			case <-r.dead:
-			case <-t.C:
+			case <-ctx.Done():
 			}
 		}
-		t.Stop()
+		cancel()
 	}
 	r.fail(fmt.Errorf("allreduce: %s: %w", r.who(), ErrClosed))
 	r.shutdown()

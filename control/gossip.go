@@ -162,3 +162,18 @@ func (StaticMeta) LocalState(bool) []byte { return nil }
 
 // MergeRemoteState implements memberlist.Delegate.
 func (StaticMeta) MergeRemoteState([]byte, bool) {}
+
+// FirstPrivateIP is the first non-loopback IPv4 address of this host, or ""
+// when it has none: what a process bound to 0.0.0.0 advertises to peers.
+func FirstPrivateIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return ""
+	}
+	for _, ad := range addrs {
+		if n, ok := ad.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String()
+		}
+	}
+	return ""
+}

@@ -314,7 +314,10 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		}
 		ah, _, _ := net.SplitHostPort(adv)
 		if ip := net.ParseIP(ah); ip == nil || ip.IsUnspecified() {
-			ah = firstPrivateIP()
+			ah = "127.0.0.1"
+			if ip := control.FirstPrivateIP(); ip != "" {
+				ah = ip
+			}
 		}
 		grpcAddr = net.JoinHostPort(ah, p)
 	}
@@ -353,19 +356,6 @@ func (g gossipEvents) NotifyLeave(n *memberlist.Node) {
 	case g.ch <- event{dead: n.Name}:
 	default:
 	}
-}
-
-func firstPrivateIP() string {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return "127.0.0.1"
-	}
-	for _, ad := range addrs {
-		if n, ok := ad.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
-			return n.IP.String()
-		}
-	}
-	return "127.0.0.1"
 }
 
 // serveSession is the gRPC handler of one node's session: it reads the

@@ -156,15 +156,11 @@ func leak(ops, steps, warmup int) (*leakResult, error) {
 
 	cfg := tiny.Small()
 	cfg.Dropout = 0.1
-	m, err := tiny.New(cfg, torch.CPU)
+	m, opt, err := newTiny(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer m.Free()
-	opt, err := torch.NewAdamW(m.Params, torch.DefaultAdamW())
-	if err != nil {
-		return nil, err
-	}
 	defer opt.Free()
 	rng := rand.New(rand.NewPCG(1, 1))
 	ids := make([]int64, 8*32)
@@ -267,6 +263,20 @@ func leakGotch(ops, warmup int) (*leakResult, error) {
 		RSSGrowthPct: pct(base.RSS, end.RSS), HeapGrowthPct: pct(base.Heap, end.Heap), RSSMB: float64(end.RSS) / (1 << 20)}, nil
 }
 
+// newTiny builds the tiny model and its AdamW; the caller frees both.
+func newTiny(cfg tiny.Config) (*tiny.Model, *torch.AdamW, error) {
+	m, err := tiny.New(cfg, torch.CPU)
+	if err != nil {
+		return nil, nil, err
+	}
+	opt, err := torch.NewAdamW(m.Params, torch.DefaultAdamW())
+	if err != nil {
+		m.Free()
+		return nil, nil, err
+	}
+	return m, opt, nil
+}
+
 // trainStep is the measured training step, the same as tiny_torch.py's:
 // forward, backward of the summed loss, divide by the batch size, clip to
 // norm 1, AdamW.
@@ -315,15 +325,11 @@ func step(cfgJSON string, steps, warmup int) (*stepResult, error) {
 		return nil, fmt.Errorf("-cfg: %w", err)
 	}
 	cfg := tiny.Config{Vocab: c.Vocab, Hidden: c.Hidden, Layers: c.Layers, Heads: c.Heads, FFN: c.FFN, MaxLen: c.MaxLen, Labels: c.Labels, Dropout: c.Dropout}
-	m, err := tiny.New(cfg, torch.CPU)
+	m, opt, err := newTiny(cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer m.Free()
-	opt, err := torch.NewAdamW(m.Params, torch.DefaultAdamW())
-	if err != nil {
-		return nil, err
-	}
 	defer opt.Free()
 	rng := rand.New(rand.NewPCG(2, 2))
 	type batch struct{ ids, mask, labels []int64 }

@@ -162,7 +162,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		_, p, _ := net.SplitHostPort(ringAddr)
 		ringAddr = net.JoinHostPort(ah, p)
 	} else if h, p, _ := net.SplitHostPort(ringAddr); net.ParseIP(h).IsUnspecified() {
-		if ip := firstPrivateIP(); ip != "" {
+		if ip := control.FirstPrivateIP(); ip != "" {
 			ringAddr = net.JoinHostPort(ip, p)
 		}
 	}
@@ -224,19 +224,6 @@ func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (string, er
 		}
 	}
 	return "", fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, a.cfg.JoinTimeout, lastErr)
-}
-
-func firstPrivateIP() string {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return ""
-	}
-	for _, ad := range addrs {
-		if n, ok := ad.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
-			return n.IP.String()
-		}
-	}
-	return ""
 }
 
 // inbound is one received message or the session's end.
