@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -975,12 +976,19 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	}
 	sort.Strings(keys)
 	args := []any{"applied", c.applied}
+	var line strings.Builder
+	fmt.Fprintf(&line, "eval after step %d:", c.applied)
 	for _, k := range keys {
 		args = append(args, k, res[k])
 		c.metrics.eval(k, res[k])
+		if k == "count" {
+			continue
+		}
+		fmt.Fprintf(&line, " %s %.4g", k, res[k])
 	}
+	fmt.Fprintf(&line, " (%d examples)", int(res["count"]))
 	c.log.Info("evaluation", args...)
-	c.progress.note(fmt.Sprintf("eval after step %d: %v", c.applied, res))
+	c.progress.note(line.String())
 	return nil
 }
 
