@@ -64,3 +64,54 @@ func TestSIGTERMLeavesAtStepBoundary(t *testing.T) {
 		}
 	}
 }
+
+// TestDivergedReplicasStopTheRun gives one of two nodes a fault that
+// changes one of its parameters after step 5: the digest check after that
+// step must stop the run with exit code 3 and an error that names the step
+// and the diverging rank and node, and both nodes must end (no hang).
+func TestDivergedReplicasStopTheRun(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFixture(t, fmt.Sprintf("div-%d", os.Getpid()), 2, 2, "")
+	_, nodeBin := build(t)
+	c := runCluster(t, ctx, f, 1, nil)
+	// Start the faulty node only after the healthy one has joined, so that
+	// the healthy one takes rank 0 and the faulty one rank 1.
+	c.Coord.WaitFor(t, `node connected" node=`+f.Label+`-n0`, 30*time.Second)
+	bad := f.Label + "-n1"
+	c.StartNode(t, ctx, f, nodeBin, bad, []string{"GONODE_PERTURB_AT_STEP=5"})
+	if code := c.Coord.Wait(t, 90*time.Second); code != 3 {
+		t.Fatalf("coordinator exit %d with diverged replicas, want 3", code)
+	}
+	out := c.Coord.Text()
+	// digest_every is 1: steps 0..4 agree, and the check after the faulty
+	// step (6 committed steps) is the one that fails.
+	if !strings.Contains(out, `replicas identical" applied=5 `) {
+		t.Errorf("no agreeing digest before the fault: the test did not exercise a divergence mid-run")
+	}
+	if strings.Contains(out, `replicas identical" applied=6 `) {
+		t.Errorf("the digests after the faulty step were reported identical")
+	}
+	for _, want := range []string{
+		"replicas diverged after 6 committed steps",
+		"rank 0 (" + f.Label + "-n0)",
+		"rank 1 (" + bad + ")",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("coordinator error lacks %q", want)
+		}
+	}
+	if !strings.Contains(c.Nodes[1].Text(), "fault injected") {
+		t.Errorf("node %s did not inject its fault", bad)
+	}
+	// The nodes must end too, not wait for steps that never come, and
+	// with a failure status: their run did not succeed.
+	for i, p := range c.Nodes {
+		if code := p.Wait(t, 30*time.Second); code == 0 {
+			t.Errorf("node %s-n%d exit 0 after the run failed", f.Label, i)
+		}
+		if !strings.Contains(p.Text(), "replicas diverged") {
+			t.Errorf("node %s-n%d does not say why the run stopped", f.Label, i)
+		}
+	}
+}

@@ -128,7 +128,7 @@ func New(cfg Config, factory Factory) (*Agent, error) {
 var ErrStopped = errors.New("agent: the coordinator ended the run")
 
 // Run joins the cluster and trains until the coordinator sends stop (nil
-// error), the session breaks, or ctx is cancelled: then the node leaves at
+// error, or the run's error when the run failed), the session breaks, or ctx is cancelled: then the node leaves at
 // the next step boundary (a step it has reported reduced is finished first)
 // and Run returns ctx's error.
 func (a *Agent) Run(ctx context.Context) (err error) {
@@ -334,6 +334,11 @@ func (s *session) run(ctx context.Context) error {
 				return fmt.Errorf("agent: session with coordinator: %w", ib.err)
 			}
 			if ib.m.Type == control.TypeStop {
+				if ib.m.Error != "" {
+					// The run failed on the coordinator: this node's
+					// exit status must say so too.
+					return fmt.Errorf("agent: the coordinator stopped the run: %s", ib.m.Error)
+				}
 				s.a.log.Info("run finished", "reason", ib.m.Reason)
 				return nil
 			}
