@@ -5,9 +5,13 @@ package coordinator_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -113,5 +117,88 @@ func TestDivergedReplicasStopTheRun(t *testing.T) {
 		if !strings.Contains(p.Text(), "replicas diverged") {
 			t.Errorf("node %s-n%d does not say why the run stopped", f.Label, i)
 		}
+	}
+}
+
+// TestModelCache runs one node three times with the same --cache-dir: the
+// first run fetches the model files, the second takes them all from the
+// cache and receives nothing, and the third, after one cached file was
+// overwritten with wrong content, detects the corruption, fetches that file
+// again and repairs the cache instead of training on the bad copy.
+func TestModelCache(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFixture(t, fmt.Sprintf("cache-%d", os.Getpid()), 1, 1, "")
+	node := f.Label + "-n0"
+	// RunCluster gives the node the same cache directory on every run.
+	cacheDir := filepath.Join(f.Dir, "cache-"+node)
+	cfg, err := os.ReadFile(filepath.Join(f.Dir, "model", "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(cfg)
+	cfgBlob := filepath.Join(cacheDir, hex.EncodeToString(sum[:]))
+
+	run := func(name string) string {
+		t.Helper()
+		for _, d := range []string{"out", "ckpt"} {
+			if err := os.RemoveAll(filepath.Join(f.Dir, d)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c := runCluster(t, ctx, f, 1, nil)
+		// The node first: one that fails on its cache leaves the
+		// coordinator waiting for nodes, and its exit says more.
+		if code := c.Nodes[0].Wait(t, 60*time.Second); code != 0 {
+			t.Fatalf("%s run: node %s exit %d", name, node, code)
+		}
+		if code := c.Coord.Wait(t, 30*time.Second); code != 0 {
+			t.Fatalf("%s run: coordinator exit %d", name, code)
+		}
+		return c.Nodes[0].Text()
+	}
+	fetched := func(name, out string) int {
+		t.Helper()
+		m := regexp.MustCompile(`model files ready" node=\S+ fetched_bytes=(\d+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("%s run: node %s does not log the bytes it fetched", name, node)
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+
+	out := run("first")
+	if !strings.Contains(out, `job received" node=`+node+` files=2 cached=0 missing=2`) {
+		t.Errorf("first run: node %s did not ask for both model files", node)
+	}
+	if n := fetched("first", out); n < len(cfg) {
+		t.Errorf("first run: node %s fetched %d bytes, want at least config.json's %d", node, n, len(cfg))
+	}
+
+	out = run("second")
+	if !strings.Contains(out, `job received" node=`+node+` files=2 cached=2 missing=0`) {
+		t.Errorf("second run: node %s did not take both model files from its cache", node)
+	}
+	if n := fetched("second", out); n != 0 {
+		t.Errorf("second run: node %s fetched %d bytes of model files it had cached", node, n)
+	}
+
+	// Same length, other content: only the hash can tell.
+	bad := []byte(strings.Repeat("x", len(cfg)))
+	if err := os.WriteFile(cfgBlob, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out = run("third")
+	if !strings.Contains(out, "cached model file is corrupt; fetching it again") || !strings.Contains(out, "file=config.json") {
+		t.Errorf("third run: node %s did not report the corrupt cached config.json", node)
+	}
+	if !strings.Contains(out, `job received" node=`+node+` files=2 cached=1 missing=1`) {
+		t.Errorf("third run: node %s did not ask again for exactly the corrupt file", node)
+	}
+	if n := fetched("third", out); n != len(cfg) {
+		t.Errorf("third run: node %s fetched %d bytes, want config.json's %d", node, n, len(cfg))
+	}
+	if got, err := os.ReadFile(cfgBlob); err != nil || string(got) != string(cfg) {
+		t.Errorf("the cache still holds a bad config.json after the third run (%v)", err)
 	}
 }
