@@ -342,7 +342,9 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		defer stop()
 	}
 
-	defer c.stopAll("run over")
+	// The stop message says whether the run failed, so that a node of a
+	// failed run (replicas diverged, too many aborts) does not exit 0.
+	defer func() { c.stopAll(err) }()
 	err = c.train1(ctx)
 	c.progress.finish()
 	return err
@@ -432,9 +434,16 @@ func (c *Coordinator) serveSession(st control.Stream) error {
 	}
 }
 
-func (c *Coordinator) stopAll(reason string) {
+// stopAll tells every node that the run is over; failure, when not nil, is
+// why the run failed.
+func (c *Coordinator) stopAll(failure error) {
+	m := control.Msg{Type: control.TypeStop, Reason: "run over"}
+	if failure != nil {
+		m.Reason, m.Error = "run failed", failure.Error()
+	}
 	for _, s := range c.sessions {
-		s.send(&control.Msg{Type: control.TypeStop, Reason: reason})
+		mm := m // send sets fields; each session's sender reads its own copy
+		s.send(&mm)
 	}
 	// Give the stop messages a moment to leave before the server stops.
 	deadline := time.After(2 * time.Second)

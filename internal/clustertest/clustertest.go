@@ -292,9 +292,18 @@ func RunCluster(t testing.TB, ctx context.Context, f *Fixture, coordBin, nodeBin
 	m := c.Coord.WaitFor(t, `gossip=(\S+) grpc=(\S+)`, 20*time.Second)
 	c.Gossip, c.GRPC = m[1], m[2]
 	for i := range n {
-		name := fmt.Sprintf("%s-n%d", f.Label, i)
-		c.Nodes = append(c.Nodes, Start(t, ctx, f.Dir, nodeEnv, nodeBin, "join", "--coordinator", c.Gossip, "--key-file", f.Key,
-			"--bind", "127.0.0.1:0", "--name", name, "--label", f.Label, "--cache-dir", filepath.Join(f.Dir, "cache-"+name), "--join-timeout", "10s"))
+		c.StartNode(t, ctx, f, nodeBin, fmt.Sprintf("%s-n%d", f.Label, i), nodeEnv)
 	}
 	return c
+}
+
+// StartNode starts one more node named name (`NODEBIN join`) with env added
+// to its environment, caching model files in f.Dir/cache-NAME, and appends
+// it to c.Nodes; tests use it to give one node a different environment.
+func (c *Cluster) StartNode(t testing.TB, ctx context.Context, f *Fixture, nodeBin, name string, env []string) *Proc {
+	t.Helper()
+	p := Start(t, ctx, f.Dir, env, nodeBin, "join", "--coordinator", c.Gossip, "--key-file", f.Key,
+		"--bind", "127.0.0.1:0", "--name", name, "--label", f.Label, "--cache-dir", filepath.Join(f.Dir, "cache-"+name), "--join-timeout", "10s")
+	c.Nodes = append(c.Nodes, p)
+	return p
 }

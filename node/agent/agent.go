@@ -128,7 +128,7 @@ func New(cfg Config, factory Factory) (*Agent, error) {
 var ErrStopped = errors.New("agent: the coordinator ended the run")
 
 // Run joins the cluster and trains until the coordinator sends stop (nil
-// error), the session breaks, or ctx is cancelled: then the node leaves at
+// error, or the run's error when the run failed), the session breaks, or ctx is cancelled: then the node leaves at
 // the next step boundary (a step it has reported reduced is finished first)
 // and Run returns ctx's error.
 func (a *Agent) Run(ctx context.Context) (err error) {
@@ -256,6 +256,7 @@ type session struct {
 
 	need    map[string]bool // model files still to receive
 	partial map[string][]byte
+	fetched int64  // bytes of model files received, not taken from the cache
 	stateIn []byte // SetState chunks
 	// modelDir is the job's model directory, laid out from the cache.
 	modelDir string
@@ -334,6 +335,11 @@ func (s *session) run(ctx context.Context) error {
 				return fmt.Errorf("agent: session with coordinator: %w", ib.err)
 			}
 			if ib.m.Type == control.TypeStop {
+				if ib.m.Error != "" {
+					// The run failed on the coordinator: this node's
+					// exit status must say so too.
+					return fmt.Errorf("agent: the coordinator stopped the run: %s", ib.m.Error)
+				}
 				s.a.log.Info("run finished", "reason", ib.m.Reason)
 				return nil
 			}
@@ -460,19 +466,51 @@ func (s *session) onJob(j *control.Job) error {
 	s.need = map[string]bool{}
 	s.partial = map[string][]byte{}
 	var missing []string
+	cached := 0
 	for _, f := range j.Files {
 		if err := checkName(f.Name); err != nil {
 			return err
 		}
-		if _, err := os.Stat(s.blob(f.SHA256)); err != nil {
-			if !s.need[f.SHA256] {
-				missing = append(missing, f.SHA256)
-			}
-			s.need[f.SHA256] = true
+		if s.need[f.SHA256] {
+			continue // two names, one content: asked for once
 		}
+		ok, err := s.cachedOK(f.SHA256)
+		if ok {
+			cached++
+			continue
+		}
+		if err != nil {
+			// A cached copy that does not match its hash (a disk error, a
+			// crash mid-write by an older version, a hand edit) must not
+			// be trained on: fetch the file again.
+			s.a.log.Warn("cached model file is corrupt; fetching it again", "file", f.Name, "path", s.blob(f.SHA256), "err", err)
+		}
+		missing = append(missing, f.SHA256)
+		s.need[f.SHA256] = true
 	}
-	s.a.log.Info("job received", "files", len(j.Files), "missing", len(missing))
+	s.a.log.Info("job received", "files", len(j.Files), "cached", cached, "missing", len(missing))
 	return s.send(&control.Msg{Type: control.TypeNeed, Need: missing})
+}
+
+// cachedOK reports whether the cache holds the file with content hash sum
+// intact; the error says why a present copy is unusable.
+func (s *session) cachedOK(sum string) (bool, error) {
+	f, err := os.Open(s.blob(sum))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false, err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sum {
+		return false, fmt.Errorf("content hash is %s", got)
+	}
+	return true, nil
 }
 
 func checkName(n string) error {
@@ -494,6 +532,7 @@ func (s *session) onFile(ch *control.Chunk) error {
 	}
 	b := s.partial[ch.Name]
 	delete(s.partial, ch.Name)
+	s.fetched += int64(len(b))
 	got := sha256.Sum256(b)
 	if hex.EncodeToString(got[:]) != ch.Name {
 		return fmt.Errorf("agent: model file with hash %s arrived corrupt (hash %x)", ch.Name, got)
@@ -519,6 +558,7 @@ func (s *session) onFilesDone() error {
 		return fmt.Errorf("agent: the coordinator finished sending model files but %d are missing", len(s.need))
 	}
 	s.need = nil
+	s.a.log.Info("model files ready", "fetched_bytes", s.fetched)
 	j := s.job
 	dir, err := os.MkdirTemp("", "ringtune-model-")
 	if err != nil {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -19,8 +20,9 @@ import (
 // Command returns the "join" command that runs a node with trainers from
 // factory. cmd/node registers it with the libtorch trainer; test binaries
 // with a pure-Go one. On SIGTERM or SIGINT the node leaves at the next step
-// boundary. Errors are returned, not printed: the caller maps them to exit
-// codes.
+// boundary and the command returns nil (exit 0): a leave that was asked for
+// is not a failure. Errors are returned, not printed: the caller maps them
+// to exit codes.
 func Command(factory Factory) *cobra.Command {
 	var cfg Config
 	var keyFile, logLevel, pprofAddr string
@@ -29,7 +31,8 @@ func Command(factory Factory) *cobra.Command {
 		Short: "Join a ringtune cluster as a training node",
 		Long: `join connects to the coordinator's gossip address with the cluster key,
 receives the model, settings and data over the network, and trains until the
-coordinator ends the run. SIGTERM/SIGINT leave at the next step boundary.`,
+coordinator ends the run. SIGTERM/SIGINT leave at the next step boundary
+and exit 0.`,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -57,7 +60,14 @@ coordinator ends the run. SIGTERM/SIGINT leave at the next step boundary.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return a.Run(ctx)
+			err = a.Run(ctx)
+			if sig := ctx.Err(); sig != nil && cmd.Context().Err() == nil && errors.Is(err, sig) {
+				// Run ended because of the signal, at a step boundary:
+				// the leave was asked for and went as promised.
+				cfg.Log.Info("left the cluster on a signal")
+				return nil
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
