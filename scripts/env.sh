@@ -10,6 +10,12 @@
 #   LIBTORCH=DIR: an official libtorch 2.1 build unpacked at DIR (CUDA or
 #     CPU). The header is then a no-op. UNTESTED here: no such build or GPU is
 #     reachable from our CI; see README "GPU hosts".
+# Go's build cache and ours live under $HOME; a bare environment (a CI
+# runner, cron) may lack it.
+if [ -z "${HOME:-}" ]; then
+  HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
+  export HOME
+fi
 _rt_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _rt_src="$_rt_root/scripts/gotch/torch_compat.h"
 _rt_hash=$(sha256sum "$_rt_src" | cut -c1-16)

@@ -20,6 +20,12 @@
 # pytorch.org there): it is written to work and documented as such.
 set -euo pipefail
 
+# Go's build cache and ours live under $HOME; a bare environment (a CI
+# runner, cron) may lack it.
+if [ -z "${HOME:-}" ]; then
+  HOME=$(getent passwd "$(id -u)" | cut -d: -f6)
+  export HOME
+fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
