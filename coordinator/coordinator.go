@@ -120,6 +120,7 @@ type Coordinator struct {
 	resumed  []byte // state loaded from a checkpoint, for applied
 	stats    stats
 	metrics  *metrics
+	dash     *dashboard // nil without metrics.dashboard
 	progress *progress
 
 	mu sync.Mutex // guards sessions for the gRPC handlers
@@ -341,6 +342,14 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		}
 		defer stop()
 	}
+	if c.cfg.Metrics.Dashboard != "" {
+		c.dash = newDashboard(c.job.RunID, c.cfg.Model.Task, c.total)
+		stop, err := c.serveDashboard()
+		if err != nil {
+			return badInput(err)
+		}
+		defer stop()
+	}
 
 	// The stop message says whether the run failed, so that a node of a
 	// failed run (replicas diverged, too many aborts) does not exit 0.
@@ -544,6 +553,7 @@ func (c *Coordinator) lose(s *session) {
 		c.round.Lost(s.id)
 	}
 	c.metrics.lost()
+	c.dash.lost()
 }
 
 func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
@@ -664,6 +674,7 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		}
 		c.world = nil
 		c.metrics.world(0, c.gen)
+		c.dash.world(c.gen, nil)
 		c.log.Info("waiting for nodes", "need", need, "settle", c.cfg.Cluster.Settle)
 		tick := time.NewTicker(50 * time.Millisecond)
 		err := c.pumpTick(ctx, tick, func() bool {
@@ -700,6 +711,7 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		}
 		c.log.Info("generation formed", "gen", c.gen, "size", len(ids), "nodes", ids, "spares", len(spares), "applied", c.applied)
 		c.metrics.world(len(ids), c.gen)
+		c.dash.world(c.gen, ids)
 		if err := c.syncState(ctx); err != nil {
 			if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {
 				continue
@@ -865,6 +877,7 @@ func (c *Coordinator) train1(ctx context.Context) error {
 		}
 		c.log.Warn("step aborted", "step", g, "gen", c.gen, "why", why)
 		c.metrics.abort()
+		c.dash.abort()
 		if err := c.sched.Abort(g); err != nil {
 			return err
 		}
@@ -935,6 +948,7 @@ func (c *Coordinator) account(g int) {
 	mean := loss / max(n, 1)
 	epoch, _, _ := c.sched.Locate(g)
 	c.metrics.step(c.applied, epoch, mean, rate, samples)
+	c.dash.step(c.applied, epoch, mean, rate)
 	c.progress.update(c.applied, epoch, mean, rate)
 	c.log.Debug("step committed", "step", g, "loss", mean)
 }
@@ -997,6 +1011,7 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	}
 	fmt.Fprintf(&line, " (%d examples)", int(res["count"]))
 	c.log.Info("evaluation", args...)
+	c.dash.eval(c.applied, res)
 	c.progress.note(line.String())
 	return nil
 }

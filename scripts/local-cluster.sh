@@ -14,8 +14,9 @@
 # model.init: pretrained, e.g.
 #   scripts/local-cluster.sh 3 -- --model.path /models/bert-base-uncased --model.init pretrained
 #
-# Logs: runs/local/coordinator.log and runs/local/node-K.log. Ctrl-C stops
-# every process this script started.
+# Logs: runs/local/coordinator.log and runs/local/node-K.log; a live
+# dashboard and Prometheus /metrics are served while it runs (their URLs are
+# in the log). Ctrl-C stops every process this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -73,9 +74,9 @@ if [ -z "$config" ]; then
 JSON
   cp .data/tokenizers/bert-base-uncased/tokenizer.json "$mdir/tokenizer.json"
   # Free loopback ports for gossip and control.
-  read -r gport cport mport < <(python3 -c '
+  read -r gport cport mport dport < <(python3 -c '
 import socket
-s=[socket.socket() for _ in range(3)]
+s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
   config=$run/cluster.yaml
@@ -122,6 +123,7 @@ checkpoint:
   keep: 2
 metrics:
   address: 127.0.0.1:$mport
+  dashboard: 127.0.0.1:$dport
 output:
   dir: model
 YAML
