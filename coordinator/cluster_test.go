@@ -257,6 +257,12 @@ func TestBadInput(t *testing.T) {
 		{"port in use", func(_ *clustertest.Fixture, y string) string {
 			return strings.Replace(y, "grpc: 127.0.0.1:0", "grpc: "+busy.Addr().String(), 1)
 		}, []string{"cluster.grpc", busy.Addr().String()}},
+		{"metrics port in use", func(_ *clustertest.Fixture, y string) string {
+			return y + "metrics:\n  address: " + busy.Addr().String() + "\n"
+		}, []string{"metrics.address", busy.Addr().String()}},
+		{"dashboard port in use", func(_ *clustertest.Fixture, y string) string {
+			return y + "metrics:\n  dashboard: " + busy.Addr().String() + "\n"
+		}, []string{"metrics.dashboard", busy.Addr().String()}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

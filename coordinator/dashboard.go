@@ -1,12 +1,8 @@
 package coordinator
 
 import (
-	"context"
 	_ "embed"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -105,11 +101,6 @@ var dashboardHTML []byte
 // serveDashboard serves the live page (/) and its data (/status) on
 // metrics.dashboard until the returned stop.
 func (c *Coordinator) serveDashboard() (func(), error) {
-	addr := c.cfg.Metrics.Dashboard
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics.dashboard: listen on %s: %w", addr, err)
-	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
@@ -124,19 +115,5 @@ func (c *Coordinator) serveDashboard() (func(), error) {
 		w.Header().Set("Cache-Control", "no-store")
 		_ = json.NewEncoder(w).Encode(c.dash.snapshot())
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.log.Error("dashboard server", "err", err)
-		}
-	}()
-	c.log.Info("dashboard", "url", "http://"+lis.Addr().String()+"/")
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-		<-done
-	}, nil
+	return c.serveHTTP("dashboard", "metrics.dashboard", c.cfg.Metrics.Dashboard, "/", mux)
 }

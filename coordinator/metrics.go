@@ -98,23 +98,28 @@ func (m *metrics) eval(k string, v float64) {
 
 // serveMetrics serves /metrics on metrics.address until the returned stop.
 func (c *Coordinator) serveMetrics() (func(), error) {
-	addr := c.cfg.Metrics.Address
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics.address: listen on %s: %w", addr, err)
-	}
 	c.metrics = newMetrics()
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return c.serveHTTP("metrics", "metrics.address", c.cfg.Metrics.Address, "/metrics", mux)
+}
+
+// serveHTTP serves h on addr (config key key, named in errors) until the
+// returned stop, and logs the URL of path under name.
+func (c *Coordinator) serveHTTP(name, key, addr, path string, h http.Handler) (func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen on %s: %w", key, addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.log.Error("metrics server", "err", err)
+			c.log.Error(name+" server", "err", err)
 		}
 	}()
-	c.log.Info("metrics", "url", "http://"+lis.Addr().String()+"/metrics")
+	c.log.Info(name, "url", "http://"+lis.Addr().String()+path)
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
