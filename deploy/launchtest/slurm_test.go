@@ -184,7 +184,7 @@ func (s *slurmCluster) sbatch(t *testing.T, e *launchEnv, env ...string) (int, s
 // file, the label, and the job's status being the coordinator's.
 func TestSlurmBatch(t *testing.T) {
 	s := needSlurm(t)
-	e := newEnv(t, "coordinator.exit_after=3s\nnode.exit_after=4s\n")
+	e := newEnv(t, "coordinator.exit_after=3s\ncoordinator.wait_nodes=2\nnode.exit_after=4s\n")
 	code, out := s.sbatch(t, e)
 	if code != 0 {
 		t.Fatalf("job exited %d:\n%s", code, out)
@@ -210,7 +210,7 @@ func TestSlurmBatch(t *testing.T) {
 // stopped after RINGTUNE_GRACE.
 func TestSlurmBatchFailures(t *testing.T) {
 	s := needSlurm(t)
-	e := newEnv(t, "coordinator.exit_after=2s\ncoordinator.exit_code=3\n")
+	e := newEnv(t, "coordinator.exit_after=2s\ncoordinator.wait_nodes=2\ncoordinator.exit_code=3\n")
 	os.Chmod(e.keyFile, 0o644)
 	code, out := s.sbatch(t, e)
 	if code == 0 || !strings.Contains(out, "key file "+e.keyFile+" has mode 644: run chmod 600") || strings.Contains(out, "stub") {

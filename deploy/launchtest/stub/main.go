@@ -7,7 +7,13 @@
 // print: the mode of the key file and of its directory and a hash of the key
 // (never the key itself). Its behaviour comes from a file "behavior" next to
 // the executable, because nothing else reaches it unchanged through ssh:
-// lines "ROLE.exit_after=DURATION", "ROLE.exit_code=N", "ROLE.ignore_term=1".
+// lines "ROLE.exit_after=DURATION", "ROLE.exit_code=N", "ROLE.ignore_term=1",
+// "ROLE.wait_nodes=N".
+//
+// wait_nodes makes the exit_after clock start only once N node stubs have
+// said they are ready (each drops a marker file next to the executable), so
+// that a test's ordering does not depend on how fast ssh or Slurm starts
+// processes on a loaded machine.
 package main
 
 import (
@@ -54,11 +60,20 @@ func main() {
 		role, keyFile, fi.Mode().Perm(), di.Mode().Perm(), hex.EncodeToString(sum[:]))
 	// A line on stderr too: the launcher must stream both.
 	fmt.Fprintf(os.Stderr, "stub %s ready\n", role)
+	dir := filepath.Dir(exe)
+	if role == "node" {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("ready.node.%d", os.Getpid())), nil, 0o644); err != nil {
+			fail("ready marker: %v", err)
+		}
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	var timeout <-chan time.Time
 	if d, err := time.ParseDuration(behavior["exit_after"]); err == nil {
+		if n, err := strconv.Atoi(behavior["wait_nodes"]); err == nil {
+			waitNodes(dir, n, 2*time.Minute)
+		}
 		timeout = time.After(d)
 	}
 	for {
@@ -74,6 +89,16 @@ func main() {
 			code, _ := strconv.Atoi(behavior["exit_code"])
 			fmt.Printf("stub %s done, exit %d\n", role, code)
 			os.Exit(code)
+		}
+	}
+}
+
+// waitNodes waits until n node stubs have left their ready markers in dir,
+// or until limit passes (the test then fails on what it sees).
+func waitNodes(dir string, n int, limit time.Duration) {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if m, _ := filepath.Glob(filepath.Join(dir, "ready.node.*")); len(m) >= n {
+			return
 		}
 	}
 }
