@@ -5,13 +5,17 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 	"github.com/ringtune/ringtune/internal/gotrainer"
 	"github.com/ringtune/ringtune/node/agent"
@@ -71,11 +75,14 @@ func (p *perturb) Apply(step, globalCount int) error {
 	if err := p.Trainer.Apply(step, globalCount); err != nil || step != p.at {
 		return err
 	}
-	st, err := p.State()
-	if err != nil {
+	// Through the state stream: parameter 0 is the float after the header.
+	var st bytes.Buffer
+	if err := p.WriteState(&st); err != nil {
 		return err
 	}
-	st.Params[0] += 1e-3
+	b := st.Bytes()
+	v := math.Float32frombits(binary.LittleEndian.Uint32(b[control.StateHeaderLen:]))
+	binary.LittleEndian.PutUint32(b[control.StateHeaderLen:], math.Float32bits(v+1e-3))
 	fmt.Fprintf(os.Stderr, "gonode: fault injected: parameter 0 perturbed after step %d\n", step)
-	return p.SetState(st)
+	return p.ReadState(&st)
 }
