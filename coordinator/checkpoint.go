@@ -307,6 +307,7 @@ func (c *Coordinator) checkpoint(ctx context.Context) error {
 		}
 		tried++
 		start := time.Now()
+		c.log.Info("pulling checkpoint", "node", s.id, "applied", c.applied)
 		path, diskErr, err := c.pullCheckpoint(ctx, s)
 		if diskErr != nil {
 			return fmt.Errorf("checkpoint.dir: %w", diskErr)

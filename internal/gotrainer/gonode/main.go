@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"strconv"
@@ -30,6 +31,16 @@ func main() {
 		factory = func() (agent.Trainer, error) {
 			t, err := gotrainer.New()
 			return slow{t, d}, err
+		}
+	}
+	// GONODE_STATE_DELAY slows WriteState down (it writes in 16 KiB pieces
+	// and sleeps this long after each), so that tests can kill a node, or
+	// the coordinator, while a state is being transferred.
+	if d, err := time.ParseDuration(os.Getenv("GONODE_STATE_DELAY")); err == nil && d > 0 {
+		inner := factory
+		factory = func() (agent.Trainer, error) {
+			t, err := inner()
+			return slowState{t, d}, err
 		}
 	}
 	// GONODE_PERTURB_AT_STEP=k is a test-only fault: after applying
@@ -63,6 +74,35 @@ type slow struct {
 func (s slow) Accumulate(b *data.Batch) (float64, int, error) {
 	time.Sleep(s.d)
 	return s.Trainer.Accumulate(b)
+}
+
+type slowState struct {
+	agent.Trainer
+	d time.Duration
+}
+
+func (s slowState) WriteState(w io.Writer) error {
+	return s.Trainer.WriteState(&slowWriter{w: w, d: s.d})
+}
+
+type slowWriter struct {
+	w io.Writer
+	d time.Duration
+}
+
+func (s *slowWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), 16<<10)
+		m, err := s.w.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+		time.Sleep(s.d)
+	}
+	return n, nil
 }
 
 // perturb changes one parameter after applying step at.
