@@ -161,6 +161,46 @@ func TestBigStateThroughSmallPlane(t *testing.T) {
 	}
 }
 
+// TestStaleRankAfterResumeGetsLiveState (issue 11, defect 1): after
+// --resume, once the ranks have trained past the checkpoint, a rank that
+// joins a new generation must get the current state from a live replica,
+// not the checkpoint's. Digests are compared after every step, so a rank
+// loaded with the old state would stop the run (exit 3).
+func TestStaleRankAfterResumeGetsLiveState(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	f := adamFixture(t, fmt.Sprintf("stale-%d", os.Getpid()), 2, 2)
+	one := append([]string{"--cluster.min_nodes", "1", "--cluster.max_nodes", "1"}, smallPlane...)
+	c := runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=20ms"}, one...)
+	c.Coord.WaitFor(t, `checkpoint written" path=\S+ applied=10 `, 90*time.Second)
+	_ = c.Coord.Cmd.Process.Signal(syscall.SIGKILL)
+	c.Coord.Wait(t, 10*time.Second)
+
+	slow := []string{"GONODE_STEP_DELAY=40ms"}
+	r := runCluster(t, ctx, f, 2, slow, append([]string{"--resume"}, smallPlane...)...)
+	spare := f.Label + "-spare"
+	r.StartNode(t, ctx, f, func() string { _, n := build(t); return n }(), spare, slow)
+	r.Coord.WaitFor(t, `node ready" node=`+spare, 60*time.Second)
+	r.Coord.WaitFor(t, `replicas identical" applied=13 `, 90*time.Second)
+	if err := r.Nodes[1].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := r.Coord.Wait(t, 120*time.Second); code != 0 {
+		t.Fatalf("resumed run: exit %d", code)
+	}
+	out := r.Coord.Text()
+	m := regexp.MustCompile(`node pulls state" node=` + spare + ` applied=(\d+) from=\S+ kind=(\S+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("the spare %s never pulled the state", spare)
+	}
+	if m[1] == "10" || m[2] != "state" {
+		t.Fatalf("the spare pulled step %s from a %s source, want a step past the checkpoint (10) from a live replica", m[1], m[2])
+	}
+	if !strings.Contains(out, `replicas identical" applied=24`) {
+		t.Error("no digest comparison after the last step")
+	}
+}
+
 // TestCheckpointSourceKilledMidTransfer kills the node the coordinator is
 // pulling a checkpoint from: the checkpoint comes from another replica (or
 // is skipped with a warning), the run goes on to the end, and no partial
@@ -201,6 +241,10 @@ func TestCheckpointSourceKilledMidTransfer(t *testing.T) {
 		t.Errorf("checkpoint 10 written from the killed node %s", m[1])
 	case other == nil && !skipped:
 		t.Errorf("checkpoint 10 neither written from another replica nor skipped")
+	case other != nil:
+		t.Logf("checkpoint 10 taken from replica %s after %s was killed", other[1], m[1])
+	default:
+		t.Logf("checkpoint 10 skipped after %s was killed", m[1])
 	}
 	for _, want := range []string{`epoch complete" epoch=1 committed=96 missing=0 samples=96`, `model written`} {
 		if !strings.Contains(out, want) {
