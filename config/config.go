@@ -54,6 +54,27 @@ type ClusterConfig struct {
 	// Label names the cluster; members with a different label are refused, so
 	// two runs on one network cannot merge by accident.
 	Label string `mapstructure:"label"`
+
+	// WaitTimeout bounds every wait for nodes (the first world's min_nodes,
+	// and a new world after the last node died). Past it the coordinator
+	// exits with code 4, naming the checkpoint to --resume from. Default
+	// 10m; must be > 0.
+	WaitTimeout time.Duration `mapstructure:"wait_timeout"`
+
+	// QueueDepth is the number of control messages queued per node session;
+	// a node that lets its queue fill is dropped. Bulk state never goes
+	// through it (see BulkChunkBytes). Default 4096; must be >= 16.
+	QueueDepth int `mapstructure:"queue_depth"`
+
+	// BulkChunkBytes is the chunk size of the bulk state plane, which moves
+	// model files, trainer states, checkpoints and the export. Default
+	// 1 MiB; 4 KiB to 16 MiB.
+	BulkChunkBytes int `mapstructure:"bulk_chunk_bytes"`
+
+	// BulkTimeout is the bulk plane's deadline per chunk: a transfer may
+	// take as long as it needs, but one chunk that does not arrive within
+	// it fails the transfer. Default 1m; must be > 0.
+	BulkTimeout time.Duration `mapstructure:"bulk_timeout"`
 }
 
 // Model tasks.
@@ -289,6 +310,11 @@ func Default() *Config {
 			MaxNodes: 64,
 			Settle:   5 * time.Second,
 			Label:    "ringtune",
+
+			WaitTimeout:    10 * time.Minute,
+			QueueDepth:     4096,
+			BulkChunkBytes: 1 << 20,
+			BulkTimeout:    time.Minute,
 		},
 		Model: ModelConfig{
 			Task: TaskClassification,

@@ -30,6 +30,18 @@ func (c *Config) Validate() error {
 	if c.Cluster.Label == "" {
 		v.add("cluster.label", "must not be empty")
 	}
+	if c.Cluster.WaitTimeout <= 0 {
+		v.add("cluster.wait_timeout", "must be > 0 (e.g. 10m), got %s", c.Cluster.WaitTimeout)
+	}
+	if c.Cluster.QueueDepth < 16 {
+		v.add("cluster.queue_depth", "must be >= 16, got %d", c.Cluster.QueueDepth)
+	}
+	if b := c.Cluster.BulkChunkBytes; b < 4<<10 || b > 16<<20 {
+		v.add("cluster.bulk_chunk_bytes", "must be between 4096 and 16777216 (4 KiB to 16 MiB), got %d", b)
+	}
+	if c.Cluster.BulkTimeout <= 0 {
+		v.add("cluster.bulk_timeout", "must be > 0 (e.g. 1m), got %s", c.Cluster.BulkTimeout)
+	}
 
 	// model
 	v.required("model.path", c.Model.Path)

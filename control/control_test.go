@@ -31,7 +31,8 @@ func TestValidate(t *testing.T) {
 		"rank outside": {V: Version, Type: TypeGen, Gen: 2, World: &World{Generation: 2, Rank: 2, Peers: []string{"a:1"}, IDs: []string{"a"}}},
 		"gen mismatch": {V: Version, Type: TypeGen, Gen: 3, World: &World{Generation: 2, Rank: 0, Peers: []string{"a:1"}, IDs: []string{"a"}}},
 		"unknown":      {V: Version, Type: "nope"},
-		"no chunk":     {V: Version, Type: TypeState},
+		"no pull":      {V: Version, Type: TypePull, Gen: 1},
+		"bad pull":     {V: Version, Type: TypePull, Gen: 1, Pull: &Pull{Addr: "x:1", Kind: "model"}},
 	}
 	for name, m := range bad {
 		if err := m.Validate(); err == nil {

@@ -7,7 +7,10 @@
 // coordinator and keeps it for its whole life in the cluster. Everything the
 // coordinator tells the node (the job, generations, step batches, commits,
 // aborts, requests for state, evaluation or export) and everything the node
-// reports back travels on it as Msg values, in order. A broken stream is how
+// reports back travels on it as Msg values, in order. Only small messages
+// travel here: model files, trainer states, checkpoints and the export move
+// on the bulk plane (package bulk), which a Pull or Exported message only
+// names. A broken stream is how
 // either side learns that the other is gone. Messages carry the generation
 // they belong to; a message of another generation is rejected with an error
 // naming both (see CheckGen).
@@ -23,33 +26,34 @@ import (
 
 // Version is the protocol version every Msg carries. A peer speaking another
 // version is refused at Hello with an error naming both versions.
-const Version = 1
+//
+// Version 2 moved state, model files and the export off the session onto
+// the bulk plane (TypeNeed, TypeState, TypeFile, TypeDone, TypeGetState and
+// TypeSetState are gone; TypePull, TypeLoaded and TypeExported are new).
+const Version = 2
 
 // Message types.
 const (
 	// node → coordinator
-	TypeHello   = "hello"   // first message of a session
-	TypeNeed    = "need"    // model files the node lacks (by hash)
-	TypeReady   = "ready"   // the node has set up / joined a generation
-	TypeReduced = "reduced" // gradients of a step are all-reduced
-	TypeFailed  = "failed"  // a step or request failed on the node
-	TypeDigest  = "digest"  // parameter digest after a committed step
-	TypeState   = "state"   // a chunk of trainer state
-	TypeEval    = "evalres" // evaluation metric sums
-	TypeFile    = "file"    // a chunk of an exported file (also coordinator → node for model files)
-	TypeDone    = "done"    // end of an export or state stream
+	TypeHello    = "hello"    // first message of a session
+	TypeReady    = "ready"    // the node has set up / joined a generation
+	TypeReduced  = "reduced"  // gradients of a step are all-reduced
+	TypeFailed   = "failed"   // a step or request failed on the node
+	TypeDigest   = "digest"   // parameter digest after a committed step
+	TypeEval     = "evalres"  // evaluation metric sums
+	TypeLoaded   = "loaded"   // answer to pull: state of Step loaded, or Error
+	TypeExported = "exported" // answer to export: the files, to be pulled from the node
 
 	// coordinator → node
-	TypeJob      = "job"      // the training job and model manifest
-	TypeGen      = "gen"      // a new generation: rank, peers
-	TypeStep     = "step"     // the micro-batches of one step for this rank
-	TypeCommit   = "commit"   // apply step
-	TypeAbort    = "abort"    // drop step's gradients
-	TypeGetState = "getstate" // stream your state back
-	TypeSetState = "setstate" // a chunk of state to load (Done follows)
-	TypeEvalReq  = "eval"     // evaluate these batches
-	TypeExport   = "export"   // write the model and stream its files back
-	TypeStop     = "stop"     // the run is over; leave
+	TypeJob     = "job"    // the training job and model manifest
+	TypeGen     = "gen"    // a new generation: rank, peers
+	TypeStep    = "step"   // the micro-batches of one step for this rank
+	TypeCommit  = "commit" // apply step
+	TypeAbort   = "abort"  // drop step's gradients
+	TypePull    = "pull"   // load the committed state from the bulk source Pull names
+	TypeEvalReq = "eval"   // evaluate these batches
+	TypeExport  = "export" // write the model and list its files (TypeExported)
+	TypeStop    = "stop"   // the run is over; leave
 )
 
 // Msg is one control-plane message. Exactly the payload field named by Type
@@ -58,7 +62,7 @@ type Msg struct {
 	V    int    `json:"v"`
 	Type string `json:"type"`
 	// Gen is the generation the message belongs to; 0 for messages outside
-	// any generation (hello, job, need, file, stop).
+	// any generation (hello, job, stop).
 	Gen uint64 `json:"gen,omitempty"`
 	// Step is the global step (0-based, counted over the whole run) a step,
 	// commit, abort, reduced, failed or digest message is about.
@@ -66,7 +70,6 @@ type Msg struct {
 
 	Hello   *Hello     `json:"hello,omitempty"`
 	Job     *Job       `json:"job,omitempty"`
-	Need    []string   `json:"need,omitempty"`
 	Ready   *Ready     `json:"ready,omitempty"`
 	World   *World     `json:"world,omitempty"`
 	Batches []*Batch   `json:"batches,omitempty"`
@@ -75,9 +78,9 @@ type Msg struct {
 	Reduced *Reduced   `json:"reduced,omitempty"`
 	Error   string     `json:"error,omitempty"`
 	Sum     string     `json:"sum,omitempty"` // hex parameter digest
-	Chunk   *Chunk     `json:"chunk,omitempty"`
+	Pull    *Pull      `json:"pull,omitempty"`
 	Eval    *EvalSums  `json:"eval,omitempty"`
-	Req     int        `json:"req,omitempty"` // request id (eval, state, export)
+	Req     int        `json:"req,omitempty"` // request id (eval, export)
 	Reason  string     `json:"reason,omitempty"`
 	Files   []FileInfo `json:"files,omitempty"`
 }
@@ -101,7 +104,8 @@ type FileInfo struct {
 }
 
 // Job is what a node needs to set up its trainer: the settings and the model
-// manifest (the files themselves come on request, see TypeNeed).
+// manifest (the node pulls the files it lacks from the coordinator's bulk
+// service, by content hash).
 type Job struct {
 	RunID      string     `json:"run_id"`
 	Task       string     `json:"task"`
@@ -116,6 +120,21 @@ type Job struct {
 	Wire       string     `json:"wire"`
 	TimeoutMS  int64      `json:"timeout_ms"`
 	Transport  string     `json:"transport,omitempty"`
+	// BulkChunkBytes and BulkTimeoutMS are the bulk plane's chunk size and
+	// per-chunk deadline (cluster.bulk_chunk_bytes, cluster.bulk_timeout).
+	BulkChunkBytes int   `json:"bulk_chunk_bytes"`
+	BulkTimeoutMS  int64 `json:"bulk_timeout_ms"`
+}
+
+// Pull tells a node where to get the committed state from: a live rank's
+// ring gRPC address (Kind "state") or the coordinator's own address after
+// --resume (Kind "checkpoint"); Step is the committed step count it holds.
+// SHA256, when set, is the state's known hash (a checkpoint's).
+type Pull struct {
+	Addr   string `json:"addr"`
+	Kind   string `json:"kind"`
+	Step   int    `json:"step"`
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // TrainSpec is the optimisation part of the configuration a trainer needs.
@@ -140,7 +159,7 @@ type World struct {
 	Peers      []string `json:"peers"` // ring gRPC addresses in rank order
 	IDs        []string `json:"ids"`   // node ids in rank order
 	// Applied is the number of committed steps the generation starts from;
-	// a rank whose state differs receives SetState before the first step.
+	// a rank whose state differs receives a Pull before the first step.
 	Applied int `json:"applied"`
 }
 
@@ -158,14 +177,6 @@ type Reduced struct {
 	Samples int     `json:"samples"`
 	Tokens  int     `json:"tokens"`
 	Seconds float64 `json:"seconds"`
-}
-
-// Chunk is a piece of a byte stream (state or file).
-type Chunk struct {
-	Name   string `json:"name,omitempty"` // file name (export) or hash (model file)
-	Offset int64  `json:"offset"`
-	Total  int64  `json:"total"`
-	Data   []byte `json:"data"`
 }
 
 // EvalSums are a rank's metric sums over its evaluation shard; the
@@ -249,13 +260,21 @@ func (m *Msg) Validate() error {
 		return need(m.Gen > 0 && m.Count > 0, "generation and global count")
 	case TypeReduced:
 		return need(m.Reduced != nil && m.Gen > 0, "reduced payload and generation")
-	case TypeState, TypeSetState, TypeFile:
-		return need(m.Chunk != nil, "chunk")
+	case TypePull:
+		if err := need(m.Pull != nil && m.Gen > 0, "pull payload and generation"); err != nil {
+			return err
+		}
+		if m.Pull.Addr == "" || (m.Pull.Kind != "state" && m.Pull.Kind != "checkpoint") {
+			return fmt.Errorf("pull message with address %q and kind %q (want state or checkpoint)", m.Pull.Addr, m.Pull.Kind)
+		}
+		return nil
 	case TypeEval:
 		return need(m.Eval != nil, "eval sums")
 	case TypeDigest:
 		return need(m.Sum != "", "sum")
-	case TypeNeed, TypeFailed, TypeAbort, TypeGetState, TypeEvalReq, TypeExport, TypeStop, TypeDone:
+	case TypeExported:
+		return need(m.Req > 0, "request id")
+	case TypeFailed, TypeAbort, TypeEvalReq, TypeExport, TypeStop, TypeLoaded:
 		return nil
 	}
 	return fmt.Errorf("unknown message type %q", m.Type)

@@ -14,15 +14,12 @@ import (
 // CodecName is the gRPC content-subtype of control messages
 // ("application/grpc+ringtune-json"): JSON, because the messages are few
 // and small next to the ring's traffic, and JSON keeps them readable and
-// versionable without generated code. Large payloads (state, files) travel
-// as base64 []byte chunks of at most ChunkSize bytes.
+// versionable without generated code. Large payloads (state, files) never
+// travel here: they use the bulk plane (package bulk).
 const CodecName = "ringtune-json"
 
-// ChunkSize is the largest payload of one state or file chunk.
-const ChunkSize = 4 << 20
-
-// MaxMsg is the largest control message accepted: a chunk in base64 plus the
-// envelope, or a step's batches (gRPC's 4 MiB default would refuse both).
+// MaxMsg is the largest control message accepted: a step's batches (gRPC's
+// 4 MiB default could refuse them).
 const MaxMsg = 64 << 20
 
 func init() { encoding.RegisterCodec(jsonCodec{}) }

@@ -1,7 +1,7 @@
 package coordinator
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -9,10 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
+
+	"github.com/ringtune/ringtune/bulk"
 )
 
 // Checkpoint files are named step-NNNNNNNNN.ckpt in checkpoint.dir:
@@ -20,11 +24,18 @@ import (
 //	"RTCKPT1\n" | uint64 little-endian header length | header JSON | state
 //
 // where the header records the committed step count, the state's length and
-// its SHA-256, and the state is control.EncodeState's layout of rank 0's
-// parameters and optimizer state. A file is written under a temporary name,
-// synced and renamed, so a checkpoint is either complete or absent; a file
-// whose checksum does not match is skipped on resume.
+// its SHA-256, and the state is control.EncodeState's layout of a rank's
+// parameters and optimizer state. The coordinator writes the state as it
+// streams in from a node (WriteCheckpointFrom), so the header is written
+// last, padded with spaces to ckptHeaderPad bytes (JSON ignores them, and
+// readers of the unpadded form read it unchanged). A file is written under a
+// temporary name, synced and renamed, so a checkpoint is either complete or
+// absent; a file whose length or checksum does not match is skipped on
+// resume.
 const ckptMagic = "RTCKPT1\n"
+
+// ckptHeaderPad is the room reserved for the header JSON.
+const ckptHeaderPad = 512
 
 type ckptHeader struct {
 	Applied int    `json:"applied"`
@@ -38,27 +49,74 @@ func ckptName(applied int) string { return fmt.Sprintf("step-%09d.ckpt", applied
 // WriteCheckpoint writes state for applied committed steps into dir and
 // deletes all but the newest keep checkpoints.
 func WriteCheckpoint(dir string, applied int, seed int64, state []byte, keep int) (string, error) {
+	return WriteCheckpointFrom(dir, applied, seed, keep, func(w io.Writer) error {
+		_, err := w.Write(state)
+		return err
+	})
+}
+
+// WriteCheckpointFrom writes the checkpoint of applied committed steps whose
+// state fill writes into w (from a bulk transfer, in bounded pieces: memory
+// stays O(piece) whatever the state's size). The file appears under its
+// final name only once fill succeeded and the data is synced; on any error
+// the temporary file is removed and no checkpoint is listed. Then all but
+// the newest keep checkpoints are deleted.
+func WriteCheckpointFrom(dir string, applied int, seed int64, keep int, fill func(w io.Writer) error) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("checkpoint.dir: %w", err)
 	}
-	sum := sha256.Sum256(state)
-	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: int64(len(state)), SHA256: hex.EncodeToString(sum[:]), RunSeed: seed})
+	path := filepath.Join(dir, ckptName(applied))
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("checkpoint.dir: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = f.Close()
+			_ = os.Remove(tmp)
+		}
+	}()
+	prefix := make([]byte, len(ckptMagic)+8+ckptHeaderPad)
+	copy(prefix, ckptMagic)
+	if _, err := f.Write(prefix); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+	}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(bw, h)}
+	if err := fill(cw); err != nil {
+		return "", err
+	}
+	if err := bw.Flush(); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+	}
+	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: cw.n, SHA256: hex.EncodeToString(h.Sum(nil)), RunSeed: seed})
 	if err != nil {
 		return "", err
 	}
-	var buf bytes.Buffer
-	buf.WriteString(ckptMagic)
-	_ = binary.Write(&buf, binary.LittleEndian, uint64(len(hdr)))
-	buf.Write(hdr)
-	buf.Write(state)
-	path := filepath.Join(dir, ckptName(applied))
-	tmp := path + ".tmp"
-	if err := writeFileSync(tmp, buf.Bytes()); err != nil {
-		return "", fmt.Errorf("checkpoint.dir: %w", err)
+	if len(hdr) > ckptHeaderPad {
+		return "", fmt.Errorf("checkpoint header of %d bytes exceeds %d", len(hdr), ckptHeaderPad)
+	}
+	binary.LittleEndian.PutUint64(prefix[len(ckptMagic):], ckptHeaderPad)
+	copy(prefix[len(ckptMagic)+8:], hdr)
+	for i := len(ckptMagic) + 8 + len(hdr); i < len(prefix); i++ {
+		prefix[i] = ' '
+	}
+	if _, err := f.WriteAt(prefix, 0); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return "", fmt.Errorf("checkpoint.dir: %w", err)
 	}
+	ok = true
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()
 		_ = d.Close()
@@ -71,6 +129,17 @@ func WriteCheckpoint(dir string, applied int, seed int64, state []byte, keep int
 		}
 	}
 	return path, nil
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func listCheckpoints(dir string) ([]string, error) {
@@ -88,81 +157,240 @@ func listCheckpoints(dir string) ([]string, error) {
 	return names, nil
 }
 
-// ReadCheckpoint reads and verifies one checkpoint file.
+// Checkpoint is a verified checkpoint file.
+type Checkpoint struct {
+	Path    string
+	Applied int
+	Bytes   int64  // state length
+	SHA256  string // of the state, hex
+	offset  int64  // where the state starts in the file
+}
+
+// OpenState opens the checkpoint's state for reading (the caller closes
+// it). An open file stays readable even if the checkpoint is pruned
+// meanwhile.
+func (ck *Checkpoint) OpenState() (io.ReadCloser, error) {
+	f, err := os.Open(ck.Path)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.Seek(ck.offset, io.SeekStart); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.LimitReader(f, ck.Bytes), f}, nil
+}
+
+// VerifyCheckpoint checks one checkpoint file by streaming it: magic,
+// header, length and checksum. Memory stays O(buffer) whatever its size.
+func VerifyCheckpoint(path string) (*Checkpoint, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var pre [len(ckptMagic) + 8]byte
+	if _, err := io.ReadFull(f, pre[:]); err != nil || string(pre[:len(ckptMagic)]) != ckptMagic {
+		return nil, fmt.Errorf("checkpoint %s: not a ringtune checkpoint (bad magic)", path)
+	}
+	n := binary.LittleEndian.Uint64(pre[len(ckptMagic):])
+	if n > 1<<20 || int64(n) > st.Size()-int64(len(pre)) {
+		return nil, fmt.Errorf("checkpoint %s: truncated header", path)
+	}
+	hb := make([]byte, n)
+	if _, err := io.ReadFull(f, hb); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: truncated header", path)
+	}
+	var h ckptHeader
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: header: %w", path, err)
+	}
+	off := int64(len(pre)) + int64(n)
+	if got := st.Size() - off; got != h.Bytes {
+		return nil, fmt.Errorf("checkpoint %s: state is %d bytes, header says %d (truncated)", path, got, h.Bytes)
+	}
+	sum := sha256.New()
+	if _, err := io.Copy(sum, bufio.NewReaderSize(f, 1<<20)); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", path, err)
+	}
+	if hex.EncodeToString(sum.Sum(nil)) != h.SHA256 {
+		return nil, fmt.Errorf("checkpoint %s: checksum mismatch (corrupt)", path)
+	}
+	return &Checkpoint{Path: path, Applied: h.Applied, Bytes: h.Bytes, SHA256: h.SHA256, offset: off}, nil
+}
+
+// ReadCheckpoint reads and verifies one checkpoint file whole (for tests
+// and tools on small states; the coordinator streams, see VerifyCheckpoint).
 func ReadCheckpoint(path string) (applied int, state []byte, err error) {
-	b, err := os.ReadFile(path)
+	ck, err := VerifyCheckpoint(path)
 	if err != nil {
 		return 0, nil, err
 	}
-	if len(b) < len(ckptMagic)+8 || string(b[:len(ckptMagic)]) != ckptMagic {
-		return 0, nil, fmt.Errorf("checkpoint %s: not a ringtune checkpoint (bad magic)", path)
+	rc, err := ck.OpenState()
+	if err != nil {
+		return 0, nil, err
 	}
-	n := binary.LittleEndian.Uint64(b[len(ckptMagic):])
-	rest := b[len(ckptMagic)+8:]
-	if n > uint64(len(rest)) {
-		return 0, nil, fmt.Errorf("checkpoint %s: truncated header", path)
-	}
-	var h ckptHeader
-	if err := json.Unmarshal(rest[:n], &h); err != nil {
-		return 0, nil, fmt.Errorf("checkpoint %s: header: %w", path, err)
-	}
-	state = rest[n:]
-	if int64(len(state)) != h.Bytes {
-		return 0, nil, fmt.Errorf("checkpoint %s: state is %d bytes, header says %d (truncated)", path, len(state), h.Bytes)
-	}
-	if sum := sha256.Sum256(state); hex.EncodeToString(sum[:]) != h.SHA256 {
-		return 0, nil, fmt.Errorf("checkpoint %s: checksum mismatch (corrupt)", path)
-	}
-	return h.Applied, state, nil
+	defer rc.Close()
+	state, err = io.ReadAll(rc)
+	return ck.Applied, state, err
 }
 
-// LatestCheckpoint returns the newest valid checkpoint in dir, skipping
-// (and reporting through skipped) invalid ones.
-func LatestCheckpoint(dir string, skipped func(error)) (path string, applied int, state []byte, err error) {
+// NewestCheckpoint returns the newest valid checkpoint in dir, skipping
+// (and reporting through skipped) invalid ones, such as a temporary file
+// left by a coordinator killed mid-write (never listed) or a truncated
+// or corrupt file.
+func NewestCheckpoint(dir string, skipped func(error)) (*Checkpoint, error) {
 	names, err := listCheckpoints(dir)
 	if err != nil {
-		return "", 0, nil, err
+		return nil, err
 	}
 	for i := len(names) - 1; i >= 0; i-- {
-		p := filepath.Join(dir, names[i])
-		a, st, err := ReadCheckpoint(p)
+		ck, err := VerifyCheckpoint(filepath.Join(dir, names[i]))
 		if err != nil {
 			if skipped != nil {
 				skipped(err)
 			}
 			continue
 		}
-		return p, a, st, nil
+		return ck, nil
 	}
-	return "", 0, nil, fmt.Errorf("checkpoint.dir %s holds no valid checkpoint", dir)
+	return nil, fmt.Errorf("checkpoint.dir %s holds no valid checkpoint", dir)
+}
+
+// LatestCheckpoint is NewestCheckpoint with the state read whole (for tests
+// and tools on small states).
+func LatestCheckpoint(dir string, skipped func(error)) (path string, applied int, state []byte, err error) {
+	ck, err := NewestCheckpoint(dir, skipped)
+	if err != nil {
+		return "", 0, nil, err
+	}
+	a, st, err := ReadCheckpoint(ck.Path)
+	return ck.Path, a, st, err
 }
 
 func (c *Coordinator) loadCheckpoint() error {
-	p, applied, st, err := LatestCheckpoint(c.cfg.Checkpoint.Dir, func(err error) { c.log.Warn("skipping invalid checkpoint", "err", err) })
+	ck, err := NewestCheckpoint(c.cfg.Checkpoint.Dir, func(err error) { c.log.Warn("skipping invalid checkpoint", "err", err) })
 	if err != nil {
 		return badInput(fmt.Errorf("--resume: %w", err))
 	}
-	if applied > c.total {
-		return badInput(fmt.Errorf("--resume: checkpoint %s is at step %d, beyond the run's %d steps", p, applied, c.total))
+	if ck.Applied > c.total {
+		return badInput(fmt.Errorf("--resume: checkpoint %s is at step %d, beyond the run's %d steps", ck.Path, ck.Applied, c.total))
 	}
-	c.applied, c.resumed = applied, st
-	c.log.Info("resuming", "checkpoint", p, "applied", applied)
+	c.applied, c.resumed, c.lastCkpt = ck.Applied, ck, ck.Path
+	c.log.Info("resuming", "checkpoint", ck.Path, "applied", ck.Applied, "bytes", ck.Bytes)
 	return nil
 }
 
-// checkpoint streams rank 0's state and writes it.
+// checkpoint pulls the committed state from a rank on the bulk plane and
+// writes it to disk as it arrives. Rank 0 is asked first; when a transfer
+// fails (the rank dies mid-transfer, stalls, or sends a corrupt stream) the
+// next rank holding the committed step is asked. When none can deliver it,
+// this checkpoint is skipped with a warning and the run goes on: a
+// checkpoint is either complete and verified on disk, or absent. Only a
+// local disk error fails the run.
 func (c *Coordinator) checkpoint(ctx context.Context) error {
 	if len(c.world) == 0 {
 		return errors.New("checkpoint without a world")
 	}
-	st, err := c.fetchState(ctx, c.world[0])
-	if err != nil {
-		return err
+	var lastErr error
+	tried := 0
+	for _, s := range c.world {
+		if s.gone || s.applied != c.applied {
+			continue
+		}
+		tried++
+		start := time.Now()
+		c.log.Info("pulling checkpoint", "node", s.id, "applied", c.applied)
+		path, diskErr, err := c.pullCheckpoint(ctx, s)
+		if diskErr != nil {
+			return fmt.Errorf("checkpoint.dir: %w", diskErr)
+		}
+		if err == nil {
+			c.lastCkpt = path
+			c.log.Info("checkpoint written", "path", path, "applied", c.applied, "from", s.id, "seconds", time.Since(start).Seconds())
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		c.log.Warn("checkpoint transfer failed; trying another replica", "node", s.id, "applied", c.applied, "err", err)
+		lastErr = err
 	}
-	p, err := WriteCheckpoint(c.cfg.Checkpoint.Dir, c.applied, c.cfg.Train.Seed, st, c.cfg.Checkpoint.Keep)
-	if err != nil {
-		return err
-	}
-	c.log.Info("checkpoint written", "path", p, "applied", c.applied)
+	c.log.Warn("checkpoint skipped: no replica could deliver it; the run goes on", "applied", c.applied, "tried", tried, "err", lastErr)
 	return nil
+}
+
+// pullCheckpoint streams s's state of step c.applied into a checkpoint file.
+func (c *Coordinator) pullCheckpoint(ctx context.Context, s *session) (path string, diskErr, err error) {
+	cfg := c.cfg
+	applied := c.applied
+	err = c.transfer(ctx, s, func(tctx context.Context) error {
+		cc, err := bulk.Dial(s.ring, c.key)
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		var fetchErr error
+		path, err = WriteCheckpointFrom(cfg.Checkpoint.Dir, applied, cfg.Train.Seed, cfg.Checkpoint.Keep, func(w io.Writer) error {
+			_, fetchErr = bulk.Fetch(tctx, cc, bulk.Request{Kind: bulk.KindState, Step: applied, ChunkBytes: cfg.Cluster.BulkChunkBytes}, w, cfg.Cluster.BulkTimeout, "")
+			return fetchErr
+		})
+		if err != nil && fetchErr == nil {
+			diskErr = err
+			return nil
+		}
+		return err
+	})
+	return path, diskErr, err
+}
+
+// resumeAdvice says what to do when the run cannot go on: which
+// checkpoint to resume from, if any.
+func (c *Coordinator) resumeAdvice() string {
+	if c.lastCkpt == "" {
+		return "no checkpoint was written in this run (set checkpoint.every to have some): start nodes and run the coordinator again to start over"
+	}
+	return fmt.Sprintf("the newest checkpoint is %s: start nodes and run `coordinator --resume` with the same config to continue from it", c.lastCkpt)
+}
+
+// bulkSource serves the coordinator's side of the bulk plane: model files by
+// content hash, and the checkpoint --resume loaded. It runs on gRPC handler
+// goroutines and reads only what New set up and never changes.
+func (c *Coordinator) bulkSource(_ context.Context, r bulk.Request) (io.ReadCloser, error) {
+	switch r.Kind {
+	case bulk.KindModel:
+		p, ok := c.paths[r.Name]
+		if !ok {
+			return nil, fmt.Errorf("no model file with SHA-256 %s in model.path %s", r.Name, c.cfg.Model.Path)
+		}
+		return os.Open(p)
+	case bulk.KindCheckpoint:
+		if c.resumed == nil || c.resumed.Applied != r.Step {
+			return nil, fmt.Errorf("the coordinator serves only the checkpoint it resumed from, not step %d", r.Step)
+		}
+		return c.resumed.OpenState()
+	}
+	return nil, fmt.Errorf("the coordinator serves model files and its checkpoint, not %q", r.Kind)
+}
+
+// hashFile is the SHA-256 (hex) and size of a file, read streaming.
+func hashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -11,9 +11,9 @@
 package coordinator
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ringtune/ringtune/auth"
+	"github.com/ringtune/ringtune/bulk"
 	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
@@ -42,6 +43,7 @@ const (
 	ExitFailure     = 1   // the run failed (too many aborts, I/O error, ...)
 	ExitBadInput    = 2   // bad config, key, model directory or dataset, or an address in use
 	ExitDiverged    = 3   // replicas' parameter digests disagree
+	ExitNoNodes     = 4   // no (or too few) nodes for cluster.wait_timeout, or none holds the state
 	ExitInterrupted = 130 // stopped by SIGINT/SIGTERM
 )
 
@@ -113,11 +115,11 @@ type Coordinator struct {
 	fatal    error
 	req      int
 	answers  map[string]*control.Msg // per-request answers (eval)
-	blob     []byte                  // state being received
-	blobDone bool
-	outFiles map[string][]byte
-	outDone  bool
-	resumed  []byte // state loaded from a checkpoint, for applied
+	loaded   map[string]*control.Msg // answers to pull, by node
+	exported *control.Msg            // answer to the export request c.req
+	resumed  *Checkpoint             // the checkpoint --resume started from
+	lastCkpt string                  // newest checkpoint written or resumed from
+	grpcAddr string                  // advertised address of the control and bulk server
 	stats    stats
 	metrics  *metrics
 	dash     *dashboard // nil without metrics.dashboard
@@ -174,7 +176,7 @@ func New(opts Options) (*Coordinator, error) {
 		Train: control.TrainSpec{Optimizer: t.Optimizer, LR: t.LR, Schedule: t.Schedule, WarmupSteps: warm, WeightDecay: t.WeightDecay,
 			Betas: t.Betas, Eps: t.Eps, Momentum: t.Momentum, MaxGradNorm: t.MaxGradNorm, Precision: t.Precision, Threads: t.Threads},
 		TotalSteps: c.total, Files: c.files, ChunkBytes: cfg.AllReduce.ChunkBytes, Wire: cfg.AllReduce.Wire, TimeoutMS: cfg.AllReduce.Timeout.Milliseconds(),
-		Transport: cfg.AllReduce.Transport,
+		Transport: cfg.AllReduce.Transport, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
 	}
 	if opts.Resume {
 		if err := c.loadCheckpoint(); err != nil {
@@ -203,13 +205,11 @@ func (c *Coordinator) loadModelDir() error {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		b, err := os.ReadFile(p)
+		h, n, err := hashFile(p)
 		if err != nil {
 			return fmt.Errorf("model.path: %w", err)
 		}
-		sum := sha256.Sum256(b)
-		h := hex.EncodeToString(sum[:])
-		c.files = append(c.files, control.FileInfo{Name: e.Name(), Size: int64(len(b)), SHA256: h})
+		c.files = append(c.files, control.FileInfo{Name: e.Name(), Size: n, SHA256: h})
 		c.paths[h] = p
 	}
 	if !slices.ContainsFunc(c.files, func(f control.FileInfo) bool { return f.Name == "config.json" }) {
@@ -295,6 +295,14 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	}
 	gs := grpc.NewServer(control.ServerOptions(c.key)...)
 	control.Register(gs, c.serveSession)
+	// The bulk plane shares the control server and its options (auth, later
+	// TLS): nodes pull model files and, after --resume, the checkpoint here.
+	bs, err := bulk.NewServer(c.key, c.bulkSource, c.cfg.Cluster.BulkTimeout)
+	if err != nil {
+		_ = lis.Close()
+		return err
+	}
+	bs.Register(gs)
 	served := make(chan struct{})
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 	defer func() {
@@ -323,6 +331,7 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		}
 		grpcAddr = net.JoinHostPort(ah, p)
 	}
+	c.grpcAddr = grpcAddr
 	meta, err := control.Meta{ID: "coordinator", Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1"}.Encode()
 	if err != nil {
 		return badInput(err)
@@ -408,7 +417,7 @@ func (c *Coordinator) serveSession(st control.Stream) error {
 	}
 	ctx, cancel := context.WithCancel(st.Context())
 	defer cancel()
-	s := &session{id: h.ID, ring: ring, out: make(chan *control.Msg, 4096), cancel: cancel, applied: h.Applied, rank: -1}
+	s := &session{id: h.ID, ring: ring, out: make(chan *control.Msg, c.cfg.Cluster.QueueDepth), cancel: cancel, applied: h.Applied, rank: -1}
 	c.events <- event{s: s, open: true}
 	recvErr := make(chan error, 1)
 	go func() {
@@ -558,26 +567,6 @@ func (c *Coordinator) lose(s *session) {
 
 func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 	switch m.Type {
-	case control.TypeNeed:
-		for _, h := range m.Need {
-			p, ok := c.paths[h]
-			if !ok {
-				return fmt.Errorf("node %s asks for unknown model file %s", s.id, h)
-			}
-			b, err := os.ReadFile(p)
-			if err != nil {
-				c.fatal = fmt.Errorf("model.path: %w", err)
-				return c.fatal
-			}
-			for off := 0; ; off += control.ChunkSize {
-				end := min(off+control.ChunkSize, len(b))
-				s.send(&control.Msg{Type: control.TypeFile, Chunk: &control.Chunk{Name: h, Offset: int64(off), Total: int64(len(b)), Data: b[off:end]}})
-				if end == len(b) {
-					break
-				}
-			}
-		}
-		s.send(&control.Msg{Type: control.TypeDone})
 	case control.TypeReady:
 		if m.Gen == 0 {
 			s.ready = true
@@ -627,19 +616,16 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		}
 	case control.TypeEval:
 		c.answers[s.id] = m
-	case control.TypeState:
-		c.blob = append(c.blob, m.Chunk.Data...)
-		c.blobDone = int64(len(c.blob)) >= m.Chunk.Total
-	case control.TypeFile:
-		if c.outFiles == nil {
-			return fmt.Errorf("unrequested export file %s", m.Chunk.Name)
+	case control.TypeLoaded:
+		if m.Gen != c.gen || c.loaded == nil {
+			return nil // the answer to a pull of an older generation
 		}
-		if err := checkExportName(m.Chunk.Name); err != nil {
-			return err
+		c.loaded[s.id] = m
+	case control.TypeExported:
+		if m.Req != c.req {
+			return fmt.Errorf("export answer %d, the request in flight is %d", m.Req, c.req)
 		}
-		c.outFiles[m.Chunk.Name] = append(c.outFiles[m.Chunk.Name], m.Chunk.Data...)
-	case control.TypeDone:
-		c.outDone = true
+		c.exported = m
 	default:
 		return fmt.Errorf("unexpected message type %q", m.Type)
 	}
@@ -675,14 +661,19 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		c.world = nil
 		c.metrics.world(0, c.gen)
 		c.dash.world(c.gen, nil)
-		c.log.Info("waiting for nodes", "need", need, "settle", c.cfg.Cluster.Settle)
+		c.log.Info("waiting for nodes", "need", need, "settle", c.cfg.Cluster.Settle, "wait_timeout", c.cfg.Cluster.WaitTimeout)
 		tick := time.NewTicker(50 * time.Millisecond)
-		err := c.pumpTick(ctx, tick, func() bool {
+		giveUp := time.Now().Add(c.cfg.Cluster.WaitTimeout)
+		enough := func() bool {
 			return len(c.readyCandidates()) >= need && time.Since(c.changed) >= c.cfg.Cluster.Settle
-		})
+		}
+		err := c.pumpTick(ctx, tick, func() bool { return enough() || time.Now().After(giveUp) })
 		tick.Stop()
 		if err != nil {
 			return err
+		}
+		if !enough() {
+			return &Error{Code: ExitNoNodes, Err: fmt.Errorf("waited cluster.wait_timeout (%s) for %d ready node(s), have %d; %s", c.cfg.Cluster.WaitTimeout, need, len(c.readyCandidates()), c.resumeAdvice())}
 		}
 		members, spares := FormWorld(c.readyCandidates(), c.cfg.Cluster.MaxNodes)
 		c.gen++
@@ -752,14 +743,26 @@ func (c *Coordinator) readyCandidates() []Candidate {
 	return out
 }
 
-// syncState sends the committed state to ranks that lack it: from the
-// checkpoint being resumed, or from a rank that holds it.
+// pullTimeout bounds the wait for stale ranks to load a state. The bulk
+// plane's per-chunk deadline is what detects a stalled transfer; this only
+// caps a transfer that keeps moving, and is far above any real one.
+const pullTimeout = 2 * time.Hour
+
+// syncState brings ranks that lack the committed state up to date. The
+// coordinator never holds the state: it names a source and each stale rank
+// pulls from it on the bulk plane. The source is a live rank that holds the
+// committed step when there is one (so after --resume, once ranks have
+// trained past the checkpoint, a new rank gets the current state and not
+// the checkpoint's), else the checkpoint --resume loaded, served by the
+// coordinator.
 func (c *Coordinator) syncState(ctx context.Context) error {
 	var stale []*session
 	var source *session
 	for _, s := range c.world {
 		if s.applied == c.applied {
-			source = s
+			if source == nil {
+				source = s
+			}
 		} else {
 			stale = append(stale, s)
 		}
@@ -767,41 +770,68 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 	if len(stale) == 0 {
 		return nil
 	}
-	blob := c.resumed
-	if blob == nil {
-		if source == nil {
-			return fmt.Errorf("no node holds the state of step %d and no checkpoint was loaded", c.applied)
-		}
-		var err error
-		if blob, err = c.fetchState(ctx, source); err != nil {
-			return err
-		}
+	var pull control.Pull
+	switch {
+	case source != nil:
+		pull = control.Pull{Addr: source.ring, Kind: bulk.KindState, Step: c.applied}
+	case c.resumed != nil && c.resumed.Applied == c.applied:
+		pull = control.Pull{Addr: c.grpcAddr, Kind: bulk.KindCheckpoint, Step: c.applied, SHA256: c.resumed.SHA256}
+	default:
+		return &Error{Code: ExitNoNodes, Err: fmt.Errorf("no node holds the state of step %d (every node that did is gone) and no checkpoint of it was loaded; %s", c.applied, c.resumeAdvice())}
 	}
+	c.loaded = map[string]*control.Msg{}
+	defer func() { c.loaded = nil }()
 	for _, s := range stale {
-		c.log.Info("sending state", "node", s.id, "applied", c.applied, "bytes", len(blob))
-		for off := 0; ; off += control.ChunkSize {
-			end := min(off+control.ChunkSize, len(blob))
-			s.send(&control.Msg{Type: control.TypeSetState, Gen: c.gen, Step: c.applied, Chunk: &control.Chunk{Offset: int64(off), Total: int64(len(blob)), Data: blob[off:end]}})
-			if end == len(blob) {
-				break
-			}
+		c.log.Info("node pulls state", "node", s.id, "applied", c.applied, "from", pull.Addr, "kind", pull.Kind)
+		pm := pull
+		s.send(&control.Msg{Type: control.TypePull, Gen: c.gen, Step: c.applied, Pull: &pm})
+	}
+	err := c.pump(ctx, pullTimeout, true, func() bool { return len(c.loaded) == len(stale) })
+	if err != nil {
+		return err
+	}
+	var failed []string
+	for _, s := range stale {
+		m := c.loaded[s.id]
+		if m.Error != "" {
+			s.applied = -1
+			failed = append(failed, fmt.Sprintf("%s: %s", s.id, m.Error))
+			continue
 		}
 		s.applied = c.applied
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%w: state pull failed on %s", errBroken, strings.Join(failed, "; "))
 	}
 	return nil
 }
 
-// fetchState asks s for its state and waits for all of it.
-func (c *Coordinator) fetchState(ctx context.Context, s *session) ([]byte, error) {
-	c.req++
-	c.blob, c.blobDone = nil, false
-	s.send(&control.Msg{Type: control.TypeGetState, Gen: c.gen, Req: c.req})
-	if err := c.pump(ctx, 5*time.Minute, true, func() bool { return c.blobDone }); err != nil {
-		return nil, err
+// transfer runs f, a bulk transfer, in a goroutine while the event loop
+// goes on (gossip, sessions, digests). When src (if not nil) is lost
+// meanwhile, f's context is cancelled and transfer returns an error that
+// names it. f must not touch the loop's state.
+func (c *Coordinator) transfer(ctx context.Context, src *session, f func(ctx context.Context) error) error {
+	tctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f(tctx) }()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case ev := <-c.events:
+			c.handle(ev)
+			if src != nil && src.gone {
+				cancel()
+				err := <-done
+				return fmt.Errorf("node %s was lost during the transfer: %w", src.id, err)
+			}
+		case <-ctx.Done():
+			cancel()
+			<-done
+			return ctx.Err()
+		}
 	}
-	b := c.blob
-	c.blob = nil
-	return b, nil
 }
 
 // stepTimeout bounds one step: computing plus the ring's own deadline.
@@ -855,6 +885,9 @@ func (c *Coordinator) train1(ctx context.Context) error {
 			digest := c.cfg.Train.DigestEvery > 0 && (g+1)%c.cfg.Train.DigestEvery == 0
 			for _, s := range c.world {
 				s.send(&control.Msg{Type: control.TypeCommit, Gen: c.gen, Step: g, Count: count, Digest: digest})
+				// The node applies it on receipt; a state request for
+				// g+1 that overtakes the commit waits for it there.
+				s.applied = g + 1
 			}
 			c.applied = g + 1
 			c.account(g)
@@ -1016,65 +1049,144 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	return nil
 }
 
-// export asks rank 0 for the model directory and writes it to output.dir.
+// export asks rank 0 to write the model and pulls its files on the bulk
+// plane straight into a temporary directory next to output.dir, renamed
+// into place once every file is complete and verified.
 func (c *Coordinator) export(ctx context.Context) error {
 	c.req++
-	c.outFiles, c.outDone = map[string][]byte{}, false
-	c.world[0].send(&control.Msg{Type: control.TypeExport, Gen: c.gen, Req: c.req})
-	if err := c.pump(ctx, 10*time.Minute, true, func() bool { return c.outDone }); err != nil {
+	c.exported = nil
+	src := c.world[0]
+	src.send(&control.Msg{Type: control.TypeExport, Gen: c.gen, Req: c.req})
+	if err := c.pump(ctx, 10*time.Minute, true, func() bool { return c.exported != nil }); err != nil {
 		return err
 	}
-	files := c.outFiles
-	c.outFiles = nil
-	return writeDirAtomic(c.cfg.Output.Dir, files)
+	files, req := c.exported.Files, c.req
+	c.exported = nil
+	var diskErr error
+	err := c.transfer(ctx, src, func(tctx context.Context) error {
+		var err error
+		diskErr, err = pullDir(tctx, c.cfg.Output.Dir, src.ring, c.key, req, files, c.cfg.Cluster.BulkChunkBytes, c.cfg.Cluster.BulkTimeout)
+		return err
+	})
+	if diskErr != nil {
+		return fmt.Errorf("output.dir: %w", diskErr)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Another generation (or the same nodes again) retries it.
+		c.log.Warn("export transfer failed", "node", src.id, "err", err)
+		return fmt.Errorf("%w: export from %s: %v", errBroken, src.id, err)
+	}
+	c.log.Info("model written", "dir", c.cfg.Output.Dir, "files", len(files))
+	return nil
 }
 
-// writeDirAtomic replaces dir with files: written into a sibling temporary
-// directory, then renamed into place.
-func writeDirAtomic(dir string, files map[string][]byte) error {
+// pullDir fetches files of export req from the node at addr into a fresh
+// temporary directory next to dir and renames it into place. A transfer
+// error comes back as err, a local file-system error as diskErr; either way
+// the temporary directory is removed and dir is left as it was.
+func pullDir(ctx context.Context, dir, addr string, key auth.Key, req int, files []control.FileInfo, chunk int, timeout time.Duration) (diskErr, err error) {
+	for _, f := range files {
+		if err := checkExportName(f.Name); err != nil {
+			return nil, err
+		}
+	}
 	parent := filepath.Dir(dir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("output.dir: %w", err)
+		return err, nil
 	}
 	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp-")
 	if err != nil {
-		return fmt.Errorf("output.dir: %w", err)
+		return err, nil
 	}
-	for name, b := range files {
-		if err := writeFileSync(filepath.Join(tmp, name), b); err != nil {
+	ok := false
+	defer func() {
+		if !ok {
 			_ = os.RemoveAll(tmp)
-			return fmt.Errorf("output.dir: %w", err)
+		}
+	}()
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err, nil
+	}
+	cc, err := bulk.Dial(addr, key)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	for _, f := range files {
+		out, err := os.OpenFile(filepath.Join(tmp, f.Name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err, nil
+		}
+		if err := out.Chmod(0o644); err != nil { // whatever the umask
+			_ = out.Close()
+			return err, nil
+		}
+		w := &errWriter{w: bufio.NewWriterSize(out, 1<<20)}
+		_, ferr := bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindExport, Name: f.Name, Req: req, ChunkBytes: chunk}, w, timeout, f.SHA256)
+		if w.err != nil {
+			_ = out.Close()
+			return w.err, nil
+		}
+		if ferr != nil {
+			_ = out.Close()
+			return nil, ferr
+		}
+		if err := w.w.Flush(); err != nil {
+			_ = out.Close()
+			return err, nil
+		}
+		if err := out.Sync(); err != nil {
+			_ = out.Close()
+			return err, nil
+		}
+		if err := out.Close(); err != nil {
+			return err, nil
 		}
 	}
+	if err := replaceDir(tmp, dir); err != nil {
+		return err, nil
+	}
+	ok = true
+	return nil, nil
+}
+
+// errWriter remembers a write error, so that a full disk is told apart from
+// a failed transfer.
+type errWriter struct {
+	w   *bufio.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	n, err := e.w.Write(p)
+	if err != nil && e.err == nil {
+		e.err = err
+	}
+	return n, err
+}
+
+// replaceDir renames the complete directory tmp to dir, replacing an older
+// dir (moved aside first, removed after).
+func replaceDir(tmp, dir string) error {
 	old := ""
 	if _, err := os.Stat(dir); err == nil {
 		old = tmp + ".old"
 		if err := os.Rename(dir, old); err != nil {
-			_ = os.RemoveAll(tmp)
-			return fmt.Errorf("output.dir: %w", err)
+			return err
 		}
 	}
 	if err := os.Rename(tmp, dir); err != nil {
-		return fmt.Errorf("output.dir: %w", err)
+		return err
 	}
 	if old != "" {
 		_ = os.RemoveAll(old)
 	}
+	if d, err := os.Open(filepath.Dir(dir)); err == nil {
+		_ = d.Sync()
+		_ = d.Close()
+	}
 	return nil
-}
-
-func writeFileSync(path string, b []byte) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	return f.Close()
 }

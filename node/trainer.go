@@ -6,6 +6,7 @@ package node
 import (
 	"encoding/hex"
 	"fmt"
+	"io"
 
 	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
@@ -127,39 +128,95 @@ func (t *Trainer) Digest() ([]byte, error) {
 	return hex.DecodeString(d)
 }
 
-// State implements agent.Trainer: parameters, then the optimizer's buffers
-// one after another (AdamW: first then second moment; SGD: momentum).
-func (t *Trainer) State() (agent.State, error) {
-	p := make([]float32, t.m.NumParams())
-	if err := t.m.CopyParamsTo(p); err != nil {
-		return agent.State{}, err
-	}
-	os, err := t.m.OptimizerState()
+// WriteState implements agent.Trainer: the header, the parameters, then the
+// optimizer's buffers one after another (AdamW: first then second moment;
+// SGD: momentum). On CPU the bytes come straight from libtorch's blocks
+// (hf.Model.HostStateBlocks), so streaming a 1.5 GB state allocates
+// nothing of its size; on CUDA each block is copied to the host first.
+func (t *Trainer) WriteState(w io.Writer) error {
+	blocks, step, ok, err := t.m.HostStateBlocks()
 	if err != nil {
-		return agent.State{}, err
-	}
-	var opt []float32
-	for _, b := range os.Buffers {
-		opt = append(opt, b...)
-	}
-	return agent.State{Params: p, Optim: opt, Steps: int(os.Step)}, nil
-}
-
-// SetState implements agent.Trainer.
-func (t *Trainer) SetState(s agent.State) error {
-	n := int(t.m.NumParams())
-	if len(s.Params) != n {
-		return fmt.Errorf("set state: %d parameters, model has %d", len(s.Params), n)
-	}
-	if len(s.Optim)%n != 0 {
-		return fmt.Errorf("set state: optimizer state of %d values is not a multiple of %d parameters", len(s.Optim), n)
-	}
-	if err := t.m.SetParams(s.Params); err != nil {
 		return err
 	}
-	st := &hf.OptimState{Name: t.optim, Step: int64(s.Steps)}
-	for i := 0; i < len(s.Optim); i += n {
-		st.Buffers = append(st.Buffers, s.Optim[i:i+n])
+	if !ok {
+		if blocks, step, err = t.hostCopies(); err != nil {
+			return err
+		}
+	}
+	n := int(t.m.NumParams())
+	if err := control.WriteStateHeader(w, n, n*(len(blocks)-1), int(*step)); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	for _, b := range blocks {
+		if err := control.WriteFloat32s(w, b); err != nil {
+			return fmt.Errorf("write state: %w", err)
+		}
+	}
+	return nil
+}
+
+// hostCopies is HostStateBlocks for CUDA: host copies of the blocks.
+func (t *Trainer) hostCopies() ([][]float32, *int64, error) {
+	p := make([]float32, t.m.NumParams())
+	if err := t.m.CopyParamsTo(p); err != nil {
+		return nil, nil, err
+	}
+	st, err := t.m.OptimizerState()
+	if err != nil {
+		return nil, nil, err
+	}
+	return append([][]float32{p}, st.Buffers...), &st.Step, nil
+}
+
+// ReadState implements agent.Trainer: it reads the state straight into
+// libtorch's blocks on CPU. The header is checked against the model before
+// any block is touched; a stream that breaks later leaves a mix of states,
+// which the agent discards (it then holds no committed state).
+func (t *Trainer) ReadState(r io.Reader) error {
+	np, no, steps, err := control.ReadStateHeader(r)
+	if err != nil {
+		return fmt.Errorf("read state: %w", err)
+	}
+	n := int(t.m.NumParams())
+	blocks, step, ok, err := t.m.HostStateBlocks()
+	if err != nil {
+		return err
+	}
+	nbuf := len(blocks) - 1
+	if !ok {
+		st, err := t.m.OptimizerState()
+		if err != nil {
+			return err
+		}
+		nbuf = len(st.Buffers)
+	}
+	if np != n || no != n*nbuf {
+		return fmt.Errorf("read state: %d parameters and %d optimizer values, the model has %d parameters and %s needs %d", np, no, n, t.optim, n*nbuf)
+	}
+	if ok {
+		for _, b := range blocks {
+			if err := control.ReadFloat32s(r, b); err != nil {
+				return fmt.Errorf("read state: %w", err)
+			}
+		}
+		*step = int64(steps)
+		return nil
+	}
+	// CUDA: through host buffers.
+	p := make([]float32, n)
+	if err := control.ReadFloat32s(r, p); err != nil {
+		return fmt.Errorf("read state: %w", err)
+	}
+	st := &hf.OptimState{Name: t.optim, Step: int64(steps)}
+	for i := 0; i < nbuf; i++ {
+		b := make([]float32, n)
+		if err := control.ReadFloat32s(r, b); err != nil {
+			return fmt.Errorf("read state: %w", err)
+		}
+		st.Buffers = append(st.Buffers, b)
+	}
+	if err := t.m.SetParams(p); err != nil {
+		return err
 	}
 	return t.m.SetOptimizerState(st)
 }

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -278,21 +279,36 @@ func (t *Trainer) Digest() ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// State implements agent.Trainer.
-func (t *Trainer) State() (agent.State, error) {
-	opt := append(append([]float32(nil), t.m...), t.v...)
-	return agent.State{Params: append([]float32(nil), t.params...), Optim: opt, Steps: t.steps}, nil
+// WriteState implements agent.Trainer: parameters, then m, then v, written
+// from the trainer's own slices.
+func (t *Trainer) WriteState(w io.Writer) error {
+	if err := control.WriteStateHeader(w, len(t.params), len(t.m)+len(t.v), t.steps); err != nil {
+		return fmt.Errorf("gotrainer: write state: %w", err)
+	}
+	for _, b := range [][]float32{t.params, t.m, t.v} {
+		if err := control.WriteFloat32s(w, b); err != nil {
+			return fmt.Errorf("gotrainer: write state: %w", err)
+		}
+	}
+	return nil
 }
 
-// SetState implements agent.Trainer.
-func (t *Trainer) SetState(s agent.State) error {
-	if len(s.Params) != len(t.params) || len(s.Optim) != len(t.m)+len(t.v) {
-		return fmt.Errorf("gotrainer: state has %d parameters and %d optimizer values, want %d and %d", len(s.Params), len(s.Optim), len(t.params), len(t.m)+len(t.v))
+// ReadState implements agent.Trainer: it reads straight into the trainer's
+// slices after checking the header's sizes.
+func (t *Trainer) ReadState(r io.Reader) error {
+	np, no, steps, err := control.ReadStateHeader(r)
+	if err != nil {
+		return fmt.Errorf("gotrainer: read state: %w", err)
 	}
-	copy(t.params, s.Params)
-	copy(t.m, s.Optim)
-	copy(t.v, s.Optim[len(t.m):])
-	t.steps = s.Steps
+	if np != len(t.params) || no != len(t.m)+len(t.v) {
+		return fmt.Errorf("gotrainer: state has %d parameters and %d optimizer values, want %d and %d", np, no, len(t.params), len(t.m)+len(t.v))
+	}
+	for _, b := range [][]float32{t.params, t.m, t.v} {
+		if err := control.ReadFloat32s(r, b); err != nil {
+			return fmt.Errorf("gotrainer: read state: %w", err)
+		}
+	}
+	t.steps = steps
 	clear(t.grad)
 	return nil
 }

@@ -1,6 +1,7 @@
 package gotrainer
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,17 +77,28 @@ func TestStateAndDigest(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = a.Apply(0, 1)
-	st, _ := a.State()
-	if err := b.SetState(st); err != nil {
+	var st bytes.Buffer
+	if err := a.WriteState(&st); err != nil {
+		t.Fatal(err)
+	}
+	full := append([]byte(nil), st.Bytes()...)
+	if err := b.ReadState(&st); err != nil {
 		t.Fatal(err)
 	}
 	da, _ = a.Digest()
 	db, _ = b.Digest()
 	if string(da) != string(db) {
-		t.Fatal("SetState(State()) does not reproduce the digest")
+		t.Fatal("ReadState(WriteState()) does not reproduce the digest")
 	}
-	if err := b.SetState(agent.State{Params: []float32{1}}); err == nil {
+	// The layout is control's: DecodeState reads it.
+	if p, _, n, err := control.DecodeState(full); err != nil || n != 1 || len(p) != len(a.params) {
+		t.Fatalf("DecodeState of WriteState: %d params, %d steps, %v", len(p), n, err)
+	}
+	if err := b.ReadState(bytes.NewReader(control.EncodeState([]float32{1}, nil, 0))); err == nil {
 		t.Fatal("wrong-size state accepted")
+	}
+	if err := b.ReadState(bytes.NewReader(full[:len(full)-4])); err == nil {
+		t.Fatal("truncated state accepted")
 	}
 }
 

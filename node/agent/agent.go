@@ -25,6 +25,7 @@ import (
 
 	"github.com/ringtune/ringtune/allreduce"
 	"github.com/ringtune/ringtune/auth"
+	"github.com/ringtune/ringtune/bulk"
 	"github.com/ringtune/ringtune/control"
 )
 
@@ -151,6 +152,15 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	}
 	gs := grpc.NewServer(allreduce.ServerOptions(c.Key, nil)...)
 	ringSrv.Register(gs)
+	// The bulk plane shares the ring's server, and so its options (auth,
+	// later TLS): peers and the coordinator pull state and export files here.
+	h := newHub()
+	bulkSrv, err := bulk.NewServer(c.Key, h.source, 0)
+	if err != nil {
+		_ = lis.Close()
+		return err
+	}
+	bulkSrv.Register(gs)
 	served := make(chan struct{})
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 	defer func() { gs.Stop(); <-served }()
@@ -189,13 +199,21 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		return err
 	}
 	defer cc.Close()
+	// Model files come from the coordinator's bulk service, on the same
+	// server as the session but on a connection of its own, so that a big
+	// file does not share flow control with the session.
+	bc, err := bulk.Dial(coordAddr, c.Key)
+	if err != nil {
+		return err
+	}
+	defer bc.Close()
 	sctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st, err := control.OpenSession(sctx, cc)
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, st: st, ringSrv: ringSrv, applied: -1}
+	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, coord: bc, applied: -1}
 	defer s.close()
 	return s.run(ctx)
 }
@@ -238,6 +256,8 @@ type session struct {
 	a       *Agent
 	st      control.Stream
 	ringSrv *allreduce.Server
+	hub     *hub
+	coord   *grpc.ClientConn // the coordinator's bulk service
 
 	tr      Trainer
 	job     *control.Job
@@ -254,10 +274,9 @@ type session struct {
 	// waiting for the next step's batches).
 	tm stepTiming
 
-	need    map[string]bool // model files still to receive
-	partial map[string][]byte
-	fetched int64  // bytes of model files received, not taken from the cache
-	stateIn []byte // SetState chunks
+	fetched int64 // bytes of model files received, not taken from the cache
+	// pending are state requests for a step not applied yet.
+	pending []stateReq
 	// modelDir is the job's model directory, laid out from the cache.
 	modelDir string
 }
@@ -271,6 +290,7 @@ func (s *session) send(m *control.Msg) error {
 }
 
 func (s *session) close() {
+	s.dropPending()
 	if s.ring != nil {
 		_ = s.ring.Close()
 		s.ring = nil
@@ -282,6 +302,7 @@ func (s *session) close() {
 	if s.modelDir != "" {
 		_ = os.RemoveAll(s.modelDir) // the cache keeps the files
 	}
+	s.hub.setExport(0, "")
 	if cs, ok := s.st.(interface{ CloseSend() error }); ok {
 		_ = cs.CloseSend()
 	}
@@ -323,6 +344,9 @@ func (s *session) run(ctx context.Context) error {
 			done = ctx.Done()
 		}
 		select {
+		case r := <-s.hub.states:
+			s.serveState(r)
+			continue
 		case <-done:
 			stopping = true
 		case <-timeout:
@@ -349,6 +373,7 @@ func (s *session) run(ctx context.Context) error {
 				_ = s.send(&control.Msg{Type: control.TypeFailed, Gen: s.gen, Step: ib.m.Step, Error: err.Error()})
 				return err
 			}
+			s.servePending()
 		}
 	}
 }
@@ -358,31 +383,10 @@ func (s *session) handle(m *control.Msg) error {
 	switch m.Type {
 	case control.TypeJob:
 		return s.onJob(m.Job)
-	case control.TypeFile:
-		return s.onFile(m.Chunk)
-	case control.TypeDone:
-		if s.need != nil {
-			return s.onFilesDone()
-		}
-		return nil
 	case control.TypeGen:
 		return s.onGen(m)
-	case control.TypeSetState:
-		s.stateIn = append(s.stateIn, m.Chunk.Data...)
-		if int64(len(s.stateIn)) < m.Chunk.Total {
-			return nil
-		}
-		p, o, n, err := control.DecodeState(s.stateIn)
-		s.stateIn = nil
-		if err != nil {
-			return fmt.Errorf("agent: state from coordinator: %w", err)
-		}
-		if err := s.tr.SetState(State{Params: p, Optim: o, Steps: n}); err != nil {
-			return fmt.Errorf("agent: load state: %w", err)
-		}
-		s.applied = m.Step
-		s.a.log.Info("state loaded", "applied", s.applied)
-		return s.digest(m.Gen, m.Step, m.Digest)
+	case control.TypePull:
+		return s.onPull(m)
 	case control.TypeStep:
 		return s.onStep(m)
 	case control.TypeCommit:
@@ -411,13 +415,6 @@ func (s *session) handle(m *control.Msg) error {
 			}
 		}
 		return nil
-	case control.TypeGetState:
-		st, err := s.tr.State()
-		if err != nil {
-			return fmt.Errorf("agent: state: %w", err)
-		}
-		b := control.EncodeState(st.Params, st.Optim, st.Steps)
-		return s.sendBytes(control.TypeState, m.Req, "", b, s.applied)
 	case control.TypeEvalReq:
 		var sum control.EvalSums
 		for i, b := range m.Batches {
@@ -445,34 +442,20 @@ func (s *session) digest(gen uint64, step int, want bool) error {
 	return s.send(&control.Msg{Type: control.TypeDigest, Gen: gen, Step: s.applied, Sum: hex.EncodeToString(d)})
 }
 
-func (s *session) sendBytes(typ string, req int, name string, b []byte, step int) error {
-	for off := 0; off < len(b) || off == 0; off += control.ChunkSize {
-		end := min(off+control.ChunkSize, len(b))
-		if err := s.send(&control.Msg{Type: typ, Gen: s.gen, Req: req, Step: step, Chunk: &control.Chunk{Name: name, Offset: int64(off), Total: int64(len(b)), Data: b[off:end]}}); err != nil {
-			return err
-		}
-		if end == len(b) {
-			break
-		}
-	}
-	return nil
-}
-
 func (s *session) onJob(j *control.Job) error {
 	if s.job != nil {
 		return errors.New("agent: a second job on one session")
 	}
 	s.job = j
-	s.need = map[string]bool{}
-	s.partial = map[string][]byte{}
+	need := map[string]bool{}
 	var missing []string
 	cached := 0
 	for _, f := range j.Files {
 		if err := checkName(f.Name); err != nil {
 			return err
 		}
-		if s.need[f.SHA256] {
-			continue // two names, one content: asked for once
+		if need[f.SHA256] {
+			continue // two names, one content: fetched once
 		}
 		ok, err := s.cachedOK(f.SHA256)
 		if ok {
@@ -486,10 +469,17 @@ func (s *session) onJob(j *control.Job) error {
 			s.a.log.Warn("cached model file is corrupt; fetching it again", "file", f.Name, "path", s.blob(f.SHA256), "err", err)
 		}
 		missing = append(missing, f.SHA256)
-		s.need[f.SHA256] = true
+		need[f.SHA256] = true
 	}
 	s.a.log.Info("job received", "files", len(j.Files), "cached", cached, "missing", len(missing))
-	return s.send(&control.Msg{Type: control.TypeNeed, Need: missing})
+	for _, sum := range missing {
+		n, err := s.fetchModelFile(context.Background(), sum)
+		if err != nil {
+			return err
+		}
+		s.fetched += n
+	}
+	return s.setupTrainer()
 }
 
 // cachedOK reports whether the cache holds the file with content hash sum
@@ -522,42 +512,9 @@ func checkName(n string) error {
 
 func (s *session) blob(sum string) string { return filepath.Join(s.a.cfg.CacheDir, sum) }
 
-func (s *session) onFile(ch *control.Chunk) error {
-	if !s.need[ch.Name] {
-		return fmt.Errorf("agent: unrequested model file %s", ch.Name)
-	}
-	s.partial[ch.Name] = append(s.partial[ch.Name], ch.Data...)
-	if int64(len(s.partial[ch.Name])) < ch.Total {
-		return nil
-	}
-	b := s.partial[ch.Name]
-	delete(s.partial, ch.Name)
-	s.fetched += int64(len(b))
-	got := sha256.Sum256(b)
-	if hex.EncodeToString(got[:]) != ch.Name {
-		return fmt.Errorf("agent: model file with hash %s arrived corrupt (hash %x)", ch.Name, got)
-	}
-	if err := os.MkdirAll(s.a.cfg.CacheDir, 0o755); err != nil {
-		return fmt.Errorf("agent: cache dir: %w", err)
-	}
-	tmp := s.blob(ch.Name) + fmt.Sprintf(".tmp%d", os.Getpid())
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("agent: cache model file: %w", err)
-	}
-	if err := os.Rename(tmp, s.blob(ch.Name)); err != nil {
-		return fmt.Errorf("agent: cache model file: %w", err)
-	}
-	delete(s.need, ch.Name)
-	return nil
-}
-
-// onFilesDone lays out the model directory from the cache and sets up the
+// setupTrainer lays out the model directory from the cache and sets up the
 // trainer.
-func (s *session) onFilesDone() error {
-	if len(s.need) > 0 {
-		return fmt.Errorf("agent: the coordinator finished sending model files but %d are missing", len(s.need))
-	}
-	s.need = nil
+func (s *session) setupTrainer() error {
 	s.a.log.Info("model files ready", "fetched_bytes", s.fetched)
 	j := s.job
 	dir, err := os.MkdirTemp("", "ringtune-model-")
@@ -566,15 +523,8 @@ func (s *session) onFilesDone() error {
 	}
 	s.modelDir = dir
 	for _, f := range j.Files {
-		b, err := os.ReadFile(s.blob(f.SHA256))
-		if err != nil {
-			return fmt.Errorf("agent: cached model file %s: %w", f.Name, err)
-		}
-		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != f.SHA256 {
-			return fmt.Errorf("agent: cached model file %s (%s) is corrupt; delete it", f.Name, s.blob(f.SHA256))
-		}
-		if err := os.WriteFile(filepath.Join(dir, f.Name), b, 0o644); err != nil {
-			return fmt.Errorf("agent: model dir: %w", err)
+		if err := linkOrCopy(s.blob(f.SHA256), filepath.Join(dir, f.Name)); err != nil {
+			return fmt.Errorf("agent: model dir from cached model file %s (%s): %w", f.Name, s.blob(f.SHA256), err)
 		}
 	}
 	tr, err := s.a.factory()
@@ -671,32 +621,58 @@ func (s *session) onStep(m *control.Msg) error {
 	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: red})
 }
 
+// onExport writes the model into a fresh directory, which the node's bulk
+// service then serves, and lists its files for the coordinator to pull.
 func (s *session) onExport(req int) error {
 	dir, err := os.MkdirTemp("", "ringtune-export-")
 	if err != nil {
 		return fmt.Errorf("agent: export dir: %w", err)
 	}
-	defer os.RemoveAll(dir)
 	if err := s.tr.Export(dir); err != nil {
+		_ = os.RemoveAll(dir)
 		return fmt.Errorf("agent: export: %w", err)
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return fmt.Errorf("agent: export: %w", err)
 	}
+	var files []control.FileInfo
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		sum, n, err := hashFile(filepath.Join(dir, e.Name()))
 		if err != nil {
+			_ = os.RemoveAll(dir)
 			return fmt.Errorf("agent: export: %w", err)
 		}
-		if err := s.sendBytes(control.TypeFile, req, e.Name(), b, s.applied); err != nil {
-			return err
-		}
+		files = append(files, control.FileInfo{Name: e.Name(), Size: n, SHA256: sum})
 	}
-	return s.send(&control.Msg{Type: control.TypeDone, Gen: s.gen, Req: req})
+	s.hub.setExport(req, dir)
+	return s.send(&control.Msg{Type: control.TypeExported, Gen: s.gen, Req: req, Step: s.applied, Files: files})
+}
+
+// linkOrCopy makes dst a copy of src: a hard link when both are on one
+// file system, else a streamed copy (never a whole-file buffer).
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		_ = out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // stepTiming holds the moments of one step on this node.

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"io"
+
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 )
@@ -48,10 +50,23 @@ type Trainer interface {
 	// on two replicas exactly when they are bit-identical.
 	Digest() ([]byte, error)
 
-	// State returns the flat parameters and optimizer state, for
-	// checkpoints and for late joiners; SetState loads them back.
-	State() (State, error)
-	SetState(State) error
+	// WriteState streams the complete training state to w in
+	// control.EncodeState's layout (control.WriteStateHeader, then the
+	// parameters in Gradients() order, then the optimizer's per-parameter
+	// buffers: AdamW's two moments, SGD's momentum; the header carries the
+	// optimizer's step count). It writes from the trainer's own buffers in
+	// bounded pieces: no copy of the whole state is made, so w sees the
+	// state as it is until WriteState returns (the agent applies no step
+	// meanwhile). Checkpoints, exports of state and stale ranks use it
+	// through the bulk plane.
+	WriteState(w io.Writer) error
+
+	// ReadState replaces the training state with one in that layout read
+	// from r, exactly its length (the agent checks that r ends there). The
+	// header's sizes are checked before anything is overwritten; an error
+	// after that leaves the state undefined, and the agent then treats the
+	// trainer as holding no committed state.
+	ReadState(r io.Reader) error
 
 	// Evaluate runs one evaluation micro-batch without touching the
 	// gradient and returns its metric sums.
@@ -63,18 +78,6 @@ type Trainer interface {
 
 	// Close frees the model.
 	Close() error
-}
-
-// State is a trainer's complete training state as flat arrays: the
-// parameters in Gradients() order and the optimizer's per-parameter state
-// (AdamW: the two moments, SGD: the momentum buffer), plus the optimizer's
-// step count.
-type State struct {
-	Params []float32
-	Optim  []float32
-	// Steps is the number of optimizer steps taken (AdamW's bias
-	// correction needs it).
-	Steps int
 }
 
 // Job is what Setup gets.

@@ -5,13 +5,18 @@
 package main
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"math"
 	"os"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 	"github.com/ringtune/ringtune/internal/gotrainer"
 	"github.com/ringtune/ringtune/node/agent"
@@ -26,6 +31,16 @@ func main() {
 		factory = func() (agent.Trainer, error) {
 			t, err := gotrainer.New()
 			return slow{t, d}, err
+		}
+	}
+	// GONODE_STATE_DELAY slows WriteState down (it writes in 16 KiB pieces
+	// and sleeps this long after each), so that tests can kill a node, or
+	// the coordinator, while a state is being transferred.
+	if d, err := time.ParseDuration(os.Getenv("GONODE_STATE_DELAY")); err == nil && d > 0 {
+		inner := factory
+		factory = func() (agent.Trainer, error) {
+			t, err := inner()
+			return slowState{t, d}, err
 		}
 	}
 	// GONODE_PERTURB_AT_STEP=k is a test-only fault: after applying
@@ -61,6 +76,35 @@ func (s slow) Accumulate(b *data.Batch) (float64, int, error) {
 	return s.Trainer.Accumulate(b)
 }
 
+type slowState struct {
+	agent.Trainer
+	d time.Duration
+}
+
+func (s slowState) WriteState(w io.Writer) error {
+	return s.Trainer.WriteState(&slowWriter{w: w, d: s.d})
+}
+
+type slowWriter struct {
+	w io.Writer
+	d time.Duration
+}
+
+func (s *slowWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), 16<<10)
+		m, err := s.w.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+		time.Sleep(s.d)
+	}
+	return n, nil
+}
+
 // perturb changes one parameter after applying step at.
 type perturb struct {
 	agent.Trainer
@@ -71,11 +115,14 @@ func (p *perturb) Apply(step, globalCount int) error {
 	if err := p.Trainer.Apply(step, globalCount); err != nil || step != p.at {
 		return err
 	}
-	st, err := p.State()
-	if err != nil {
+	// Through the state stream: parameter 0 is the float after the header.
+	var st bytes.Buffer
+	if err := p.WriteState(&st); err != nil {
 		return err
 	}
-	st.Params[0] += 1e-3
+	b := st.Bytes()
+	v := math.Float32frombits(binary.LittleEndian.Uint32(b[control.StateHeaderLen:]))
+	binary.LittleEndian.PutUint32(b[control.StateHeaderLen:], math.Float32bits(v+1e-3))
 	fmt.Fprintf(os.Stderr, "gonode: fault injected: parameter 0 perturbed after step %d\n", step)
-	return p.SetState(st)
+	return p.ReadState(&st)
 }

@@ -1,0 +1,175 @@
+// Package bulk is ringtune's bulk state plane: one gRPC server-streaming
+// method, Get, that moves a whole byte stream (a trainer state, a model or
+// exported file, a checkpoint) from the process that holds it to the one
+// that asks, without either side holding it whole.
+//
+// Why a plane of its own: the control stream is a queue of small ordered
+// messages; a 1.5 GB state pushed through it overflows the queue and
+// starves the protocol. Here HTTP/2 flow control bounds what is in flight
+// (the sender blocks when the receiver does not read), so memory on both
+// sides is O(chunk), and each transfer is its own stream that can fail
+// alone.
+//
+// Wire format (codec "ringtune-bulk", no protobuf, like the ring's raw
+// codec): every message is one kind byte and a body.
+//
+//	'R' request   client → server, JSON Request
+//	'D' data      server → client, up to Request.ChunkBytes raw bytes
+//	'E' end       server → client, JSON trailer {bytes, sha256}
+//
+// Both sides compute SHA-256 while the bytes stream; the client compares its
+// own sum and count with the trailer (and with the sum the caller expects,
+// when it knows one) and reports any difference as an error, so a transfer
+// is either complete and verified or an error: a caller must discard what
+// it wrote before the error.
+//
+// Deadlines are per chunk, not per transfer: a watchdog on each side is
+// reset by every chunk, so a 10 GB transfer may take as long as it needs
+// while a stalled peer is detected within one chunk timeout.
+//
+// Authentication is the cluster key's token, checked by the server options
+// of the gRPC server the service is registered on (auth.ServerOptions) and
+// again by the handler itself, so the service is safe even on a server
+// built without them.
+package bulk
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+)
+
+// Kinds of source a Request can name.
+const (
+	// KindState is a node's trainer state at committed step Request.Step
+	// (control.EncodeState's layout).
+	KindState = "state"
+	// KindExport is the file Request.Name of a node's export number
+	// Request.Req.
+	KindExport = "export"
+	// KindModel is the coordinator's model file whose SHA-256 (hex) is
+	// Request.Name.
+	KindModel = "model"
+	// KindCheckpoint is the state in the coordinator's checkpoint of
+	// Request.Step committed steps.
+	KindCheckpoint = "checkpoint"
+)
+
+// Chunk sizes and the default per-chunk deadline.
+const (
+	DefaultChunkBytes   = 1 << 20
+	MinChunkBytes       = 4 << 10
+	MaxChunkBytes       = 16 << 20
+	DefaultChunkTimeout = time.Minute
+)
+
+// Request names what to stream.
+type Request struct {
+	Kind string `json:"kind"`
+	Name string `json:"name,omitempty"`
+	Step int    `json:"step,omitempty"`
+	Req  int    `json:"req,omitempty"`
+	// ChunkBytes is the size of the data messages the client wants
+	// (0: DefaultChunkBytes; clamped to [MinChunkBytes, MaxChunkBytes]).
+	ChunkBytes int `json:"chunk_bytes,omitempty"`
+}
+
+func (r Request) String() string {
+	switch r.Kind {
+	case KindState, KindCheckpoint:
+		return fmt.Sprintf("%s of step %d", r.Kind, r.Step)
+	case KindExport:
+		return fmt.Sprintf("export %d file %s", r.Req, r.Name)
+	}
+	return fmt.Sprintf("%s %s", r.Kind, r.Name)
+}
+
+func (r Request) chunk() int {
+	if r.ChunkBytes <= 0 {
+		return DefaultChunkBytes
+	}
+	return min(max(r.ChunkBytes, MinChunkBytes), MaxChunkBytes)
+}
+
+func (r Request) validate() error {
+	switch r.Kind {
+	case KindState, KindCheckpoint:
+		if r.Step < 0 {
+			return fmt.Errorf("bulk: %s request with negative step %d", r.Kind, r.Step)
+		}
+	case KindExport, KindModel:
+		if r.Name == "" {
+			return fmt.Errorf("bulk: %s request without a name", r.Kind)
+		}
+	default:
+		return fmt.Errorf("bulk: unknown request kind %q (want state, export, model or checkpoint)", r.Kind)
+	}
+	return nil
+}
+
+// trailer ends a transfer.
+type trailer struct {
+	Bytes  int64  `json:"bytes"`
+	SHA256 string `json:"sha256"`
+}
+
+const (
+	kindRequest = 'R'
+	kindData    = 'D'
+	kindEnd     = 'E'
+)
+
+// codecName is the gRPC content-subtype ("application/grpc+ringtune-bulk").
+const codecName = "ringtune-bulk"
+
+func init() { encoding.RegisterCodecV2(codec{}) }
+
+type codec struct{}
+
+func (codec) Name() string { return codecName }
+
+// frame is one message. On send, payload (when set) is a pooled buffer that
+// gRPC frees once written, so a sent chunk is never copied again.
+type frame struct {
+	kind    byte
+	body    []byte
+	payload mem.Buffer
+}
+
+func (codec) Marshal(v any) (mem.BufferSlice, error) {
+	f, ok := v.(*frame)
+	if !ok {
+		return nil, fmt.Errorf("bulk codec: cannot marshal %T", v)
+	}
+	head := append([]byte{f.kind}, f.body...)
+	if f.payload == nil {
+		return mem.BufferSlice{mem.SliceBuffer(head)}, nil
+	}
+	return mem.BufferSlice{mem.SliceBuffer(head), f.payload}, nil
+}
+
+func (codec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(*frame)
+	if !ok {
+		return fmt.Errorf("bulk codec: cannot unmarshal into %T", v)
+	}
+	if data.Len() == 0 {
+		return errors.New("bulk: empty message")
+	}
+	// One copy per chunk into a buffer the receiver owns: O(chunk).
+	b := data.Materialize()
+	f.kind, f.body = b[0], b[1:]
+	return nil
+}
+
+func jsonFrame(kind byte, v any) (*frame, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return &frame{kind: kind, body: b}, nil
+}

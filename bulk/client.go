@@ -1,0 +1,130 @@
+package bulk
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ringtune/ringtune/auth"
+)
+
+// Result describes a verified transfer.
+type Result struct {
+	Bytes  int64
+	SHA256 string // hex
+}
+
+// ErrMismatch is wrapped by Fetch's error when the bytes received do not
+// match the sender's trailer or the expected hash.
+var ErrMismatch = errors.New("bulk: transfer does not match its checksum")
+
+// ErrStalled is wrapped by Fetch's error when no chunk arrived within the
+// chunk timeout.
+var ErrStalled = errors.New("bulk: peer stalled")
+
+// Dial connects to a gRPC server that hosts the bulk service (the
+// coordinator's control server or a node's ring server), authenticated with
+// key. The connection's windows are left at gRPC's defaults: flow control,
+// not window size, is what bounds memory here.
+func Dial(addr string, key auth.Key) (*grpc.ClientConn, error) {
+	cc, err := grpc.NewClient(addr, append(auth.DialOptions(key, nil), grpc.WithDisableRetry())...)
+	if err != nil {
+		return nil, fmt.Errorf("bulk: dial %s: %w", addr, err)
+	}
+	return cc, nil
+}
+
+// Fetch streams what req names from the server on cc into w, hashing as it
+// goes. chunkTimeout (0: DefaultChunkTimeout) bounds the wait for each
+// chunk; time spent in w.Write does not count. want, when not empty, is the
+// SHA-256 (hex) the content must have.
+//
+// A nil error means every byte arrived, in order, and the sums agree. On
+// error w may have received part of the stream: the caller must discard it.
+func Fetch(ctx context.Context, cc *grpc.ClientConn, req Request, w io.Writer, chunkTimeout time.Duration, want string) (Result, error) {
+	if err := req.validate(); err != nil {
+		return Result{}, err
+	}
+	if chunkTimeout <= 0 {
+		chunkTimeout = DefaultChunkTimeout
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stalled atomic.Bool
+	dog := time.AfterFunc(chunkTimeout, func() { stalled.Store(true); cancel() })
+	defer dog.Stop()
+	fail := func(err error) (Result, error) {
+		if stalled.Load() {
+			return Result{}, fmt.Errorf("%w: no data for %s on %s from %s: %v", ErrStalled, chunkTimeout, req, cc.Target(), err)
+		}
+		return Result{}, fmt.Errorf("bulk: %s from %s: %w", req, cc.Target(), err)
+	}
+
+	st, err := cc.NewStream(ctx, &serviceDesc.Streams[0], GetMethod,
+		grpc.CallContentSubtype(codecName), grpc.MaxCallRecvMsgSize(MaxChunkBytes+64))
+	if err != nil {
+		return fail(err)
+	}
+	f, err := jsonFrame(kindRequest, req)
+	if err != nil {
+		return fail(err)
+	}
+	if err := st.SendMsg(f); err != nil {
+		return fail(err)
+	}
+	if err := st.CloseSend(); err != nil {
+		return fail(err)
+	}
+	h := sha256.New()
+	var total int64
+	for {
+		var in frame
+		if err := st.RecvMsg(&in); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("stream ended without its trailer (the sender stopped)")
+			}
+			return fail(err)
+		}
+		switch in.kind {
+		case kindData:
+			dog.Stop()
+			h.Write(in.body)
+			total += int64(len(in.body))
+			if _, err := w.Write(in.body); err != nil {
+				return Result{}, fmt.Errorf("bulk: %s from %s: write: %w", req, cc.Target(), err)
+			}
+			dog.Reset(chunkTimeout)
+		case kindEnd:
+			var t trailer
+			if err := json.Unmarshal(in.body, &t); err != nil {
+				return fail(fmt.Errorf("decode trailer: %w", err))
+			}
+			got := hex.EncodeToString(h.Sum(nil))
+			if t.Bytes != total || t.SHA256 != got {
+				return Result{}, fmt.Errorf("%w: %s from %s: received %d bytes with SHA-256 %s, the sender sent %d bytes with %s", ErrMismatch, req, cc.Target(), total, got, t.Bytes, t.SHA256)
+			}
+			if want != "" && got != want {
+				return Result{}, fmt.Errorf("%w: %s from %s: content has SHA-256 %s, want %s", ErrMismatch, req, cc.Target(), got, want)
+			}
+			// The stream must end here; anything more is a protocol error.
+			var extra frame
+			if err := st.RecvMsg(&extra); !errors.Is(err, io.EOF) {
+				if err == nil {
+					err = errors.New("data after the trailer")
+				}
+				return fail(err)
+			}
+			return Result{Bytes: total, SHA256: got}, nil
+		default:
+			return fail(fmt.Errorf("unexpected message kind %q", in.kind))
+		}
+	}
+}

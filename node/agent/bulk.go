@@ -1,0 +1,255 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/ringtune/ringtune/bulk"
+	"github.com/ringtune/ringtune/control"
+)
+
+// hub connects the node's bulk service (gRPC handler goroutines) to the
+// session loop, the only goroutine that may touch the trainer.
+//
+// A state request is handed to the loop as a pipe: the loop checks that the
+// trainer holds the committed step asked for and then runs WriteState into
+// the pipe, which the handler streams out chunk by chunk. The loop is busy
+// for the whole transfer, so no step is applied meanwhile and the memory
+// WriteState reads stays unchanged until the transfer ends; a consumer that
+// vanishes closes the pipe, which ends WriteState with an error.
+//
+// Export files are served from the directory of the newest export, without
+// the loop.
+type hub struct {
+	states chan stateReq
+
+	mu        sync.Mutex
+	exportReq int
+	exportDir string
+}
+
+type stateReq struct {
+	step int
+	w    *io.PipeWriter
+}
+
+func newHub() *hub { return &hub{states: make(chan stateReq)} }
+
+// source is the bulk.Source of a node.
+func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error) {
+	switch r.Kind {
+	case bulk.KindState:
+		pr, pw := io.Pipe()
+		select {
+		case h.states <- stateReq{step: r.Step, w: pw}:
+			return pr, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(bulk.DefaultChunkTimeout):
+			return nil, fmt.Errorf("node busy: the state of step %d was not served within %s", r.Step, bulk.DefaultChunkTimeout)
+		}
+	case bulk.KindExport:
+		if err := checkName(r.Name); err != nil {
+			return nil, err
+		}
+		h.mu.Lock()
+		dir, req := h.exportDir, h.exportReq
+		h.mu.Unlock()
+		if dir == "" || req != r.Req {
+			return nil, fmt.Errorf("no export %d on this node (newest is %d)", r.Req, req)
+		}
+		return os.Open(filepath.Join(dir, r.Name))
+	}
+	return nil, fmt.Errorf("a node serves state and export files, not %q", r.Kind)
+}
+
+// setExport makes dir the served export req, removing the previous one.
+func (h *hub) setExport(req int, dir string) {
+	h.mu.Lock()
+	old := h.exportDir
+	h.exportReq, h.exportDir = req, dir
+	h.mu.Unlock()
+	if old != "" && old != dir {
+		_ = os.RemoveAll(old)
+	}
+}
+
+// serveState answers one state request on the session loop. A request for
+// a step the node has not applied yet waits (see servePending): the bulk
+// request travels on its own connection and can overtake the commit on the
+// session.
+func (s *session) serveState(r stateReq) {
+	var err error
+	switch {
+	case s.tr == nil || s.applied < 0:
+		err = errors.New("this node holds no trainer state")
+	case s.applied < r.step:
+		s.pending = append(s.pending, r)
+		return
+	case s.applied != r.step:
+		err = fmt.Errorf("this node holds the state of step %d, not %d", s.applied, r.step)
+	default:
+		start := time.Now()
+		err = s.tr.WriteState(r.w)
+		if err == nil {
+			s.a.log.Info("state served", "applied", s.applied, "seconds", time.Since(start).Seconds())
+		}
+	}
+	if err != nil {
+		s.a.log.Warn("state request failed", "step", r.step, "err", err)
+	}
+	_ = r.w.CloseWithError(err) // nil: the reader sees EOF
+}
+
+// servePending serves waiting state requests whose step is now applied
+// and fails those the node has moved past.
+func (s *session) servePending() {
+	if len(s.pending) == 0 {
+		return
+	}
+	reqs := s.pending
+	s.pending = nil
+	for _, r := range reqs {
+		s.serveState(r)
+	}
+}
+
+// dropPending fails every waiting state request (the session ends).
+func (s *session) dropPending() {
+	for _, r := range s.pending {
+		_ = r.w.CloseWithError(errors.New("the node is leaving"))
+	}
+	s.pending = nil
+}
+
+func (s *session) bulkTimeout() time.Duration {
+	if s.job != nil && s.job.BulkTimeoutMS > 0 {
+		return time.Duration(s.job.BulkTimeoutMS) * time.Millisecond
+	}
+	return bulk.DefaultChunkTimeout
+}
+
+func (s *session) bulkChunk() int {
+	if s.job != nil {
+		return s.job.BulkChunkBytes
+	}
+	return 0
+}
+
+// fetchModelFile pulls the model file with content hash sum from the
+// coordinator into the cache: streamed to a temporary file, verified, then
+// renamed, so the cache never holds a partial or corrupt file under its
+// hash.
+func (s *session) fetchModelFile(ctx context.Context, sum string) (int64, error) {
+	if err := os.MkdirAll(s.a.cfg.CacheDir, 0o755); err != nil {
+		return 0, fmt.Errorf("agent: cache dir: %w", err)
+	}
+	f, err := os.CreateTemp(s.a.cfg.CacheDir, "."+sum+".tmp-")
+	if err != nil {
+		return 0, fmt.Errorf("agent: cache model file: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op once renamed
+	res, err := bulk.Fetch(ctx, s.coord, bulk.Request{Kind: bulk.KindModel, Name: sum, ChunkBytes: s.bulkChunk()}, f, s.bulkTimeout(), sum)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("agent: model file %s from the coordinator: %w", sum, err)
+	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		return 0, fmt.Errorf("agent: cache model file: %w", err)
+	}
+	if err := os.Rename(tmp, s.blob(sum)); err != nil {
+		return 0, fmt.Errorf("agent: cache model file: %w", err)
+	}
+	return res.Bytes, nil
+}
+
+// onPull loads the committed state from the bulk source the coordinator
+// named, straight into the trainer. It answers TypeLoaded: with the step on
+// success, with the error otherwise (then the node holds no committed
+// state, and the coordinator treats it as stale).
+func (s *session) onPull(m *control.Msg) error {
+	if err := control.CheckGen("coordinator", s.gen, m.Gen); err != nil {
+		return err
+	}
+	if s.tr == nil {
+		return errors.New("agent: pull before the job was set up")
+	}
+	p := m.Pull
+	start := time.Now()
+	err := s.pullState(p)
+	if err != nil {
+		s.applied = -1
+		s.a.log.Warn("state pull failed", "from", p.Addr, "kind", p.Kind, "step", p.Step, "err", err)
+		return s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Step: p.Step, Error: err.Error()})
+	}
+	s.applied = p.Step
+	s.a.log.Info("state loaded", "applied", s.applied, "from", p.Addr, "kind", p.Kind, "seconds", time.Since(start).Seconds())
+	if err := s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Step: p.Step}); err != nil {
+		return err
+	}
+	return s.digest(m.Gen, p.Step, m.Digest)
+}
+
+func (s *session) pullState(p *control.Pull) error {
+	cc, err := bulk.Dial(p.Addr, s.a.cfg.Key)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	kind := bulk.KindState
+	if p.Kind == "checkpoint" {
+		kind = bulk.KindCheckpoint
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	fetched := make(chan error, 1)
+	go func() {
+		_, err := bulk.Fetch(ctx, cc, bulk.Request{Kind: kind, Step: p.Step, ChunkBytes: s.bulkChunk()}, pw, s.bulkTimeout(), p.SHA256)
+		_ = pw.CloseWithError(err)
+		fetched <- err
+	}()
+	err = s.tr.ReadState(pr)
+	if err == nil {
+		// The whole state is in; the stream must end here, and only
+		// ends once the transfer's checksum has been verified.
+		err = control.ExpectEOF(pr)
+	}
+	if err != nil {
+		cancel()
+	}
+	_ = pr.CloseWithError(errors.New("agent: state reader closed"))
+	if ferr := <-fetched; ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// hashFile is the SHA-256 (hex) and size of a file, read streaming.
+func hashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
