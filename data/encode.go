@@ -126,6 +126,55 @@ type Batch struct {
 	// Tokens counts the non-padding tokens, the divisor of a causal-LM loss
 	// summed over ranks.
 	Tokens int
+	// DocIDs is (Size, Seq) for a packed causal-LM batch, nil otherwise:
+	// the index of the document each token belongs to within its row,
+	// non-decreasing along the row (padding continues the last document).
+	// A token attends only to earlier tokens of its own document, its
+	// position restarts at 0 where its document starts, and the first
+	// token of a document is never a next-token target.
+	DocIDs []int64 `json:",omitempty"`
+}
+
+// CheckDocIDs reports whether DocIDs, when present, has one entry per token
+// and never decreases along a row (each document is one contiguous run).
+func (b *Batch) CheckDocIDs() error {
+	if b.DocIDs == nil {
+		return nil
+	}
+	if len(b.DocIDs) != b.Size*b.Seq {
+		return fmt.Errorf("batch has %d document ids for size %d × seq %d", len(b.DocIDs), b.Size, b.Seq)
+	}
+	for r := range b.Size {
+		row := b.DocIDs[r*b.Seq : (r+1)*b.Seq]
+		for j := 1; j < len(row); j++ {
+			if row[j] < row[j-1] {
+				return fmt.Errorf("batch row %d: document id %d at position %d follows %d: documents must be contiguous runs", r, row[j], j, row[j-1])
+			}
+		}
+	}
+	return nil
+}
+
+// DocStart reports whether token i (flat index) starts a document other
+// than its row's first: a packed row's position where the previous token
+// belongs to another document.
+func (b *Batch) DocStart(i int) bool {
+	return b.DocIDs != nil && i%b.Seq != 0 && b.DocIDs[i] != b.DocIDs[i-1]
+}
+
+// PositionIDs returns (Size, Seq) position ids: 0, 1, … along each row,
+// restarting at every document start of a packed batch.
+func (b *Batch) PositionIDs() []int64 {
+	out := make([]int64, b.Size*b.Seq)
+	for i := range out {
+		switch {
+		case i%b.Seq == 0 || b.DocStart(i):
+			out[i] = 0
+		default:
+			out[i] = out[i-1] + 1
+		}
+	}
+	return out
 }
 
 // Collate pads items to the longest among them (dynamic padding; Encode has

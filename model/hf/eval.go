@@ -211,7 +211,7 @@ func (m *Model) Predict(b *data.Batch) (*Output, error) {
 				}
 			}
 		}
-		shifted, _, err := lmTargets(&data.Batch{Size: b.Size, Seq: b.Seq, Labels: labels})
+		shifted, _, err := lmTargets(&data.Batch{Size: b.Size, Seq: b.Seq, Labels: labels, DocIDs: b.DocIDs})
 		if err != nil {
 			return err
 		}

@@ -376,3 +376,18 @@ func (s *Scope) Rsqrt(x Tensor) Tensor {
 func (s *Scope) Neg(x Tensor) Tensor {
 	return s.run("neg", func(o *libtch.Ctensor) { libtch.AtgNeg(o, x.c) })
 }
+
+// Gt is a > b elementwise with broadcasting (bool).
+func (s *Scope) Gt(a, b Tensor) Tensor {
+	return s.run("gt", func(o *libtch.Ctensor) { libtch.AtgGtTensor(o, a.c, b.c) })
+}
+
+// Ne is a != b elementwise with broadcasting (bool).
+func (s *Scope) Ne(a, b Tensor) Tensor {
+	return s.run("ne", func(o *libtch.Ctensor) { libtch.AtgNeTensor(o, a.c, b.c) })
+}
+
+// Or is the logical or of a and b with broadcasting (bool).
+func (s *Scope) Or(a, b Tensor) Tensor {
+	return s.run("logical_or", func(o *libtch.Ctensor) { libtch.AtgLogicalOr(o, a.c, b.c) })
+}
