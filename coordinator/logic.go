@@ -238,15 +238,16 @@ func (s *Schedule) Commit(g int) (epochDone bool, err error) {
 func (s *Schedule) Ledger() *data.Ledger { return s.ledger }
 
 // GlobalCount is the divisor of step's summed gradient: its number of
-// samples, or for causal LM its number of predicted tokens (each sequence
-// predicts all but its first token).
+// samples, or for causal LM its number of next-token targets (each
+// sequence predicts all but its first token, less the labels set to -100
+// and the first token of each packed document; see data.Encoded.Targets).
 func GlobalCount(task data.Task, enc []data.Encoded, indices []int) int {
 	if task != data.CausalLM {
 		return len(indices)
 	}
 	n := 0
 	for _, i := range indices {
-		n += max(len(enc[i].IDs)-1, 0)
+		n += enc[i].Targets()
 	}
 	return n
 }
