@@ -814,6 +814,9 @@ func (c *Coordinator) train1(ctx context.Context) error {
 		round := c.round
 		c.round = nil
 		if err == nil && round.Committable() {
+			if err := checkCount(g, count, c.reduced); err != nil {
+				return err
+			}
 			aborts = 0
 			epochDone, err := c.sched.Commit(g)
 			if err != nil {
@@ -980,7 +983,11 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 		}
 		fmt.Fprintf(&line, " %s %.4g", k, res[k])
 	}
-	fmt.Fprintf(&line, " (%d examples)", int(res["count"]))
+	unit := "examples"
+	if c.task == data.CausalLM {
+		unit = "target tokens"
+	}
+	fmt.Fprintf(&line, " (%d %s)", int(res["count"]), unit)
 	c.log.Info("evaluation", args...)
 	c.dash.eval(c.applied, res)
 	c.progress.note(line.String())

@@ -277,3 +277,18 @@ func RankBatches(enc []data.Encoded, indices []int, world, rank, micro int, task
 	}
 	return out, nil
 }
+
+// checkCount verifies that the ranks' loss counts of step g add up to the
+// divisor the coordinator sent with it. A difference means the data side
+// (GlobalCount) and the model count targets differently, which would scale
+// every update wrongly without any other sign, so it stops the run.
+func checkCount(g, count int, reduced map[string]*control.Reduced) error {
+	n := 0
+	for _, r := range reduced {
+		n += r.Count
+	}
+	if n != count {
+		return fmt.Errorf("step %d: the ranks counted %d loss targets but the step's divisor is %d: the coordinator's data and the nodes' model disagree on what a target is (a bug; report it with the dataset's format and data.pack)", g, n, count)
+	}
+	return nil
+}

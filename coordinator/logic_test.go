@@ -271,3 +271,13 @@ func TestExitCode(t *testing.T) {
 		t.Fatal("exit codes")
 	}
 }
+
+func TestCheckCount(t *testing.T) {
+	red := map[string]*control.Reduced{"a": {Count: 5}, "b": {Count: 7}}
+	if err := checkCount(3, 12, red); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkCount(3, 13, red); err == nil || !strings.Contains(err.Error(), "step 3") || !strings.Contains(err.Error(), "counted 12") {
+		t.Fatalf("mismatch: error %v", err)
+	}
+}
