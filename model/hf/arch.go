@@ -181,7 +181,7 @@ type inputs struct {
 	// where positions restart at each document.
 	pos    torch.Tensor
 	packed bool
-	mask   torch.Tensor // additive attention mask, [B,1,1,T] or [B,1,T,T]
+	mask   torch.Tensor // additive attention mask, broadcastable to [B,1,T,T]
 }
 
 // net runs the forward passes; it reads parameters through w so that bf16

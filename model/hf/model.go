@@ -356,40 +356,47 @@ func (m *Model) inputs(s *torch.Scope, b *data.Batch) (*inputs, error) {
 // B×T: a key is blocked (set to the dtype's lowest value, as transformers'
 // eager attention does) when it is padding, and for the causal LMs also
 // when it lies after the query or in another document of a packed row.
-// The result is [B,1,1,T] for BERT and [B,1,T,T] otherwise, with exactly
-// the values transformers' 4D masks have.
+// The result is [B,1,1,T] for BERT, [T,T] for a causal LM batch without
+// padding or documents, and [B,1,T,T] otherwise, with exactly the values
+// transformers' 4D masks have (0 or the lowest value).
 func (m *Model) attnMask(s *torch.Scope, b *data.Batch, in *inputs) torch.Tensor {
 	dev := m.opt.Device
 	dt := torch.Float32
 	if m.bf16 {
 		dt = torch.BFloat16
 	}
-	var pad torch.Tensor // [B,1,1,T] true at padding keys
+	var pad, blocked torch.Tensor // pad: [B,1,1,T], true at padding keys
 	if b.AttentionMask != nil {
 		pad = s.View(s.Eq(s.FromSliceOn(b.AttentionMask, dev, in.b, in.t), 0), in.b, 1, 1, in.t)
 	}
 	if m.cfg.Family == BERT {
-		zero := s.Zeros(dt, dev, in.b, 1, 1, in.t)
 		if b.AttentionMask == nil {
-			return zero
+			return s.Zeros(dt, dev, in.b, 1, 1, in.t)
 		}
-		return s.MaskedFill(zero, pad, float64(m.maskMin()))
+		blocked = pad
+	} else {
+		// Key j is after query i: compare a row of positions with a column.
+		ar := make([]int64, b.Seq)
+		for i := range ar {
+			ar[i] = int64(i)
+		}
+		idx := s.FromSliceOn(ar, dev, in.t)
+		blocked = s.Gt(s.View(idx, 1, in.t), s.View(idx, in.t, 1)) // [T,T]
+		if b.AttentionMask != nil {
+			blocked = s.Or(blocked, pad)
+		}
+		if b.DocIDs != nil {
+			d := s.FromSliceOn(b.DocIDs, dev, in.b, in.t)
+			blocked = s.Or(blocked, s.Ne(s.View(d, in.b, 1, in.t, 1), s.View(d, in.b, 1, 1, in.t)))
+		}
 	}
-	// Key j is after query i: compare a column of positions with a row.
-	ar := make([]int64, b.Seq)
-	for i := range ar {
-		ar[i] = int64(i)
+	// where, not masked_fill on zeros: libtorch 1.13's CPU masked_fill is
+	// several times slower (scripts/bench.sh mask).
+	mask := s.Where(blocked, float64(m.maskMin()), 0)
+	if dt != torch.Float32 {
+		mask = s.To(mask, dt)
 	}
-	idx := s.FromSliceOn(ar, dev, in.t)
-	blocked := s.Gt(s.View(idx, 1, in.t), s.View(idx, in.t, 1)) // [T,T]
-	if b.AttentionMask != nil {
-		blocked = s.Or(blocked, pad)
-	}
-	if b.DocIDs != nil {
-		d := s.FromSliceOn(b.DocIDs, dev, in.b, in.t)
-		blocked = s.Or(blocked, s.Ne(s.View(d, in.b, 1, in.t, 1), s.View(d, in.b, 1, 1, in.t)))
-	}
-	return s.MaskedFill(s.Zeros(dt, dev, in.b, 1, in.t, in.t), blocked, float64(m.maskMin()))
+	return mask
 }
 
 // lmTargets shifts causal-LM labels by one (position i predicts token i+1)
