@@ -142,6 +142,11 @@ func (m *Model) EvalBatch(e *Eval, b *data.Batch) error {
 		}
 	default:
 		for i := range b.Size {
+			if out.Counts[i] == 0 {
+				// No targets (one token, or every label -100): its mean
+				// loss is NaN and it adds nothing.
+				continue
+			}
 			e.LossSum += out.Losses[i] * float64(out.Counts[i])
 			e.Count += int64(out.Counts[i])
 		}

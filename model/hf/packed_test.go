@@ -292,3 +292,34 @@ func TestPackedBatchErrors(t *testing.T) {
 		t.Errorf("packed BERT batch: error %v", err)
 	}
 }
+
+// Evaluation counts target tokens only: a row whose labels are all -100
+// adds nothing (rather than a NaN), and the perplexity is exp of the mean
+// token loss of the others.
+func TestEvalSkipsRowsWithoutTargets(t *testing.T) {
+	m, err := hf.Load(tinyDir(t, "gpt2"), hf.Options{Init: config.InitRandom, Seed: 1, Dropout: zero()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	enc := []data.Encoded{{IDs: []int{3, 4, 5, 6}, Labels: []int{-100, -100, -100, -100}}, {IDs: []int{7, 8, 9}}}
+	b, err := data.Collate(enc, data.CausalLM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := m.NewEval()
+	if err := m.EvalBatch(e, b); err != nil {
+		t.Fatal(err)
+	}
+	sum, n, err := m.ForwardBackward(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt := e.Metrics()
+	if mt.Count != 2 || n != 2 || !relClose(e.LossSum, sum, 1e-5) {
+		t.Fatalf("eval: %d targets, loss sum %v; training: %d targets, loss sum %v", mt.Count, e.LossSum, n, sum)
+	}
+	if math.IsNaN(mt.Perplexity) || !relClose(mt.Perplexity, math.Exp(sum/2), 1e-5) {
+		t.Fatalf("perplexity %v, want exp(%v)", mt.Perplexity, sum/2)
+	}
+}
