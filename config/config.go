@@ -120,6 +120,9 @@ const (
 	FormatJSONL = "jsonl"
 	FormatCSV   = "csv"
 	FormatTSV   = "tsv"
+	// FormatTokens is pre-tokenized causal-LM data: JSONL rows with
+	// "input_ids" and optionally "labels" (-100 skips a position).
+	FormatTokens = "tokens_jsonl"
 )
 
 // DataConfig says where the dataset is and how to read and tokenize it.
@@ -130,11 +133,26 @@ type DataConfig struct {
 	// EvalFile is the evaluation set; empty skips evaluation.
 	EvalFile string `mapstructure:"eval_file"`
 
-	// Format is jsonl, csv or tsv. Empty means infer it from train_file's
-	// extension (.jsonl/.json, .csv, .tsv).
+	// Format is jsonl, csv, tsv or tokens_jsonl. Empty means infer it from
+	// train_file's extension (.jsonl/.json, .csv, .tsv). tokens_jsonl (task
+	// causal_lm only; never inferred) reads pre-tokenized rows
+	// {"input_ids": [...], "labels": [...]}: ids in [0, vocab_size of the
+	// model's config.json), labels optional and of the same length, -100
+	// where the loss skips a token. Rows longer than max_length are
+	// truncated, unless pack is set.
 	Format string `mapstructure:"format"`
 
-	// TextField is the column or JSON key holding the text.
+	// Pack (task causal_lm only; default false) concatenates the texts or
+	// pre-tokenized rows into sequences of max_length tokens, each document
+	// followed by the end-of-sequence token (eos_token_id of config.json,
+	// else the tokenizer's). Documents do not attend to each other and
+	// their positions restart at 0; a document longer than max_length is
+	// cut into max_length pieces. Each packed sequence counts as one
+	// sample (global_batch, the sample ledger).
+	Pack bool `mapstructure:"pack"`
+
+	// TextField is the column or JSON key holding the text. Unused by
+	// tokens_jsonl.
 	TextField string `mapstructure:"text_field"`
 
 	// TextPairField, when set, holds the second text of a pair task

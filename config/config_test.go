@@ -56,7 +56,9 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"label empty", func(c *Config) { c.Model.Labels = []string{"a", ""} }, "model.labels[1]: must not be empty"},
 		{"label dup", func(c *Config) { c.Model.Labels = []string{"a", "a"} }, `model.labels[1]: duplicates model.labels[0] ("a")`},
 		{"train file", func(c *Config) { c.Data.TrainFile = "" }, "data.train_file: must be set"},
-		{"format", func(c *Config) { c.Data.Format = "parquet" }, `data.format: must be one of jsonl, csv, tsv, got "parquet"`},
+		{"format", func(c *Config) { c.Data.Format = "parquet" }, `data.format: must be one of jsonl, csv, tsv, tokens_jsonl, got "parquet"`},
+		{"tokens for classification", func(c *Config) { c.Data.Format = FormatTokens }, `data.format: tokens_jsonl is pre-tokenized causal-LM data: it needs model.task causal_lm, got "classification"`},
+		{"pack for classification", func(c *Config) { c.Data.Pack = true }, `data.pack: packing is for model.task causal_lm only, got "classification"`},
 		{"format uninferable", func(c *Config) { c.Data.Format = "" }, "data.format: cannot be inferred"},
 		{"text field", func(c *Config) { c.Data.TextField = "" }, "data.text_field: must be set"},
 		{"label field", func(c *Config) { c.Data.LabelField = "" }, "data.label_field: must be set"},
@@ -109,6 +111,15 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 				t.Fatalf("error %q\ndoes not contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestTokensFormatNeedsNoTextField(t *testing.T) {
+	c := valid()
+	c.Model.Task, c.Model.NumLabels = TaskCausalLM, 0
+	c.Data.Format, c.Data.TextField, c.Data.LabelField, c.Data.Pack = FormatTokens, "", "", true
+	if err := c.Validate(); err != nil {
+		t.Fatalf("packed tokens_jsonl causal-LM config rejected: %v", err)
 	}
 }
 

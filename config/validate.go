@@ -84,9 +84,17 @@ func (c *Config) Validate() error {
 	if c.Data.Format == "" {
 		v.add("data.format", "cannot be inferred from data.train_file %q; set jsonl, csv or tsv", c.Data.TrainFile)
 	} else {
-		v.oneOf("data.format", c.Data.Format, FormatJSONL, FormatCSV, FormatTSV)
+		v.oneOf("data.format", c.Data.Format, FormatJSONL, FormatCSV, FormatTSV, FormatTokens)
 	}
-	v.required("data.text_field", c.Data.TextField)
+	if c.Data.Format == FormatTokens && c.Model.Task != TaskCausalLM {
+		v.add("data.format", "tokens_jsonl is pre-tokenized causal-LM data: it needs model.task causal_lm, got %q", c.Model.Task)
+	}
+	if c.Data.Pack && c.Model.Task != TaskCausalLM {
+		v.add("data.pack", "packing is for model.task causal_lm only, got %q; set data.pack false", c.Model.Task)
+	}
+	if c.Data.Format != FormatTokens {
+		v.required("data.text_field", c.Data.TextField)
+	}
 	if c.Model.Task != TaskCausalLM {
 		v.required("data.label_field", c.Data.LabelField)
 	}

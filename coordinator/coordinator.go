@@ -93,7 +93,8 @@ type Coordinator struct {
 	log   *slog.Logger
 	key   auth.Key
 	task  data.Task
-	tok   *data.Tokenizer
+	tok   *data.Tokenizer // nil for pre-tokenized data without one
+	pad   int             // padding token id
 	train []data.Encoded
 	eval  []data.Encoded
 	files []control.FileInfo
@@ -214,36 +215,6 @@ func (c *Coordinator) loadModelDir() error {
 	}
 	if !slices.ContainsFunc(c.files, func(f control.FileInfo) bool { return f.Name == "config.json" }) {
 		return fmt.Errorf("model.path: %s has no config.json; give a Hugging Face model directory", dir)
-	}
-	return nil
-}
-
-func (c *Coordinator) loadData() error {
-	d := c.cfg.Data
-	f := data.Fields{Text: d.TextField, TextPair: d.TextPairField, Label: d.LabelField, Task: c.task, Labels: c.cfg.Model.Labels, NumLabels: c.cfg.Model.NumLabels}
-	tok, err := data.LoadTokenizer(d.Tokenizer)
-	if err != nil {
-		return fmt.Errorf("data.tokenizer: %w", err)
-	}
-	c.tok = tok
-	load := func(key, path string) ([]data.Encoded, error) {
-		exs, err := data.ReadFile(path, d.Format, f)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		enc, err := tok.EncodeAll(path, exs, d.MaxLength)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
-		}
-		return enc, nil
-	}
-	if c.train, err = load("data.train_file", d.TrainFile); err != nil {
-		return err
-	}
-	if d.EvalFile != "" {
-		if c.eval, err = load("data.eval_file", d.EvalFile); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -847,7 +818,7 @@ func (c *Coordinator) train1(ctx context.Context) error {
 	if c.progress != nil {
 		c.progress.start = c.stats.start
 	}
-	pad := max(c.tok.PAD, 0)
+	pad := c.pad
 	aborts := 0
 	for c.applied < c.total {
 		g := c.applied
@@ -873,6 +844,9 @@ func (c *Coordinator) train1(ctx context.Context) error {
 		round := c.round
 		c.round = nil
 		if err == nil && round.Committable() {
+			if err := checkCount(g, count, c.reduced); err != nil {
+				return err
+			}
 			aborts = 0
 			epochDone, err := c.sched.Commit(g)
 			if err != nil {
@@ -1009,7 +983,7 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	}
 	c.req++
 	c.answers = map[string]*control.Msg{}
-	pad := max(c.tok.PAD, 0)
+	pad := c.pad
 	for r, s := range c.world {
 		bs, err := RankBatches(c.eval, idx, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
 		if err != nil {
@@ -1042,7 +1016,11 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 		}
 		fmt.Fprintf(&line, " %s %.4g", k, res[k])
 	}
-	fmt.Fprintf(&line, " (%d examples)", int(res["count"]))
+	unit := "examples"
+	if c.task == data.CausalLM {
+		unit = "target tokens"
+	}
+	fmt.Fprintf(&line, " (%d %s)", int(res["count"]), unit)
 	c.log.Info("evaluation", args...)
 	c.dash.eval(c.applied, res)
 	c.progress.note(line.String())

@@ -238,15 +238,16 @@ func (s *Schedule) Commit(g int) (epochDone bool, err error) {
 func (s *Schedule) Ledger() *data.Ledger { return s.ledger }
 
 // GlobalCount is the divisor of step's summed gradient: its number of
-// samples, or for causal LM its number of predicted tokens (each sequence
-// predicts all but its first token).
+// samples, or for causal LM its number of next-token targets (each
+// sequence predicts all but its first token, less the labels set to -100
+// and the first token of each packed document; see data.Encoded.Targets).
 func GlobalCount(task data.Task, enc []data.Encoded, indices []int) int {
 	if task != data.CausalLM {
 		return len(indices)
 	}
 	n := 0
 	for _, i := range indices {
-		n += max(len(enc[i].IDs)-1, 0)
+		n += enc[i].Targets()
 	}
 	return n
 }
@@ -275,4 +276,19 @@ func RankBatches(enc []data.Encoded, indices []int, world, rank, micro int, task
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// checkCount verifies that the ranks' loss counts of step g add up to the
+// divisor the coordinator sent with it. A difference means the data side
+// (GlobalCount) and the model count targets differently, which would scale
+// every update wrongly without any other sign, so it stops the run.
+func checkCount(g, count int, reduced map[string]*control.Reduced) error {
+	n := 0
+	for _, r := range reduced {
+		n += r.Count
+	}
+	if n != count {
+		return fmt.Errorf("step %d: the ranks counted %d loss targets but the step's divisor is %d: the coordinator's data and the nodes' model disagree on what a target is (a bug; report it with the dataset's format and data.pack)", g, n, count)
+	}
+	return nil
 }

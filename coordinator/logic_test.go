@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -170,6 +171,23 @@ func TestGlobalCount(t *testing.T) {
 	if n := GlobalCount(data.CausalLM, enc, []int{0, 1}); n != 2 {
 		t.Fatalf("causal LM: %d", n)
 	}
+	// Labels of -100 and the first token of each packed document are not
+	// targets: the divisor must equal the model's count of targets.
+	packed, err := data.Pack([]data.Encoded{{IDs: []int{1, 2, 3}, Labels: []int{-100, -100, 3}}, {IDs: []int{4, 5}}}, 8, 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// [1 2 3 9 | 4 5 9]: targets 3, 9 (2 is -100) and 5, 9 (4 starts a document).
+	if n := GlobalCount(data.CausalLM, packed, []int{0}); n != 4 {
+		t.Fatalf("packed causal LM: %d targets, want 4", n)
+	}
+}
+
+func TestCausalLMMetricsReportPerplexity(t *testing.T) {
+	m := Metrics(data.CausalLM, 0, control.EvalSums{LossSum: 12, Count: 8})
+	if m["loss"] != 1.5 || math.Abs(m["perplexity"]-math.Exp(1.5)) > 1e-12 || m["count"] != 8 {
+		t.Fatalf("metrics %v: want loss 1.5 (mean per token), perplexity e^1.5, count 8", m)
+	}
 }
 
 func TestRankBatchesCoverTheBatch(t *testing.T) {
@@ -251,5 +269,15 @@ func TestMetrics(t *testing.T) {
 func TestExitCode(t *testing.T) {
 	if ExitCode(nil) != 0 || ExitCode(badInput(os.ErrNotExist)) != 2 || ExitCode(&Error{Code: ExitDiverged, Err: os.ErrClosed}) != 3 || ExitCode(os.ErrClosed) != 1 {
 		t.Fatal("exit codes")
+	}
+}
+
+func TestCheckCount(t *testing.T) {
+	red := map[string]*control.Reduced{"a": {Count: 5}, "b": {Count: 7}}
+	if err := checkCount(3, 12, red); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkCount(3, 13, red); err == nil || !strings.Contains(err.Error(), "step 3") || !strings.Contains(err.Error(), "counted 12") {
+		t.Fatalf("mismatch: error %v", err)
 	}
 }

@@ -15,6 +15,12 @@ type Encoded struct {
 	TypeIDs []int // 0 for the first text, 1 for the pair
 	Label   int
 	Target  float64
+	// Labels are per-token causal-LM labels (token ids, or IgnoreIndex
+	// where the loss skips a token); nil means the ids themselves.
+	Labels []int
+	// Docs is the document index of each token of a packed sequence (see
+	// Pack); nil when the example is one document.
+	Docs []int
 }
 
 // Encode tokenizes an example, truncates it to maxLen tokens including
@@ -126,12 +132,62 @@ type Batch struct {
 	// Tokens counts the non-padding tokens, the divisor of a causal-LM loss
 	// summed over ranks.
 	Tokens int
+	// DocIDs is (Size, Seq) for a packed causal-LM batch, nil otherwise:
+	// the index of the document each token belongs to within its row,
+	// non-decreasing along the row (padding continues the last document).
+	// A token attends only to earlier tokens of its own document, its
+	// position restarts at 0 where its document starts, and the first
+	// token of a document is never a next-token target.
+	DocIDs []int64 `json:",omitempty"`
+}
+
+// CheckDocIDs reports whether DocIDs, when present, has one entry per token
+// and never decreases along a row (each document is one contiguous run).
+func (b *Batch) CheckDocIDs() error {
+	if b.DocIDs == nil {
+		return nil
+	}
+	if len(b.DocIDs) != b.Size*b.Seq {
+		return fmt.Errorf("batch has %d document ids for size %d × seq %d", len(b.DocIDs), b.Size, b.Seq)
+	}
+	for r := range b.Size {
+		row := b.DocIDs[r*b.Seq : (r+1)*b.Seq]
+		for j := 1; j < len(row); j++ {
+			if row[j] < row[j-1] {
+				return fmt.Errorf("batch row %d: document id %d at position %d follows %d: documents must be contiguous runs", r, row[j], j, row[j-1])
+			}
+		}
+	}
+	return nil
+}
+
+// DocStart reports whether token i (flat index) starts a document other
+// than its row's first: a packed row's position where the previous token
+// belongs to another document.
+func (b *Batch) DocStart(i int) bool {
+	return b.DocIDs != nil && i%b.Seq != 0 && b.DocIDs[i] != b.DocIDs[i-1]
+}
+
+// PositionIDs returns (Size, Seq) position ids: 0, 1, … along each row,
+// restarting at every document start of a packed batch.
+func (b *Batch) PositionIDs() []int64 {
+	out := make([]int64, b.Size*b.Seq)
+	for i := range out {
+		switch {
+		case i%b.Seq == 0 || b.DocStart(i):
+			out[i] = 0
+		default:
+			out[i] = out[i-1] + 1
+		}
+	}
+	return out
 }
 
 // Collate pads items to the longest among them (dynamic padding; Encode has
 // already capped each at max_length) and lays them out as a Batch for task.
-// For causal LM the labels are the input ids themselves; the model shifts
-// them when computing the loss, as Hugging Face's models do.
+// For causal LM the labels are the examples' Labels, or the input ids
+// themselves; the model shifts them when computing the loss, as Hugging
+// Face's models do. Packed examples (Docs set) give the batch DocIDs.
 func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 	if len(items) == 0 {
 		return nil, fmt.Errorf("collate: empty batch")
@@ -144,6 +200,16 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 		return nil, fmt.Errorf("collate: every example encodes to zero tokens")
 	}
 	n := len(items)
+	packed := false
+	for _, it := range items {
+		if (it.TypeIDs != nil && len(it.TypeIDs) != len(it.IDs)) || (it.Labels != nil && len(it.Labels) != len(it.IDs)) || (it.Docs != nil && len(it.Docs) != len(it.IDs)) {
+			return nil, fmt.Errorf("collate: example of %d tokens has %d type ids, %d labels and %d document ids", len(it.IDs), len(it.TypeIDs), len(it.Labels), len(it.Docs))
+		}
+		packed = packed || it.Docs != nil
+	}
+	if packed && task != CausalLM {
+		return nil, fmt.Errorf("collate: packed examples for task %s: packing is for causal_lm only", task)
+	}
 	b := &Batch{
 		Size: n, Seq: seq,
 		InputIDs:      make([]int64, n*seq),
@@ -157,6 +223,9 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 		b.Targets = make([]float32, n)
 	case CausalLM:
 		b.Labels = make([]int64, n*seq)
+		if packed {
+			b.DocIDs = make([]int64, n*seq)
+		}
 	default:
 		return nil, fmt.Errorf("collate: unknown task %q", task)
 	}
@@ -166,14 +235,30 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 			if j < len(it.IDs) {
 				b.InputIDs[row+j] = int64(it.IDs[j])
 				b.AttentionMask[row+j] = 1
-				b.TokenTypeIDs[row+j] = int64(it.TypeIDs[j])
+				if it.TypeIDs != nil {
+					b.TokenTypeIDs[row+j] = int64(it.TypeIDs[j])
+				}
 			} else {
 				b.InputIDs[row+j] = int64(padID)
 			}
 			if task == CausalLM {
 				b.Labels[row+j] = IgnoreIndex
-				if j < len(it.IDs) {
+				switch {
+				case j >= len(it.IDs):
+				case it.Labels != nil:
+					b.Labels[row+j] = int64(it.Labels[j])
+				default:
 					b.Labels[row+j] = int64(it.IDs[j])
+				}
+			}
+			if b.DocIDs != nil {
+				// Padding continues the row's last document; the attention
+				// mask keeps it out anyway.
+				switch {
+				case j < len(it.Docs):
+					b.DocIDs[row+j] = int64(it.Docs[j])
+				case j > 0:
+					b.DocIDs[row+j] = b.DocIDs[row+j-1]
 				}
 			}
 		}

@@ -177,8 +177,11 @@ type inputs struct {
 	b, t  int64
 	ids   torch.Tensor // [B,T] int64
 	types torch.Tensor // [B,T] int64 (BERT)
-	pos   torch.Tensor // [T] int64
-	mask  torch.Tensor // additive attention mask, [B,1,1,T] or [B,1,T,T]
+	// pos is [T] int64 positions 0..T-1, or [B,T] for a packed batch,
+	// where positions restart at each document.
+	pos    torch.Tensor
+	packed bool
+	mask   torch.Tensor // additive attention mask, broadcastable to [B,1,T,T]
 }
 
 // net runs the forward passes; it reads parameters through w so that bf16
@@ -277,7 +280,8 @@ func rmsNorm(s *torch.Scope, x, w torch.Tensor, eps float64) torch.Tensor {
 	return s.Mul(w, y)
 }
 
-// rotate applies rotary embeddings to x [B,n,T,d] with cos, sin [T,d].
+// rotate applies rotary embeddings to x [B,n,T,d] with cos, sin [T,d] or
+// [B,1,T,d].
 func rotate(s *torch.Scope, x, cos, sin torch.Tensor, d int64) torch.Tensor {
 	half := d / 2
 	rot := s.Cat(-1, s.Neg(s.Narrow(x, -1, half, half)), s.Narrow(x, -1, 0, half))
@@ -293,6 +297,12 @@ func (n *net) llama(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 	p := "model."
 	x := s.EmbeddingPad(n.w(s, p+"embed_tokens.weight"), in.ids, int64(c.PadTokenID))
 	cos, sin := n.rope(s, in.t)
+	if in.packed {
+		// Per-row positions: gather each token's rotary row, [B,1,T,d],
+		// as transformers does from position_ids.
+		cos = s.Unsqueeze(s.Embedding(cos, in.pos), 1)
+		sin = s.Unsqueeze(s.Embedding(sin, in.pos), 1)
+	}
 	lin := func(x torch.Tensor, name string, bias bool) torch.Tensor {
 		var b torch.Tensor
 		if bias {

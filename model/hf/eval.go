@@ -142,6 +142,11 @@ func (m *Model) EvalBatch(e *Eval, b *data.Batch) error {
 		}
 	default:
 		for i := range b.Size {
+			if out.Counts[i] == 0 {
+				// No targets (one token, or every label -100): its mean
+				// loss is NaN and it adds nothing.
+				continue
+			}
 			e.LossSum += out.Losses[i] * float64(out.Counts[i])
 			e.Count += int64(out.Counts[i])
 		}
@@ -211,7 +216,7 @@ func (m *Model) Predict(b *data.Batch) (*Output, error) {
 				}
 			}
 		}
-		shifted, _, err := lmTargets(&data.Batch{Size: b.Size, Seq: b.Seq, Labels: labels})
+		shifted, _, err := lmTargets(&data.Batch{Size: b.Size, Seq: b.Seq, Labels: labels, DocIDs: b.DocIDs})
 		if err != nil {
 			return err
 		}

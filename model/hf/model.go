@@ -314,46 +314,28 @@ func (m *Model) inputs(s *torch.Scope, b *data.Batch) (*inputs, error) {
 	if m.cfg.Family != Llama && b.Seq > m.cfg.MaxPositions {
 		return nil, fmt.Errorf("model: batch of %d tokens per row exceeds the model's %d positions; lower data.max_length", b.Seq, m.cfg.MaxPositions)
 	}
+	if b.DocIDs != nil {
+		if m.cfg.Family == BERT {
+			return nil, errors.New("model: packed batch (document ids) for bert: packing is for causal LM only; set data.pack false")
+		}
+		if err := b.CheckDocIDs(); err != nil {
+			return nil, fmt.Errorf("model: %w", err)
+		}
+	}
 	bb, t := int64(b.Size), int64(b.Seq)
-	keep := func(i int) bool { return b.AttentionMask == nil || b.AttentionMask[i] != 0 }
-	lo := m.maskMin()
-	var mask []float32
-	var mshape []int64
-	if m.cfg.Family == BERT {
-		mask = make([]float32, n)
-		for i := range n {
-			if !keep(i) {
-				mask[i] = lo
-			}
-		}
-		mshape = []int64{bb, 1, 1, t}
-	} else {
-		mask = make([]float32, b.Size*b.Seq*b.Seq)
-		for r := range b.Size {
-			for i := range b.Seq {
-				row := mask[(r*b.Seq+i)*b.Seq:][:b.Seq]
-				for j := range b.Seq {
-					if j > i || !keep(r*b.Seq+j) {
-						row[j] = lo
-					}
-				}
-			}
-		}
-		mshape = []int64{bb, 1, t, t}
-	}
-	pos := make([]int64, b.Seq)
-	for i := range pos {
-		pos[i] = int64(i)
-	}
 	dev := m.opt.Device
-	in := &inputs{b: bb, t: t,
-		ids:  s.FromSliceOn(b.InputIDs, dev, bb, t),
-		pos:  s.FromSliceOn(pos, dev, t),
-		mask: s.FromSliceOn(mask, dev, mshape...),
+	in := &inputs{b: bb, t: t, ids: s.FromSliceOn(b.InputIDs, dev, bb, t)}
+	if b.DocIDs != nil {
+		in.pos = s.FromSliceOn(b.PositionIDs(), dev, bb, t)
+		in.packed = true
+	} else {
+		pos := make([]int64, b.Seq)
+		for i := range pos {
+			pos[i] = int64(i)
+		}
+		in.pos = s.FromSliceOn(pos, dev, t)
 	}
-	if m.bf16 {
-		in.mask = s.To(in.mask, torch.BFloat16)
-	}
+	in.mask = m.attnMask(s, b, in)
 	if m.cfg.Family == BERT {
 		tt := b.TokenTypeIDs
 		if tt == nil {
@@ -369,8 +351,57 @@ func (m *Model) inputs(s *torch.Scope, b *data.Batch) (*inputs, error) {
 	return in, s.Err()
 }
 
+// attnMask builds the additive attention mask on the device from the
+// batch's per-token vectors, so the host never holds anything larger than
+// B×T: a key is blocked (set to the dtype's lowest value, as transformers'
+// eager attention does) when it is padding, and for the causal LMs also
+// when it lies after the query or in another document of a packed row.
+// The result is [B,1,1,T] for BERT, [T,T] for a causal LM batch without
+// padding or documents, and [B,1,T,T] otherwise, with exactly the values
+// transformers' 4D masks have (0 or the lowest value).
+func (m *Model) attnMask(s *torch.Scope, b *data.Batch, in *inputs) torch.Tensor {
+	dev := m.opt.Device
+	dt := torch.Float32
+	if m.bf16 {
+		dt = torch.BFloat16
+	}
+	var pad, blocked torch.Tensor // pad: [B,1,1,T], true at padding keys
+	if b.AttentionMask != nil {
+		pad = s.View(s.Eq(s.FromSliceOn(b.AttentionMask, dev, in.b, in.t), 0), in.b, 1, 1, in.t)
+	}
+	if m.cfg.Family == BERT {
+		if b.AttentionMask == nil {
+			return s.Zeros(dt, dev, in.b, 1, 1, in.t)
+		}
+		blocked = pad
+	} else {
+		// Key j is after query i: compare a row of positions with a column.
+		ar := make([]int64, b.Seq)
+		for i := range ar {
+			ar[i] = int64(i)
+		}
+		idx := s.FromSliceOn(ar, dev, in.t)
+		blocked = s.Gt(s.View(idx, 1, in.t), s.View(idx, in.t, 1)) // [T,T]
+		if b.AttentionMask != nil {
+			blocked = s.Or(blocked, pad)
+		}
+		if b.DocIDs != nil {
+			d := s.FromSliceOn(b.DocIDs, dev, in.b, in.t)
+			blocked = s.Or(blocked, s.Ne(s.View(d, in.b, 1, in.t, 1), s.View(d, in.b, 1, 1, in.t)))
+		}
+	}
+	// where, not masked_fill on zeros: libtorch 1.13's CPU masked_fill is
+	// several times slower (scripts/bench.sh mask).
+	mask := s.Where(blocked, float64(m.maskMin()), 0)
+	if dt != torch.Float32 {
+		mask = s.To(mask, dt)
+	}
+	return mask
+}
+
 // lmTargets shifts causal-LM labels by one (position i predicts token i+1)
-// and counts the targets that are not IgnoreIndex.
+// and counts the targets that are not IgnoreIndex. In a packed batch the
+// target of a document's first token is ignored.
 func lmTargets(b *data.Batch) ([]int64, int, error) {
 	if len(b.Labels) != b.Size*b.Seq {
 		return nil, 0, fmt.Errorf("model: causal-LM batch has %d labels for size %d × seq %d", len(b.Labels), b.Size, b.Seq)
@@ -378,7 +409,13 @@ func lmTargets(b *data.Batch) ([]int64, int, error) {
 	out := make([]int64, 0, b.Size*(b.Seq-1))
 	n := 0
 	for r := range b.Size {
-		for _, l := range b.Labels[r*b.Seq+1 : (r+1)*b.Seq] {
+		for j := r*b.Seq + 1; j < (r+1)*b.Seq; j++ {
+			l := b.Labels[j]
+			if b.DocStart(j) {
+				// The last token of one packed document never predicts
+				// the first of the next.
+				l = data.IgnoreIndex
+			}
 			out = append(out, l)
 			if l != data.IgnoreIndex {
 				n++

@@ -376,3 +376,30 @@ func (s *Scope) Rsqrt(x Tensor) Tensor {
 func (s *Scope) Neg(x Tensor) Tensor {
 	return s.run("neg", func(o *libtch.Ctensor) { libtch.AtgNeg(o, x.c) })
 }
+
+// Gt is a > b elementwise with broadcasting (bool).
+func (s *Scope) Gt(a, b Tensor) Tensor {
+	return s.run("gt", func(o *libtch.Ctensor) { libtch.AtgGtTensor(o, a.c, b.c) })
+}
+
+// Ne is a != b elementwise with broadcasting (bool).
+func (s *Scope) Ne(a, b Tensor) Tensor {
+	return s.run("ne", func(o *libtch.Ctensor) { libtch.AtgNeTensor(o, a.c, b.c) })
+}
+
+// Or is the logical or of a and b with broadcasting (bool).
+func (s *Scope) Or(a, b Tensor) Tensor {
+	return s.run("logical_or", func(o *libtch.Ctensor) { libtch.AtgLogicalOr(o, a.c, b.c) })
+}
+
+// Where is a where cond is true and b elsewhere, as a tensor of cond's
+// shape and the default float type (float32).
+func (s *Scope) Where(cond Tensor, a, b float64) Tensor {
+	if s.err != nil {
+		return Tensor{}
+	}
+	sa, sb := libtch.AtsFloat(a), libtch.AtsFloat(b)
+	defer libtch.AtsFree(sa)
+	defer libtch.AtsFree(sb)
+	return s.run("where", func(o *libtch.Ctensor) { libtch.AtgWhereScalar(o, cond.c, sa, sb) })
+}

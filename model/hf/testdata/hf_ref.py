@@ -14,6 +14,13 @@ module tree, exactly as transformers names them.
   hf_ref.py schedules
       Print HF's warm-up schedules' learning rates, stepped through
       torch.optim.lr_scheduler.LambdaLR, as JSON.
+  hf_ref.py packed DIR BATCH.json
+      Load DIR (written by make) and run a packed causal-LM batch (ids, mask,
+      docs: the document index of each token, labels) with an explicit 4D
+      block-diagonal causal mask and position ids restarting at each
+      document, built here from the definitions; print the summed loss, its
+      count, the per-row next-token logits after each row's last real token,
+      and the mask as JSON.
 """
 import json
 import math
@@ -231,10 +238,12 @@ class GPT2Model(nn.Module):
         s.h = nn.ModuleList([GPT2Block(c) for _ in range(c["n_layer"])])
         s.ln_f = nn.LayerNorm(c["n_embd"], eps=c["layer_norm_epsilon"])
 
-    def forward(s, ids, mask):
-        pos = torch.arange(ids.shape[1])[None, :]
+    def forward(s, ids, mask, pos=None, m=None):
+        if pos is None:
+            pos = torch.arange(ids.shape[1])[None, :]
         x = s.drop(s.wte(ids) + s.wpe(pos))
-        m = causal_mask(mask)
+        if m is None:
+            m = causal_mask(mask)
         for blk in s.h:
             x = blk(x, m)
         return s.ln_f(x)
@@ -258,7 +267,7 @@ class GPT2LMHeadModel(nn.Module):
         s.lm_head.weight = s.transformer.wte.weight
 
     def forward(s, b):
-        return s.lm_head(s.transformer(b["ids"], b["mask"]))
+        return s.lm_head(s.transformer(b["ids"], b["mask"], b.get("pos"), b.get("mask4")))
 
     def loss(s, logits, b):
         return lm_loss(logits, b["labels"])
@@ -362,11 +371,13 @@ class LlamaModel(nn.Module):
         hd = c.get("head_dim", c["hidden_size"] // c["num_attention_heads"])
         s.rotary_emb = LlamaRotaryEmbedding(hd, c.get("rope_theta", 10000.0))
 
-    def forward(s, ids, mask):
-        pos = torch.arange(ids.shape[1])[None, :].expand(ids.shape[0], -1)
+    def forward(s, ids, mask, pos=None, m=None):
+        if pos is None:
+            pos = torch.arange(ids.shape[1])[None, :].expand(ids.shape[0], -1)
         x = s.embed_tokens(ids)
         cos, sin = s.rotary_emb(pos)
-        m = causal_mask(mask)
+        if m is None:
+            m = causal_mask(mask)
         for layer in s.layers:
             x = layer(x, cos, sin, m)
         return s.norm(x)
@@ -382,7 +393,7 @@ class LlamaForCausalLM(nn.Module):
         s.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
 
     def forward(s, b):
-        return s.lm_head(s.model(b["ids"], b["mask"]))
+        return s.lm_head(s.model(b["ids"], b["mask"], b.get("pos"), b.get("mask4")))
 
     def loss(s, logits, b):
         return lm_loss(logits, b["labels"])
@@ -609,6 +620,51 @@ def cmd_logits(d, batch_path):
         print(json.dumps(model(b).tolist()))
 
 
+def load_dir(d):
+    with open(os.path.join(d, "config.json")) as f:
+        c = json.load(f)
+    model = CLASSES[c["model_type"]](c)
+    names = [n for n in os.listdir(d) if n.endswith(".safetensors") and n != "ref.safetensors"]
+    sd = {}
+    for n in names:
+        sd.update(read_safetensors(os.path.join(d, n)))
+    model.load_state_dict(sd, strict=False)
+    if getattr(model, "tied", False):
+        model.lm_head.weight = model.transformer.wte.weight
+    model.eval()
+    return model
+
+
+def cmd_packed(d, batch_path):
+    model = load_dir(d)
+    with open(batch_path) as f:
+        b = batch_from_json(json.load(f))
+    ids, mask, docs = b["ids"], b["mask"], b["docs"]
+    bsz, t = ids.shape
+    # A query attends to a key that is not padding, not after it, and in
+    # its own document.
+    same_doc = docs[:, :, None] == docs[:, None, :]
+    causal = torch.tril(torch.ones(t, t, dtype=torch.bool))[None]
+    ok = causal & same_doc & mask[:, None, :].bool()
+    b["mask4"] = torch.zeros(bsz, 1, t, t).masked_fill(~ok[:, None], MIN)
+    # Positions restart at each document.
+    pos = torch.zeros(bsz, t, dtype=torch.int64)
+    for r in range(bsz):
+        for j in range(1, t):
+            pos[r, j] = 0 if docs[r, j] != docs[r, j - 1] else pos[r, j - 1] + 1
+    b["pos"] = pos
+    # A document's first token is not the previous document's target.
+    labels = b["labels"].clone()
+    labels[:, 1:] = labels[:, 1:].masked_fill(docs[:, 1:] != docs[:, :-1], -100)
+    with torch.no_grad():
+        logits = model(b)
+        loss, count = lm_loss(logits, labels)
+    last = mask.sum(1) - 1
+    print(json.dumps({"loss": loss.item(), "count": count,
+                      "last_logits": [logits[r, last[r]].tolist() for r in range(bsz)],
+                      "mask4": b["mask4"][:, 0].eq(0).int().tolist()}))
+
+
 def cmd_schedules():
     out = {}
     for kind, warmup, total in [("constant", 3, 10), ("linear", 3, 10), ("cosine", 3, 10), ("linear", 0, 7),
@@ -632,6 +688,8 @@ if __name__ == "__main__":
         cmd_make(a[1], a[2], a[3], opts.get("--dtype", "F32"), opts.get("--format", "st"))
     elif a[0] == "logits":
         cmd_logits(a[1], a[2])
+    elif a[0] == "packed":
+        cmd_packed(a[1], a[2])
     elif a[0] == "schedules":
         cmd_schedules()
     else:
