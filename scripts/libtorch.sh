@@ -80,9 +80,28 @@ rt_libtorch_cuda() {
 # named by a replace directive in a copy of go.mod (-modfile): the module
 # cache and go.mod stay untouched. Our own torch.go gets an -overlay.
 rt_libtorch_cxx20() {
-  local std=$1 dir=$2 root gotch src
+  local std=$1 dir=$2 root gotch src dst
   [ "$std" = c++20 ] || return 0
   root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  mkdir -p "$dir" || return 1
+  if [ -f "$root/vendor/modules.txt" ]; then
+    # A vendored tree (the GPU bundle): vendor/ is part of the main module,
+    # so both files can simply be overlaid.
+    local json='{"Replace":{' sep=''
+    for src in "$root/vendor/github.com/sugarme/gotch/libtch/lib.go" "$root/model/torch/torch.go"; do
+      dst="$dir/$(basename "$(dirname "$src")")-$(basename "$src")"
+      sed 's/-std=c++17/-std=c++20/' "$src" >"$dst" || return 1
+      grep -q -- '-std=c++20' "$dst" || {
+        echo "$src names no -std=c++17 to replace: update rt_libtorch_cxx20 in scripts/libtorch.sh" >&2
+        return 1
+      }
+      json="$json$sep\"$src\":\"$dst\""
+      sep=,
+    done
+    echo "$json}}" >"$dir/overlay.json"
+    echo "-overlay=$dir/overlay.json"
+    return 0
+  fi
   gotch=$(cd "$root" && GOFLAGS= go list -m -f '{{.Dir}}' github.com/sugarme/gotch) || {
     echo "cannot find gotch in the Go module cache: run 'go mod download'" >&2
     return 1
