@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/local-cluster.sh [N] [--config FILE] [--no-setup] [-- COORDINATOR FLAGS...]
+# scripts/local-cluster.sh [N] [--config FILE] [--no-setup] [--device DEV] [-- COORDINATOR FLAGS...]
 #
 # Runs a real ringtune cluster on this machine: one coordinator and N nodes
 # (default 3), each a separate process talking gossip, gRPC and the ring
@@ -14,6 +14,9 @@
 # model.init: pretrained, e.g.
 #   scripts/local-cluster.sh 3 -- --model.path /models/bert-base-uncased --model.init pretrained
 #
+# --device (default cpu) is every node's device, e.g. cuda:0: the nodes
+# then share that GPU (scripts/gpu/check.sh).
+#
 # Logs: runs/local/coordinator.log and runs/local/node-K.log; a live
 # dashboard and Prometheus /metrics are served while it runs (their URLs are
 # in the log). Ctrl-C stops every process this script started.
@@ -24,13 +27,15 @@ root=$(pwd)
 n=3
 config=""
 setup=1
+device=cpu
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift ;;
     --no-setup) setup=0 ;;
+    --device) [ $# -ge 2 ] || { echo "local-cluster: --device needs a value (cpu, cuda:N)" >&2; exit 2; }; device=$2; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     [0-9]*) n=$1 ;;
     *) echo "local-cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -151,7 +156,7 @@ coord=$!
 pids+=("$coord")
 for k in $(seq 1 "$n"); do
   .build/node join --coordinator "$gossip" --key-file "$keyfile" --label "$label" \
-    --bind 127.0.0.1:0 --name "local-$k" --device cpu > "$run/node-$k.log" 2>&1 &
+    --bind 127.0.0.1:0 --name "local-$k" --device "$device" > "$run/node-$k.log" 2>&1 &
   pids+=("$!")
 done
 set +e

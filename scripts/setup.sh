@@ -8,16 +8,22 @@
 #                                    test oracle), Go modules, demo data.
 #   scripts/setup.sh --check         only check; print what is missing and
 #                                    exit 1 instead of installing.
-#   scripts/setup.sh --libtorch DIR  GPU hosts: build against an official
-#                                    libtorch 2.1 (CUDA) unpacked at DIR
-#                                    (also: LIBTORCH=DIR scripts/setup.sh).
-#   scripts/setup.sh --libtorch DIR --download-libtorch [--cuda cu121]
-#                                    download it from pytorch.org into DIR
-#                                    first (only when asked).
+#   scripts/setup.sh --libtorch DIR  build against a libtorch 2.x at DIR
+#                                    instead (GPU hosts): an official libtorch
+#                                    zip unpacked at DIR, or a pip torch's
+#                                    package directory (python3 -c 'import
+#                                    torch; print(torch.__path__[0])').
+#                                    Also: LIBTORCH=DIR scripts/setup.sh.
+#                                    The C++ ABI, the C++ standard and CUDA
+#                                    are detected (scripts/libtorch.sh).
+#   scripts/setup.sh --libtorch DIR --download-libtorch [--cuda cu124]
+#                                    download libtorch 2.6.0 from pytorch.org
+#                                    into DIR first (only when asked).
 #   scripts/setup.sh --no-data       skip fetching the demo dataset.
 #
-# The --libtorch path is UNTESTED in this project's CI (no GPU and no
-# pytorch.org there): it is written to work and documented as such.
+# The --libtorch path is compiled in CI against Debian's libtorch 2.6 and
+# 2.14 headers (scripts/check-headers.sh) and rehearsed against a pip-style
+# layout of Debian's 1.13 (scripts/gpu/check.sh); no GPU has run it yet.
 set -euo pipefail
 
 # Go's build cache and ours live under $HOME; a bare environment (a CI
@@ -35,7 +41,7 @@ die() { echo "setup: error: $*" >&2; exit 1; }
 check_only=0
 libtorch=${LIBTORCH:-}
 download=0
-cuda=cu121
+cuda=cu124
 fetch_data=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,9 +49,9 @@ while [ $# -gt 0 ]; do
     --libtorch) [ $# -ge 2 ] || die "--libtorch needs a directory"; libtorch=$2; shift ;;
     --libtorch=*) libtorch=${1#--libtorch=} ;;
     --download-libtorch) download=1 ;;
-    --cuda) [ $# -ge 2 ] || die "--cuda needs a value such as cu121"; cuda=$2; shift ;;
+    --cuda) [ $# -ge 2 ] || die "--cuda needs a value such as cu124"; cuda=$2; shift ;;
     --no-data) fetch_data=0 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see scripts/setup.sh --help)" ;;
   esac
   shift
@@ -85,25 +91,38 @@ missing_pkgs() {
   echo "${miss[@]:-}"
 }
 
+torchinfo_args=()
 if [ -n "$libtorch" ] && [ "$libtorch" != system ]; then
-  # Official libtorch build (GPU hosts). UNTESTED here.
+  # A libtorch 2.x directory (GPU hosts).
   if [ "$download" = 1 ] && [ ! -f "$libtorch/lib/libtorch_cpu.so" ]; then
-    url="https://download.pytorch.org/libtorch/$cuda/libtorch-cxx11-abi-shared-with-deps-2.1.0%2B$cuda.zip"
+    url="https://download.pytorch.org/libtorch/$cuda/libtorch-cxx11-abi-shared-with-deps-2.6.0%2B$cuda.zip"
     [ "$check_only" = 1 ] && die "libtorch is not at $libtorch (run without --check to download it)"
     command -v unzip >/dev/null || die "unzip is needed to unpack libtorch: apt-get install unzip"
-    say "downloading libtorch 2.1.0+$cuda from $url"
+    say "downloading libtorch 2.6.0+$cuda from $url"
     tmp=$(mktemp -d)
     curl -fL --retry 3 -o "$tmp/libtorch.zip" "$url" || die "download of $url failed"
     mkdir -p "$libtorch"
     unzip -q "$tmp/libtorch.zip" -d "$tmp" && cp -a "$tmp/libtorch/." "$libtorch/"
     rm -rf "$tmp"
   fi
-  [ -f "$libtorch/lib/libtorch_cpu.so" ] || die "no libtorch at '$libtorch' (expected $libtorch/lib/libtorch_cpu.so). Unpack an official libtorch 2.1 build there, or add --download-libtorch."
-  [ -f "$libtorch/include/torch/csrc/api/include/torch/torch.h" ] || die "'$libtorch' has no C++ headers (include/torch/csrc/api/include/torch/torch.h): use the cxx11-abi 'shared-with-deps' libtorch build."
-  ver=$(sed -n 's/^#define TORCH_VERSION "\(.*\)"/\1/p' "$libtorch/include/torch/csrc/api/include/torch/version.h" 2>/dev/null || true)
-  case "$ver" in 2.1*) ;; *) say "warning: libtorch at $libtorch reports version '${ver:-unknown}'; gotch v0.9.1 targets 2.1" ;; esac
+  libtorch=$(cd "$libtorch" 2>/dev/null && pwd) || die "no libtorch directory '$libtorch'"
+  # shellcheck source=scripts/libtorch.sh
+  . scripts/libtorch.sh
+  msg=$(rt_libtorch_check "$libtorch" 2>&1) || die "$msg"
+  ver=$(rt_libtorch_version "$libtorch")
+  abi=$(rt_libtorch_abi "$libtorch" 2>&1) || die "$abi"
+  std=$(rt_libtorch_std "$libtorch")
+  kind=CPU
+  if rt_libtorch_cuda "$libtorch"; then
+    kind=CUDA
+    torchinfo_args=(-want-cuda)
+  fi
+  case "$ver" in
+    1.13.* | 2.1.* | 2.[6-9].* | 2.1[0-9].*) ;;
+    *) say "warning: libtorch $ver at $libtorch is untested: ringtune is checked against 1.13, 2.6 and 2.14 (2.1 is gotch's own target)" ;;
+  esac
   mkdir -p .build && echo "$libtorch" > .build/libtorch-path
-  say "using libtorch ${ver:-?} at $libtorch (recorded in .build/libtorch-path)"
+  say "using libtorch $ver ($kind, C++ ABI $abi, -std=$std) at $libtorch (recorded in .build/libtorch-path)"
 else
   rm -f .build/libtorch-path
   miss=$(missing_pkgs)
@@ -113,7 +132,7 @@ else
       [ ! -f "$torch_inc" ] && msg="$msg; no libtorch headers at $torch_inc"
       [ ! -f "$torch_lib" ] && msg="$msg; no libtorch library at $torch_lib"
       [ -n "$miss" ] && msg="$msg; missing packages: $miss"
-      die "$msg. Install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]} (Debian 12 / Ubuntu), or on other systems unpack an official libtorch 2.1 and run scripts/setup.sh --libtorch DIR"
+      die "$msg. Install them with: sudo apt-get install -y --no-install-recommends ${pkgs[*]} (Debian 12 / Ubuntu), or on other systems point scripts/setup.sh --libtorch DIR at a libtorch 2.x (official zip or pip torch)"
     fi
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -160,7 +179,7 @@ t1=$(date +%s)
 say "building the torch layer (a cold build of gotch takes 3-6 minutes; later builds are cached)"
 go build -o .build/torchinfo ./internal/torchinfo
 say "built in $(( $(date +%s) - t1 ))s"
-.build/torchinfo || die "libtorch does not run: see the message above"
+.build/torchinfo "${torchinfo_args[@]}" || die "libtorch does not run: see the message above"
 
 # --- demo data ---------------------------------------------------------------
 if [ "$fetch_data" = 1 ]; then

@@ -13,9 +13,15 @@ import (
 // (Linux), resolved through symlinks. Debian's libtorch links libblas.so.3,
 // which is the slow reference BLAS unless OpenBLAS provides that name.
 func BLASLibraries() ([]string, error) {
+	return mappedLibraries(func(base string) bool { return strings.Contains(base, "blas") })
+}
+
+// mappedLibraries lists the files mapped into this process whose base name
+// match accepts, resolved through symlinks, each once.
+func mappedLibraries(match func(base string) bool) ([]string, error) {
 	f, err := os.Open("/proc/self/maps")
 	if err != nil {
-		return nil, fmt.Errorf("list BLAS libraries: %w", err)
+		return nil, fmt.Errorf("list mapped libraries: %w", err)
 	}
 	defer f.Close()
 	seen := map[string]bool{}
@@ -28,13 +34,24 @@ func BLASLibraries() ([]string, error) {
 		}
 		path := fields[len(fields)-1]
 		base := filepath.Base(path)
-		if !strings.Contains(base, "blas") || seen[path] {
+		if !match(base) || seen[path] {
 			continue
 		}
 		seen[path] = true
 		libs = append(libs, path)
 	}
 	return libs, sc.Err()
+}
+
+// CUDALibraries lists libtorch's CUDA shared objects mapped into this
+// process (libtorch_cuda, libc10_cuda). A binary linked against a CUDA
+// libtorch must have them: without them libtorch reports no CUDA device even
+// on a GPU host (the linker drops them under --as-needed unless told not to;
+// see scripts/libtorch.sh).
+func CUDALibraries() ([]string, error) {
+	return mappedLibraries(func(base string) bool {
+		return strings.HasPrefix(base, "libtorch_cuda") || strings.HasPrefix(base, "libc10_cuda")
+	})
 }
 
 // UsesOpenBLAS reports whether the BLAS in this process is OpenBLAS.

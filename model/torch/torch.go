@@ -148,7 +148,7 @@ func (d Device) Check() error {
 	n := CUDADeviceCount()
 	if n == 0 {
 		return fmt.Errorf("device %s: this binary's libtorch (%s) has no CUDA device available; "+
-			"use --device cpu, or on a GPU host build against a CUDA libtorch 2.1 "+
+			"use --device cpu, or on a GPU host build against a CUDA libtorch 2.x "+
 			"(scripts/setup.sh --libtorch DIR) and check nvidia-smi", d, Version())
 	}
 	if d.index >= n {
