@@ -146,7 +146,7 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	c := &Coordinator{cfg: cfg, opts: opts, log: opts.Log, task: data.Task(cfg.Model.Task)}
 	if cfg.Cluster.KeyFile == "" {
-		return nil, badInput(errors.New("cluster.key_file: required: nodes authenticate with it (create one with `coordinator keygen FILE`)"))
+		return nil, badInput(errors.New("cluster.key_file: required: nodes authenticate with it (create one with `coordinator keygen cluster.key` and copy it to every node host)"))
 	}
 	key, err := auth.LoadKeyFile(cfg.Cluster.KeyFile)
 	if err != nil {
