@@ -43,6 +43,8 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"min > max", func(c *Config) { c.Cluster.MinNodes, c.Cluster.MaxNodes = 4, 2 }, "cluster.max_nodes: must be >= cluster.min_nodes (4), got 2"},
 		{"settle", func(c *Config) { c.Cluster.Settle = -time.Second }, "cluster.settle: must be >= 0"},
 		{"label", func(c *Config) { c.Cluster.Label = "" }, "cluster.label: must not be empty"},
+		{"checkpoint in output", func(c *Config) { c.Output.Dir, c.Checkpoint.Dir = "/runs/a/model", "/runs/a/model/ckpt" }, "checkpoint.dir: must not be output.dir (/runs/a/model) or inside it"},
+		{"checkpoint is output", func(c *Config) { c.Output.Dir, c.Checkpoint.Dir = "/runs/a", "/runs/a/" }, "checkpoint.dir: must not be output.dir (/runs/a) or inside it"},
 		{"model path", func(c *Config) { c.Model.Path = "" }, "model.path: must be set"},
 		{"task", func(c *Config) { c.Model.Task = "ner" }, `model.task: must be one of classification, regression, causal_lm, got "ner"`},
 		{"init", func(c *Config) { c.Model.Init = "zeros" }, `model.init: must be one of pretrained, random, got "zeros"`},

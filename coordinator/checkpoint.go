@@ -27,22 +27,23 @@ import (
 const ckptMagic = "RTCKPT1\n"
 
 type ckptHeader struct {
-	Applied int    `json:"applied"`
-	Bytes   int64  `json:"bytes"`
-	SHA256  string `json:"sha256"`
-	RunSeed int64  `json:"seed"`
+	Applied int     `json:"applied"`
+	Bytes   int64   `json:"bytes"`
+	SHA256  string  `json:"sha256"`
+	RunSeed int64   `json:"seed"`
+	Pin     *RunPin `json:"pin,omitempty"` // nil in checkpoints of older coordinators
 }
 
 func ckptName(applied int) string { return fmt.Sprintf("step-%09d.ckpt", applied) }
 
 // WriteCheckpoint writes state for applied committed steps into dir and
 // deletes all but the newest keep checkpoints.
-func WriteCheckpoint(dir string, applied int, seed int64, state []byte, keep int) (string, error) {
+func WriteCheckpoint(dir string, applied int, seed int64, pin *RunPin, state []byte, keep int) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("checkpoint.dir: %w", err)
 	}
 	sum := sha256.Sum256(state)
-	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: int64(len(state)), SHA256: hex.EncodeToString(sum[:]), RunSeed: seed})
+	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: int64(len(state)), SHA256: hex.EncodeToString(sum[:]), RunSeed: seed, Pin: pin})
 	if err != nil {
 		return "", err
 	}
@@ -142,6 +143,9 @@ func (c *Coordinator) loadCheckpoint() error {
 	if err != nil {
 		return badInput(fmt.Errorf("--resume: %w", err))
 	}
+	if err := c.checkPin(p); err != nil {
+		return err
+	}
 	if applied > c.total {
 		return badInput(fmt.Errorf("--resume: checkpoint %s is at step %d, beyond the run's %d steps", p, applied, c.total))
 	}
@@ -159,7 +163,7 @@ func (c *Coordinator) checkpoint(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p, err := WriteCheckpoint(c.cfg.Checkpoint.Dir, c.applied, c.cfg.Train.Seed, st, c.cfg.Checkpoint.Keep)
+	p, err := WriteCheckpoint(c.cfg.Checkpoint.Dir, c.applied, c.cfg.Train.Seed, c.pin, st, c.cfg.Checkpoint.Keep)
 	if err != nil {
 		return err
 	}
