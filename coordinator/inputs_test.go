@@ -74,7 +74,9 @@ func (r *runDir) replace(old, new string) {
 	r.yaml = strings.Replace(r.yaml, old, new, 1)
 }
 
-func (r *runDir) train(line string) { r.replace("  digest_every: 1\n", "  digest_every: 1\n  "+line+"\n") }
+func (r *runDir) train(line string) {
+	r.replace("  digest_every: 1\n", "  digest_every: 1\n  "+line+"\n")
+}
 
 func (r *runDir) write(rel, body string) {
 	r.t.Helper()
@@ -226,13 +228,19 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 		"key-not-base64": func(r *runDir) { r.write("cluster.key", "not-a-key!\n") },
 		"key-short":      func(r *runDir) { r.write("cluster.key", base64.StdEncoding.EncodeToString([]byte("tiny"))+"\n") },
 		// model directories
-		"model-missing":    func(r *runDir) { r.replace("path: model", "path: nomodel") },
-		"model-is-file":    func(r *runDir) { r.replace("path: model", "path: train.jsonl") },
-		"model-no-config":  func(r *runDir) { os.Remove(filepath.Join(r.f.Dir, "model", "config.json")) },
-		"model-not-json":   func(r *runDir) { r.modelConfig(func(s string) string { return s[:20] }) },
-		"model-type":       func(r *runDir) { r.modelConfig(func(s string) string { return strings.Replace(s, `"bert"`, `"t5"`, 1) }) },
-		"model-size-zero":  func(r *runDir) { r.modelConfig(func(s string) string { return strings.Replace(s, `"hidden_size":8`, `"hidden_size":0`, 1) }) },
-		"model-wrong-task": func(r *runDir) { r.write("model/config.json", `{"model_type":"gpt2","vocab_size":100,"n_embd":8,"n_layer":1,"n_head":2}`) },
+		"model-missing":   func(r *runDir) { r.replace("path: model", "path: nomodel") },
+		"model-is-file":   func(r *runDir) { r.replace("path: model", "path: train.jsonl") },
+		"model-no-config": func(r *runDir) { os.Remove(filepath.Join(r.f.Dir, "model", "config.json")) },
+		"model-not-json":  func(r *runDir) { r.modelConfig(func(s string) string { return s[:20] }) },
+		"model-type": func(r *runDir) {
+			r.modelConfig(func(s string) string { return strings.Replace(s, `"bert"`, `"t5"`, 1) })
+		},
+		"model-size-zero": func(r *runDir) {
+			r.modelConfig(func(s string) string { return strings.Replace(s, `"hidden_size":8`, `"hidden_size":0`, 1) })
+		},
+		"model-wrong-task": func(r *runDir) {
+			r.write("model/config.json", `{"model_type":"gpt2","vocab_size":100,"n_embd":8,"n_layer":1,"n_head":2}`)
+		},
 		"model-no-weights": func(r *runDir) { r.replace("init: random", "init: pretrained") },
 		"weights-truncated": func(r *runDir) {
 			p := r.weights(func(ts []safetensors.Tensor) []safetensors.Tensor { return ts })
@@ -257,13 +265,16 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 			r.replace("init: random", "init: pretrained")
 		},
 		// datasets
-		"train-missing":   func(r *runDir) { r.replace("train_file: train.jsonl", "train_file: nodata.jsonl") },
-		"train-no-label":  func(r *runDir) { appendLine(r, `{"text":"no label here"}`) },
-		"train-label":     func(r *runDir) { appendLine(r, `{"text":"bad label","label":7}`) },
-		"train-bad-json":  func(r *runDir) { appendLine(r, `{"text": "unclosed`) },
-		"train-no-text":   func(r *runDir) { appendLine(r, `{"label":1}`) },
-		"train-empty":     func(r *runDir) { r.write("train.jsonl", "") },
-		"train-csv-field": func(r *runDir) { r.write("train.csv", "sentence,label\nfine,1\n"); r.replace("train_file: train.jsonl", "train_file: train.csv") },
+		"train-missing":  func(r *runDir) { r.replace("train_file: train.jsonl", "train_file: nodata.jsonl") },
+		"train-no-label": func(r *runDir) { appendLine(r, `{"text":"no label here"}`) },
+		"train-label":    func(r *runDir) { appendLine(r, `{"text":"bad label","label":7}`) },
+		"train-bad-json": func(r *runDir) { appendLine(r, `{"text": "unclosed`) },
+		"train-no-text":  func(r *runDir) { appendLine(r, `{"label":1}`) },
+		"train-empty":    func(r *runDir) { r.write("train.jsonl", "") },
+		"train-csv-field": func(r *runDir) {
+			r.write("train.csv", "sentence,label\nfine,1\n")
+			r.replace("train_file: train.jsonl", "train_file: train.csv")
+		},
 		"train-too-small": func(r *runDir) {
 			r.replace("global_batch: 8", "global_batch: 200")
 			r.train("drop_last: true")
@@ -294,7 +305,9 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 		"resume-max-length":   func(r *runDir) { r.resumeFrom(); r.replace("max_length: 32", "max_length: 16") },
 		"resume-model": func(r *runDir) {
 			r.resumeFrom()
-			r.modelConfig(func(s string) string { return strings.Replace(s, `"intermediate_size":16`, `"intermediate_size":32`, 1) })
+			r.modelConfig(func(s string) string {
+				return strings.Replace(s, `"intermediate_size":16`, `"intermediate_size":32`, 1)
+			})
 		},
 	}
 }

@@ -105,7 +105,9 @@ func TestCheckDirNamesTheFault(t *testing.T) {
 		}
 		return m
 	}
-	edit := func(f func(ts []safetensors.Tensor) []safetensors.Tensor) []safetensors.Tensor { return f(weightsFor(l)) }
+	edit := func(f func(ts []safetensors.Tensor) []safetensors.Tensor) []safetensors.Tensor {
+		return f(weightsFor(l))
+	}
 	cases := []struct {
 		name   string
 		dir    func(t *testing.T) string
