@@ -119,18 +119,20 @@ type Coordinator struct {
 	outFiles map[string][]byte
 	outDone  bool
 	resumed  []byte // state loaded from a checkpoint, for applied
-	pin      *RunPin
-	params   int64  // parameters the model config implies (hfspec)
-	cfgHash  string // SHA-256 of config.json
-	locks    []*dirLock
+	stats    stats
+	metrics  *metrics
+	dash     *dashboard // nil without metrics.dashboard
+	progress *progress
+
+	// What New checked (pin.go, dirlock.go).
+	pin     *RunPin
+	params  int64  // parameters the model config implies (hfspec)
+	cfgHash string // SHA-256 of config.json
+	locks   []*dirLock
 	// setupFailed holds the nodes that failed to set up the model before the
 	// first generation, with their errors: when every node fails, the model
 	// or job is bad and waiting for more nodes is pointless.
 	setupFailed map[string]string
-	stats       stats
-	metrics     *metrics
-	dash        *dashboard // nil without metrics.dashboard
-	progress    *progress
 
 	mu sync.Mutex // guards sessions for the gRPC handlers
 	ml *memberlist.Memberlist
