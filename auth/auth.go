@@ -108,7 +108,7 @@ func WriteKeyFile(path string) (Key, error) {
 func LoadKeyFile(path string) (Key, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("auth: key file %s does not exist (create one with WriteKeyFile, e.g. `node keygen`)", path)
+		return nil, fmt.Errorf("auth: key file %s does not exist (create one with `coordinator keygen %s`)", path, path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("auth: read key file %s: %w", path, err)

@@ -67,7 +67,7 @@ func TestKeyFile(t *testing.T) {
 		}
 	}
 	missing := filepath.Join(dir, "nope")
-	if _, err := LoadKeyFile(missing); err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), missing) {
+	if _, err := LoadKeyFile(missing); err == nil || !strings.Contains(err.Error(), "does not exist") || !strings.Contains(err.Error(), missing) || !strings.Contains(err.Error(), "`coordinator keygen "+missing+"`") {
 		t.Errorf("missing file: got %v", err)
 	}
 }

@@ -35,8 +35,10 @@ type ClusterConfig struct {
 	GRPC string `mapstructure:"grpc"`
 
 	// KeyFile holds the cluster key that encrypts gossip and from which RPC
-	// tokens are derived. Empty disables encryption and authentication, which
-	// is only acceptable on a single trusted machine.
+	// tokens are derived. Required by the coordinator: every gossip message,
+	// RPC and ring connection is authenticated with it, even on one machine.
+	// Create one with `coordinator keygen cluster.key` and copy it to every
+	// node host.
 	KeyFile string `mapstructure:"key_file"`
 
 	// MinNodes is the number of settled nodes the coordinator waits for before

@@ -43,6 +43,8 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"min > max", func(c *Config) { c.Cluster.MinNodes, c.Cluster.MaxNodes = 4, 2 }, "cluster.max_nodes: must be >= cluster.min_nodes (4), got 2"},
 		{"settle", func(c *Config) { c.Cluster.Settle = -time.Second }, "cluster.settle: must be >= 0"},
 		{"label", func(c *Config) { c.Cluster.Label = "" }, "cluster.label: must not be empty"},
+		{"checkpoint in output", func(c *Config) { c.Output.Dir, c.Checkpoint.Dir = "/runs/a/model", "/runs/a/model/ckpt" }, "checkpoint.dir: must not be output.dir (/runs/a/model) or inside it"},
+		{"checkpoint is output", func(c *Config) { c.Output.Dir, c.Checkpoint.Dir = "/runs/a", "/runs/a/" }, "checkpoint.dir: must not be output.dir (/runs/a) or inside it"},
 		{"model path", func(c *Config) { c.Model.Path = "" }, "model.path: must be set"},
 		{"task", func(c *Config) { c.Model.Task = "ner" }, `model.task: must be one of classification, regression, causal_lm, got "ner"`},
 		{"init", func(c *Config) { c.Model.Init = "zeros" }, `model.init: must be one of pretrained, random, got "zeros"`},
@@ -315,6 +317,60 @@ func TestEveryKeyHasAFlagAndEnvName(t *testing.T) {
 	for _, k := range keys {
 		if fs.Lookup(k.path) == nil {
 			t.Errorf("no flag for key %s (unsupported field type?)", k.path)
+		}
+	}
+}
+
+// TestDurationNeedsUnit: a bare number for a duration is an error naming the
+// key and its line, not 5ns (settle) or a timeout truncated to 0ms.
+func TestDurationNeedsUnit(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ yaml, want string }{
+		{"cluster:\n  settle: 5\n" + minimal, `:2: cluster.settle: want a duration with a unit (like 5s, 500ms or 2m), got 5`},
+		{minimal + "allreduce:\n  timeout: 60\n", `:10: allreduce.timeout: want a duration with a unit (like 5s, 500ms or 2m), got 60`},
+		{minimal + "allreduce:\n  timeout: 1.5\n", `:10: allreduce.timeout: want a duration with a unit`},
+		{minimal + "allreduce:\n  timeout: 60 s\n", `:10: allreduce.timeout: want a duration with a unit (like 5s, 500ms or 2m), got "60 s"`},
+	} {
+		p := writeFile(t, dir, "c.yaml", tc.yaml)
+		_, err := Load(p, nil)
+		if err == nil || !strings.Contains(err.Error(), p+tc.want) {
+			t.Errorf("%q: got %v, want %q", tc.yaml, err, p+tc.want)
+		}
+	}
+	p := writeFile(t, dir, "c.yaml", "cluster:\n  settle: 0\n"+minimal+"allreduce:\n  timeout: 1m30s\n")
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Cluster.Settle != 0 || c.AllReduce.Timeout != 90*time.Second {
+		t.Errorf("settle %s timeout %s, want 0 and 1m30s", c.Cluster.Settle, c.AllReduce.Timeout)
+	}
+	t.Setenv("RINGTUNE_CLUSTER_SETTLE", "5")
+	if _, err := Load(p, nil); err == nil || !strings.Contains(err.Error(), "cluster.settle") || !strings.Contains(err.Error(), "missing unit") {
+		t.Errorf("RINGTUNE_CLUSTER_SETTLE=5: got %v, want an error naming cluster.settle and the missing unit", err)
+	}
+}
+
+// TestWrongTypeNamesLine: every value of the wrong type is reported with
+// its file, line and key, all at once.
+func TestWrongTypeNamesLine(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "cluster:\n  min_nodes: two\n  label: [a, b]\n"+minimal+
+		"  drop_last: maybe\n  betas: 0.9\n  seed: 1.5\n  epochs: {a: 1}\n")
+	_, err := Load(p, nil)
+	if err == nil {
+		t.Fatal("wrong types accepted")
+	}
+	for _, want := range []string{
+		p + `:2: cluster.min_nodes: want an integer, got "two"`,
+		p + `:3: cluster.label: want a string, got a list`,
+		p + `:12: train.drop_last: want true or false, got "maybe"`,
+		p + `:13: train.betas: want a list of numbers, got 0.9`,
+		p + `:14: train.seed: want an integer, got 1.5`,
+		p + `:15: train.epochs: want an integer, got a mapping`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q\ndoes not contain %q", err, want)
 		}
 	}
 }

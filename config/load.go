@@ -309,9 +309,13 @@ func parseYAML(path string, raw []byte, keys []keyPath) (map[string]any, error) 
 			continue
 		}
 		for j := 0; j+1 < len(vn.Content); j += 2 {
-			ln := vn.Content[j]
+			ln, lv := vn.Content[j], vn.Content[j+1]
 			if !slices.Contains(leaves, ln.Value) {
 				errs = append(errs, fmt.Errorf("config %s:%d: unknown key %q%s", path, ln.Line, kn.Value+"."+ln.Value, hint(kn.Value+"."+ln.Value, prefixed(kn.Value, leaves))))
+				continue
+			}
+			if err := checkType(kn.Value+"."+ln.Value, lv); err != nil {
+				errs = append(errs, fmt.Errorf("config %s:%d: %w", path, lv.Line, err))
 			}
 		}
 	}
@@ -323,6 +327,68 @@ func parseYAML(path string, raw []byte, keys []keyPath) (map[string]any, error) 
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return m, nil
+}
+
+// checkType decodes one leaf value into its field's Go type, so that a
+// wrong type is reported with its line here rather than later, by the
+// decoder, without one. A duration must carry a unit: a bare 5 would
+// otherwise mean 5ns, which nobody writing "settle: 5" means. A bare 0 is
+// accepted, being the same in every unit.
+func checkType(key string, n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil
+	}
+	t := fieldByPath(&Config{}, key).Type()
+	if t == reflect.TypeOf(time.Duration(0)) {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!int" && n.Value == "0" {
+			return nil
+		}
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+			return fmt.Errorf("%s: want a duration with a unit (like 5s, 500ms or 2m), got %s", key, describe(n))
+		}
+		if _, err := time.ParseDuration(n.Value); err != nil {
+			return fmt.Errorf("%s: want a duration with a unit (like 5s, 500ms or 2m), got %q", key, n.Value)
+		}
+		return nil
+	}
+	// yaml.v3 would truncate 1.5 into an integer field.
+	isInt := t.Kind() == reflect.Int || t.Kind() == reflect.Int64
+	if err := n.Decode(reflect.New(t).Interface()); err != nil || (isInt && n.Tag != "!!int") {
+		return fmt.Errorf("%s: want %s, got %s", key, typeName(t), describe(n))
+	}
+	return nil
+}
+
+// typeName says in words what a field of type t takes.
+func typeName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int64:
+		return "an integer"
+	case reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "a list of " + strings.TrimPrefix(typeName(t.Elem()), "a ") + "s"
+	}
+	return t.String()
+}
+
+// describe shows a YAML value in an error: a scalar as written, a list or a
+// mapping by its kind.
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.MappingNode:
+		return "a mapping"
+	}
+	if n.Tag == "!!str" {
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return n.Value
 }
 
 func prefixed(prefix string, names []string) []string {

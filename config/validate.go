@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 )
@@ -173,6 +174,12 @@ func (c *Config) Validate() error {
 	v.hostPort("metrics.address", c.Metrics.Address, false)
 	v.hostPort("metrics.dashboard", c.Metrics.Dashboard, false)
 	v.required("output.dir", c.Output.Dir)
+	if c.Checkpoint.Dir != "" && c.Output.Dir != "" {
+		// The export replaces output.dir as a whole, checkpoints included.
+		if rel, err := filepath.Rel(filepath.Clean(c.Output.Dir), filepath.Clean(c.Checkpoint.Dir)); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+			v.add("checkpoint.dir", "must not be output.dir (%s) or inside it: the final export replaces that directory", c.Output.Dir)
+		}
+	}
 
 	return errors.Join(v.errs...)
 }

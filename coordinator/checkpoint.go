@@ -35,21 +35,24 @@ import (
 const ckptMagic = "RTCKPT1\n"
 
 // ckptHeaderPad is the room reserved for the header JSON.
-const ckptHeaderPad = 512
+const ckptHeaderPad = 4096
 
 type ckptHeader struct {
 	Applied int    `json:"applied"`
 	Bytes   int64  `json:"bytes"`
 	SHA256  string `json:"sha256"`
 	RunSeed int64  `json:"seed"`
+	// Pin records the run the checkpoint belongs to (see RunPin); nil in
+	// checkpoints of older coordinators.
+	Pin *RunPin `json:"pin,omitempty"`
 }
 
 func ckptName(applied int) string { return fmt.Sprintf("step-%09d.ckpt", applied) }
 
 // WriteCheckpoint writes state for applied committed steps into dir and
 // deletes all but the newest keep checkpoints.
-func WriteCheckpoint(dir string, applied int, seed int64, state []byte, keep int) (string, error) {
-	return WriteCheckpointFrom(dir, applied, seed, keep, func(w io.Writer) error {
+func WriteCheckpoint(dir string, applied int, seed int64, pin *RunPin, state []byte, keep int) (string, error) {
+	return WriteCheckpointFrom(dir, applied, seed, pin, keep, func(w io.Writer) error {
 		_, err := w.Write(state)
 		return err
 	})
@@ -61,7 +64,7 @@ func WriteCheckpoint(dir string, applied int, seed int64, state []byte, keep int
 // final name only once fill succeeded and the data is synced; on any error
 // the temporary file is removed and no checkpoint is listed. Then all but
 // the newest keep checkpoints are deleted.
-func WriteCheckpointFrom(dir string, applied int, seed int64, keep int, fill func(w io.Writer) error) (string, error) {
+func WriteCheckpointFrom(dir string, applied int, seed int64, pin *RunPin, keep int, fill func(w io.Writer) error) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("checkpoint.dir: %w", err)
 	}
@@ -92,7 +95,7 @@ func WriteCheckpointFrom(dir string, applied int, seed int64, keep int, fill fun
 	if err := bw.Flush(); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
 	}
-	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: cw.n, SHA256: hex.EncodeToString(h.Sum(nil)), RunSeed: seed})
+	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: cw.n, SHA256: hex.EncodeToString(h.Sum(nil)), RunSeed: seed, Pin: pin})
 	if err != nil {
 		return "", err
 	}
@@ -280,6 +283,9 @@ func (c *Coordinator) loadCheckpoint() error {
 	if err != nil {
 		return badInput(fmt.Errorf("--resume: %w", err))
 	}
+	if err := c.checkPin(ck.Path); err != nil {
+		return err
+	}
 	if ck.Applied > c.total {
 		return badInput(fmt.Errorf("--resume: checkpoint %s is at step %d, beyond the run's %d steps", ck.Path, ck.Applied, c.total))
 	}
@@ -338,7 +344,7 @@ func (c *Coordinator) pullCheckpoint(ctx context.Context, s *session) (path stri
 		}
 		defer cc.Close()
 		var fetchErr error
-		path, err = WriteCheckpointFrom(cfg.Checkpoint.Dir, applied, cfg.Train.Seed, cfg.Checkpoint.Keep, func(w io.Writer) error {
+		path, err = WriteCheckpointFrom(cfg.Checkpoint.Dir, applied, cfg.Train.Seed, c.pin, cfg.Checkpoint.Keep, func(w io.Writer) error {
 			_, fetchErr = bulk.Fetch(tctx, cc, bulk.Request{Kind: bulk.KindState, Step: applied, ChunkBytes: cfg.Cluster.BulkChunkBytes}, w, cfg.Cluster.BulkTimeout, "")
 			return fetchErr
 		})

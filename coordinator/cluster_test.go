@@ -48,13 +48,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// fixtureModelConfig is a valid tiny BERT config.json, which the
+// coordinator checks as the real nodes would load it; the pure-Go test node
+// reads only its vocab_size and trains a bag-of-words model on it.
+const fixtureModelConfig = `{"model_type":"bert","vocab_size":30522,"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":16,"max_position_embeddings":64}`
+
 // newFixture writes a run directory of the pure-Go bag-of-words model;
 // extraTrain adds lines to the train section.
 func newFixture(t *testing.T, label string, minNodes, maxNodes int, extraTrain string) *clustertest.Fixture {
 	t.Helper()
 	return clustertest.NewFixture(t, clustertest.Options{
 		Label: label, MinNodes: minNodes, MaxNodes: maxNodes,
-		ModelConfig: `{"model_type":"bow","vocab_size":30522}`,
+		ModelConfig: fixtureModelConfig,
 		TrainLines:  96, EvalLines: 30,
 		Model: "  task: classification\n  num_labels: 2\n  init: random\n",
 		Train: `  epochs: 2

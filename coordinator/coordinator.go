@@ -35,6 +35,7 @@ import (
 	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
+	"github.com/ringtune/ringtune/model/hfspec"
 )
 
 // Exit codes of the coordinator command (see ExitCode).
@@ -126,6 +127,16 @@ type Coordinator struct {
 	dash     *dashboard // nil without metrics.dashboard
 	progress *progress
 
+	// What New checked (pin.go, dirlock.go).
+	pin     *RunPin
+	params  int64  // parameters the model config implies (hfspec)
+	cfgHash string // SHA-256 of config.json
+	locks   []*dirLock
+	// setupFailed holds the nodes that failed to set up the model before the
+	// first generation, with their errors: when every node fails, the model
+	// or job is bad and waiting for more nodes is pointless.
+	setupFailed map[string]string
+
 	mu sync.Mutex // guards sessions for the gRPC handlers
 	ml *memberlist.Memberlist
 }
@@ -149,7 +160,7 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	c := &Coordinator{cfg: cfg, opts: opts, log: opts.Log, task: data.Task(cfg.Model.Task)}
 	if cfg.Cluster.KeyFile == "" {
-		return nil, badInput(errors.New("cluster.key_file: required: nodes authenticate with it (create one with `coordinator keygen FILE`)"))
+		return nil, badInput(errors.New("cluster.key_file: required: nodes authenticate with it (create one with `coordinator keygen cluster.key` and copy it to every node host)"))
 	}
 	key, err := auth.LoadKeyFile(cfg.Cluster.KeyFile)
 	if err != nil {
@@ -179,8 +190,20 @@ func New(opts Options) (*Coordinator, error) {
 		TotalSteps: c.total, Files: c.files, ChunkBytes: cfg.AllReduce.ChunkBytes, Wire: cfg.AllReduce.Wire, TimeoutMS: cfg.AllReduce.Timeout.Milliseconds(),
 		Transport: cfg.AllReduce.Transport, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
 	}
+	tokHash, err := hashFiles(tokenizerFiles(c.tok)...)
+	if err != nil {
+		return nil, badInput(fmt.Errorf("data.tokenizer: %w", err))
+	}
+	c.pin = &RunPin{Data: hashEncoded(c.train), Examples: len(c.train), Seed: t.Seed, GlobalBatch: t.GlobalBatch, DropLast: t.DropLast,
+		Epochs: t.Epochs, MaxSteps: t.MaxSteps, Task: cfg.Model.Task, NumLabels: cfg.Model.NumLabels, Optimizer: t.Optimizer,
+		ModelConfig: c.cfgHash, Params: c.params, Tokenizer: tokHash}
+	// Lock last: bad input found above creates no directory.
+	if err := c.lockDirs(); err != nil {
+		return nil, badInput(err)
+	}
 	if opts.Resume {
 		if err := c.loadCheckpoint(); err != nil {
+			c.Close()
 			return nil, err
 		}
 	}
@@ -213,9 +236,19 @@ func (c *Coordinator) loadModelDir() error {
 		c.files = append(c.files, control.FileInfo{Name: e.Name(), Size: n, SHA256: h})
 		c.paths[h] = p
 	}
-	if !slices.ContainsFunc(c.files, func(f control.FileInfo) bool { return f.Name == "config.json" }) {
+	i := slices.IndexFunc(c.files, func(f control.FileInfo) bool { return f.Name == "config.json" })
+	if i < 0 {
 		return fmt.Errorf("model.path: %s has no config.json; give a Hugging Face model directory", dir)
 	}
+	c.cfgHash = c.files[i].SHA256
+	// Check the model as the nodes will load it, so that a broken one is
+	// bad input now rather than a failure on every node after the wait.
+	m := c.cfg.Model
+	chk, err := hfspec.CheckDir(dir, data.Task(m.Task), m.NumLabels, m.Init)
+	if err != nil {
+		return fmt.Errorf("model.path: %w", err)
+	}
+	c.params = chk.Layout.Numel()
 	return nil
 }
 
@@ -253,6 +286,7 @@ func (s *session) send(m *control.Msg) {
 // Run trains to the end. ctx cancellation stops the run (nodes are told to
 // leave) and returns context.Canceled.
 func (c *Coordinator) Run(ctx context.Context) (err error) {
+	defer c.Close()
 	cfg := c.cfg.Cluster
 	c.events = make(chan event, 1024)
 	c.sessions = map[string]*session{}
@@ -555,6 +589,7 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		if m.Type == control.TypeFailed && m.Gen == 0 {
 			// The node could not set up or failed outside a generation.
 			c.log.Error("node failed", "node", s.id, "err", m.Error)
+			c.onSetupFailed(s, m.Error)
 			return nil
 		}
 		if c.round == nil {
@@ -601,6 +636,35 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		return fmt.Errorf("unexpected message type %q", m.Type)
 	}
 	return nil
+}
+
+// onSetupFailed records a node's failure to set up the model. Before the
+// first generation, once min_nodes nodes have failed and no connected node
+// is left that might still succeed, the run ends as bad input (exit 2): the
+// nodes all received the same model and job, so they would all fail again.
+func (c *Coordinator) onSetupFailed(s *session, why string) {
+	if c.gen > 0 {
+		return
+	}
+	if c.setupFailed == nil {
+		c.setupFailed = map[string]string{}
+	}
+	c.setupFailed[s.id] = why
+	if len(c.setupFailed) < c.cfg.Cluster.MinNodes {
+		return
+	}
+	for id, o := range c.sessions {
+		if _, failed := c.setupFailed[id]; !failed && !o.gone {
+			return
+		}
+	}
+	ids := make([]string, 0, len(c.setupFailed))
+	for id := range c.setupFailed {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	c.fatal = badInput(fmt.Errorf("every node failed to set up the model (%d: %s); check model.path and the job settings. Node %s: %s",
+		len(ids), strings.Join(ids, ", "), ids[0], c.setupFailed[ids[0]]))
 }
 
 func checkExportName(n string) error {

@@ -220,7 +220,7 @@ func TestCheckpointRoundTripAndCorruption(t *testing.T) {
 	dir := t.TempDir()
 	st := control.EncodeState([]float32{1, 2, 3}, []float32{4}, 7)
 	for _, a := range []int{5, 10, 15} {
-		if _, err := WriteCheckpoint(dir, a, 1, st, 2); err != nil {
+		if _, err := WriteCheckpoint(dir, a, 1, nil, st, 2); err != nil {
 			t.Fatal(err)
 		}
 	}

