@@ -24,12 +24,13 @@ var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "specia
 
 // weightSource is a checkpoint's tensors, however stored.
 type weightSource struct {
-	files  string // for errors not tied to one tensor
-	names  []string
-	shape  func(name string) []int64
-	read   func(name string) ([]float32, error)
-	fileOf func(name string) string
-	close  func() error
+	files string // for errors not tied to one tensor
+	names []string
+	shape func(name string) []int64
+	// readInto decodes a tensor into dst (exactly its size).
+	readInto func(name string, dst []float32) error
+	fileOf   func(name string) string
+	close    func() error
 }
 
 func openWeights(dir string) (*weightSource, error) {
@@ -43,10 +44,10 @@ func openWeights(dir string) (*weightSource, error) {
 			return nil, err
 		}
 		return &weightSource{
-			files: strings.Join(c.Files(), ", "),
-			names: c.Names(),
-			shape: func(n string) []int64 { i, _ := c.Info(n); return i.Shape },
-			read:  c.Float32s, fileOf: c.FileOf, close: c.Close,
+			files:    strings.Join(c.Files(), ", "),
+			names:    c.Names(),
+			shape:    func(n string) []int64 { i, _ := c.Info(n); return i.Shape },
+			readInto: c.Float32sInto, fileOf: c.FileOf, close: c.Close,
 		}, nil
 	case exists(bin):
 		ts, err := safetensors.ReadTorchBin(bin)
@@ -60,10 +61,14 @@ func openWeights(dir string) (*weightSource, error) {
 			names = append(names, t.Name)
 		}
 		return &weightSource{
-			files:  bin,
-			names:  names,
-			shape:  func(n string) []int64 { return byName[n].Shape },
-			read:   func(n string) ([]float32, error) { return byName[n].Float32s() },
+			files: bin,
+			names: names,
+			shape: func(n string) []int64 { return byName[n].Shape },
+			readInto: func(n string, dst []float32) error {
+				v, err := byName[n].Float32s()
+				copy(dst, v)
+				return err
+			},
 			fileOf: func(string) string { return bin },
 			close:  func() error { return nil },
 		}, nil
@@ -112,7 +117,14 @@ func (m *Model) loadWeights() error {
 	}
 	used := map[string]bool{}
 	var missing []string
-	host := make([]float32, m.params.Numel)
+	// On CPU every tensor is decoded from the mapped file straight into its
+	// place in the parameter block; on CUDA into one host block, copied to
+	// the device once.
+	host := m.params.ParamSlice()
+	direct := host != nil
+	if !direct {
+		host = make([]float32, m.params.Numel)
+	}
 	for i, sp := range m.params.Specs {
 		name := ckptName(sp.Name)
 		if !have[name] {
@@ -128,11 +140,10 @@ func (m *Model) loadWeights() error {
 			return fmt.Errorf("load model %s: tensor %q in %s has shape %v, but config.json implies %v for %s",
 				m.dir, name, where(name), got, sp.Shape, m.lay.class)
 		}
-		v, err := src.read(name)
-		if err != nil {
+		dst := host[m.params.Offsets[i]:][:numel(sp.Shape)]
+		if err := src.readInto(name, dst); err != nil {
 			return fmt.Errorf("load model %s: tensor %q in %s: %w", m.dir, name, where(name), err)
 		}
-		copy(host[m.params.Offsets[i]:], v)
 	}
 	for _, n := range src.names {
 		if !used[n] && !m.lay.ignorable(m.cfg, n) {
@@ -140,7 +151,7 @@ func (m *Model) loadWeights() error {
 				m.dir, where(n), n, m.lay.class)
 		}
 	}
-	if m.params.Numel > 0 {
+	if !direct && m.params.Numel > 0 {
 		if err := m.params.SetParamsFrom(host); err != nil {
 			return fmt.Errorf("load model %s: %w", m.dir, err)
 		}
@@ -167,14 +178,19 @@ func (m *Model) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
-	host := make([]float32, m.params.Numel)
-	if err := m.CopyParamsTo(host); err != nil {
-		return fmt.Errorf("save model %s: %w", dir, err)
+	// On CPU the file is written straight from the parameter block (the
+	// tensors alias it); on CUDA from one host copy.
+	host := m.params.ParamSlice()
+	if host == nil {
+		host = make([]float32, m.params.Numel)
+		if err := m.CopyParamsTo(host); err != nil {
+			return fmt.Errorf("save model %s: %w", dir, err)
+		}
 	}
 	ts := make([]safetensors.Tensor, len(m.params.Specs))
 	for i, sp := range m.params.Specs {
 		n := numel(sp.Shape)
-		ts[i] = safetensors.FromFloat32(sp.Name, sp.Shape, host[m.params.Offsets[i]:][:n])
+		ts[i] = safetensors.Float32View(sp.Name, sp.Shape, host[m.params.Offsets[i]:][:n])
 	}
 	if _, err := safetensors.WriteDir(dir, ts, map[string]string{"format": "pt"}, 0); err != nil {
 		return fmt.Errorf("save model: %w", err)
