@@ -1,7 +1,10 @@
 // Command torchbench measures the torch layer: "leak" (RSS and C-heap growth
 // over many op calls and training steps, against the same op calls through
-// gotch's own tensor API) and "step" (the tiny model's training-step time;
-// scripts/bench/step.sh times the PyTorch peer). It prints JSON on stdout.
+// gotch's own tensor API), "step" (the tiny model's training-step time;
+// scripts/bench/step.sh times the PyTorch peer) and "adamw" (one optimizer
+// step over flat blocks of -numel parameters: scale by 1/count, clip, AdamW,
+// zero-grad, as a node applies a step; scripts/bench/adamw_torch.py times
+// torch.optim.AdamW on the same size). It prints JSON on stdout.
 package main
 
 /*
@@ -35,12 +38,15 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "step", "leak or step")
+	mode := flag.String("mode", "step", "leak, step or adamw")
 	ops := flag.Int("ops", 100000, "leak: op calls")
 	steps := flag.Int("steps", 2000, "training steps")
 	warmup := flag.Int("warmup", 0, "steps (or op calls) before the baseline; default 10%")
 	cfgJSON := flag.String("cfg", "", "step: model config as JSON (see scripts/bench/step.sh)")
 	gotchOps := flag.Bool("gotch", false, "leak: run the op calls through gotch's ts API instead")
+	numel := flag.Int64("numel", 124_439_808, "adamw: parameters (default GPT-2 124M's)")
+	maxNorm := flag.Float64("max-norm", 1, "adamw: gradient clipping norm, 0 off")
+	separate := flag.Bool("separate", false, "adamw: time the separate whole-block ops (scale, clip, AdamW, zero) instead of the fused step")
 	flag.Parse()
 	th := torch.NewThread()
 	defer th.Close()
@@ -62,8 +68,10 @@ func main() {
 			}
 		case "step":
 			out, err = step(*cfgJSON, *steps, *warmup)
+		case "adamw":
+			out, err = adamw(*numel, *steps, *warmup, *maxNorm, *separate)
 		default:
-			err = fmt.Errorf("unknown -mode %q (want leak or step)", *mode)
+			err = fmt.Errorf("unknown -mode %q (want leak, step or adamw)", *mode)
 		}
 		return err
 	})
@@ -373,4 +381,84 @@ func step(cfgJSON string, steps, warmup int) (*stepResult, error) {
 	}
 	sort.Float64s(times)
 	return &stepResult{MedianMS: times[len(times)/2], MeanMS: sum / float64(len(times)), RSSGrowthPct: pct(r0, r1)}, nil
+}
+
+type adamwResult struct {
+	Numel            int64
+	Steps            int
+	Fused            bool
+	MaxNorm          float64
+	MedianMS, MeanMS float64
+	MinMS, MaxMS     float64
+}
+
+// adamw times the optimizer step a node runs after the all-reduce, over
+// blocks of numel parameters (90% with weight decay, as in GPT-2). The
+// gradient is refilled from a fixed random buffer before each step,
+// outside the timed region.
+func adamw(numel int64, steps, warmup int, maxNorm float64, separate bool) (*adamwResult, error) {
+	dec := numel * 9 / 10
+	p, err := torch.NewParams([]torch.ParamSpec{{Name: "w", Shape: []int64{dec}, Decay: true},
+		{Name: "b", Shape: []int64{numel - dec}}}, torch.CPU)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Free()
+	opt, err := torch.NewAdamW(p, torch.DefaultAdamW())
+	if err != nil {
+		return nil, err
+	}
+	defer opt.Free()
+	rng := rand.New(rand.NewPCG(1, 2))
+	w := p.ParamSlice()
+	grads := make([]float32, numel)
+	for i := range grads {
+		w[i] = float32(rng.NormFloat64() * 0.02)
+		grads[i] = float32(rng.NormFloat64() * 0.5) // a sum over 8 samples: clipping is active
+	}
+	const count = 8
+	var ms []float64
+	for i := range warmup + steps {
+		if err := p.SetGradFrom(grads); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		if separate {
+			err = separateStep(p, opt, 1.0/count, maxNorm)
+		} else {
+			_, err = opt.ApplyScaled(1e-4, 1.0/count, maxNorm)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if i >= warmup {
+			ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+		}
+	}
+	sort.Float64s(ms)
+	var sum float64
+	for _, x := range ms {
+		sum += x
+	}
+	return &adamwResult{Numel: numel, Steps: steps, Fused: !separate, MaxNorm: maxNorm,
+		MedianMS: ms[len(ms)/2], MeanMS: sum / float64(len(ms)), MinMS: ms[0], MaxMS: ms[len(ms)-1]}, nil
+}
+
+// separateStep is the step as whole-block libtorch ops, as a node ran it
+// before the fused kernel handled clipping.
+func separateStep(p *torch.Params, opt *torch.AdamW, scale, maxNorm float64) error {
+	s := torch.NewScope()
+	defer s.Close()
+	g := p.Grad()
+	s.Copy_(g, s.MulScalar(g, scale))
+	if err := s.Err(); err != nil {
+		return err
+	}
+	if _, err := p.ClipGradNorm(maxNorm); err != nil {
+		return err
+	}
+	if err := opt.Apply(1e-4); err != nil {
+		return err
+	}
+	return p.ZeroGrad()
 }

@@ -42,23 +42,29 @@ func (m *Model) loadWeights() error {
 	for _, n := range match.Missing {
 		missing[n] = true
 	}
-	host := make([]float32, m.params.Numel)
+	// On CPU every tensor is decoded from the mapped file straight into its
+	// place in the parameter block; on CUDA into one host block, copied to
+	// the device once.
+	host := m.params.ParamSlice()
+	direct := host != nil
+	if !direct {
+		host = make([]float32, m.params.Numel)
+	}
 	for i, sp := range m.params.Specs {
 		if missing[sp.Name] {
 			continue
 		}
 		name := match.Name(sp.Name)
-		v, err := src.Read(name)
-		if err != nil {
+		dst := host[m.params.Offsets[i]:][:numel(sp.Shape)]
+		if err := src.ReadInto(name, dst); err != nil {
 			where := src.FileOf(name)
 			if where == "" {
 				where = src.Files
 			}
 			return fmt.Errorf("load model %s: tensor %q in %s: %w", m.dir, name, where, err)
 		}
-		copy(host[m.params.Offsets[i]:], v)
 	}
-	if m.params.Numel > 0 {
+	if !direct && m.params.Numel > 0 {
 		if err := m.params.SetParamsFrom(host); err != nil {
 			return fmt.Errorf("load model %s: %w", m.dir, err)
 		}
@@ -81,14 +87,19 @@ func (m *Model) Save(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}
-	host := make([]float32, m.params.Numel)
-	if err := m.CopyParamsTo(host); err != nil {
-		return fmt.Errorf("save model %s: %w", dir, err)
+	// On CPU the file is written straight from the parameter block (the
+	// tensors alias it); on CUDA from one host copy.
+	host := m.params.ParamSlice()
+	if host == nil {
+		host = make([]float32, m.params.Numel)
+		if err := m.CopyParamsTo(host); err != nil {
+			return fmt.Errorf("save model %s: %w", dir, err)
+		}
 	}
 	ts := make([]safetensors.Tensor, len(m.params.Specs))
 	for i, sp := range m.params.Specs {
 		n := numel(sp.Shape)
-		ts[i] = safetensors.FromFloat32(sp.Name, sp.Shape, host[m.params.Offsets[i]:][:n])
+		ts[i] = safetensors.Float32View(sp.Name, sp.Shape, host[m.params.Offsets[i]:][:n])
 	}
 	if _, err := safetensors.WriteDir(dir, ts, map[string]string{"format": "pt"}, 0); err != nil {
 		return fmt.Errorf("save model: %w", err)

@@ -19,12 +19,14 @@ const BinFileName = "pytorch_model.bin"
 // every file's structure (a truncated or corrupt file fails here, naming
 // it); Read decodes one tensor.
 type Weights struct {
-	Files  string // the files, for errors not tied to one tensor
-	Names  []string
-	Shape  func(name string) []int64
-	Read   func(name string) ([]float32, error)
-	FileOf func(name string) string
-	Close  func() error
+	Files string // the files, for errors not tied to one tensor
+	Names []string
+	Shape func(name string) []int64
+	// ReadInto decodes a tensor into dst (exactly its size): from a
+	// mapped file, without an intermediate copy, for safetensors.
+	ReadInto func(name string, dst []float32) error
+	FileOf   func(name string) string
+	Close    func() error
 }
 
 // OpenWeights opens dir's weights: model.safetensors, a sharded
@@ -41,10 +43,10 @@ func OpenWeights(dir string) (*Weights, error) {
 			return nil, err
 		}
 		return &Weights{
-			Files: strings.Join(c.Files(), ", "),
-			Names: c.Names(),
-			Shape: func(n string) []int64 { i, _ := c.Info(n); return i.Shape },
-			Read:  c.Float32s, FileOf: c.FileOf, Close: c.Close,
+			Files:    strings.Join(c.Files(), ", "),
+			Names:    c.Names(),
+			Shape:    func(n string) []int64 { i, _ := c.Info(n); return i.Shape },
+			ReadInto: c.Float32sInto, FileOf: c.FileOf, Close: c.Close,
 		}, nil
 	case exists(bin):
 		ts, err := safetensors.ReadTorchBin(bin)
@@ -58,10 +60,14 @@ func OpenWeights(dir string) (*Weights, error) {
 			names = append(names, t.Name)
 		}
 		return &Weights{
-			Files:  bin,
-			Names:  names,
-			Shape:  func(n string) []int64 { return byName[n].Shape },
-			Read:   func(n string) ([]float32, error) { return byName[n].Float32s() },
+			Files: bin,
+			Names: names,
+			Shape: func(n string) []int64 { return byName[n].Shape },
+			ReadInto: func(n string, dst []float32) error {
+				v, err := byName[n].Float32s()
+				copy(dst, v)
+				return err
+			},
 			FileOf: func(string) string { return bin },
 			Close:  func() error { return nil },
 		}, nil

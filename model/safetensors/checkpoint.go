@@ -202,6 +202,15 @@ func (c *Checkpoint) Float32s(name string) ([]float32, error) {
 	return f.Float32s(name)
 }
 
+// Float32sInto decodes a tensor into dst; see File.Float32sInto.
+func (c *Checkpoint) Float32sInto(name string, dst []float32) error {
+	f, err := c.file(name)
+	if err != nil {
+		return err
+	}
+	return f.Float32sInto(name, dst)
+}
+
 // Int64s returns an integer tensor widened to int64; see File.Int64s.
 func (c *Checkpoint) Int64s(name string) ([]int64, error) {
 	f, err := c.file(name)

@@ -13,6 +13,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
+	"unsafe"
 )
 
 // DType is a safetensors element type, spelled as in the file header.
@@ -90,35 +92,62 @@ func bf16ToF32(b uint16) float32 {
 // decodeFloat32s converts little-endian elements of dtype d to float32.
 // F64 is rounded to nearest; the half-width types convert exactly.
 func decodeFloat32s(d DType, b []byte) ([]float32, error) {
+	if d.Size() == 0 {
+		return nil, fmt.Errorf("dtype %s is not a floating-point type; read it with Tensor (raw bytes) or Int64s", d)
+	}
+	out := make([]float32, len(b)/d.Size())
+	if err := decodeFloat32sInto(d, b, out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// decodeFloat32sInto is decodeFloat32s into dst, which must have exactly
+// the tensor's number of elements: a model loads each tensor straight into
+// its place in the parameter block, with no copy of the tensor in between.
+func decodeFloat32sInto(d DType, b []byte, dst []float32) error {
+	if sz := d.Size(); sz > 0 && len(b) != sz*len(dst) {
+		return fmt.Errorf("%d bytes of %s into %d elements", len(b), d, len(dst))
+	}
 	le := binary.LittleEndian
 	switch d {
 	case F32:
-		out := make([]float32, len(b)/4)
-		for i := range out {
-			out[i] = math.Float32frombits(le.Uint32(b[4*i:]))
+		if littleEndianHost {
+			// A byte copy: a tensor's offset in the file need not be
+			// 4-aligned.
+			if len(dst) > 0 {
+				copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(dst))), 4*len(dst)), b)
+			}
+			return nil
 		}
-		return out, nil
+		for i := range dst {
+			dst[i] = math.Float32frombits(le.Uint32(b[4*i:]))
+		}
 	case F16:
-		out := make([]float32, len(b)/2)
-		for i := range out {
-			out[i] = f16ToF32(le.Uint16(b[2*i:]))
+		for i := range dst {
+			dst[i] = f16ToF32(le.Uint16(b[2*i:]))
 		}
-		return out, nil
 	case BF16:
-		out := make([]float32, len(b)/2)
-		for i := range out {
-			out[i] = bf16ToF32(le.Uint16(b[2*i:]))
+		for i := range dst {
+			dst[i] = bf16ToF32(le.Uint16(b[2*i:]))
 		}
-		return out, nil
 	case F64:
-		out := make([]float32, len(b)/8)
-		for i := range out {
-			out[i] = float32(math.Float64frombits(le.Uint64(b[8*i:])))
+		for i := range dst {
+			dst[i] = float32(math.Float64frombits(le.Uint64(b[8*i:])))
 		}
-		return out, nil
+	default:
+		return fmt.Errorf("dtype %s is not a floating-point type; read it with Tensor (raw bytes) or Int64s", d)
 	}
-	return nil, fmt.Errorf("dtype %s is not a floating-point type; read it with Tensor (raw bytes) or Int64s", d)
+	return nil
 }
+
+// littleEndianHost is true where a float32's in-memory bytes are already
+// safetensors' little-endian encoding, so F32 data can be copied or
+// aliased as it is.
+var littleEndianHost = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
 
 // decodeInt64s widens little-endian integer elements of dtype d to int64.
 func decodeInt64s(d DType, b []byte) ([]int64, error) {
@@ -162,6 +191,21 @@ func decodeInt64s(d DType, b []byte) ([]int64, error) {
 		return nil, fmt.Errorf("dtype %s cannot be read as int64; read it with Tensor (raw bytes)", d)
 	}
 	return out, nil
+}
+
+// Float32View is an F32 tensor whose Data aliases values on a
+// little-endian host (no copy: Save writes a model's parameter block
+// straight from libtorch's memory), and is a copy elsewhere. values must
+// not change until the tensor has been written.
+func Float32View(name string, shape []int64, values []float32) Tensor {
+	if !littleEndianHost {
+		return FromFloat32(name, shape, values)
+	}
+	var data []byte
+	if len(values) > 0 {
+		data = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(values))), 4*len(values))
+	}
+	return Tensor{Name: name, DType: F32, Shape: slices.Clone(shape), Data: data}
 }
 
 // Float32Bytes encodes values as little-endian F32 bytes, the layout Write

@@ -107,6 +107,20 @@ func (f *File) Float32s(name string) ([]float32, error) {
 	return v, nil
 }
 
+// Float32sInto is Float32s into dst, which must hold exactly the tensor's
+// elements: it decodes from the mapped file straight into dst, so loading a
+// model costs no copy of its weights besides the parameter block itself.
+func (f *File) Float32sInto(name string, dst []float32) error {
+	t, err := f.Tensor(name)
+	if err != nil {
+		return err
+	}
+	if err := decodeFloat32sInto(t.DType, t.Data, dst); err != nil {
+		return fmt.Errorf("safetensors %s: tensor %q: %w", f.path, name, err)
+	}
+	return nil
+}
+
 // Int64s returns an integer or BOOL tensor's elements widened to int64.
 func (f *File) Int64s(name string) ([]int64, error) {
 	t, err := f.Tensor(name)

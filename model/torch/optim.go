@@ -61,18 +61,20 @@ func (o *AdamW) Apply(lr float64) error {
 	return nil
 }
 
-// ApplyScaled is Apply on the gradient multiplied by gscale, and it zeroes
-// the gradient afterwards, all in one pass over the blocks on CPU (see
-// rt_adamw_step): the node's per-step scale by 1/global count, update and
-// zero-grad cost one memory sweep instead of about twenty. It returns the
-// L2 norm of the scaled gradient.
-func (o *AdamW) ApplyScaled(lr, gscale float64) (float64, error) {
+// ApplyScaled is Apply on the gradient multiplied by gscale and, when
+// maxNorm > 0, clipped to global L2 norm maxNorm as
+// torch.nn.utils.clip_grad_norm_ does; it zeroes the gradient afterwards.
+// On CPU that is one pass over the blocks (two with clipping, whose norm is
+// needed before the update; see rt_adamw_step) instead of about
+// twenty-five. It returns the L2 norm of the scaled gradient before
+// clipping.
+func (o *AdamW) ApplyScaled(lr, gscale, maxNorm float64) (float64, error) {
 	o.Step++
 	c := o.Config
 	var sumsq C.double
 	err := cErr(C.rt_adamw_step(C.rt_tensor(o.p.flat.c), C.rt_tensor(o.p.grad.c), C.rt_tensor(o.m.c),
-		C.rt_tensor(o.v.c), C.int64_t(o.p.DecayNumel), C.double(gscale), C.double(lr), C.double(c.Beta1),
-		C.double(c.Beta2), C.double(c.Eps), C.double(c.WeightDecay), C.int64_t(o.Step), &sumsq))
+		C.rt_tensor(o.v.c), C.int64_t(o.p.DecayNumel), C.double(gscale), C.double(maxNorm), C.double(lr),
+		C.double(c.Beta1), C.double(c.Beta2), C.double(c.Eps), C.double(c.WeightDecay), C.int64_t(o.Step), &sumsq))
 	if err != nil {
 		o.Step--
 		return 0, fmt.Errorf("adamw step %d: %w", o.Step+1, err)

@@ -1,5 +1,6 @@
 // rt.cpp: see rt.h. Built against whichever libtorch scripts/env.sh selects.
 #include "rt.h"
+#include "fused.h"
 
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -147,35 +148,6 @@ char *rt_adamw(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tensor exp
 
 namespace {
 
-// One block of the fused AdamW step: element by element the same float
-// operations as rt_adamw's tensor ops (the gradient first multiplied by
-// gscale), but in one pass over the four arrays instead of about twenty
-// passes and three temporaries. The step is memory-bound, so this is what
-// makes it fast. The gradient is zeroed as it is consumed and its squares
-// (after scaling) are summed in double for the reported norm. O3 and
-// no-math-errno let GCC vectorize sqrt and the division.
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("O3", "no-math-errno")))
-#endif
-double adamw_block(float *__restrict p, float *__restrict g, float *__restrict m,
-                   float *__restrict v, int64_t n, bool decay, float decay_mul, float gscale,
-                   float b1, float one_minus_b1, float b2, float one_minus_b2, float bc2_sqrt,
-                   float eps, float neg_step_size) {
-  double sumsq = 0;
-  for (int64_t i = 0; i < n; i++) {
-    float gi = g[i] * gscale;
-    sumsq += static_cast<double>(gi) * gi;
-    float pi = decay ? p[i] * decay_mul : p[i];
-    float mi = m[i] * b1 + one_minus_b1 * gi;
-    float vi = v[i] * b2 + one_minus_b2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = pi + neg_step_size * (mi / (std::sqrt(vi) / bc2_sqrt + eps));
-    g[i] = 0;
-  }
-  return sumsq;
-}
-
 bool fusable(std::initializer_list<const at::Tensor *> ts, int64_t n) {
   for (const at::Tensor *t : ts) {
     if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || !t->is_contiguous() ||
@@ -186,11 +158,34 @@ bool fusable(std::initializer_list<const at::Tensor *> ts, int64_t n) {
   return true;
 }
 
+// Blocks of the fused step: fixed size, so that sums over them, added in
+// block order, do not depend on the number of threads; 64Ki floats keep a
+// block of each array in L2 between the norm and the update loop.
+constexpr int64_t kBlock = 1 << 16;
+
+// Sum of squares of g*gscale over the whole block, in double.
+double sumsq_blocks(const float *g, int64_t n, float gscale) {
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
+  std::vector<double> partial(nblocks, 0.0);
+  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; b++) {
+      const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+      partial[b] = rt_fused::sumsq_scaled(g + lo, hi - lo, gscale);
+    }
+  });
+  double total = 0;
+  for (double x : partial) {
+    total += x;
+  }
+  return total;
+}
+
 } // namespace
 
 char *rt_adamw_step(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tensor exp_avg_sq,
-                    int64_t decay_numel, double gscale, double lr, double beta1, double beta2,
-                    double eps, double weight_decay, int64_t step, double *grad_sumsq) {
+                    int64_t decay_numel, double gscale, double max_norm, double lr, double beta1,
+                    double beta2, double eps, double weight_decay, int64_t step,
+                    double *grad_sumsq) {
   return guard([&] {
     at::NoGradGuard no_grad;
     at::Tensor &p = T(param), &g = T(grad), &m = T(exp_avg), &v = T(exp_avg_sq);
@@ -201,7 +196,12 @@ char *rt_adamw_step(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tenso
     if (!fusable({&p, &g, &m, &v}, n)) {
       // CUDA (or an unusual layout): the same step in libtorch ops.
       g.mul_(gscale);
-      *grad_sumsq = g.pow(2).sum().item<double>();
+      const double sumsq = g.pow(2).sum().item<double>();
+      *grad_sumsq = sumsq;
+      if (max_norm > 0) {
+        // torch.nn.utils.clip_grad_norm_: multiply by min(1, coef).
+        g.mul_(std::min(1.0, max_norm / (std::sqrt(sumsq) + 1e-6)));
+      }
       if (decay) {
         p.narrow(0, 0, decay_numel).mul_(1 - lr * weight_decay);
       }
@@ -214,38 +214,51 @@ char *rt_adamw_step(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tenso
     }
     float *pp = p.data_ptr<float>(), *gp = g.data_ptr<float>(), *mp = m.data_ptr<float>(),
           *vp = v.data_ptr<float>();
-    // Fixed blocks, summed in order afterwards, so that the reported norm
-    // does not depend on the number of threads.
-    constexpr int64_t kBlock = 1 << 16;
+    const float fscale = static_cast<float>(gscale);
+    // The norm of the scaled gradient. Clipping needs it before the
+    // update, so it is its own (read-only) pass; otherwise it is only
+    // reported, and each block's sum is taken just before that block's
+    // update, while the block is in cache.
+    double clip = 1;
+    if (max_norm > 0) {
+      const double sumsq = sumsq_blocks(gp, n, fscale);
+      *grad_sumsq = sumsq;
+      clip = std::min(1.0, max_norm / (std::sqrt(sumsq) + 1e-6));
+    }
     const int64_t nblocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> partial(nblocks, 0.0);
-    const float decay_mul = static_cast<float>(1 - lr * weight_decay);
-    at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; b++) {
+    std::vector<double> partial(max_norm > 0 ? 0 : nblocks, 0.0);
+    const float decay_mul = decay ? static_cast<float>(1 - lr * weight_decay) : 1.0f;
+    const float fclip = static_cast<float>(clip), b1 = static_cast<float>(beta1),
+                omb1 = static_cast<float>(1 - beta1), b2 = static_cast<float>(beta2),
+                omb2 = static_cast<float>(1 - beta2),
+                bc2s = static_cast<float>(std::sqrt(bc2)), feps = static_cast<float>(eps),
+                nss = static_cast<float>(-lr / bc1);
+    at::parallel_for(0, nblocks, 1, [&](int64_t blo, int64_t bhi) {
+      for (int64_t b = blo; b < bhi; b++) {
         const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
-        // Split a block at decay_numel so that the loop body has no branch
-        // on the index.
+        if (max_norm <= 0) {
+          partial[b] = rt_fused::sumsq_scaled(gp + lo, hi - lo, fscale);
+        }
+        // Split a block at decay_numel: the decayed prefix multiplies p by
+        // decay_mul, the rest by 1 (exact in float).
         const int64_t mid = decay ? std::min(std::max(decay_numel, lo), hi) : lo;
-        double s = 0;
-        auto run = [&](int64_t a, int64_t e, bool d) {
-          if (e > a) {
-            s += adamw_block(pp + a, gp + a, mp + a, vp + a, e - a, d, decay_mul,
-                             static_cast<float>(gscale), static_cast<float>(beta1),
-                             static_cast<float>(1 - beta1), static_cast<float>(beta2),
-                             static_cast<float>(1 - beta2), static_cast<float>(std::sqrt(bc2)),
-                             static_cast<float>(eps), static_cast<float>(-lr / bc1));
-          }
-        };
-        run(lo, mid, true);
-        run(mid, hi, false);
-        partial[b] = s;
+        if (mid > lo) {
+          rt_fused::adamw(pp + lo, gp + lo, mp + lo, vp + lo, mid - lo, fscale, fclip, decay_mul,
+                          b1, omb1, b2, omb2, bc2s, feps, nss);
+        }
+        if (hi > mid) {
+          rt_fused::adamw(pp + mid, gp + mid, mp + mid, vp + mid, hi - mid, fscale, fclip, 1.0f,
+                          b1, omb1, b2, omb2, bc2s, feps, nss);
+        }
       }
     });
-    double total = 0;
-    for (double x : partial) {
-      total += x;
+    if (max_norm <= 0) {
+      double total = 0;
+      for (double x : partial) {
+        total += x;
+      }
+      *grad_sumsq = total;
     }
-    *grad_sumsq = total;
   });
 }
 

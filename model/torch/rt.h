@@ -34,13 +34,16 @@ char *rt_from_host(rt_tensor t, const void *src, int64_t nbytes);
 char *rt_adamw(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tensor exp_avg_sq,
                int64_t decay_numel, double lr, double beta1, double beta2, double eps,
                double weight_decay, int64_t step);
-// One whole AdamW step on flat blocks, as rt_adamw after grad *= gscale,
-// then zeroing grad: on CPU float32 blocks a single fused pass (the
-// multi-op form is memory-bound and about 3x slower). Stores the sum of
-// squares of the scaled gradient in *grad_sumsq.
+// One whole AdamW step on flat blocks: grad *= gscale; when max_norm > 0,
+// clip grad to global L2 norm max_norm (torch.nn.utils.clip_grad_norm_);
+// rt_adamw's update; grad = 0. On CPU float32 blocks that is one fused pass
+// (two with clipping: the norm must be known before the update) instead of
+// about twenty-five passes and three temporaries. Stores the sum of squares
+// of the scaled gradient, before clipping, in *grad_sumsq.
 char *rt_adamw_step(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tensor exp_avg_sq,
-                    int64_t decay_numel, double gscale, double lr, double beta1, double beta2,
-                    double eps, double weight_decay, int64_t step, double *grad_sumsq);
+                    int64_t decay_numel, double gscale, double max_norm, double lr, double beta1,
+                    double beta2, double eps, double weight_decay, int64_t step,
+                    double *grad_sumsq);
 // SGD with torch.optim.SGD's semantics (momentum, dampening 0, coupled
 // weight decay on the first decay_numel elements, optional Nesterov).
 char *rt_sgd(rt_tensor param, rt_tensor grad, rt_tensor momentum_buf, int64_t decay_numel,

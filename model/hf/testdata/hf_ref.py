@@ -21,6 +21,14 @@ module tree, exactly as transformers names them.
       document, built here from the definitions; print the summed loss, its
       count, the per-row next-token logits after each row's last real token,
       and the mask as JSON.
+  hf_ref.py adamw IN.safetensors OUT.safetensors JSON
+      A node's optimizer steps on a flat parameter block: IN holds "p"
+      (initial parameters) and "g0", "g1", ... (summed gradients, one per
+      step); JSON gives decay_numel, scale, max_norm, lr, betas, eps,
+      weight_decay, warmup and total (linear schedule). Per step: grad =
+      g*scale, clip_grad_norm_ (if max_norm > 0), torch.optim.AdamW step,
+      LambdaLR step. OUT holds "p", "exp_avg" and "exp_avg_sq" after the
+      last step, each flat.
 """
 import json
 import math
@@ -681,6 +689,36 @@ def cmd_schedules():
     print(json.dumps(out))
 
 
+def cmd_adamw(inp, out, args):
+    a = json.loads(args)
+    t = read_safetensors(inp)
+    d = a["decay_numel"]
+    flat = t["p"]
+    # The decayed prefix and the rest as two parameters in two groups, as
+    # a model's parameters split by decay_groups.
+    ps = [torch.nn.Parameter(flat[:d].clone()), torch.nn.Parameter(flat[d:].clone())]
+    opt = torch.optim.AdamW([{"params": [ps[0]], "weight_decay": a["weight_decay"]},
+                             {"params": [ps[1]], "weight_decay": 0.0}],
+                            lr=a["lr"], betas=tuple(a["betas"]), eps=a["eps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, hf_lambda("linear", a["warmup"], a["total"]))
+    k = 0
+    while "g%d" % k in t:
+        g = t["g%d" % k]
+        ps[0].grad, ps[1].grad = g[:d].clone(), g[d:].clone()
+        with torch.no_grad():
+            for p in ps:
+                p.grad.mul_(a["scale"])
+        if a["max_norm"] > 0:
+            torch.nn.utils.clip_grad_norm_(ps, a["max_norm"])
+        opt.step()
+        sched.step()
+        k += 1
+    st = [opt.state[p] for p in ps]
+    write_safetensors(out, {"p": torch.cat([p.detach() for p in ps]),
+                            "exp_avg": torch.cat([s["exp_avg"] for s in st]),
+                            "exp_avg_sq": torch.cat([s["exp_avg_sq"] for s in st])})
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if a[0] == "make":
@@ -692,5 +730,7 @@ if __name__ == "__main__":
         cmd_packed(a[1], a[2])
     elif a[0] == "schedules":
         cmd_schedules()
+    elif a[0] == "adamw":
+        cmd_adamw(a[1], a[2], a[3])
     else:
         sys.exit("usage: see the module docstring")
