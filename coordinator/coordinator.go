@@ -21,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -38,10 +39,15 @@ import (
 
 // Exit codes of the coordinator command (see ExitCode).
 const (
-	ExitOK          = 0   // training finished and the model was written
-	ExitFailure     = 1   // the run failed (too many aborts, I/O error, ...)
-	ExitBadInput    = 2   // bad config, key, model directory or dataset, or an address in use
-	ExitDiverged    = 3   // replicas' parameter digests disagree
+	ExitOK       = 0 // training finished and the model was written
+	ExitFailure  = 1 // the run failed (too many aborts, I/O error, ...)
+	ExitBadInput = 2 // bad config, key, model directory or dataset, or an address in use
+	ExitDiverged = 3 // replicas' parameter digests disagree
+	// ExitPanic is a bug: the coordinator panicked. It is neither 0 nor the
+	// bad-input code 2 (which is what Go's runtime uses for an unrecovered
+	// panic), so that scripts never take a crash for success or for a
+	// user's mistake.
+	ExitPanic       = 70  // EX_SOFTWARE of sysexits.h
 	ExitInterrupted = 130 // stopped by SIGINT/SIGTERM
 )
 
@@ -117,11 +123,14 @@ type Coordinator struct {
 	blobDone bool
 	outFiles map[string][]byte
 	outDone  bool
-	resumed  []byte // state loaded from a checkpoint, for applied
-	stats    stats
-	metrics  *metrics
-	dash     *dashboard // nil without metrics.dashboard
-	progress *progress
+	// stateFrom and exportFrom are the sessions a state or export request
+	// is outstanding with (nil when none): answers from others are dropped.
+	stateFrom, exportFrom *session
+	resumed               []byte // state loaded from a checkpoint, for applied
+	stats                 stats
+	metrics               *metrics
+	dash                  *dashboard // nil without metrics.dashboard
+	progress              *progress
 
 	mu sync.Mutex // guards sessions for the gRPC handlers
 	ml *memberlist.Memberlist
@@ -259,14 +268,16 @@ type event struct {
 
 // session is the coordinator's view of one node.
 type session struct {
-	id      string
-	ring    string
-	out     chan *control.Msg
-	cancel  context.CancelFunc
-	ready   bool // trainer set up
-	applied int
-	gone    bool
-	rank    int
+	id     string
+	ring   string
+	out    chan *control.Msg
+	cancel context.CancelFunc
+	ready  bool // trainer set up
+	// needServed: the node's one need message has been answered.
+	needServed bool
+	applied    int
+	gone       bool
+	rank       int
 }
 
 func (s *session) send(m *control.Msg) {
@@ -354,9 +365,27 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	// The stop message says whether the run failed, so that a node of a
 	// failed run (replicas diverged, too many aborts) does not exit 0.
 	defer func() { c.stopAll(err) }()
-	err = c.train1(ctx)
+	err = c.safeTrain(ctx)
 	c.progress.finish()
 	return err
+}
+
+// safeTrain is train1 with a panic turned into an ExitPanic error, so that
+// the deferred stop still tells every node that the run failed (a panic
+// must never read as a finished run on the nodes).
+func (c *Coordinator) safeTrain(ctx context.Context) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = PanicError(p)
+		}
+	}()
+	return c.train1(ctx)
+}
+
+// PanicError turns a recovered panic value into an error carrying
+// ExitPanic and the stack of the panicking goroutine.
+func PanicError(p any) error {
+	return &Error{Code: ExitPanic, Err: fmt.Errorf("internal error (a bug; please report it with this message): panic: %v\n%s", p, debug.Stack())}
 }
 
 type gossipEvents struct{ ch chan<- event }
@@ -372,7 +401,15 @@ func (g gossipEvents) NotifyLeave(n *memberlist.Node) {
 
 // serveSession is the gRPC handler of one node's session: it reads the
 // hello, then relays messages both ways until either side ends.
-func (c *Coordinator) serveSession(st control.Stream) error {
+func (c *Coordinator) serveSession(st control.Stream) (err error) {
+	// gRPC does not recover handler panics: one here would kill the
+	// process. It ends this session only.
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("session handler panicked", "err", PanicError(p))
+			err = errors.New("internal error in the coordinator's session handler")
+		}
+	}()
 	first, err := st.Recv()
 	if err != nil {
 		return err
@@ -556,15 +593,25 @@ func (c *Coordinator) lose(s *session) {
 	c.dash.lost()
 }
 
+// onMsg applies one message of session s. Every message is checked against
+// what the coordinator expects now (the phase, the outstanding request and
+// its id, the sender's place in the current generation, the generation)
+// before it touches any state: a message that fails a check changes nothing
+// and comes back as an error, which handle logs with the sender and drops.
 func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 	switch m.Type {
 	case control.TypeNeed:
+		if s.needServed || s.ready {
+			return errors.New("need message after the model files were sent")
+		}
 		for _, h := range m.Need {
-			p, ok := c.paths[h]
-			if !ok {
+			if _, ok := c.paths[h]; !ok {
 				return fmt.Errorf("node %s asks for unknown model file %s", s.id, h)
 			}
-			b, err := os.ReadFile(p)
+		}
+		s.needServed = true
+		for _, h := range m.Need {
+			b, err := os.ReadFile(c.paths[h])
 			if err != nil {
 				c.fatal = fmt.Errorf("model.path: %w", err)
 				return c.fatal
@@ -580,17 +627,22 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		s.send(&control.Msg{Type: control.TypeDone})
 	case control.TypeReady:
 		if m.Gen == 0 {
+			if !s.needServed || s.ready {
+				return errors.New("ready (set up) message before the model files were sent, or a second one")
+			}
 			s.ready = true
 			s.applied = m.Ready.Applied
 			c.changed = time.Now()
 			c.log.Info("node ready", "node", s.id, "params", m.Ready.Params)
 			return nil
 		}
-		s.applied = m.Ready.Applied
-		if c.round != nil && c.round.Gen == m.Gen && c.round.Step == -1 {
-			return c.round.Report(s.id, m.Gen, -1, "")
+		if c.round == nil || c.round.Step != -1 {
+			return fmt.Errorf("ready for generation %d while no generation is forming", m.Gen)
 		}
-		return control.CheckGen(s.id, c.gen, m.Gen)
+		if err := c.round.Report(s.id, m.Gen, -1, ""); err != nil {
+			return err
+		}
+		s.applied = m.Ready.Applied
 	case control.TypeReduced, control.TypeFailed:
 		if m.Type == control.TypeFailed && m.Gen == 0 {
 			// The node could not set up or failed outside a generation.
@@ -600,15 +652,32 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		if c.round == nil {
 			return fmt.Errorf("%s for step %d with no step in flight", m.Type, m.Step)
 		}
-		if err := c.round.Report(s.id, m.Gen, m.Step, m.Error); err != nil {
+		failure := m.Error
+		if m.Type == control.TypeFailed && failure == "" {
+			// An empty reason must not read as success.
+			failure = "failed (no reason given)"
+		}
+		if m.Type == control.TypeReduced && c.round.Step < 0 {
+			return fmt.Errorf("reduced for step %d while generation %d is forming", m.Step, c.round.Gen)
+		}
+		if err := c.round.Report(s.id, m.Gen, m.Step, failure); err != nil {
 			return err
 		}
-		if m.Reduced != nil {
+		if m.Reduced != nil && c.reduced != nil {
 			c.reduced[s.id] = m.Reduced
 		}
 	case control.TypeDigest:
 		if err := control.CheckGen(s.id, c.gen, m.Gen); err != nil {
 			return err
+		}
+		if !slices.Contains(c.world, s) {
+			return fmt.Errorf("digest from %s, which is not a rank of generation %d", s.id, c.gen)
+		}
+		if m.Step < 0 || m.Step > c.applied {
+			return fmt.Errorf("digest after step %d, but %d steps are committed", m.Step, c.applied)
+		}
+		if c.digests[m.Step][s.id] != "" {
+			return fmt.Errorf("second digest after step %d", m.Step)
 		}
 		d := c.digests[m.Step]
 		if d == nil {
@@ -623,25 +692,63 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 				c.fatal = &Error{Code: ExitDiverged, Err: err}
 				return err
 			}
-			c.log.Info("replicas identical", "applied", m.Step, "digest", m.Sum[:16])
+			c.log.Info("replicas identical", "applied", m.Step, "digest", m.Sum[:min(16, len(m.Sum))])
 		}
 	case control.TypeEval:
+		if c.answers == nil {
+			return errors.New("evaluation result with no evaluation in flight")
+		}
+		if err := c.checkAnswer(s, m, c.req); err != nil {
+			return err
+		}
+		if c.answers[s.id] != nil {
+			return fmt.Errorf("second evaluation result for request %d", m.Req)
+		}
 		c.answers[s.id] = m
 	case control.TypeState:
+		if c.stateFrom == nil || c.stateFrom != s {
+			return errors.New("state chunk that was not requested from this node")
+		}
+		if err := c.checkAnswer(s, m, c.req); err != nil {
+			return err
+		}
 		c.blob = append(c.blob, m.Chunk.Data...)
 		c.blobDone = int64(len(c.blob)) >= m.Chunk.Total
 	case control.TypeFile:
-		if c.outFiles == nil {
+		if c.outFiles == nil || c.exportFrom != s {
 			return fmt.Errorf("unrequested export file %s", m.Chunk.Name)
+		}
+		if err := c.checkAnswer(s, m, c.req); err != nil {
+			return err
 		}
 		if err := checkExportName(m.Chunk.Name); err != nil {
 			return err
 		}
 		c.outFiles[m.Chunk.Name] = append(c.outFiles[m.Chunk.Name], m.Chunk.Data...)
 	case control.TypeDone:
+		if c.outFiles == nil || c.exportFrom != s {
+			return errors.New("end of an export that was not requested from this node")
+		}
+		if err := c.checkAnswer(s, m, c.req); err != nil {
+			return err
+		}
 		c.outDone = true
 	default:
 		return fmt.Errorf("unexpected message type %q", m.Type)
+	}
+	return nil
+}
+
+// checkAnswer checks that m answers request req of the current generation.
+func (c *Coordinator) checkAnswer(s *session, m *control.Msg, req int) error {
+	if m.Req != req {
+		return fmt.Errorf("answer to request %d, the outstanding request is %d", m.Req, req)
+	}
+	if err := control.CheckGen(s.id, c.gen, m.Gen); err != nil {
+		return err
+	}
+	if !slices.Contains(c.world, s) {
+		return fmt.Errorf("answer from %s, which is not a rank of generation %d", s.id, c.gen)
 	}
 	return nil
 }
@@ -794,13 +901,13 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 // fetchState asks s for its state and waits for all of it.
 func (c *Coordinator) fetchState(ctx context.Context, s *session) ([]byte, error) {
 	c.req++
-	c.blob, c.blobDone = nil, false
+	c.blob, c.blobDone, c.stateFrom = nil, false, s
+	defer func() { c.blob, c.stateFrom = nil, nil }()
 	s.send(&control.Msg{Type: control.TypeGetState, Gen: c.gen, Req: c.req})
 	if err := c.pump(ctx, 5*time.Minute, true, func() bool { return c.blobDone }); err != nil {
 		return nil, err
 	}
 	b := c.blob
-	c.blob = nil
 	return b, nil
 }
 
@@ -976,6 +1083,8 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	}
 	c.req++
 	c.answers = map[string]*control.Msg{}
+	answers := c.answers
+	defer func() { c.answers = nil }()
 	pad := max(c.tok.PAD, 0)
 	for r, s := range c.world {
 		bs, err := RankBatches(c.eval, idx, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
@@ -988,7 +1097,7 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 		return err
 	}
 	var sum control.EvalSums
-	for _, m := range c.answers {
+	for _, m := range answers {
 		sum.Add(*m.Eval)
 	}
 	res := Metrics(c.task, c.cfg.Model.NumLabels, sum)
@@ -1019,13 +1128,13 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 // export asks rank 0 for the model directory and writes it to output.dir.
 func (c *Coordinator) export(ctx context.Context) error {
 	c.req++
-	c.outFiles, c.outDone = map[string][]byte{}, false
+	c.outFiles, c.outDone, c.exportFrom = map[string][]byte{}, false, c.world[0]
+	files := c.outFiles
+	defer func() { c.outFiles, c.exportFrom = nil, nil }()
 	c.world[0].send(&control.Msg{Type: control.TypeExport, Gen: c.gen, Req: c.req})
 	if err := c.pump(ctx, 10*time.Minute, true, func() bool { return c.outDone }); err != nil {
 		return err
 	}
-	files := c.outFiles
-	c.outFiles = nil
 	return writeDirAtomic(c.cfg.Output.Dir, files)
 }
 

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -248,13 +249,15 @@ type session struct {
 	world    *control.World
 	ring     *allreduce.Ring
 	inStep   bool // reduced sent, commit/abort pending
+	pending  int  // the step in flight while inStep
 	stepDone time.Time
 	// timing of the step in flight, for the debug log that shows where a
 	// step's wall time goes (compute, ring, waiting for the commit, apply,
 	// waiting for the next step's batches).
 	tm stepTiming
 
-	need    map[string]bool // model files still to receive
+	need    map[string]bool  // model files still to receive
+	sizes   map[string]int64 // size of each job file, by hash
 	partial map[string][]byte
 	fetched int64  // bytes of model files received, not taken from the cache
 	stateIn []byte // SetState chunks
@@ -287,7 +290,15 @@ func (s *session) close() {
 	}
 }
 
-func (s *session) run(ctx context.Context) error {
+func (s *session) run(ctx context.Context) (err error) {
+	// A panic in the protocol or the trainer must end the node with its own
+	// exit code, and the coordinator must hear that the node failed.
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+			_ = s.send(&control.Msg{Type: control.TypeFailed, Gen: s.gen, Step: s.pending, Error: err.Error()})
+		}
+	}()
 	c := s.a.cfg
 	if err := s.send(&control.Msg{Type: control.TypeHello, Hello: &control.Hello{ID: c.Name, Device: c.Device, Version: Version, Proto: control.Version, Applied: s.applied}}); err != nil {
 		return err
@@ -343,6 +354,12 @@ func (s *session) run(ctx context.Context) error {
 				s.a.log.Info("run finished", "reason", ib.m.Reason)
 				return nil
 			}
+			if err := s.expect(ib.m); err != nil {
+				// Out of phase, stale, or not asked for: it must not
+				// touch the trainer or the session's state.
+				s.a.log.Warn("unexpected message from the coordinator dropped", "from", "coordinator", "type", ib.m.Type, "gen", ib.m.Gen, "step", ib.m.Step, "req", ib.m.Req, "err", err)
+				continue
+			}
 			if err := s.handle(ib.m); err != nil {
 				// A local failure: tell the coordinator (it forms a new
 				// generation without us if needed) and leave.
@@ -353,7 +370,106 @@ func (s *session) run(ctx context.Context) error {
 	}
 }
 
-// handle processes one message; an error is fatal for this node.
+// expect checks, before it touches anything, that m is what the node can
+// take now: its kind against the phase (job, model files, set up, in a
+// generation, a step in flight), its generation against the current one,
+// its step against the one in flight, and for chunks, their offset and
+// total against what was asked for. The error says why it is unexpected;
+// run drops such messages.
+func (s *session) expect(m *control.Msg) error {
+	setUp := func() error {
+		if s.tr == nil {
+			return errors.New("the trainer is not set up yet")
+		}
+		return nil
+	}
+	inGen := func() error {
+		if err := setUp(); err != nil {
+			return err
+		}
+		if s.gen == 0 {
+			return errors.New("no generation yet")
+		}
+		return control.CheckGen("coordinator", s.gen, m.Gen)
+	}
+	switch m.Type {
+	case control.TypeJob:
+		if s.job != nil {
+			return errors.New("a second job on one session")
+		}
+		return nil
+	case control.TypeFile:
+		ch := m.Chunk
+		if !s.need[ch.Name] {
+			return fmt.Errorf("unrequested model file %s", ch.Name)
+		}
+		have := int64(len(s.partial[ch.Name]))
+		if ch.Total != s.sizes[ch.Name] || ch.Offset != have || have+int64(len(ch.Data)) > ch.Total {
+			return fmt.Errorf("model file %s chunk at offset %d (+%d) of %d, want offset %d of %d", ch.Name, ch.Offset, len(ch.Data), ch.Total, have, s.sizes[ch.Name])
+		}
+		return nil
+	case control.TypeDone:
+		if s.need == nil {
+			return errors.New("end of model files that were not asked for")
+		}
+		return nil
+	case control.TypeGen:
+		if err := setUp(); err != nil {
+			return err
+		}
+		if m.Gen <= s.gen {
+			return fmt.Errorf("stale generation %d, current generation is %d", m.Gen, s.gen)
+		}
+		return nil
+	case control.TypeSetState:
+		if err := inGen(); err != nil {
+			return err
+		}
+		if m.Step < 0 {
+			return fmt.Errorf("state of step %d", m.Step)
+		}
+		have := int64(len(s.stateIn))
+		if m.Chunk.Offset != have || have+int64(len(m.Chunk.Data)) > m.Chunk.Total {
+			return fmt.Errorf("state chunk at offset %d (+%d) of %d, want offset %d", m.Chunk.Offset, len(m.Chunk.Data), m.Chunk.Total, have)
+		}
+		return nil
+	case control.TypeStep:
+		// A step of another generation is answered with failed by
+		// onStep, so the coordinator learns of it; only its phase is
+		// checked here.
+		if err := setUp(); err != nil {
+			return err
+		}
+		if s.ring == nil {
+			return errors.New("step before any generation")
+		}
+		if s.inStep {
+			return fmt.Errorf("step %d while step %d awaits its commit", m.Step, s.pending)
+		}
+		return nil
+	case control.TypeCommit:
+		if err := inGen(); err != nil {
+			return err
+		}
+		if !s.inStep || m.Step != s.pending {
+			return fmt.Errorf("commit of step %d, but no such step is pending", m.Step)
+		}
+		return nil
+	case control.TypeAbort:
+		// An abort may name an older generation: the coordinator aborts a
+		// step and then forms a new one.
+		if !s.inStep || m.Step != s.pending || m.Gen > s.gen {
+			return fmt.Errorf("abort of step %d (generation %d), but no such step is pending", m.Step, m.Gen)
+		}
+		return nil
+	case control.TypeGetState, control.TypeEvalReq, control.TypeExport:
+		return inGen()
+	}
+	return fmt.Errorf("a node does not take %q messages", m.Type)
+}
+
+// handle processes one message that expect accepted; an error is fatal for
+// this node.
 func (s *session) handle(m *control.Msg) error {
 	switch m.Type {
 	case control.TypeJob:
@@ -465,6 +581,7 @@ func (s *session) onJob(j *control.Job) error {
 	s.job = j
 	s.need = map[string]bool{}
 	s.partial = map[string][]byte{}
+	s.sizes = map[string]int64{}
 	var missing []string
 	cached := 0
 	for _, f := range j.Files {
@@ -474,6 +591,10 @@ func (s *session) onJob(j *control.Job) error {
 		if s.need[f.SHA256] {
 			continue // two names, one content: asked for once
 		}
+		if f.Size < 0 {
+			return fmt.Errorf("agent: model file %s has size %d in the job", f.Name, f.Size)
+		}
+		s.sizes[f.SHA256] = f.Size
 		ok, err := s.cachedOK(f.SHA256)
 		if ok {
 			cached++
@@ -652,7 +773,7 @@ func (s *session) onStep(m *control.Msg) error {
 		red.Samples += b.Size
 		red.Tokens += b.Tokens
 	}
-	s.inStep = true
+	s.inStep, s.pending = true, m.Step
 	s.stepDone = time.Now()
 	s.tm.computed = s.stepDone
 	grads, err := s.tr.Gradients()
@@ -717,4 +838,33 @@ func (t *stepTiming) log(l *slog.Logger, step int) {
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
 	*t = stepTiming{prevApplied: t.applied}
+}
+
+// Exit codes of `node join` (see ExitCode).
+const (
+	ExitOK      = 0  // the run ended, or the node left on SIGTERM/SIGINT
+	ExitFailure = 1  // the run or the node failed
+	ExitPanic   = 70 // a bug: the node panicked (EX_SOFTWARE)
+)
+
+// PanicError is a recovered panic of the node's protocol loop or trainer.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("agent: internal error (a bug; please report it with this message): panic: %v\n%s", e.Value, e.Stack)
+}
+
+// ExitCode maps an error of Command or Run to the process exit code.
+func ExitCode(err error) int {
+	var p *PanicError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &p):
+		return ExitPanic
+	}
+	return ExitFailure
 }
