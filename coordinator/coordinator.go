@@ -334,11 +334,11 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		}
 		grpcAddr = net.JoinHostPort(ah, p)
 	}
-	meta, err := control.Meta{ID: "coordinator", Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1"}.Encode()
+	meta, err := control.Meta{ID: control.CoordinatorID, Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1"}.Encode()
 	if err != nil {
 		return badInput(err)
 	}
-	ml, err := control.NewMemberlist(control.GossipConfig{Name: "coordinator", Bind: cfg.Bind, Advertise: cfg.Advertise, Label: cfg.Label, Key: c.key, Delegate: control.StaticMeta(meta), Events: gossipEvents{c.events}})
+	ml, err := control.NewMemberlist(control.GossipConfig{Name: control.CoordinatorID, Bind: cfg.Bind, Advertise: cfg.Advertise, Label: cfg.Label, Key: c.key, Delegate: control.StaticMeta(meta), Events: gossipEvents{c.events}})
 	if err != nil {
 		return badInput(fmt.Errorf("cluster.bind: %w", err))
 	}
@@ -421,13 +421,25 @@ func (c *Coordinator) serveSession(st control.Stream) (err error) {
 	if h.Proto != control.Version {
 		return fmt.Errorf("node %s speaks protocol %d, coordinator %d", h.ID, h.Proto, control.Version)
 	}
+	if err := control.CheckNodeID(h.ID); err != nil {
+		c.log.Warn("session refused", "node", h.ID, "err", err)
+		return err
+	}
+	// Single-use credentials: the session is bound to a challenge-response
+	// over nonces of both sides, so a replayed hello cannot open it.
+	if err := control.ServerHandshake(st, c.key, first); err != nil {
+		c.log.Warn("session refused", "node", h.ID, "err", err)
+		return err
+	}
 	// The node's gossip join may still be propagating when its session
 	// arrives: look for it for a few seconds before refusing.
 	ring := ""
 	for wait := time.Now().Add(5 * time.Second); ring == "" && time.Now().Before(wait); {
 		for _, m := range c.ml.Members() {
 			if m.Name == h.ID {
-				if meta, err := control.DecodeMeta(m.Meta); err == nil {
+				// Only a member announcing itself as a node: the
+				// coordinator's own entry or another role is no node.
+				if meta, err := control.DecodeMeta(m.Meta); err == nil && meta.Role == control.RoleNode && meta.ID == h.ID {
 					ring = meta.GRPC
 				}
 			}
@@ -441,7 +453,8 @@ func (c *Coordinator) serveSession(st control.Stream) (err error) {
 		}
 	}
 	if ring == "" {
-		return fmt.Errorf("node %s is not a member of the gossip cluster; join it first", h.ID)
+		c.log.Warn("session refused", "node", h.ID, "err", "not a node of the gossip cluster")
+		return fmt.Errorf("node %s is not a node of the gossip cluster; join it first", h.ID)
 	}
 	ctx, cancel := context.WithCancel(st.Context())
 	defer cancel()

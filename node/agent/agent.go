@@ -82,6 +82,9 @@ func (c *Config) defaults() error {
 		_, _ = rand.Read(r[:])
 		c.Name = fmt.Sprintf("%s-%d-%x", h, os.Getpid(), r)
 	}
+	if err := control.CheckNodeID(c.Name); err != nil {
+		return fmt.Errorf("agent: --name: %w", err)
+	}
 	if c.Device == "" {
 		c.Device = "cpu"
 	}
@@ -300,8 +303,8 @@ func (s *session) run(ctx context.Context) (err error) {
 		}
 	}()
 	c := s.a.cfg
-	if err := s.send(&control.Msg{Type: control.TypeHello, Hello: &control.Hello{ID: c.Name, Device: c.Device, Version: Version, Proto: control.Version, Applied: s.applied}}); err != nil {
-		return err
+	if err := control.ClientHandshake(s.st, c.Key, control.Hello{ID: c.Name, Device: c.Device, Version: Version, Applied: s.applied}); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	in := make(chan inbound, 64)
 	quit := make(chan struct{})
