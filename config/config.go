@@ -54,6 +54,30 @@ type ClusterConfig struct {
 	// Label names the cluster; members with a different label are refused, so
 	// two runs on one network cannot merge by accident.
 	Label string `mapstructure:"label"`
+
+	// TLS secures the coordinator's control server and every node's ring
+	// server (and whatever else is served on them) with mutual TLS.
+	TLS TLSConfig `mapstructure:"tls"`
+}
+
+// TLSConfig says where the control plane's and the ring's certificates come
+// from. By default (enabled, no files) a CA is derived from the cluster key,
+// so nodes need nothing but the key file. With cert, key and ca set (all
+// three), every process uses its own certificate signed by that CA; nodes
+// then take the same files with `node join --tls-cert/--tls-key/--tls-ca`.
+type TLSConfig struct {
+	// Enabled turns TLS on (default true). Off sends tokens, model files
+	// and state in clear; it exists to measure TLS's cost and for a single
+	// trusted machine. Nodes follow the coordinator's choice.
+	Enabled bool `mapstructure:"enabled"`
+	// Cert is a PEM certificate signed by CA, valid for both server and
+	// client authentication.
+	Cert string `mapstructure:"cert"`
+	// Key is Cert's PEM private key.
+	Key string `mapstructure:"key"`
+	// CA is the PEM certificate of the CA that signs every process's
+	// certificate.
+	CA string `mapstructure:"ca"`
 }
 
 // Model tasks.
@@ -289,6 +313,7 @@ func Default() *Config {
 			MaxNodes: 64,
 			Settle:   5 * time.Second,
 			Label:    "ringtune",
+			TLS:      TLSConfig{Enabled: true},
 		},
 		Model: ModelConfig{
 			Task: TaskClassification,

@@ -13,6 +13,7 @@ package coordinator
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -92,19 +93,23 @@ type Options struct {
 
 // Coordinator is one training run.
 type Coordinator struct {
-	cfg   *config.Config
-	opts  Options
-	log   *slog.Logger
-	key   auth.Key
-	task  data.Task
-	tok   *data.Tokenizer
-	train []data.Encoded
-	eval  []data.Encoded
-	files []control.FileInfo
-	paths map[string]string // sha256 → path
-	sched *Schedule
-	total int
-	job   *control.Job
+	cfg  *config.Config
+	opts Options
+	log  *slog.Logger
+	key  auth.Key
+	// tls is nil when cluster.tls.enabled is false; tlsMode is gossiped
+	// so that nodes follow (control.TLSDerived, TLSFiles or empty).
+	tls     *auth.TLSConfigs
+	tlsMode string
+	task    data.Task
+	tok     *data.Tokenizer
+	train   []data.Encoded
+	eval    []data.Encoded
+	files   []control.FileInfo
+	paths   map[string]string // sha256 → path
+	sched   *Schedule
+	total   int
+	job     *control.Job
 
 	// loop state, touched only by Run's goroutine
 	events   chan event
@@ -162,6 +167,9 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, badInput(fmt.Errorf("cluster.key_file: %w", err))
 	}
 	c.key = key
+	if c.tls, c.tlsMode, err = ClusterTLS(cfg.Cluster.TLS, key); err != nil {
+		return nil, badInput(err)
+	}
 	if err := c.loadModelDir(); err != nil {
 		return nil, badInput(err)
 	}
@@ -191,6 +199,27 @@ func New(opts Options) (*Coordinator, error) {
 		}
 	}
 	return c, nil
+}
+
+// ClusterTLS returns the TLS configurations of cluster.tls and the mode the
+// coordinator gossips: certificates from the files when given, otherwise
+// derived from key; nil and "" when TLS is disabled. Errors name the key.
+func ClusterTLS(t config.TLSConfig, key auth.Key) (*auth.TLSConfigs, string, error) {
+	switch {
+	case !t.Enabled:
+		return nil, "", nil
+	case t.Cert != "":
+		tc, err := auth.FileTLS(t.Cert, t.Key, t.CA)
+		if err != nil {
+			return nil, "", fmt.Errorf("cluster.tls (cert, key, ca): %w", err)
+		}
+		return tc, control.TLSFiles, nil
+	}
+	tc, err := auth.DerivedTLS(key)
+	if err != nil {
+		return nil, "", fmt.Errorf("cluster.tls: %w", err)
+	}
+	return tc, control.TLSDerived, nil
 }
 
 func (c *Coordinator) loadModelDir() error {
@@ -304,7 +333,11 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return badInput(fmt.Errorf("cluster.grpc: listen on %s: %w", cfg.GRPC, err))
 	}
-	gs := grpc.NewServer(control.ServerOptions(c.key)...)
+	var serverTLS *tls.Config
+	if c.tls != nil {
+		serverTLS = c.tls.Server
+	}
+	gs := grpc.NewServer(control.ServerOptions(c.key, serverTLS)...)
 	control.Register(gs, c.serveSession)
 	served := make(chan struct{})
 	go func() { defer close(served); _ = gs.Serve(lis) }()
@@ -334,7 +367,7 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		}
 		grpcAddr = net.JoinHostPort(ah, p)
 	}
-	meta, err := control.Meta{ID: control.CoordinatorID, Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1"}.Encode()
+	meta, err := control.Meta{ID: control.CoordinatorID, Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1", TLS: c.tlsMode}.Encode()
 	if err != nil {
 		return badInput(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -62,6 +63,11 @@ type Config struct {
 	// CommitTimeout bounds the wait for a commit or abort after reporting a
 	// step reduced (default 2 minutes); past it the node gives up.
 	CommitTimeout time.Duration
+	// TLSCert, TLSKey and TLSCA are PEM files (certificate, its key, the
+	// CA), needed only when the coordinator uses cluster.tls files; by
+	// default the node derives its certificates from Key, as the
+	// coordinator does, and follows the coordinator's TLS mode.
+	TLSCert, TLSKey, TLSCA string
 	// Log receives the agent's log (default: discard).
 	Log *slog.Logger
 }
@@ -148,16 +154,19 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("agent: ring listener on %s: %w", c.RingAddr, err)
 	}
-	ringSrv, err := allreduce.NewServer(c.Key)
-	if err != nil {
-		_ = lis.Close()
-		return err
-	}
-	gs := grpc.NewServer(allreduce.ServerOptions(c.Key, nil)...)
-	ringSrv.Register(gs)
+	// The ring's gRPC server starts once the coordinator's TLS mode is
+	// known (after joining); until then peers' connections wait in the
+	// listener's backlog.
 	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	defer func() { gs.Stop(); <-served }()
+	var gs *grpc.Server
+	defer func() {
+		if gs == nil {
+			_ = lis.Close()
+			return
+		}
+		gs.Stop()
+		<-served
+	}()
 
 	ringAddr := lis.Addr().String()
 	if c.Advertise != "" {
@@ -182,13 +191,29 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		_ = ml.Leave(time.Second)
 		_ = ml.Shutdown()
 	}()
-	coordAddr, err := a.join(ctx, ml)
+	coord, err := a.join(ctx, ml)
 	if err != nil {
 		return err
 	}
-	a.log.Info("joined cluster", "coordinator", coordAddr, "ring", ringAddr)
+	coordAddr := coord.GRPC
+	tc, err := a.tlsFor(coord.TLS)
+	if err != nil {
+		return err
+	}
+	var serverTLS, clientTLS *tls.Config
+	if tc != nil {
+		serverTLS, clientTLS = tc.Server, tc.Client
+	}
+	a.log.Info("joined cluster", "coordinator", coordAddr, "ring", ringAddr, "tls", coord.TLS)
+	ringSrv, err := allreduce.NewServer(c.Key)
+	if err != nil {
+		return err
+	}
+	gs = grpc.NewServer(allreduce.ServerOptions(c.Key, serverTLS)...)
+	ringSrv.Register(gs)
+	go func() { defer close(served); _ = gs.Serve(lis) }()
 
-	cc, err := control.Dial(coordAddr, c.Key)
+	cc, err := control.Dial(coordAddr, c.Key, clientTLS)
 	if err != nil {
 		return err
 	}
@@ -199,14 +224,42 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, st: st, ringSrv: ringSrv, applied: -1}
+	s := &session{a: a, st: st, ringSrv: ringSrv, clientTLS: clientTLS, applied: -1}
 	defer s.close()
 	return s.run(ctx)
 }
 
+// tlsFor returns the TLS configurations for the coordinator's TLS mode
+// (control.TLSDerived, TLSFiles, or "" for none).
+func (a *Agent) tlsFor(mode string) (*auth.TLSConfigs, error) {
+	c := a.cfg
+	switch mode {
+	case "":
+		if c.TLSCert != "" {
+			return nil, errors.New("agent: --tls-cert is given but the coordinator runs without TLS (cluster.tls.enabled: false); drop the --tls-* flags or enable TLS on the coordinator")
+		}
+		return nil, nil
+	case control.TLSDerived:
+		if c.TLSCert != "" {
+			return nil, errors.New("agent: --tls-cert is given but the coordinator derives its certificates from the cluster key (no cluster.tls.cert); drop the --tls-* flags")
+		}
+		return auth.DerivedTLS(c.Key)
+	case control.TLSFiles:
+		if c.TLSCert == "" || c.TLSKey == "" || c.TLSCA == "" {
+			return nil, errors.New("agent: the coordinator uses TLS certificates from files (cluster.tls.cert/key/ca): pass this node's --tls-cert, --tls-key and the cluster's --tls-ca")
+		}
+		tc, err := auth.FileTLS(c.TLSCert, c.TLSKey, c.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("agent: --tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+		return tc, nil
+	}
+	return nil, fmt.Errorf("agent: the coordinator announces TLS mode %q, which this node (%s) does not know; upgrade it", mode, Version)
+}
+
 // join joins the gossip cluster through the coordinator's address and
-// returns the coordinator's control address from its metadata.
-func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (string, error) {
+// returns the coordinator's metadata (control address, TLS mode).
+func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (control.Meta, error) {
 	deadline := time.Now().Add(a.cfg.JoinTimeout)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -216,18 +269,18 @@ func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (string, er
 			for _, m := range ml.Members() {
 				meta, err := control.DecodeMeta(m.Meta)
 				if err == nil && meta.Role == control.RoleCoordinator && meta.GRPC != "" {
-					return meta.GRPC, nil
+					return meta, nil
 				}
 			}
 			lastErr = errors.New("joined, but no member announces itself as coordinator")
 		}
 		select {
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return control.Meta{}, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return "", fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, a.cfg.JoinTimeout, lastErr)
+	return control.Meta{}, fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, a.cfg.JoinTimeout, lastErr)
 }
 
 // inbound is one received message or the session's end.
@@ -242,6 +295,8 @@ type session struct {
 	a       *Agent
 	st      control.Stream
 	ringSrv *allreduce.Server
+	// clientTLS dials the ring's peers (nil without TLS).
+	clientTLS *tls.Config
 
 	tr      Trainer
 	job     *control.Job
@@ -743,7 +798,7 @@ func (s *session) onGen(m *control.Msg) error {
 	if err != nil {
 		return fmt.Errorf("agent: job from the coordinator: %w", err)
 	}
-	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
+	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, ClientTLS: s.clientTLS, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
 	if err != nil {
 		return fmt.Errorf("agent: ring of generation %d: %w", w.Generation, err)
 	}
