@@ -30,7 +30,8 @@ const HandshakeTimeout = 20 * time.Second
 
 // recvWithin receives one message or gives up after d. On a timeout the
 // receiving goroutine lives until the caller ends the stream (which both
-// callers do when they return an error).
+// callers do when they return an error). The stream's end needs no case of
+// its own: Recv returns then, with the status that says why.
 func recvWithin(st Stream, d time.Duration) (*Msg, error) {
 	type res struct {
 		m   *Msg
@@ -48,8 +49,6 @@ func recvWithin(st Stream, d time.Duration) (*Msg, error) {
 		return r.m, r.err
 	case <-t.C:
 		return nil, fmt.Errorf("no handshake message within %s", d)
-	case <-st.Context().Done():
-		return nil, st.Context().Err()
 	}
 }
 
