@@ -550,6 +550,10 @@ func (c *Coordinator) stopAll(failure error) {
 	}
 }
 
+// testHookCommitted, when set (by tests only), runs after each commit on
+// the run loop, e.g. to inject a panic.
+var testHookCommitted func(step int)
+
 // errBroken means the current world lost a rank; the caller forms a new
 // generation.
 var errBroken = errors.New("world broken")
@@ -1010,6 +1014,9 @@ func (c *Coordinator) train1(ctx context.Context) error {
 				s.send(&control.Msg{Type: control.TypeCommit, Gen: c.gen, Step: g, Count: count, Digest: digest})
 			}
 			c.applied = g + 1
+			if testHookCommitted != nil {
+				testHookCommitted(g)
+			}
 			c.account(g)
 			if err := c.afterCommit(ctx, epochDone); err != nil {
 				return err

@@ -252,3 +252,15 @@ func TestAgentDropsOutOfPhase(t *testing.T) {
 		t.Error("rejected messages changed state")
 	}
 }
+
+func TestExitCode(t *testing.T) {
+	for err, want := range map[error]int{
+		nil:              ExitOK,
+		context.Canceled: ExitFailure,
+		fmt.Errorf("wrapped: %w", &PanicError{Value: "x"}): ExitPanic,
+	} {
+		if got := ExitCode(err); got != want {
+			t.Errorf("ExitCode(%v) = %d, want %d", err, got, want)
+		}
+	}
+}
