@@ -38,7 +38,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-ddp=$root/../shared/bench/ddp_train.py
+ddp=${RINGTUNE_DDP_SCRIPT:-$root/../shared/bench/ddp_train.py} # override from a git worktree
 [ -f "$ddp" ] || { echo "bench train: $ddp not found (../shared/bench)" >&2; exit 2; }
 /usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "bench train: /usr/bin/python3 lacks torch: scripts/setup.sh installs python3-torch" >&2; exit 2; }
 
