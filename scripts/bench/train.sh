@@ -127,7 +127,7 @@ output:
 YAML
   (cd "$dir" && "$root/.build/coordinator" --config cluster.yaml --log-level debug > coord.log 2>&1) &
   local cpid=$! gossip=""
-  for _ in $(seq 200); do
+  for _ in $(seq 1200); do # up to 2 minutes: tokenizing is slow on a loaded machine
     gossip=$(sed -n 's/.*gossip=\([^ ]*\).*/\1/p' "$dir/coord.log" | head -1)
     [ -n "$gossip" ] && break
     sleep 0.1
