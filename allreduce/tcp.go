@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,7 +26,8 @@ import (
 //	sender → receiver  MAC("sender" | gen | from | to | nonce_s | nonce_r)
 //	receiver → sender  1 byte: accepted
 //
-// MACs are HMAC-SHA256 under auth.Key.SubKey(dataPurpose). Each side proves
+// MACs are auth.Key.Proof under dataPurpose (the challenge-response primitive
+// shared with the control session). Each side proves
 // it holds the cluster key over a nonce the other side just chose, so a
 // recorded handshake cannot be replayed, and the proof binds the generation
 // and both ranks, so it is valid for exactly this link of this ring. The
@@ -41,8 +41,8 @@ const (
 	dataMagic    = 0x50445452 // "RTDP" little-endian
 	dataVersion  = 1
 	dataHelloLen = 4 + 1 + 3 + 8 + 4 + 4 + nonceLen
-	nonceLen     = 32
-	macLen       = sha256.Size
+	nonceLen     = auth.NonceSize
+	macLen       = auth.ProofSize
 	dataAccepted = 0x01
 	// handshakeTimeout bounds one handshake, so that a connection that
 	// stalls halfway cannot hold a goroutine; it is not a deadline of any
@@ -57,18 +57,14 @@ const (
 	statusWait = time.Second
 )
 
-func dataMAC(key []byte, role string, gen uint64, from, to uint32, sn, rn []byte) []byte {
-	m := hmac.New(sha256.New, key)
+// dataMAC is role's proof for one data connection (auth.Key.Proof), bound
+// to the generation and both ranks.
+func dataMAC(key auth.Key, role string, gen uint64, from, to uint32, sn, rn []byte) []byte {
 	var b [16]byte
 	binary.LittleEndian.PutUint64(b[0:], gen)
 	binary.LittleEndian.PutUint32(b[8:], from)
 	binary.LittleEndian.PutUint32(b[12:], to)
-	m.Write([]byte(role))
-	m.Write([]byte{0})
-	m.Write(b[:])
-	m.Write(sn)
-	m.Write(rn)
-	return m.Sum(nil)
+	return key.Proof(dataPurpose, role, b[:], sn, rn)
 }
 
 // dataHello is the first message of a data connection.
@@ -120,12 +116,11 @@ func clientHandshake(conn net.Conn, key auth.Key, gen uint64, from, to int) erro
 	if _, err := io.ReadFull(conn, resp[:]); err != nil {
 		return fmt.Errorf("reading the receiver's proof: %w (it refused generation %d, rank %d → %d)", err, gen, from, to)
 	}
-	dk := key.SubKey(dataPurpose)
-	rn := resp[:nonceLen]
-	if !hmac.Equal(resp[nonceLen:], dataMAC(dk, "receiver", gen, h.from, h.to, h.nonce[:], rn)) {
+		rn := resp[:nonceLen]
+	if !hmac.Equal(resp[nonceLen:], dataMAC(key, "receiver", gen, h.from, h.to, h.nonce[:], rn)) {
 		return fmt.Errorf("the receiver's proof does not match: it holds a different cluster key or is not rank %d of generation %d", to, gen)
 	}
-	if _, err := conn.Write(dataMAC(dk, "sender", gen, h.from, h.to, h.nonce[:], rn)); err != nil {
+	if _, err := conn.Write(dataMAC(key, "sender", gen, h.from, h.to, h.nonce[:], rn)); err != nil {
 		return fmt.Errorf("sending proof: %w", err)
 	}
 	var ack [1]byte
@@ -160,8 +155,7 @@ func serverHandshake(conn net.Conn, key auth.Key, gen uint64, left, self int) er
 	if _, err := rand.Read(rn); err != nil {
 		return fmt.Errorf("handshake nonce: %w", err)
 	}
-	dk := key.SubKey(dataPurpose)
-	copy(resp[nonceLen:], dataMAC(dk, "receiver", gen, h.from, h.to, h.nonce[:], rn))
+		copy(resp[nonceLen:], dataMAC(key, "receiver", gen, h.from, h.to, h.nonce[:], rn))
 	if _, err := conn.Write(resp[:]); err != nil {
 		return fmt.Errorf("sending proof: %w", err)
 	}
@@ -169,7 +163,7 @@ func serverHandshake(conn net.Conn, key auth.Key, gen uint64, left, self int) er
 	if _, err := io.ReadFull(conn, proof[:]); err != nil {
 		return fmt.Errorf("rank %d sent no proof of the cluster key: %w", h.from, err)
 	}
-	if !hmac.Equal(proof[:], dataMAC(dk, "sender", gen, h.from, h.to, h.nonce[:], rn)) {
+	if !hmac.Equal(proof[:], dataMAC(key, "sender", gen, h.from, h.to, h.nonce[:], rn)) {
 		return fmt.Errorf("proof from rank %d does not match: a different cluster key, or a replayed handshake", h.from)
 	}
 	if _, err := conn.Write([]byte{dataAccepted}); err != nil {

@@ -113,7 +113,7 @@ func TestDataHandshakeRejects(t *testing.T) {
 		if _, err := io.ReadFull(c, resp[:]); err != nil {
 			t.Fatal(err)
 		}
-		c.Write(dataMAC(other.SubKey(dataPurpose), "sender", 7, 0, 1, h.nonce[:], resp[:nonceLen]))
+		c.Write(dataMAC(other, "sender", 7, 0, 1, h.nonce[:], resp[:nonceLen]))
 		if err := <-errc; err == nil || !strings.Contains(err.Error(), "does not match") {
 			t.Fatalf("server: got %v, want a proof mismatch", err)
 		}
@@ -142,7 +142,7 @@ func TestDataHandshakeRejects(t *testing.T) {
 		if _, err := io.ReadFull(c1, resp[:]); err != nil {
 			t.Fatal(err)
 		}
-		proof := dataMAC(testKey.SubKey(dataPurpose), "sender", 7, 0, 1, h.nonce[:], resp[:nonceLen])
+		proof := dataMAC(testKey, "sender", 7, 0, 1, h.nonce[:], resp[:nonceLen])
 
 		c2, s2 := tcpPair(t)
 		errc2 := serve(s2, testKey)

@@ -13,9 +13,12 @@
 // within MaxSkew of its own clock. Interceptors check it before the handler
 // runs, so no message of an unauthenticated stream is ever read.
 //
-// Without TLS the token proves that the caller holds the key but travels in the
-// clear: an on-path attacker could replay it within MaxSkew. Pass a
-// *tls.Config to ServerOptions/DialOptions where the network is not trusted.
+// A token is single-use: each server built with ServerOptions remembers the
+// tokens it accepted until they expire (MaxSkew past their time) and refuses
+// a second use, so a captured token cannot be replayed, against that server
+// or as another call. Without TLS the token still travels in the clear; pass
+// a *tls.Config to ServerOptions/DialOptions (see TLSConfigs) so that it
+// cannot be captured at all.
 package auth
 
 import (
@@ -33,6 +36,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -183,47 +187,102 @@ func (k Key) Verify(method, token string, now time.Time) error {
 	return nil
 }
 
-// CheckContext verifies the token in the incoming metadata of ctx for method.
-// The error is a gRPC Unauthenticated status.
+// CheckContext verifies the token in the incoming metadata of ctx for method,
+// without the single-use check (see Verifier). The error is a gRPC
+// Unauthenticated status.
 func (k Key) CheckContext(ctx context.Context, method string) error {
+	_, err := k.checkContext(ctx, method)
+	return err
+}
+
+func (k Key) checkContext(ctx context.Context, method string) (string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get(MetadataKey)
 	if len(vals) == 0 {
-		return status.Errorf(codes.Unauthenticated, "auth: %s: no %q metadata; the caller must dial with auth.DialOptions and the cluster key", method, MetadataKey)
+		return "", status.Errorf(codes.Unauthenticated, "auth: %s: no %q metadata; the caller must dial with auth.DialOptions and the cluster key", method, MetadataKey)
 	}
 	if err := k.Verify(method, vals[0], time.Now()); err != nil {
-		return status.Errorf(codes.Unauthenticated, "auth: %s: %v", method, err)
+		return "", status.Errorf(codes.Unauthenticated, "auth: %s: %v", method, err)
 	}
+	return vals[0], nil
+}
+
+// Verifier checks tokens for one server and accepts each token once: it
+// remembers every token it accepted until the token expires (MaxSkew after
+// its time, when Verify would refuse it anyway), so the memory it holds is
+// bounded by the calls of the last 2×MaxSkew.
+type Verifier struct {
+	k    Key
+	mu   sync.Mutex
+	seen map[string]time.Time // token → when it expires
+	next time.Time            // next sweep of expired entries
+}
+
+// NewVerifier returns a Verifier for key k.
+func NewVerifier(k Key) *Verifier { return &Verifier{k: k, seen: map[string]time.Time{}} }
+
+// Check verifies the token in ctx's metadata for method and refuses a token
+// it has already accepted. The error is a gRPC Unauthenticated status.
+func (v *Verifier) Check(ctx context.Context, method string) error {
+	tok, err := v.k.checkContext(ctx, method)
+	if err != nil {
+		return err
+	}
+	// Verify accepted the token, so its time parses.
+	sec, _ := strconv.ParseInt(strings.Split(tok, ".")[1], 10, 64)
+	now := time.Now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if now.After(v.next) {
+		for t, exp := range v.seen {
+			if now.After(exp) {
+				delete(v.seen, t)
+			}
+		}
+		v.next = now.Add(10 * time.Second)
+	}
+	if _, dup := v.seen[tok]; dup {
+		return status.Errorf(codes.Unauthenticated, "auth: %s: token already used: a token is good for one call only (a replayed or copied token)", method)
+	}
+	v.seen[tok] = time.Unix(sec, 0).Add(MaxSkew + time.Second)
 	return nil
 }
 
-// UnaryServerInterceptor rejects unary calls without a valid token.
+// UnaryServerInterceptor rejects unary calls without a valid, unused token.
 func UnaryServerInterceptor(k Key) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		if err := k.CheckContext(ctx, info.FullMethod); err != nil {
-			return nil, err
-		}
-		return h(ctx, req)
-	}
+	return NewVerifier(k).Unary
 }
 
-// StreamServerInterceptor rejects streams without a valid token before the
-// handler reads any message.
+// StreamServerInterceptor rejects streams without a valid, unused token
+// before the handler reads any message.
 func StreamServerInterceptor(k Key) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-		if err := k.CheckContext(ss.Context(), info.FullMethod); err != nil {
-			return err
-		}
-		return h(srv, ss)
+	return NewVerifier(k).Stream
+}
+
+// Unary is a unary server interceptor that calls Check.
+func (v *Verifier) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := v.Check(ctx, info.FullMethod); err != nil {
+		return nil, err
 	}
+	return h(ctx, req)
+}
+
+// Stream is a stream server interceptor that calls Check.
+func (v *Verifier) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := v.Check(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return h(srv, ss)
 }
 
 // ServerOptions returns the options that authenticate every unary and stream
-// call of a server; with a non-nil tlsConf the server also speaks TLS.
+// call of a server, each token once; with a non-nil tlsConf the server also
+// speaks TLS.
 func ServerOptions(k Key, tlsConf *tls.Config) []grpc.ServerOption {
+	v := NewVerifier(k)
 	opts := []grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(UnaryServerInterceptor(k)),
-		grpc.ChainStreamInterceptor(StreamServerInterceptor(k)),
+		grpc.ChainUnaryInterceptor(v.Unary),
+		grpc.ChainStreamInterceptor(v.Stream),
 	}
 	if tlsConf != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))

@@ -179,3 +179,90 @@ func TestSubKey(t *testing.T) {
 		t.Fatal("token MAC key changed")
 	}
 }
+
+// fixedToken sends the same token with every call, as an attacker replaying
+// a captured one would.
+type fixedToken string
+
+func (f fixedToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{MetadataKey: string(f)}, nil
+}
+func (fixedToken) RequireTransportSecurity() bool { return false }
+
+// TestTokenSingleUse: a token accepted once is refused the second time, on
+// the same server, for the same method, well within MaxSkew; a fresh token
+// of the same key still passes.
+func TestTokenSingleUse(t *testing.T) {
+	k := mustKey(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(ServerOptions(k, nil)...)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(srv, hs)
+	go srv.Serve(lis)
+	defer srv.Stop()
+	defer hs.Shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	const method = "/grpc.health.v1.Health/Check"
+	tok, err := k.Token(method, time.Now().Add(-4*time.Minute)) // minted 4 minutes ago, as in issue 12
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(fixedToken(tok)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	cl := healthpb.NewHealthClient(cc)
+	if _, err := cl.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatalf("first use of a valid token: %v", err)
+	}
+	for i := range 3 {
+		_, err := cl.Check(ctx, &healthpb.HealthCheckRequest{})
+		if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "already used") {
+			t.Fatalf("replay %d of the token: got %v, want Unauthenticated naming the reuse", i+1, err)
+		}
+	}
+	good, err := grpc.NewClient(lis.Addr().String(), DialOptions(k, nil)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	for range 3 {
+		if _, err := healthpb.NewHealthClient(good).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+			t.Fatalf("fresh tokens after a replay: %v", err)
+		}
+	}
+}
+
+// TestProof: a proof verifies only for its own role, binding, nonces,
+// purpose and key.
+func TestProof(t *testing.T) {
+	k, other := mustKey(t), mustKey(t)
+	a, _ := NewNonce()
+	b, _ := NewNonce()
+	if len(a) != NonceSize || string(a) == string(b) {
+		t.Fatal("nonces not fresh")
+	}
+	p := k.Proof("p", "node", []byte("n1"), a, b)
+	if !k.CheckProof("p", "node", []byte("n1"), a, b, p) {
+		t.Fatal("proof does not verify")
+	}
+	c, _ := NewNonce()
+	for name, ok := range map[string]bool{
+		"other key":     other.CheckProof("p", "node", []byte("n1"), a, b, p),
+		"other role":    k.CheckProof("p", "coordinator", []byte("n1"), a, b, p),
+		"other binding": k.CheckProof("p", "node", []byte("n2"), a, b, p),
+		"other nonce":   k.CheckProof("p", "node", []byte("n1"), a, c, p),
+		"other purpose": k.CheckProof("q", "node", []byte("n1"), a, b, p),
+		"truncated":     k.CheckProof("p", "node", []byte("n1"), a, b, p[:16]),
+	} {
+		if ok {
+			t.Errorf("proof verifies with %s", name)
+		}
+	}
+}

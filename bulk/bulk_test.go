@@ -55,7 +55,7 @@ func serve(t *testing.T, key auth.Key, src Source, timeout time.Duration) string
 
 func dial(t *testing.T, addr string, key auth.Key) *grpc.ClientConn {
 	t.Helper()
-	cc, err := Dial(addr, key)
+	cc, err := Dial(addr, key, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package bulk
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -34,8 +35,8 @@ var ErrStalled = errors.New("bulk: peer stalled")
 // coordinator's control server or a node's ring server), authenticated with
 // key. The connection's windows are left at gRPC's defaults: flow control,
 // not window size, is what bounds memory here.
-func Dial(addr string, key auth.Key) (*grpc.ClientConn, error) {
-	cc, err := grpc.NewClient(addr, append(auth.DialOptions(key, nil), grpc.WithDisableRetry())...)
+func Dial(addr string, key auth.Key, tlsConf *tls.Config) (*grpc.ClientConn, error) {
+	cc, err := grpc.NewClient(addr, append(auth.DialOptions(key, tlsConf), grpc.WithDisableRetry())...)
 	if err != nil {
 		return nil, fmt.Errorf("bulk: dial %s: %w", addr, err)
 	}

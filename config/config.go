@@ -77,6 +77,30 @@ type ClusterConfig struct {
 	// take as long as it needs, but one chunk that does not arrive within
 	// it fails the transfer. Default 1m; must be > 0.
 	BulkTimeout time.Duration `mapstructure:"bulk_timeout"`
+
+	// TLS secures the coordinator's control server and every node's ring
+	// server (and whatever else is served on them) with mutual TLS.
+	TLS TLSConfig `mapstructure:"tls"`
+}
+
+// TLSConfig says where the control plane's and the ring's certificates come
+// from. By default (enabled, no files) a CA is derived from the cluster key,
+// so nodes need nothing but the key file. With cert, key and ca set (all
+// three), every process uses its own certificate signed by that CA; nodes
+// then take the same files with `node join --tls-cert/--tls-key/--tls-ca`.
+type TLSConfig struct {
+	// Enabled turns TLS on (default true). Off sends tokens, model files
+	// and state in clear; it exists to measure TLS's cost and for a single
+	// trusted machine. Nodes follow the coordinator's choice.
+	Enabled bool `mapstructure:"enabled"`
+	// Cert is a PEM certificate signed by CA, valid for both server and
+	// client authentication.
+	Cert string `mapstructure:"cert"`
+	// Key is Cert's PEM private key.
+	Key string `mapstructure:"key"`
+	// CA is the PEM certificate of the CA that signs every process's
+	// certificate.
+	CA string `mapstructure:"ca"`
 }
 
 // Model tasks.
@@ -335,6 +359,7 @@ func Default() *Config {
 			QueueDepth:     4096,
 			BulkChunkBytes: 1 << 20,
 			BulkTimeout:    time.Minute,
+			TLS:            TLSConfig{Enabled: true},
 		},
 		Model: ModelConfig{
 			Task: TaskClassification,

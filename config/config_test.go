@@ -94,6 +94,11 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"wire", func(c *Config) { c.AllReduce.Wire = "int8" }, `allreduce.wire: must be one of fp32, bf16, got "int8"`},
 		{"transport", func(c *Config) { c.AllReduce.Transport = "udp" }, `allreduce.transport: must be one of default, tcp, grpc, got "udp"`},
 		{"timeout", func(c *Config) { c.AllReduce.Timeout = 0 }, "allreduce.timeout: must be > 0"},
+		{"tls partial", func(c *Config) { c.Cluster.TLS.Cert = "a.pem" }, "cluster.tls.key: must be set when any of cluster.tls.cert"},
+		{"tls files while disabled", func(c *Config) {
+			c.Cluster.TLS = TLSConfig{Cert: "a", Key: "b", CA: "c"}
+		}, "cluster.tls.enabled: is false but certificate files are given"},
+		{"tcp under tls", func(c *Config) { c.AllReduce.Transport = "tcp" }, "allreduce.transport: is tcp, whose data connections are not encrypted, but cluster.tls.enabled is true"},
 		{"checkpoint dir", func(c *Config) { c.Checkpoint.Dir = "" }, "checkpoint.dir: must be set"},
 		{"checkpoint every", func(c *Config) { c.Checkpoint.Every = -1 }, "checkpoint.every: must be >= 0"},
 		{"checkpoint keep", func(c *Config) { c.Checkpoint.Keep = -1 }, "checkpoint.keep: must be >= 0"},

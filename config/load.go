@@ -131,7 +131,7 @@ func splitList(from, to reflect.Type, data any) (any, error) {
 
 // pathKeys are the keys holding file system paths.
 var pathKeys = []string{
-	"cluster.key_file", "model.path", "data.train_file", "data.eval_file",
+	"cluster.key_file", "cluster.tls.cert", "cluster.tls.key", "cluster.tls.ca", "model.path", "data.train_file", "data.eval_file",
 	"data.tokenizer", "checkpoint.dir", "output.dir",
 }
 

@@ -43,6 +43,16 @@ func (c *Config) Validate() error {
 	if c.Cluster.BulkTimeout <= 0 {
 		v.add("cluster.bulk_timeout", "must be > 0 (e.g. 1m), got %s", c.Cluster.BulkTimeout)
 	}
+	if t := c.Cluster.TLS; t.Cert != "" || t.Key != "" || t.CA != "" {
+		for _, f := range []struct{ key, val string }{{"cluster.tls.cert", t.Cert}, {"cluster.tls.key", t.Key}, {"cluster.tls.ca", t.CA}} {
+			if f.val == "" {
+				v.add(f.key, "must be set when any of cluster.tls.cert, cluster.tls.key, cluster.tls.ca is (give all three, or none to derive the certificates from the cluster key)")
+			}
+		}
+		if !t.Enabled {
+			v.add("cluster.tls.enabled", "is false but certificate files are given; remove them or enable TLS")
+		}
+	}
 
 	// model
 	v.required("model.path", c.Model.Path)
@@ -161,6 +171,9 @@ func (c *Config) Validate() error {
 	}
 	v.oneOf("allreduce.wire", c.AllReduce.Wire, PrecisionFP32, PrecisionBF16)
 	v.oneOf("allreduce.transport", c.AllReduce.Transport, "default", "tcp", "grpc")
+	if c.AllReduce.Transport == "tcp" && c.Cluster.TLS.Enabled {
+		v.add("allreduce.transport", "is tcp, whose data connections are not encrypted, but cluster.tls.enabled is true; use default (grpc under TLS) or grpc, or set cluster.tls.enabled: false")
+	}
 	if c.AllReduce.Timeout <= 0 {
 		v.add("allreduce.timeout", "must be > 0, got %s", c.AllReduce.Timeout)
 	}

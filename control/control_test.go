@@ -15,7 +15,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestValidate(t *testing.T) {
 	ok := []Msg{
-		{V: Version, Type: TypeHello, Hello: &Hello{ID: "n"}},
+		{V: Version, Type: TypeHello, Hello: &Hello{ID: "n", Nonce: make([]byte, 32)}},
+		{V: Version, Type: TypeChallenge, Nonce: make([]byte, 32), Proof: make([]byte, 32)},
+		{V: Version, Type: TypeAuth, Proof: make([]byte, 32)},
 		{V: Version, Type: TypeStep, Gen: 1, Count: 8},
 		{V: Version, Type: TypeGen, Gen: 2, World: &World{Generation: 2, Rank: 1, Peers: []string{"a:1", "b:1"}, IDs: []string{"a", "b"}}},
 	}
@@ -26,7 +28,10 @@ func TestValidate(t *testing.T) {
 	}
 	bad := map[string]Msg{
 		"version":      {V: 99, Type: TypeHello, Hello: &Hello{ID: "n"}},
-		"empty id":     {V: Version, Type: TypeHello, Hello: &Hello{}},
+		"empty id":     {V: Version, Type: TypeHello, Hello: &Hello{Nonce: make([]byte, 32)}},
+		"no nonce":     {V: Version, Type: TypeHello, Hello: &Hello{ID: "n"}},
+		"short proof":  {V: Version, Type: TypeAuth, Proof: make([]byte, 8)},
+		"no proof":     {V: Version, Type: TypeChallenge, Nonce: make([]byte, 32)},
 		"no count":     {V: Version, Type: TypeStep, Gen: 1},
 		"rank outside": {V: Version, Type: TypeGen, Gen: 2, World: &World{Generation: 2, Rank: 2, Peers: []string{"a:1"}, IDs: []string{"a"}}},
 		"gen mismatch": {V: Version, Type: TypeGen, Gen: 3, World: &World{Generation: 2, Rank: 0, Peers: []string{"a:1"}, IDs: []string{"a"}}},

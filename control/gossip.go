@@ -32,7 +32,17 @@ type Meta struct {
 	GRPC    string `json:"grpc"` // control (coordinator) or ring (node) address
 	Device  string `json:"device,omitempty"`
 	Version string `json:"ver,omitempty"`
+	// TLS is the coordinator's TLS mode, which nodes follow: TLSDerived,
+	// TLSFiles, or empty for none. Gossip is encrypted with the cluster key,
+	// so only a key holder can announce it.
+	TLS string `json:"tls,omitempty"`
 }
+
+// TLS modes in the coordinator's metadata.
+const (
+	TLSDerived = "derived" // certificates derived from the cluster key
+	TLSFiles   = "files"   // certificates from cluster.tls.{cert,key,ca}
+)
 
 // Encode returns m as JSON, or an error naming the field to shorten when it
 // exceeds MaxMeta bytes.

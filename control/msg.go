@@ -21,21 +21,28 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/ringtune/ringtune/auth"
 	"github.com/ringtune/ringtune/data"
 )
 
 // Version is the protocol version every Msg carries. A peer speaking another
 // version is refused at Hello with an error naming both versions.
 //
-// Version 2 moved state, model files and the export off the session onto
+// Version 3 moved state, model files and the export off the session onto
 // the bulk plane (TypeNeed, TypeState, TypeFile, TypeDone, TypeGetState and
-// TypeSetState are gone; TypePull, TypeLoaded and TypeExported are new).
-const Version = 2
+// TypeSetState are gone; TypePull, TypeLoaded and TypeExported are new), and
+// opens every session with the challenge-response of handshake.go (hello
+// carries a nonce; challenge and auth follow).
+const Version = 3
+
+// CoordinatorID is the coordinator's gossip name; no node may use it.
+const CoordinatorID = "coordinator"
 
 // Message types.
 const (
 	// node → coordinator
 	TypeHello    = "hello"    // first message of a session
+	TypeAuth     = "auth"     // the node's proof of the key (handshake)
 	TypeReady    = "ready"    // the node has set up / joined a generation
 	TypeReduced  = "reduced"  // gradients of a step are all-reduced
 	TypeFailed   = "failed"   // a step or request failed on the node
@@ -45,15 +52,16 @@ const (
 	TypeExported = "exported" // answer to export: the files, to be pulled from the node
 
 	// coordinator → node
-	TypeJob     = "job"    // the training job and model manifest
-	TypeGen     = "gen"    // a new generation: rank, peers
-	TypeStep    = "step"   // the micro-batches of one step for this rank
-	TypeCommit  = "commit" // apply step
-	TypeAbort   = "abort"  // drop step's gradients
-	TypePull    = "pull"   // load the committed state from the bulk source Pull names
-	TypeEvalReq = "eval"   // evaluate these batches
-	TypeExport  = "export" // write the model and list its files (TypeExported)
-	TypeStop    = "stop"   // the run is over; leave
+	TypeChallenge = "challenge" // the coordinator's nonce and proof (handshake)
+	TypeJob       = "job"       // the training job and model manifest
+	TypeGen       = "gen"       // a new generation: rank, peers
+	TypeStep      = "step"      // the micro-batches of one step for this rank
+	TypeCommit    = "commit"    // apply step
+	TypeAbort     = "abort"     // drop step's gradients
+	TypePull      = "pull"      // load the committed state from the bulk source Pull names
+	TypeEvalReq   = "eval"      // evaluate these batches
+	TypeExport    = "export"    // write the model and list its files (TypeExported)
+	TypeStop      = "stop"      // the run is over; leave
 )
 
 // Msg is one control-plane message. Exactly the payload field named by Type
@@ -83,6 +91,9 @@ type Msg struct {
 	Req     int        `json:"req,omitempty"` // request id (eval, export)
 	Reason  string     `json:"reason,omitempty"`
 	Files   []FileInfo `json:"files,omitempty"`
+	// Nonce and Proof are the handshake's (challenge: both; auth: Proof).
+	Nonce []byte `json:"nonce,omitempty"`
+	Proof []byte `json:"proof,omitempty"`
 }
 
 // Hello opens a session.
@@ -94,6 +105,8 @@ type Hello struct {
 	// Applied is the number of committed steps in the node's trainer state,
 	// -1 when it has no state (fresh process).
 	Applied int `json:"applied"`
+	// Nonce is the node's fresh handshake nonce (auth.NonceSize bytes).
+	Nonce []byte `json:"nonce"`
 }
 
 // FileInfo names one file of the model directory by content hash.
@@ -237,7 +250,14 @@ func (m *Msg) Validate() error {
 		if m.Hello.ID == "" {
 			return fmt.Errorf("hello message with an empty node id")
 		}
+		if len(m.Hello.Nonce) != auth.NonceSize {
+			return fmt.Errorf("hello message with a %d-byte nonce, want %d", len(m.Hello.Nonce), auth.NonceSize)
+		}
 		return nil
+	case TypeChallenge:
+		return need(len(m.Nonce) == auth.NonceSize && len(m.Proof) == auth.ProofSize, "a nonce and a proof")
+	case TypeAuth:
+		return need(len(m.Proof) == auth.ProofSize, "a proof")
 	case TypeJob:
 		return need(m.Job != nil, "job")
 	case TypeReady:

@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 
@@ -96,14 +97,17 @@ func Register(reg grpc.ServiceRegistrar, h SessionHandler) {
 }
 
 // ServerOptions are the options of the coordinator's control server:
-// authentication with key (as the ring's) and the raised message limit.
-func ServerOptions(key auth.Key) []grpc.ServerOption {
-	return append(auth.ServerOptions(key, nil), grpc.MaxRecvMsgSize(MaxMsg), grpc.MaxSendMsgSize(MaxMsg))
+// single-use token authentication with key (as the ring's), TLS with
+// tlsConf when it is not nil (see auth.DerivedTLS), and the raised message
+// limit. Every service registered on the server inherits them.
+func ServerOptions(key auth.Key, tlsConf *tls.Config) []grpc.ServerOption {
+	return append(auth.ServerOptions(key, tlsConf), grpc.MaxRecvMsgSize(MaxMsg), grpc.MaxSendMsgSize(MaxMsg))
 }
 
-// Dial connects to the coordinator's control server at addr with key.
-func Dial(addr string, key auth.Key) (*grpc.ClientConn, error) {
-	opts := append(auth.DialOptions(key, nil),
+// Dial connects to the coordinator's control server at addr with key, over
+// TLS with tlsConf when it is not nil (it must be when the server has TLS).
+func Dial(addr string, key auth.Key, tlsConf *tls.Config) (*grpc.ClientConn, error) {
+	opts := append(auth.DialOptions(key, tlsConf),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsg), grpc.MaxCallSendMsgSize(MaxMsg), grpc.CallContentSubtype(CodecName)),
 	)
 	cc, err := grpc.NewClient(addr, opts...)

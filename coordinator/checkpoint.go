@@ -338,7 +338,7 @@ func (c *Coordinator) pullCheckpoint(ctx context.Context, s *session) (path stri
 	cfg := c.cfg
 	applied := c.applied
 	err = c.transfer(ctx, s, func(tctx context.Context) error {
-		cc, err := bulk.Dial(s.ring, c.key)
+		cc, err := bulk.Dial(s.ring, c.key, c.clientTLS())
 		if err != nil {
 			return err
 		}

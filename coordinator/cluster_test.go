@@ -208,8 +208,13 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	if !strings.Contains(node.Text(), "key file matches") {
 		t.Errorf("node error does not point at the key: %s", node.Text())
 	}
-	// gRPC: a session opened with the wrong key is refused.
-	cc, err := control.Dial(m[2], badKey)
+	// gRPC: a session opened with the wrong key is refused: its TLS
+	// certificate, derived from that key, is not from the cluster's CA.
+	badTLS, err := auth.DerivedTLS(badKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := control.Dial(m[2], badKey, badTLS.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,11 +223,11 @@ func TestWrongKeyCannotJoin(t *testing.T) {
 	defer scancel()
 	st, err := control.OpenSession(sctx, cc)
 	if err == nil {
-		_ = st.Send(&control.Msg{V: control.Version, Type: control.TypeHello, Hello: &control.Hello{ID: "intruder", Proto: control.Version}})
+		_ = st.Send(&control.Msg{V: control.Version, Type: control.TypeHello, Hello: &control.Hello{ID: "intruder", Proto: control.Version, Nonce: make([]byte, auth.NonceSize)}})
 		_, err = st.Recv()
 	}
-	if status.Code(err) != codes.Unauthenticated {
-		t.Fatalf("session with the wrong key: got %v, want Unauthenticated", err)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("session with the wrong key: got %v, want Unavailable (TLS handshake refused)", err)
 	}
 	if strings.Contains(coord.Text(), "node connected") {
 		t.Fatal("coordinator accepted a node with the wrong key")

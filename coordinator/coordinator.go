@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -40,11 +42,16 @@ import (
 
 // Exit codes of the coordinator command (see ExitCode).
 const (
-	ExitOK          = 0   // training finished and the model was written
-	ExitFailure     = 1   // the run failed (too many aborts, I/O error, ...)
-	ExitBadInput    = 2   // bad config, key, model directory or dataset, or an address in use
-	ExitDiverged    = 3   // replicas' parameter digests disagree
-	ExitNoNodes     = 4   // no (or too few) nodes for cluster.wait_timeout, or none holds the state
+	ExitOK       = 0 // training finished and the model was written
+	ExitFailure  = 1 // the run failed (too many aborts, I/O error, ...)
+	ExitBadInput = 2 // bad config, key, model directory or dataset, or an address in use
+	ExitDiverged = 3 // replicas' parameter digests disagree
+	ExitNoNodes  = 4 // no (or too few) nodes for cluster.wait_timeout, or none holds the state
+	// ExitPanic is a bug: the coordinator panicked. It is neither 0 nor the
+	// bad-input code 2 (which is what Go's runtime uses for an unrecovered
+	// panic), so that scripts never take a crash for success or for a
+	// user's mistake.
+	ExitPanic       = 70  // EX_SOFTWARE of sysexits.h
 	ExitInterrupted = 130 // stopped by SIGINT/SIGTERM
 )
 
@@ -89,20 +96,24 @@ type Options struct {
 
 // Coordinator is one training run.
 type Coordinator struct {
-	cfg   *config.Config
-	opts  Options
-	log   *slog.Logger
-	key   auth.Key
-	task  data.Task
-	tok   *data.Tokenizer // nil for pre-tokenized data without one
-	pad   int             // padding token id
-	train []data.Encoded
-	eval  []data.Encoded
-	files []control.FileInfo
-	paths map[string]string // sha256 → path
-	sched *Schedule
-	total int
-	job   *control.Job
+	cfg  *config.Config
+	opts Options
+	log  *slog.Logger
+	key  auth.Key
+	// tls is nil when cluster.tls.enabled is false; tlsMode is gossiped
+	// so that nodes follow (control.TLSDerived, TLSFiles or empty).
+	tls     *auth.TLSConfigs
+	tlsMode string
+	task    data.Task
+	tok     *data.Tokenizer // nil for pre-tokenized data without one
+	pad     int             // padding token id
+	train   []data.Encoded
+	eval    []data.Encoded
+	files   []control.FileInfo
+	paths   map[string]string // sha256 → path
+	sched   *Schedule
+	total   int
+	job     *control.Job
 
 	// loop state, touched only by Run's goroutine
 	events   chan event
@@ -119,13 +130,16 @@ type Coordinator struct {
 	answers  map[string]*control.Msg // per-request answers (eval)
 	loaded   map[string]*control.Msg // answers to pull, by node
 	exported *control.Msg            // answer to the export request c.req
-	resumed  *Checkpoint             // the checkpoint --resume started from
-	lastCkpt string                  // newest checkpoint written or resumed from
-	grpcAddr string                  // advertised address of the control and bulk server
-	stats    stats
-	metrics  *metrics
-	dash     *dashboard // nil without metrics.dashboard
-	progress *progress
+	// exportFrom is the session the export request is outstanding with
+	// (nil when none): answers from others are dropped.
+	exportFrom *session
+	resumed    *Checkpoint // the checkpoint --resume started from
+	lastCkpt   string      // newest checkpoint written or resumed from
+	grpcAddr   string      // advertised address of the control and bulk server
+	stats      stats
+	metrics    *metrics
+	dash       *dashboard // nil without metrics.dashboard
+	progress   *progress
 
 	// What New checked (pin.go, dirlock.go).
 	pin     *RunPin
@@ -167,6 +181,9 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, badInput(fmt.Errorf("cluster.key_file: %w", err))
 	}
 	c.key = key
+	if c.tls, c.tlsMode, err = ClusterTLS(cfg.Cluster.TLS, key); err != nil {
+		return nil, badInput(err)
+	}
 	if err := c.loadModelDir(); err != nil {
 		return nil, badInput(err)
 	}
@@ -208,6 +225,27 @@ func New(opts Options) (*Coordinator, error) {
 		}
 	}
 	return c, nil
+}
+
+// ClusterTLS returns the TLS configurations of cluster.tls and the mode the
+// coordinator gossips: certificates from the files when given, otherwise
+// derived from key; nil and "" when TLS is disabled. Errors name the key.
+func ClusterTLS(t config.TLSConfig, key auth.Key) (*auth.TLSConfigs, string, error) {
+	switch {
+	case !t.Enabled:
+		return nil, "", nil
+	case t.Cert != "":
+		tc, err := auth.FileTLS(t.Cert, t.Key, t.CA)
+		if err != nil {
+			return nil, "", fmt.Errorf("cluster.tls (cert, key, ca): %w", err)
+		}
+		return tc, control.TLSFiles, nil
+	}
+	tc, err := auth.DerivedTLS(key)
+	if err != nil {
+		return nil, "", fmt.Errorf("cluster.tls: %w", err)
+	}
+	return tc, control.TLSDerived, nil
 }
 
 func (c *Coordinator) loadModelDir() error {
@@ -263,14 +301,14 @@ type event struct {
 
 // session is the coordinator's view of one node.
 type session struct {
-	id      string
-	ring    string
-	out     chan *control.Msg
-	cancel  context.CancelFunc
-	ready   bool // trainer set up
-	applied int
-	gone    bool
-	rank    int
+	id     string
+	ring   string
+	out    chan *control.Msg
+	cancel context.CancelFunc
+	ready  bool // trainer set up
+	applied    int
+	gone       bool
+	rank       int
 }
 
 func (s *session) send(m *control.Msg) {
@@ -298,7 +336,11 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return badInput(fmt.Errorf("cluster.grpc: listen on %s: %w", cfg.GRPC, err))
 	}
-	gs := grpc.NewServer(control.ServerOptions(c.key)...)
+	var serverTLS *tls.Config
+	if c.tls != nil {
+		serverTLS = c.tls.Server
+	}
+	gs := grpc.NewServer(control.ServerOptions(c.key, serverTLS)...)
 	control.Register(gs, c.serveSession)
 	// The bulk plane shares the control server and its options (auth, later
 	// TLS): nodes pull model files and, after --resume, the checkpoint here.
@@ -337,11 +379,11 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 		grpcAddr = net.JoinHostPort(ah, p)
 	}
 	c.grpcAddr = grpcAddr
-	meta, err := control.Meta{ID: "coordinator", Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1"}.Encode()
+	meta, err := control.Meta{ID: control.CoordinatorID, Role: control.RoleCoordinator, GRPC: grpcAddr, Version: "ringtune/0.1", TLS: c.tlsMode}.Encode()
 	if err != nil {
 		return badInput(err)
 	}
-	ml, err := control.NewMemberlist(control.GossipConfig{Name: "coordinator", Bind: cfg.Bind, Advertise: cfg.Advertise, Label: cfg.Label, Key: c.key, Delegate: control.StaticMeta(meta), Events: gossipEvents{c.events}})
+	ml, err := control.NewMemberlist(control.GossipConfig{Name: control.CoordinatorID, Bind: cfg.Bind, Advertise: cfg.Advertise, Label: cfg.Label, Key: c.key, Delegate: control.StaticMeta(meta), Events: gossipEvents{c.events}})
 	if err != nil {
 		return badInput(fmt.Errorf("cluster.bind: %w", err))
 	}
@@ -368,9 +410,27 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	// The stop message says whether the run failed, so that a node of a
 	// failed run (replicas diverged, too many aborts) does not exit 0.
 	defer func() { c.stopAll(err) }()
-	err = c.train1(ctx)
+	err = c.safeTrain(ctx)
 	c.progress.finish()
 	return err
+}
+
+// safeTrain is train1 with a panic turned into an ExitPanic error, so that
+// the deferred stop still tells every node that the run failed (a panic
+// must never read as a finished run on the nodes).
+func (c *Coordinator) safeTrain(ctx context.Context) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = PanicError(p)
+		}
+	}()
+	return c.train1(ctx)
+}
+
+// PanicError turns a recovered panic value into an error carrying
+// ExitPanic and the stack of the panicking goroutine.
+func PanicError(p any) error {
+	return &Error{Code: ExitPanic, Err: fmt.Errorf("internal error (a bug; please report it with this message): panic: %v\n%s", p, debug.Stack())}
 }
 
 type gossipEvents struct{ ch chan<- event }
@@ -386,7 +446,15 @@ func (g gossipEvents) NotifyLeave(n *memberlist.Node) {
 
 // serveSession is the gRPC handler of one node's session: it reads the
 // hello, then relays messages both ways until either side ends.
-func (c *Coordinator) serveSession(st control.Stream) error {
+func (c *Coordinator) serveSession(st control.Stream) (err error) {
+	// gRPC does not recover handler panics: one here would kill the
+	// process. It ends this session only.
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("session handler panicked", "err", PanicError(p))
+			err = errors.New("internal error in the coordinator's session handler")
+		}
+	}()
 	first, err := st.Recv()
 	if err != nil {
 		return err
@@ -398,13 +466,25 @@ func (c *Coordinator) serveSession(st control.Stream) error {
 	if h.Proto != control.Version {
 		return fmt.Errorf("node %s speaks protocol %d, coordinator %d", h.ID, h.Proto, control.Version)
 	}
+	if err := control.CheckNodeID(h.ID); err != nil {
+		c.log.Warn("session refused", "node", h.ID, "err", err)
+		return err
+	}
+	// Single-use credentials: the session is bound to a challenge-response
+	// over nonces of both sides, so a replayed hello cannot open it.
+	if err := control.ServerHandshake(st, c.key, first); err != nil {
+		c.log.Warn("session refused", "node", h.ID, "err", err)
+		return err
+	}
 	// The node's gossip join may still be propagating when its session
 	// arrives: look for it for a few seconds before refusing.
 	ring := ""
 	for wait := time.Now().Add(5 * time.Second); ring == "" && time.Now().Before(wait); {
 		for _, m := range c.ml.Members() {
 			if m.Name == h.ID {
-				if meta, err := control.DecodeMeta(m.Meta); err == nil {
+				// Only a member announcing itself as a node: the
+				// coordinator's own entry or another role is no node.
+				if meta, err := control.DecodeMeta(m.Meta); err == nil && meta.Role == control.RoleNode && meta.ID == h.ID {
 					ring = meta.GRPC
 				}
 			}
@@ -418,7 +498,8 @@ func (c *Coordinator) serveSession(st control.Stream) error {
 		}
 	}
 	if ring == "" {
-		return fmt.Errorf("node %s is not a member of the gossip cluster; join it first", h.ID)
+		c.log.Warn("session refused", "node", h.ID, "err", "not a node of the gossip cluster")
+		return fmt.Errorf("node %s is not a node of the gossip cluster; join it first", h.ID)
 	}
 	ctx, cancel := context.WithCancel(st.Context())
 	defer cancel()
@@ -480,6 +561,10 @@ func (c *Coordinator) stopAll(failure error) {
 		}
 	}
 }
+
+// testHookCommitted, when set (by tests only), runs after each commit on
+// the run loop, e.g. to inject a panic.
+var testHookCommitted func(step int)
 
 // errBroken means the current world lost a rank; the caller forms a new
 // generation.
@@ -570,21 +655,31 @@ func (c *Coordinator) lose(s *session) {
 	c.dash.lost()
 }
 
+// onMsg applies one message of session s. Every message is checked against
+// what the coordinator expects now (the phase, the outstanding request and
+// its id, the sender's place in the current generation, the generation)
+// before it touches any state: a message that fails a check changes nothing
+// and comes back as an error, which handle logs with the sender and drops.
 func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 	switch m.Type {
 	case control.TypeReady:
 		if m.Gen == 0 {
+			if s.ready {
+				return errors.New("a second ready (set up) message on one session")
+			}
 			s.ready = true
 			s.applied = m.Ready.Applied
 			c.changed = time.Now()
 			c.log.Info("node ready", "node", s.id, "params", m.Ready.Params)
 			return nil
 		}
-		s.applied = m.Ready.Applied
-		if c.round != nil && c.round.Gen == m.Gen && c.round.Step == -1 {
-			return c.round.Report(s.id, m.Gen, -1, "")
+		if c.round == nil || c.round.Step != -1 {
+			return fmt.Errorf("ready for generation %d while no generation is forming", m.Gen)
 		}
-		return control.CheckGen(s.id, c.gen, m.Gen)
+		if err := c.round.Report(s.id, m.Gen, -1, ""); err != nil {
+			return err
+		}
+		s.applied = m.Ready.Applied
 	case control.TypeReduced, control.TypeFailed:
 		if m.Type == control.TypeFailed && m.Gen == 0 {
 			// The node could not set up or failed outside a generation.
@@ -595,15 +690,32 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		if c.round == nil {
 			return fmt.Errorf("%s for step %d with no step in flight", m.Type, m.Step)
 		}
-		if err := c.round.Report(s.id, m.Gen, m.Step, m.Error); err != nil {
+		failure := m.Error
+		if m.Type == control.TypeFailed && failure == "" {
+			// An empty reason must not read as success.
+			failure = "failed (no reason given)"
+		}
+		if m.Type == control.TypeReduced && c.round.Step < 0 {
+			return fmt.Errorf("reduced for step %d while generation %d is forming", m.Step, c.round.Gen)
+		}
+		if err := c.round.Report(s.id, m.Gen, m.Step, failure); err != nil {
 			return err
 		}
-		if m.Reduced != nil {
+		if m.Reduced != nil && c.reduced != nil {
 			c.reduced[s.id] = m.Reduced
 		}
 	case control.TypeDigest:
 		if err := control.CheckGen(s.id, c.gen, m.Gen); err != nil {
 			return err
+		}
+		if !slices.Contains(c.world, s) {
+			return fmt.Errorf("digest from %s, which is not a rank of generation %d", s.id, c.gen)
+		}
+		if m.Step < 0 || m.Step > c.applied {
+			return fmt.Errorf("digest after step %d, but %d steps are committed", m.Step, c.applied)
+		}
+		if c.digests[m.Step][s.id] != "" {
+			return fmt.Errorf("second digest after step %d", m.Step)
 		}
 		d := c.digests[m.Step]
 		if d == nil {
@@ -618,18 +730,33 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 				c.fatal = &Error{Code: ExitDiverged, Err: err}
 				return err
 			}
-			c.log.Info("replicas identical", "applied", m.Step, "digest", m.Sum[:16])
+			c.log.Info("replicas identical", "applied", m.Step, "digest", m.Sum[:min(16, len(m.Sum))])
 		}
 	case control.TypeEval:
+		if c.answers == nil {
+			return errors.New("evaluation result with no evaluation in flight")
+		}
+		if err := c.checkAnswer(s, m, c.req); err != nil {
+			return err
+		}
+		if c.answers[s.id] != nil {
+			return fmt.Errorf("second evaluation result for request %d", m.Req)
+		}
 		c.answers[s.id] = m
 	case control.TypeLoaded:
 		if m.Gen != c.gen || c.loaded == nil {
 			return nil // the answer to a pull of an older generation
 		}
+		if !slices.Contains(c.world, s) {
+			return fmt.Errorf("pull answer from %s, which is not a rank of generation %d", s.id, c.gen)
+		}
 		c.loaded[s.id] = m
 	case control.TypeExported:
-		if m.Req != c.req {
-			return fmt.Errorf("export answer %d, the request in flight is %d", m.Req, c.req)
+		if c.exportFrom != s {
+			return errors.New("export answer that was not requested from this node")
+		}
+		if err := c.checkAnswer(s, m, c.req); err != nil {
+			return err
 		}
 		c.exported = m
 	default:
@@ -665,6 +792,29 @@ func (c *Coordinator) onSetupFailed(s *session, why string) {
 	sort.Strings(ids)
 	c.fatal = badInput(fmt.Errorf("every node failed to set up the model (%d: %s); check model.path and the job settings. Node %s: %s",
 		len(ids), strings.Join(ids, ", "), ids[0], c.setupFailed[ids[0]]))
+}
+
+// clientTLS is the TLS configuration for dialing nodes' servers (the bulk
+// plane), nil when cluster.tls.enabled is false.
+func (c *Coordinator) clientTLS() *tls.Config {
+	if c.tls == nil {
+		return nil
+	}
+	return c.tls.Client
+}
+
+// checkAnswer checks that m answers request req of the current generation.
+func (c *Coordinator) checkAnswer(s *session, m *control.Msg, req int) error {
+	if m.Req != req {
+		return fmt.Errorf("answer to request %d, the outstanding request is %d", m.Req, req)
+	}
+	if err := control.CheckGen(s.id, c.gen, m.Gen); err != nil {
+		return err
+	}
+	if !slices.Contains(c.world, s) {
+		return fmt.Errorf("answer from %s, which is not a rank of generation %d", s.id, c.gen)
+	}
+	return nil
 }
 
 func checkExportName(n string) error {
@@ -928,6 +1078,9 @@ func (c *Coordinator) train1(ctx context.Context) error {
 				s.applied = g + 1
 			}
 			c.applied = g + 1
+			if testHookCommitted != nil {
+				testHookCommitted(g)
+			}
 			c.account(g)
 			if err := c.afterCommit(ctx, epochDone); err != nil {
 				return err
@@ -1047,6 +1200,8 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	}
 	c.req++
 	c.answers = map[string]*control.Msg{}
+	answers := c.answers
+	defer func() { c.answers = nil }()
 	pad := c.pad
 	for r, s := range c.world {
 		bs, err := RankBatches(c.eval, idx, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
@@ -1059,7 +1214,7 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 		return err
 	}
 	var sum control.EvalSums
-	for _, m := range c.answers {
+	for _, m := range answers {
 		sum.Add(*m.Eval)
 	}
 	res := Metrics(c.task, c.cfg.Model.NumLabels, sum)
@@ -1098,6 +1253,8 @@ func (c *Coordinator) export(ctx context.Context) error {
 	c.req++
 	c.exported = nil
 	src := c.world[0]
+	c.exportFrom = src
+	defer func() { c.exportFrom = nil }()
 	src.send(&control.Msg{Type: control.TypeExport, Gen: c.gen, Req: c.req})
 	if err := c.pump(ctx, 10*time.Minute, true, func() bool { return c.exported != nil }); err != nil {
 		return err
@@ -1107,7 +1264,7 @@ func (c *Coordinator) export(ctx context.Context) error {
 	var diskErr error
 	err := c.transfer(ctx, src, func(tctx context.Context) error {
 		var err error
-		diskErr, err = pullDir(tctx, c.cfg.Output.Dir, src.ring, c.key, req, files, c.cfg.Cluster.BulkChunkBytes, c.cfg.Cluster.BulkTimeout)
+		diskErr, err = pullDir(tctx, c.cfg.Output.Dir, src.ring, c.key, c.clientTLS(), req, files, c.cfg.Cluster.BulkChunkBytes, c.cfg.Cluster.BulkTimeout)
 		return err
 	})
 	if diskErr != nil {
@@ -1129,7 +1286,7 @@ func (c *Coordinator) export(ctx context.Context) error {
 // temporary directory next to dir and renames it into place. A transfer
 // error comes back as err, a local file-system error as diskErr; either way
 // the temporary directory is removed and dir is left as it was.
-func pullDir(ctx context.Context, dir, addr string, key auth.Key, req int, files []control.FileInfo, chunk int, timeout time.Duration) (diskErr, err error) {
+func pullDir(ctx context.Context, dir, addr string, key auth.Key, tlsConf *tls.Config, req int, files []control.FileInfo, chunk int, timeout time.Duration) (diskErr, err error) {
 	for _, f := range files {
 		if err := checkExportName(f.Name); err != nil {
 			return nil, err
@@ -1152,7 +1309,7 @@ func pullDir(ctx context.Context, dir, addr string, key auth.Key, req int, files
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err, nil
 	}
-	cc, err := bulk.Dial(addr, key)
+	cc, err := bulk.Dial(addr, key, tlsConf)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,8 @@
 //	2    bad input: flags, config, key file, model directory, dataset, or an
 //	     address already in use
 //	3    replicas diverged (parameter digests disagree)
+//	70   internal error: the coordinator panicked (a bug; nodes are told
+//	     the run failed)
 //	130  interrupted by SIGINT or SIGTERM
 package main
 
@@ -35,7 +37,16 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-func run(args []string) int {
+func run(args []string) (code int) {
+	// The run loop recovers its own panics (coordinator.ExitPanic, after
+	// telling the nodes); this catches one anywhere else on this goroutine.
+	defer func() {
+		if p := recover(); p != nil {
+			err := coordinator.PanicError(p)
+			fmt.Fprintln(os.Stderr, "coordinator:", err)
+			code = coordinator.ExitCode(err)
+		}
+	}()
 	var cfgPath, logLevel string
 	var resume bool
 	root := &cobra.Command{

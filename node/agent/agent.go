@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -62,6 +64,11 @@ type Config struct {
 	// CommitTimeout bounds the wait for a commit or abort after reporting a
 	// step reduced (default 2 minutes); past it the node gives up.
 	CommitTimeout time.Duration
+	// TLSCert, TLSKey and TLSCA are PEM files (certificate, its key, the
+	// CA), needed only when the coordinator uses cluster.tls files; by
+	// default the node derives its certificates from Key, as the
+	// coordinator does, and follows the coordinator's TLS mode.
+	TLSCert, TLSKey, TLSCA string
 	// Log receives the agent's log (default: discard).
 	Log *slog.Logger
 }
@@ -81,6 +88,9 @@ func (c *Config) defaults() error {
 		var r [3]byte
 		_, _ = rand.Read(r[:])
 		c.Name = fmt.Sprintf("%s-%d-%x", h, os.Getpid(), r)
+	}
+	if err := control.CheckNodeID(c.Name); err != nil {
+		return fmt.Errorf("agent: --name: %w", err)
 	}
 	if c.Device == "" {
 		c.Device = "cpu"
@@ -145,25 +155,27 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("agent: ring listener on %s: %w", c.RingAddr, err)
 	}
-	ringSrv, err := allreduce.NewServer(c.Key)
-	if err != nil {
-		_ = lis.Close()
-		return err
-	}
-	gs := grpc.NewServer(allreduce.ServerOptions(c.Key, nil)...)
-	ringSrv.Register(gs)
+	// The ring's gRPC server starts once the coordinator's TLS mode is
+	// known (after joining); until then peers' connections wait in the
+	// listener's backlog.
 	// The bulk plane shares the ring's server, and so its options (auth,
-	// later TLS): peers and the coordinator pull state and export files here.
+	// TLS): peers and the coordinator pull state and export files here.
 	h := newHub()
 	bulkSrv, err := bulk.NewServer(c.Key, h.source, 0)
 	if err != nil {
 		_ = lis.Close()
 		return err
 	}
-	bulkSrv.Register(gs)
 	served := make(chan struct{})
-	go func() { defer close(served); _ = gs.Serve(lis) }()
-	defer func() { gs.Stop(); <-served }()
+	var gs *grpc.Server
+	defer func() {
+		if gs == nil {
+			_ = lis.Close()
+			return
+		}
+		gs.Stop()
+		<-served
+	}()
 
 	ringAddr := lis.Addr().String()
 	if c.Advertise != "" {
@@ -188,13 +200,30 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		_ = ml.Leave(time.Second)
 		_ = ml.Shutdown()
 	}()
-	coordAddr, err := a.join(ctx, ml)
+	coord, err := a.join(ctx, ml)
 	if err != nil {
 		return err
 	}
-	a.log.Info("joined cluster", "coordinator", coordAddr, "ring", ringAddr)
+	coordAddr := coord.GRPC
+	tc, err := a.tlsFor(coord.TLS)
+	if err != nil {
+		return err
+	}
+	var serverTLS, clientTLS *tls.Config
+	if tc != nil {
+		serverTLS, clientTLS = tc.Server, tc.Client
+	}
+	a.log.Info("joined cluster", "coordinator", coordAddr, "ring", ringAddr, "tls", coord.TLS)
+	ringSrv, err := allreduce.NewServer(c.Key)
+	if err != nil {
+		return err
+	}
+	gs = grpc.NewServer(allreduce.ServerOptions(c.Key, serverTLS)...)
+	ringSrv.Register(gs)
+	bulkSrv.Register(gs)
+	go func() { defer close(served); _ = gs.Serve(lis) }()
 
-	cc, err := control.Dial(coordAddr, c.Key)
+	cc, err := control.Dial(coordAddr, c.Key, clientTLS)
 	if err != nil {
 		return err
 	}
@@ -202,7 +231,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	// Model files come from the coordinator's bulk service, on the same
 	// server as the session but on a connection of its own, so that a big
 	// file does not share flow control with the session.
-	bc, err := bulk.Dial(coordAddr, c.Key)
+	bc, err := bulk.Dial(coordAddr, c.Key, clientTLS)
 	if err != nil {
 		return err
 	}
@@ -213,14 +242,42 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, coord: bc, applied: -1}
+	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, coord: bc, clientTLS: clientTLS, applied: -1}
 	defer s.close()
 	return s.run(ctx)
 }
 
+// tlsFor returns the TLS configurations for the coordinator's TLS mode
+// (control.TLSDerived, TLSFiles, or "" for none).
+func (a *Agent) tlsFor(mode string) (*auth.TLSConfigs, error) {
+	c := a.cfg
+	switch mode {
+	case "":
+		if c.TLSCert != "" {
+			return nil, errors.New("agent: --tls-cert is given but the coordinator runs without TLS (cluster.tls.enabled: false); drop the --tls-* flags or enable TLS on the coordinator")
+		}
+		return nil, nil
+	case control.TLSDerived:
+		if c.TLSCert != "" {
+			return nil, errors.New("agent: --tls-cert is given but the coordinator derives its certificates from the cluster key (no cluster.tls.cert); drop the --tls-* flags")
+		}
+		return auth.DerivedTLS(c.Key)
+	case control.TLSFiles:
+		if c.TLSCert == "" || c.TLSKey == "" || c.TLSCA == "" {
+			return nil, errors.New("agent: the coordinator uses TLS certificates from files (cluster.tls.cert/key/ca): pass this node's --tls-cert, --tls-key and the cluster's --tls-ca")
+		}
+		tc, err := auth.FileTLS(c.TLSCert, c.TLSKey, c.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("agent: --tls-cert/--tls-key/--tls-ca: %w", err)
+		}
+		return tc, nil
+	}
+	return nil, fmt.Errorf("agent: the coordinator announces TLS mode %q, which this node (%s) does not know; upgrade it", mode, Version)
+}
+
 // join joins the gossip cluster through the coordinator's address and
-// returns the coordinator's control address from its metadata.
-func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (string, error) {
+// returns the coordinator's metadata (control address, TLS mode).
+func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (control.Meta, error) {
 	deadline := time.Now().Add(a.cfg.JoinTimeout)
 	var lastErr error
 	for time.Now().Before(deadline) {
@@ -230,18 +287,18 @@ func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (string, er
 			for _, m := range ml.Members() {
 				meta, err := control.DecodeMeta(m.Meta)
 				if err == nil && meta.Role == control.RoleCoordinator && meta.GRPC != "" {
-					return meta.GRPC, nil
+					return meta, nil
 				}
 			}
 			lastErr = errors.New("joined, but no member announces itself as coordinator")
 		}
 		select {
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return control.Meta{}, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return "", fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, a.cfg.JoinTimeout, lastErr)
+	return control.Meta{}, fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, a.cfg.JoinTimeout, lastErr)
 }
 
 // inbound is one received message or the session's end.
@@ -258,6 +315,8 @@ type session struct {
 	ringSrv *allreduce.Server
 	hub     *hub
 	coord   *grpc.ClientConn // the coordinator's bulk service
+	// clientTLS dials the ring's peers (nil without TLS).
+	clientTLS *tls.Config
 
 	tr      Trainer
 	job     *control.Job
@@ -268,6 +327,7 @@ type session struct {
 	world    *control.World
 	ring     *allreduce.Ring
 	inStep   bool // reduced sent, commit/abort pending
+	pending  int  // the step in flight while inStep
 	stepDone time.Time
 	// timing of the step in flight, for the debug log that shows where a
 	// step's wall time goes (compute, ring, waiting for the commit, apply,
@@ -275,8 +335,8 @@ type session struct {
 	tm stepTiming
 
 	fetched int64 // bytes of model files received, not taken from the cache
-	// pending are state requests for a step not applied yet.
-	pending []stateReq
+	// stateWaits are state requests for a step not applied yet.
+	stateWaits []stateReq
 	// modelDir is the job's model directory, laid out from the cache.
 	modelDir string
 }
@@ -308,10 +368,18 @@ func (s *session) close() {
 	}
 }
 
-func (s *session) run(ctx context.Context) error {
+func (s *session) run(ctx context.Context) (err error) {
+	// A panic in the protocol or the trainer must end the node with its own
+	// exit code, and the coordinator must hear that the node failed.
+	defer func() {
+		if p := recover(); p != nil {
+			err = &PanicError{Value: p, Stack: debug.Stack()}
+			_ = s.send(&control.Msg{Type: control.TypeFailed, Gen: s.gen, Step: s.pending, Error: err.Error()})
+		}
+	}()
 	c := s.a.cfg
-	if err := s.send(&control.Msg{Type: control.TypeHello, Hello: &control.Hello{ID: c.Name, Device: c.Device, Version: Version, Proto: control.Version, Applied: s.applied}}); err != nil {
-		return err
+	if err := control.ClientHandshake(s.st, c.Key, control.Hello{ID: c.Name, Device: c.Device, Version: Version, Applied: s.applied}); err != nil {
+		return fmt.Errorf("agent: %w", err)
 	}
 	in := make(chan inbound, 64)
 	quit := make(chan struct{})
@@ -367,6 +435,12 @@ func (s *session) run(ctx context.Context) error {
 				s.a.log.Info("run finished", "reason", ib.m.Reason)
 				return nil
 			}
+			if err := s.expect(ib.m); err != nil {
+				// Out of phase, stale, or not asked for: it must not
+				// touch the trainer or the session's state.
+				s.a.log.Warn("unexpected message from the coordinator dropped", "from", "coordinator", "type", ib.m.Type, "gen", ib.m.Gen, "step", ib.m.Step, "req", ib.m.Req, "err", err)
+				continue
+			}
 			if err := s.handle(ib.m); err != nil {
 				// A local failure: tell the coordinator (it forms a new
 				// generation without us if needed) and leave.
@@ -378,7 +452,89 @@ func (s *session) run(ctx context.Context) error {
 	}
 }
 
-// handle processes one message; an error is fatal for this node.
+// expect checks, before it touches anything, that m is what the node can
+// take now: its kind against the phase (job, model files, set up, in a
+// generation, a step in flight), its generation against the current one,
+// and its step against the one in flight. The error says why it is unexpected;
+// run drops such messages.
+func (s *session) expect(m *control.Msg) error {
+	setUp := func() error {
+		if s.tr == nil {
+			return errors.New("the trainer is not set up yet")
+		}
+		return nil
+	}
+	inGen := func() error {
+		if err := setUp(); err != nil {
+			return err
+		}
+		if s.gen == 0 {
+			return errors.New("no generation yet")
+		}
+		return control.CheckGen("coordinator", s.gen, m.Gen)
+	}
+	switch m.Type {
+	case control.TypeJob:
+		if s.job != nil {
+			return errors.New("a second job on one session")
+		}
+		return nil
+	case control.TypeGen:
+		if err := setUp(); err != nil {
+			return err
+		}
+		if m.Gen <= s.gen {
+			return fmt.Errorf("stale generation %d, current generation is %d", m.Gen, s.gen)
+		}
+		return nil
+	case control.TypePull:
+		if err := inGen(); err != nil {
+			return err
+		}
+		if m.Pull.Step < 0 {
+			return fmt.Errorf("pull of the state of step %d", m.Pull.Step)
+		}
+		if s.inStep {
+			return fmt.Errorf("pull of step %d while step %d awaits its commit", m.Pull.Step, s.pending)
+		}
+		return nil
+	case control.TypeStep:
+		// A step of another generation is answered with failed by
+		// onStep, so the coordinator learns of it; only its phase is
+		// checked here.
+		if err := setUp(); err != nil {
+			return err
+		}
+		if s.ring == nil {
+			return errors.New("step before any generation")
+		}
+		if s.inStep {
+			return fmt.Errorf("step %d while step %d awaits its commit", m.Step, s.pending)
+		}
+		return nil
+	case control.TypeCommit:
+		if err := inGen(); err != nil {
+			return err
+		}
+		if !s.inStep || m.Step != s.pending {
+			return fmt.Errorf("commit of step %d, but no such step is pending", m.Step)
+		}
+		return nil
+	case control.TypeAbort:
+		// An abort may name an older generation: the coordinator aborts a
+		// step and then forms a new one.
+		if !s.inStep || m.Step != s.pending || m.Gen > s.gen {
+			return fmt.Errorf("abort of step %d (generation %d), but no such step is pending", m.Step, m.Gen)
+		}
+		return nil
+	case control.TypeEvalReq, control.TypeExport:
+		return inGen()
+	}
+	return fmt.Errorf("a node does not take %q messages", m.Type)
+}
+
+// handle processes one message that expect accepted; an error is fatal for
+// this node.
 func (s *session) handle(m *control.Msg) error {
 	switch m.Type {
 	case control.TypeJob:
@@ -456,6 +612,9 @@ func (s *session) onJob(j *control.Job) error {
 		}
 		if need[f.SHA256] {
 			continue // two names, one content: fetched once
+		}
+		if f.Size < 0 {
+			return fmt.Errorf("agent: model file %s has size %d in the job", f.Name, f.Size)
 		}
 		ok, err := s.cachedOK(f.SHA256)
 		if ok {
@@ -569,7 +728,7 @@ func (s *session) onGen(m *control.Msg) error {
 	if err != nil {
 		return fmt.Errorf("agent: job from the coordinator: %w", err)
 	}
-	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
+	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, ClientTLS: s.clientTLS, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
 	if err != nil {
 		return fmt.Errorf("agent: ring of generation %d: %w", w.Generation, err)
 	}
@@ -602,7 +761,7 @@ func (s *session) onStep(m *control.Msg) error {
 		red.Samples += b.Size
 		red.Tokens += b.Tokens
 	}
-	s.inStep = true
+	s.inStep, s.pending = true, m.Step
 	s.stepDone = time.Now()
 	s.tm.computed = s.stepDone
 	grads, err := s.tr.Gradients()
@@ -693,4 +852,33 @@ func (t *stepTiming) log(l *slog.Logger, step int) {
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
 	*t = stepTiming{prevApplied: t.applied}
+}
+
+// Exit codes of `node join` (see ExitCode).
+const (
+	ExitOK      = 0  // the run ended, or the node left on SIGTERM/SIGINT
+	ExitFailure = 1  // the run or the node failed
+	ExitPanic   = 70 // a bug: the node panicked (EX_SOFTWARE)
+)
+
+// PanicError is a recovered panic of the node's protocol loop or trainer.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("agent: internal error (a bug; please report it with this message): panic: %v\n%s", e.Value, e.Stack)
+}
+
+// ExitCode maps an error of Command or Run to the process exit code.
+func ExitCode(err error) int {
+	var p *PanicError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.As(err, &p):
+		return ExitPanic
+	}
+	return ExitFailure
 }

@@ -92,7 +92,7 @@ func (s *session) serveState(r stateReq) {
 	case s.tr == nil || s.applied < 0:
 		err = errors.New("this node holds no trainer state")
 	case s.applied < r.step:
-		s.pending = append(s.pending, r)
+		s.stateWaits = append(s.stateWaits, r)
 		return
 	case s.applied != r.step:
 		err = fmt.Errorf("this node holds the state of step %d, not %d", s.applied, r.step)
@@ -112,11 +112,11 @@ func (s *session) serveState(r stateReq) {
 // servePending serves waiting state requests whose step is now applied
 // and fails those the node has moved past.
 func (s *session) servePending() {
-	if len(s.pending) == 0 {
+	if len(s.stateWaits) == 0 {
 		return
 	}
-	reqs := s.pending
-	s.pending = nil
+	reqs := s.stateWaits
+	s.stateWaits = nil
 	for _, r := range reqs {
 		s.serveState(r)
 	}
@@ -124,10 +124,10 @@ func (s *session) servePending() {
 
 // dropPending fails every waiting state request (the session ends).
 func (s *session) dropPending() {
-	for _, r := range s.pending {
+	for _, r := range s.stateWaits {
 		_ = r.w.CloseWithError(errors.New("the node is leaving"))
 	}
-	s.pending = nil
+	s.stateWaits = nil
 }
 
 func (s *session) bulkTimeout() time.Duration {
@@ -205,7 +205,7 @@ func (s *session) onPull(m *control.Msg) error {
 }
 
 func (s *session) pullState(p *control.Pull) error {
-	cc, err := bulk.Dial(p.Addr, s.a.cfg.Key)
+	cc, err := bulk.Dial(p.Addr, s.a.cfg.Key, s.clientTLS)
 	if err != nil {
 		return err
 	}

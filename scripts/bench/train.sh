@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh train [--sizes 1,2,4] [--steps 12] [--warmup 3] [--repeats 1]
+# scripts/bench.sh train [--sizes 1,2,4] [--steps 12] [--warmup 3] [--repeats 1] [--tls on|off|both]
 #
 # Training throughput of a ringtune cluster on this machine against PyTorch
 # DDP (gloo) running ../shared/bench/ddp_train.py in the same run, on the same
@@ -13,6 +13,12 @@
 # the last step, over the time between those commits (coordinator's debug
 # log). For DDP, the script's synced-step figure. One line per N:
 #   bench: train n=N samples_per_s=X ddp_samples_per_s=Y ratio=X/Y
+#
+# --tls off runs ringtune with cluster.tls.enabled: false (the ring then uses
+# its raw TCP transport). --tls both measures, interleaved, TLS on (default,
+# ring on gRPC), TLS off with the ring on gRPC, and TLS off with the ring on
+# TCP, and adds one line per N:
+#   bench: train_tls n=N tls_samples_per_s=A plain_grpc_samples_per_s=B plain_tcp_samples_per_s=C tls_cost=1-A/B vs_tcp=A/C
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -20,17 +26,19 @@ sizes=1,2,4
 steps=12
 warmup=3
 repeats=1
+tls=on
 while [ $# -gt 0 ]; do
   case "$1" in
     --sizes) sizes=$2; shift ;;
     --steps) steps=$2; shift ;;
     --warmup) warmup=$2; shift ;;
     --repeats) repeats=$2; shift ;;
+    --tls) tls=$2; shift ;;
     *) echo "bench train: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
-ddp=$root/../shared/bench/ddp_train.py
+ddp=${RINGTUNE_DDP_SCRIPT:-$root/../shared/bench/ddp_train.py} # override from a git worktree
 [ -f "$ddp" ] || { echo "bench train: $ddp not found (../shared/bench)" >&2; exit 2; }
 /usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "bench train: /usr/bin/python3 lacks torch: scripts/setup.sh installs python3-torch" >&2; exit 2; }
 
@@ -65,11 +73,19 @@ json.dump({"architectures": ["BertForSequenceClassification"], "model_type": "be
 PY
 .build/coordinator keygen "$work/cluster.key"
 
-ours() { # N -> samples/s
-  local n=$1 dir=$work/run$1
+case "$tls" in on|off|both) ;; *) echo "bench train: --tls must be on, off or both, got $tls" >&2; exit 2 ;; esac
+
+ours() { # N [on|off|off-grpc] -> samples/s
+  local n=$1 mode=${2:-on} dir=$work/run$1-${2:-on}
+  local tlsyaml="" transport=default
+  case "$mode" in
+    off) tlsyaml="  tls: {enabled: false}" ;;
+    off-grpc) tlsyaml="  tls: {enabled: false}"; transport=grpc ;;
+  esac
   mkdir -p "$dir"
   cat > "$dir/cluster.yaml" <<YAML
 cluster:
+$tlsyaml
   bind: 127.0.0.1:0
   grpc: 127.0.0.1:0
   key_file: $work/cluster.key
@@ -102,6 +118,7 @@ train:
   digest_every: 1000
 allreduce:
   timeout: 120s
+  transport: $transport
 checkpoint:
   dir: ckpt
   every: 0
@@ -110,7 +127,7 @@ output:
 YAML
   (cd "$dir" && "$root/.build/coordinator" --config cluster.yaml --log-level debug > coord.log 2>&1) &
   local cpid=$! gossip=""
-  for _ in $(seq 200); do
+  for _ in $(seq 1200); do # up to 2 minutes: tokenizing is slow on a loaded machine
     gossip=$(sed -n 's/.*gossip=\([^ ]*\).*/\1/p' "$dir/coord.log" | head -1)
     [ -n "$gossip" ] && break
     sleep 0.1
@@ -142,14 +159,24 @@ print("%.4f" % (8 * n * (last - first) / (ts[last] - ts[first])))
 PY
 }
 
-declare -A mine theirs
+declare -A mine theirs plain_grpc plain_tcp
 # Interleaved per world size (ringtune N, DDP N, next N, ...) so that a burst
 # of foreign load lands on both sides alike.
 for r in $(seq "$repeats"); do
   for n in ${sizes//,/ }; do
-    v=$(ours "$n")
+    first=on
+    [ "$tls" = off ] && first=off
+    v=$(ours "$n" "$first")
     mine[$n]="${mine[$n]:-} $v"
-    echo "bench train: repeat $r ringtune n=$n samples/s=$v" >&2
+    echo "bench train: repeat $r ringtune n=$n tls=$first samples/s=$v" >&2
+    if [ "$tls" = both ]; then
+      v=$(ours "$n" off-grpc)
+      plain_grpc[$n]="${plain_grpc[$n]:-} $v"
+      echo "bench train: repeat $r ringtune n=$n tls=off transport=grpc samples/s=$v" >&2
+      v=$(ours "$n" off)
+      plain_tcp[$n]="${plain_tcp[$n]:-} $v"
+      echo "bench train: repeat $r ringtune n=$n tls=off transport=tcp samples/s=$v" >&2
+    fi
     /usr/bin/python3 "$ddp" --world-sizes "$n" --repeats 1 --warmup "$warmup" --steps "$steps" --blocks 1 \
       --threads 1 --out "$work/ddp$r-$n.json" > "$work/ddp$r-$n.log" 2>&1 || { cat "$work/ddp$r-$n.log" >&2; exit 1; }
     v=$(/usr/bin/python3 -c 'import json,sys
@@ -166,4 +193,12 @@ n, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x 
 x, y = statistics.median(a), statistics.median(b)
 print("bench: train n=%s samples_per_s=%.2f ddp_samples_per_s=%.2f ratio=%.3f repeats=%d" % (n, x, y, x / y, len(a)))
 PY
+  if [ "$tls" = both ]; then
+    /usr/bin/python3 - "$n" "${mine[$n]}" "${plain_grpc[$n]}" "${plain_tcp[$n]}" <<'PY'
+import statistics, sys
+n = sys.argv[1]
+a, b, c = (statistics.median(float(x) for x in s.split()) for s in sys.argv[2:5])
+print("bench: train_tls n=%s tls_samples_per_s=%.2f plain_grpc_samples_per_s=%.2f plain_tcp_samples_per_s=%.2f tls_cost=%.3f vs_tcp=%.3f" % (n, a, b, c, 1 - a / b, a / c))
+PY
+  fi
 done

@@ -1,7 +1,7 @@
 // Command gonode is a ringtune node with the pure-Go trainer of package
 // gotrainer, for cluster tests: gonode join --coordinator ... --key-file ...
 // Exit codes: 0 the run ended normally (or the node left on SIGTERM/SIGINT),
-// 1 any error.
+// 1 any error, 70 a panic (agent.ExitCode).
 package main
 
 import (
@@ -72,7 +72,7 @@ func main() {
 	root.AddCommand(agent.Command(factory))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "gonode:", err)
-		os.Exit(1)
+		os.Exit(agent.ExitCode(err))
 	}
 }
 
