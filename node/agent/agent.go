@@ -213,7 +213,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, coord: bc, applied: -1}
+	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, bulkSrv: bulkSrv, coord: bc, applied: -1}
 	defer s.close()
 	return s.run(ctx)
 }
@@ -257,6 +257,7 @@ type session struct {
 	st      control.Stream
 	ringSrv *allreduce.Server
 	hub     *hub
+	bulkSrv *bulk.Server
 	coord   *grpc.ClientConn // the coordinator's bulk service
 
 	tr      Trainer
@@ -447,6 +448,7 @@ func (s *session) onJob(j *control.Job) error {
 		return errors.New("agent: a second job on one session")
 	}
 	s.job = j
+	s.bulkSrv.SetChunkTimeout(s.bulkTimeout())
 	need := map[string]bool{}
 	var missing []string
 	cached := 0
