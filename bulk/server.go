@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,7 +39,7 @@ type Source func(ctx context.Context, r Request) (io.ReadCloser, error)
 type Server struct {
 	key     auth.Key
 	src     Source
-	timeout time.Duration
+	timeout atomic.Int64 // per-chunk deadline, ns
 }
 
 // NewServer returns a bulk service reading from src. chunkTimeout (0:
@@ -51,10 +52,19 @@ func NewServer(key auth.Key, src Source, chunkTimeout time.Duration) (*Server, e
 	if src == nil {
 		return nil, errors.New("bulk: NewServer: nil source")
 	}
-	if chunkTimeout <= 0 {
-		chunkTimeout = DefaultChunkTimeout
+	s := &Server{key: key, src: src}
+	s.SetChunkTimeout(chunkTimeout)
+	return s, nil
+}
+
+// SetChunkTimeout changes the per-chunk deadline of transfers that start
+// from now on (0: DefaultChunkTimeout). A node learns the cluster's
+// cluster.bulk_timeout only from its job, after its server is up.
+func (s *Server) SetChunkTimeout(d time.Duration) {
+	if d <= 0 {
+		d = DefaultChunkTimeout
 	}
-	return &Server{key: key, src: src, timeout: chunkTimeout}, nil
+	s.timeout.Store(int64(d))
 }
 
 type service interface{ get(grpc.ServerStream) error }
@@ -114,7 +124,8 @@ func (s *Server) get(ss grpc.ServerStream) error {
 	// or a source that stopped producing.
 	stalled := false
 	var mu sync.Mutex
-	dog := time.AfterFunc(s.timeout, func() {
+	timeout := time.Duration(s.timeout.Load())
+	dog := time.AfterFunc(timeout, func() {
 		mu.Lock()
 		stalled = true
 		mu.Unlock()
@@ -137,7 +148,7 @@ func (s *Server) get(ss grpc.ServerStream) error {
 			if err := ss.SendMsg(&frame{kind: kindData, payload: mem.NewBuffer(bp, pool)}); err != nil {
 				return err
 			}
-			dog.Reset(s.timeout)
+			dog.Reset(timeout)
 		} else {
 			pool.Put(bp)
 		}
@@ -149,7 +160,7 @@ func (s *Server) get(ss grpc.ServerStream) error {
 			st := stalled
 			mu.Unlock()
 			if st {
-				return status.Errorf(codes.DeadlineExceeded, "bulk: %s: no progress for %s after %d bytes", req, s.timeout, total)
+				return status.Errorf(codes.DeadlineExceeded, "bulk: %s: no progress for %s after %d bytes", req, timeout, total)
 			}
 			return status.Errorf(codes.Aborted, "bulk: %s: source failed after %d bytes: %v", req, total, rerr)
 		}

@@ -1035,6 +1035,15 @@ func (c *Coordinator) train1(ctx context.Context) error {
 	pad := c.pad
 	aborts := 0
 	for c.applied < c.total {
+		if c.worldBroken() {
+			// A rank was lost between steps (during a checkpoint, say):
+			// form the next generation now rather than wait for the
+			// step to time out on the lost rank.
+			c.log.Warn("world lost a rank between steps", "gen", c.gen, "applied", c.applied)
+			if err := c.formWorld(ctx); err != nil {
+				return err
+			}
+		}
 		g := c.applied
 		sb, err := c.sched.Begin(g)
 		if err != nil {

@@ -242,7 +242,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, coord: bc, clientTLS: clientTLS, applied: -1}
+	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, bulkSrv: bulkSrv, coord: bc, clientTLS: clientTLS, applied: -1}
 	defer s.close()
 	return s.run(ctx)
 }
@@ -314,6 +314,7 @@ type session struct {
 	st      control.Stream
 	ringSrv *allreduce.Server
 	hub     *hub
+	bulkSrv *bulk.Server
 	coord   *grpc.ClientConn // the coordinator's bulk service
 	// clientTLS dials the ring's peers (nil without TLS).
 	clientTLS *tls.Config
@@ -603,6 +604,7 @@ func (s *session) onJob(j *control.Job) error {
 		return errors.New("agent: a second job on one session")
 	}
 	s.job = j
+	s.bulkSrv.SetChunkTimeout(s.bulkTimeout())
 	need := map[string]bool{}
 	var missing []string
 	cached := 0
