@@ -28,11 +28,11 @@ import (
 func TestWriteCheckpointFromFailureLeavesNothing(t *testing.T) {
 	dir := t.TempDir()
 	st := control.EncodeState([]float32{1, 2, 3}, []float32{4, 5, 6}, 3)
-	if _, err := WriteCheckpoint(dir, 5, 1, st, 2); err != nil {
+	if _, err := WriteCheckpoint(dir, 5, 1, nil, st, 2); err != nil {
 		t.Fatal(err)
 	}
 	broke := errors.New("source died")
-	_, err := WriteCheckpointFrom(dir, 10, 1, 2, func(w io.Writer) error {
+	_, err := WriteCheckpointFrom(dir, 10, 1, nil, 2, func(w io.Writer) error {
 		if _, err := w.Write(st[:10]); err != nil {
 			return err
 		}
@@ -55,7 +55,7 @@ func TestWriteCheckpointFromFailureLeavesNothing(t *testing.T) {
 	}
 	// A streamed checkpoint reads back byte for byte, and its state is
 	// served from the file as written.
-	if _, err := WriteCheckpointFrom(dir, 10, 1, 2, func(w io.Writer) error {
+	if _, err := WriteCheckpointFrom(dir, 10, 1, nil, 2, func(w io.Writer) error {
 		for i := range st { // byte by byte: the writer must not care
 			if _, err := w.Write(st[i : i+1]); err != nil {
 				return err
@@ -117,7 +117,7 @@ func TestPullDir(t *testing.T) {
 	parent := t.TempDir()
 	out := filepath.Join(parent, "out")
 	pull := func(infos []control.FileInfo) (error, error) {
-		return pullDir(context.Background(), out, lis.Addr().String(), key, 1, infos, 4096, 10*time.Second)
+		return pullDir(context.Background(), out, lis.Addr().String(), key, nil, 1, infos, 4096, 10*time.Second)
 	}
 	if diskErr, err := pull(infos); diskErr != nil || err != nil {
 		t.Fatalf("pull: %v %v", diskErr, err)
