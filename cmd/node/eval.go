@@ -11,7 +11,7 @@ import (
 
 func evalCmd() *cobra.Command {
 	var mf modelFlags
-	var file string
+	var file, format string
 	var fields data.Fields
 	c := &cobra.Command{
 		Use:   "eval --model DIR --data FILE",
@@ -23,10 +23,18 @@ func evalCmd() *cobra.Command {
 				return err
 			}
 			defer m.Close()
-			if err := needTokenizer(tok, mf.dir); err != nil {
-				return err
+			var mt hf.Metrics
+			switch format {
+			case data.FormatTokens:
+				mt, err = hf.EvaluateTokensFile(m, file, mf.batch, mf.maxLen)
+			case "":
+				if err := needTokenizer(tok, mf.dir); err != nil {
+					return err
+				}
+				mt, err = hf.EvaluateFile(m, tok, file, fields, mf.batch, mf.maxLen)
+			default:
+				return fmt.Errorf("--format %q: want tokens_jsonl, or none to read text by the file's extension", format)
 			}
-			mt, err := hf.EvaluateFile(m, tok, file, fields, mf.batch, mf.maxLen)
 			if err != nil {
 				return err
 			}
@@ -35,7 +43,8 @@ func evalCmd() *cobra.Command {
 		},
 	}
 	mf.register(c)
-	c.Flags().StringVar(&file, "data", "", "dataset file (jsonl, csv, tsv)")
+	c.Flags().StringVar(&file, "data", "", "dataset file (jsonl, csv, tsv; or pre-tokenized rows with --format tokens_jsonl)")
+	c.Flags().StringVar(&format, "format", "", "tokens_jsonl for pre-tokenized causal-LM rows (input_ids, optional -100 labels); default: text, by extension")
 	c.Flags().StringVar(&fields.Text, "text-field", "text", "field holding the text")
 	c.Flags().StringVar(&fields.TextPair, "text-pair-field", "", "field holding the second text of a pair")
 	c.Flags().StringVar(&fields.Label, "label-field", "label", "field holding the label")

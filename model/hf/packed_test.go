@@ -323,3 +323,34 @@ func TestEvalSkipsRowsWithoutTargets(t *testing.T) {
 		t.Fatalf("perplexity %v, want exp(%v)", mt.Perplexity, sum/2)
 	}
 }
+
+// EvaluateTokensFile (node eval --format tokens_jsonl) reports the mean
+// loss per target token of pre-tokenized rows, -100 labels skipped, and its
+// exponential as the perplexity; a bad row names the file and line.
+func TestEvaluateTokensFile(t *testing.T) {
+	m, err := hf.Load(tinyDir(t, "llama"), hf.Options{Init: config.InitRandom, Seed: 4, Dropout: zero()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	p := filepath.Join(t.TempDir(), "eval.jsonl")
+	os.WriteFile(p, []byte(`{"input_ids":[5,6,7,8]}
+{"input_ids":[9,10,11],"labels":[-100,-100,11]}
+`), 0o644)
+	mt, err := hf.EvaluateTokensFile(m, p, 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := data.Collate([]data.Encoded{{IDs: []int{5, 6, 7, 8}}, {IDs: []int{9, 10, 11}, Labels: []int{-100, -100, 11}}}, data.CausalLM, 0)
+	sum, n, err := m.ForwardBackward(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mt.Count != 4 || n != 4 || !relClose(mt.Loss, sum/4, 1e-5) || !relClose(mt.Perplexity, math.Exp(sum/4), 1e-5) {
+		t.Fatalf("metrics %v; training: %d targets, mean %v", mt, n, sum/float64(n))
+	}
+	os.WriteFile(p, []byte("{\"input_ids\":[5]}\n{\"input_ids\":[50]}\n"), 0o644)
+	if _, err := hf.EvaluateTokensFile(m, p, 1, 0); err == nil || !strings.Contains(err.Error(), p+":2:") {
+		t.Errorf("id out of the vocabulary: error %v", err)
+	}
+}

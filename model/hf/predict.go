@@ -199,3 +199,33 @@ func EvaluateFile(m *Model, tok *data.Tokenizer, path string, f data.Fields, bat
 	}
 	return e.Metrics(), nil
 }
+
+// EvaluateTokensFile evaluates a causal LM on pre-tokenized rows
+// (data.ReadTokens: input_ids, optional -100 labels), each truncated to
+// maxLen tokens (0: the model's positions), and returns the mean loss per
+// target token and the perplexity.
+func EvaluateTokensFile(m *Model, path string, batchSize, maxLen int) (Metrics, error) {
+	if m.task != data.CausalLM {
+		return Metrics{}, fmt.Errorf("evaluate %s: pre-tokenized rows are causal-LM data, the model's task is %s", path, m.task)
+	}
+	enc, err := data.ReadTokensFile(path, m.cfg.Vocab)
+	if err != nil {
+		return Metrics{}, err
+	}
+	if maxLen == 0 {
+		maxLen = m.cfg.MaxPositions
+	}
+	data.Truncate(enc, maxLen)
+	e := m.NewEval()
+	pad := max(m.cfg.PadTokenID, 0)
+	for i := 0; i < len(enc); i += max(batchSize, 1) {
+		b, err := data.Collate(enc[i:min(i+max(batchSize, 1), len(enc))], m.task, pad)
+		if err != nil {
+			return Metrics{}, fmt.Errorf("evaluate %s: %w", path, err)
+		}
+		if err := m.EvalBatch(e, b); err != nil {
+			return Metrics{}, fmt.Errorf("evaluate %s: rows %d..: %w", path, i, err)
+		}
+	}
+	return e.Metrics(), nil
+}
