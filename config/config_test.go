@@ -345,7 +345,7 @@ func TestDurationNeedsUnit(t *testing.T) {
 func TestWrongTypeNamesLine(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "c.yaml", "cluster:\n  min_nodes: two\n  label: [a, b]\n"+minimal+
-		"  drop_last: maybe\n  betas: 0.9\n  seed: 1.5\n  epochs: {a: 1}\n")
+		"  drop_last: maybe\n  betas: 0.9\n  seed: 1.5\n  epochs: {a: 1}\ncheckpoint:\n  every: yes\noutput:\n  dir: [a]\ndata:\n  max_length: \"64\"\n")
 	_, err := Load(p, nil)
 	if err == nil {
 		t.Fatal("wrong types accepted")
@@ -357,6 +357,9 @@ func TestWrongTypeNamesLine(t *testing.T) {
 		p + `:13: train.betas: want a list of numbers, got 0.9`,
 		p + `:14: train.seed: want an integer, got 1.5`,
 		p + `:15: train.epochs: want an integer, got a mapping`,
+		p + `:17: checkpoint.every: want an integer, got "yes"`,
+		p + `:19: output.dir: want a string, got a list`,
+		p + `:21: data.max_length: want an integer, got "64"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q\ndoes not contain %q", err, want)

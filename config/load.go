@@ -351,9 +351,11 @@ func checkType(key string, n *yaml.Node) error {
 		}
 		return nil
 	}
-	// yaml.v3 would truncate 1.5 into an integer field.
+	// yaml.v3 would truncate 1.5 into an integer field, and take yes/no
+	// for a bool, which the decoder after it refuses without a line.
 	isInt := t.Kind() == reflect.Int || t.Kind() == reflect.Int64
-	if err := n.Decode(reflect.New(t).Interface()); err != nil || (isInt && n.Tag != "!!int") {
+	isBool := t.Kind() == reflect.Bool
+	if err := n.Decode(reflect.New(t).Interface()); err != nil || (isInt && n.Tag != "!!int") || (isBool && n.Tag != "!!bool") {
 		return fmt.Errorf("%s: want %s, got %s", key, typeName(t), describe(n))
 	}
 	return nil
