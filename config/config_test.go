@@ -335,8 +335,22 @@ func TestDurationNeedsUnit(t *testing.T) {
 		t.Errorf("settle %s timeout %s, want 0 and 1m30s", c.Cluster.Settle, c.AllReduce.Timeout)
 	}
 	t.Setenv("RINGTUNE_CLUSTER_SETTLE", "5")
-	if _, err := Load(p, nil); err == nil || !strings.Contains(err.Error(), "cluster.settle") || !strings.Contains(err.Error(), "missing unit") {
-		t.Errorf("RINGTUNE_CLUSTER_SETTLE=5: got %v, want an error naming cluster.settle and the missing unit", err)
+	if _, err := Load(p, nil); err == nil || !strings.Contains(err.Error(), "environment variable RINGTUNE_CLUSTER_SETTLE (cluster.settle): want a duration with a unit (like 5s, 500ms or 2m), got \"5\"") {
+		t.Errorf("RINGTUNE_CLUSTER_SETTLE=5: got %v, want an error naming the variable and the missing unit", err)
+	}
+	t.Setenv("RINGTUNE_CLUSTER_SETTLE", "0")
+	t.Setenv("RINGTUNE_TRAIN_EPOCHS", "three")
+	t.Setenv("RINGTUNE_TRAIN_BETAS", "0.9,x")
+	t.Setenv("RINGTUNE_TRAIN_DROP_LAST", "maybe")
+	_, err = Load(p, nil)
+	for _, want := range []string{
+		`environment variable RINGTUNE_TRAIN_EPOCHS (train.epochs): want an integer, got "three"`,
+		`environment variable RINGTUNE_TRAIN_BETAS (train.betas): want a list of numbers, got "0.9,x"`,
+		`environment variable RINGTUNE_TRAIN_DROP_LAST (train.drop_last): want true or false, got "maybe"`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want %q", err, want)
+		}
 	}
 }
 

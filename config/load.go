@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,6 +61,9 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	}
 
 	if err := checkEnv(keys); err != nil {
+		return nil, err
+	}
+	if err := checkEnvTypes(keys); err != nil {
 		return nil, err
 	}
 	v.SetEnvPrefix(EnvPrefix)
@@ -267,6 +271,56 @@ func checkEnv(keys []keyPath) error {
 		errs = append(errs, fmt.Errorf("environment variable %s: no such config key%s", name, hint(name, names)))
 	}
 	return errors.Join(errs...)
+}
+
+// checkEnvTypes parses every RINGTUNE_* variable that names a key as its
+// field's type, so that a wrong value is reported with the variable's name
+// (the decoder would blame the config file) and a duration without a unit
+// is refused as it is in the file.
+func checkEnvTypes(keys []keyPath) error {
+	var errs []error
+	for _, k := range keys {
+		name := envName(k.path)
+		val, ok := os.LookupEnv(name)
+		if !ok {
+			continue
+		}
+		t := fieldByPath(&Config{}, k.path).Type()
+		if err := parseAs(t, val); err != nil {
+			errs = append(errs, fmt.Errorf("environment variable %s (%s): %w", name, k.path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parseAs checks that s, from the environment, is a valid value of type t.
+func parseAs(t reflect.Type, s string) error {
+	var err error
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		if s != "0" {
+			if _, err := time.ParseDuration(s); err != nil {
+				return fmt.Errorf("want a duration with a unit (like 5s, 500ms or 2m), got %q", s)
+			}
+		}
+		return nil
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
+		_, err = strconv.ParseInt(s, 10, 64)
+	case t.Kind() == reflect.Float64:
+		_, err = strconv.ParseFloat(s, 64)
+	case t.Kind() == reflect.Bool:
+		_, err = strconv.ParseBool(s)
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Float64:
+		for _, part := range strings.Split(s, ",") {
+			if _, e := strconv.ParseFloat(strings.TrimSpace(part), 64); e != nil && strings.TrimSpace(s) != "" {
+				err = e
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("want %s, got %q", typeName(t), s)
+	}
+	return nil
 }
 
 // parseYAML decodes a config file, rejecting unknown keys with their key

@@ -231,6 +231,7 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 		"chunk-small":          func(r *runDir) { r.replace("timeout: 5s", "timeout: 5s\n  chunk_bytes: 100") },
 		"env-unknown":          func(r *runDir) { r.env = append(r.env, "RINGTUNE_TRAIN_EPOCHZ=3") },
 		"env-duration-no-unit": func(r *runDir) { r.env = append(r.env, "RINGTUNE_CLUSTER_SETTLE=5") },
+		"env-wrong-type":       func(r *runDir) { r.env = append(r.env, "RINGTUNE_TRAIN_EPOCHS=three") },
 		"checkpoint-in-output": func(r *runDir) { r.replace("dir: ckpt", "dir: out/ckpt") },
 		"format-unknown": func(r *runDir) {
 			r.write("train.txt", "x\n")
