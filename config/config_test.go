@@ -92,6 +92,7 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"wire", func(c *Config) { c.AllReduce.Wire = "int8" }, `allreduce.wire: must be one of fp32, bf16, got "int8"`},
 		{"transport", func(c *Config) { c.AllReduce.Transport = "udp" }, `allreduce.transport: must be one of default, tcp, grpc, got "udp"`},
 		{"timeout", func(c *Config) { c.AllReduce.Timeout = 0 }, "allreduce.timeout: must be > 0"},
+		{"timeout below 1ms", func(c *Config) { c.AllReduce.Timeout = 500 * time.Microsecond }, "allreduce.timeout: must be >= 1ms, got 500µs"},
 		{"checkpoint dir", func(c *Config) { c.Checkpoint.Dir = "" }, "checkpoint.dir: must be set"},
 		{"checkpoint every", func(c *Config) { c.Checkpoint.Every = -1 }, "checkpoint.every: must be >= 0"},
 		{"checkpoint keep", func(c *Config) { c.Checkpoint.Keep = -1 }, "checkpoint.keep: must be >= 0"},

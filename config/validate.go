@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Validate checks every field and the relations between fields. It returns
@@ -143,6 +144,9 @@ func (c *Config) Validate() error {
 	v.oneOf("allreduce.transport", c.AllReduce.Transport, "default", "tcp", "grpc")
 	if c.AllReduce.Timeout <= 0 {
 		v.add("allreduce.timeout", "must be > 0, got %s", c.AllReduce.Timeout)
+	} else if c.AllReduce.Timeout < time.Millisecond {
+		// Nodes receive it in whole milliseconds; 0 would mean their default.
+		v.add("allreduce.timeout", "must be >= 1ms, got %s", c.AllReduce.Timeout)
 	}
 
 	// checkpoint, metrics, output
