@@ -50,7 +50,8 @@ type ClusterConfig struct {
 
 	// Settle is how long membership must stay unchanged before the
 	// coordinator forms a world, so that a burst of joins forms one
-	// generation rather than many.
+	// generation rather than many. Like every duration it needs a unit
+	// (5s, 500ms); a bare number other than 0 is an error.
 	Settle time.Duration `mapstructure:"settle"`
 
 	// Label names the cluster; members with a different label are refused, so
@@ -304,7 +305,7 @@ type AllReduceConfig struct {
 	Wire string `mapstructure:"wire"`
 
 	// Timeout bounds one all-reduce; a peer silent for longer is declared
-	// failed and a new generation is formed.
+	// failed and a new generation is formed. Needs a unit (60s, 2m).
 	Timeout time.Duration `mapstructure:"timeout"`
 
 	// Transport carries the ring's bulk data: "tcp" (a raw TCP connection per

@@ -99,6 +99,7 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 			c.Cluster.TLS = TLSConfig{Cert: "a", Key: "b", CA: "c"}
 		}, "cluster.tls.enabled: is false but certificate files are given"},
 		{"tcp under tls", func(c *Config) { c.AllReduce.Transport = "tcp" }, "allreduce.transport: is tcp, whose data connections are not encrypted, but cluster.tls.enabled is true"},
+		{"timeout below 1ms", func(c *Config) { c.AllReduce.Timeout = 500 * time.Microsecond }, "allreduce.timeout: must be >= 1ms, got 500µs"},
 		{"checkpoint dir", func(c *Config) { c.Checkpoint.Dir = "" }, "checkpoint.dir: must be set"},
 		{"checkpoint every", func(c *Config) { c.Checkpoint.Every = -1 }, "checkpoint.every: must be >= 0"},
 		{"checkpoint keep", func(c *Config) { c.Checkpoint.Keep = -1 }, "checkpoint.keep: must be >= 0"},
@@ -351,8 +352,22 @@ func TestDurationNeedsUnit(t *testing.T) {
 		t.Errorf("settle %s timeout %s, want 0 and 1m30s", c.Cluster.Settle, c.AllReduce.Timeout)
 	}
 	t.Setenv("RINGTUNE_CLUSTER_SETTLE", "5")
-	if _, err := Load(p, nil); err == nil || !strings.Contains(err.Error(), "cluster.settle") || !strings.Contains(err.Error(), "missing unit") {
-		t.Errorf("RINGTUNE_CLUSTER_SETTLE=5: got %v, want an error naming cluster.settle and the missing unit", err)
+	if _, err := Load(p, nil); err == nil || !strings.Contains(err.Error(), "environment variable RINGTUNE_CLUSTER_SETTLE (cluster.settle): want a duration with a unit (like 5s, 500ms or 2m), got \"5\"") {
+		t.Errorf("RINGTUNE_CLUSTER_SETTLE=5: got %v, want an error naming the variable and the missing unit", err)
+	}
+	t.Setenv("RINGTUNE_CLUSTER_SETTLE", "0")
+	t.Setenv("RINGTUNE_TRAIN_EPOCHS", "three")
+	t.Setenv("RINGTUNE_TRAIN_BETAS", "0.9,x")
+	t.Setenv("RINGTUNE_TRAIN_DROP_LAST", "maybe")
+	_, err = Load(p, nil)
+	for _, want := range []string{
+		`environment variable RINGTUNE_TRAIN_EPOCHS (train.epochs): want an integer, got "three"`,
+		`environment variable RINGTUNE_TRAIN_BETAS (train.betas): want a list of numbers, got "0.9,x"`,
+		`environment variable RINGTUNE_TRAIN_DROP_LAST (train.drop_last): want true or false, got "maybe"`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want %q", err, want)
+		}
 	}
 }
 
@@ -361,7 +376,7 @@ func TestDurationNeedsUnit(t *testing.T) {
 func TestWrongTypeNamesLine(t *testing.T) {
 	dir := t.TempDir()
 	p := writeFile(t, dir, "c.yaml", "cluster:\n  min_nodes: two\n  label: [a, b]\n"+minimal+
-		"  drop_last: maybe\n  betas: 0.9\n  seed: 1.5\n  epochs: {a: 1}\n")
+		"  drop_last: maybe\n  betas: 0.9\n  seed: 1.5\n  epochs: {a: 1}\ncheckpoint:\n  every: yes\noutput:\n  dir: [a]\ndata:\n  max_length: \"64\"\n")
 	_, err := Load(p, nil)
 	if err == nil {
 		t.Fatal("wrong types accepted")
@@ -373,6 +388,9 @@ func TestWrongTypeNamesLine(t *testing.T) {
 		p + `:13: train.betas: want a list of numbers, got 0.9`,
 		p + `:14: train.seed: want an integer, got 1.5`,
 		p + `:15: train.epochs: want an integer, got a mapping`,
+		p + `:17: checkpoint.every: want an integer, got "yes"`,
+		p + `:19: output.dir: want a string, got a list`,
+		p + `:21: data.max_length: want an integer, got "64"`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q\ndoes not contain %q", err, want)

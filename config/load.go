@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,6 +61,9 @@ func Load(path string, flags *pflag.FlagSet) (*Config, error) {
 	}
 
 	if err := checkEnv(keys); err != nil {
+		return nil, err
+	}
+	if err := checkEnvTypes(keys); err != nil {
 		return nil, err
 	}
 	v.SetEnvPrefix(EnvPrefix)
@@ -269,6 +273,56 @@ func checkEnv(keys []keyPath) error {
 	return errors.Join(errs...)
 }
 
+// checkEnvTypes parses every RINGTUNE_* variable that names a key as its
+// field's type, so that a wrong value is reported with the variable's name
+// (the decoder would blame the config file) and a duration without a unit
+// is refused as it is in the file.
+func checkEnvTypes(keys []keyPath) error {
+	var errs []error
+	for _, k := range keys {
+		name := envName(k.path)
+		val, ok := os.LookupEnv(name)
+		if !ok {
+			continue
+		}
+		t := fieldByPath(&Config{}, k.path).Type()
+		if err := parseAs(t, val); err != nil {
+			errs = append(errs, fmt.Errorf("environment variable %s (%s): %w", name, k.path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parseAs checks that s, from the environment, is a valid value of type t.
+func parseAs(t reflect.Type, s string) error {
+	var err error
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		if s != "0" {
+			if _, err := time.ParseDuration(s); err != nil {
+				return fmt.Errorf("want a duration with a unit (like 5s, 500ms or 2m), got %q", s)
+			}
+		}
+		return nil
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Int64:
+		_, err = strconv.ParseInt(s, 10, 64)
+	case t.Kind() == reflect.Float64:
+		_, err = strconv.ParseFloat(s, 64)
+	case t.Kind() == reflect.Bool:
+		_, err = strconv.ParseBool(s)
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Float64:
+		for _, part := range strings.Split(s, ",") {
+			if _, e := strconv.ParseFloat(strings.TrimSpace(part), 64); e != nil && strings.TrimSpace(s) != "" {
+				err = e
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("want %s, got %q", typeName(t), s)
+	}
+	return nil
+}
+
 // parseYAML decodes a config file, rejecting unknown keys with their key
 // path and line so that a typo never silently falls back to a default.
 func parseYAML(path string, raw []byte, keys []keyPath) (map[string]any, error) {
@@ -351,9 +405,11 @@ func checkType(key string, n *yaml.Node) error {
 		}
 		return nil
 	}
-	// yaml.v3 would truncate 1.5 into an integer field.
+	// yaml.v3 would truncate 1.5 into an integer field, and take yes/no
+	// for a bool, which the decoder after it refuses without a line.
 	isInt := t.Kind() == reflect.Int || t.Kind() == reflect.Int64
-	if err := n.Decode(reflect.New(t).Interface()); err != nil || (isInt && n.Tag != "!!int") {
+	isBool := t.Kind() == reflect.Bool
+	if err := n.Decode(reflect.New(t).Interface()); err != nil || (isInt && n.Tag != "!!int") || (isBool && n.Tag != "!!bool") {
 		return fmt.Errorf("%s: want %s, got %s", key, typeName(t), describe(n))
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Validate checks every field and the relations between fields. It returns
@@ -176,6 +177,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AllReduce.Timeout <= 0 {
 		v.add("allreduce.timeout", "must be > 0, got %s", c.AllReduce.Timeout)
+	} else if c.AllReduce.Timeout < time.Millisecond {
+		// Nodes receive it in whole milliseconds; 0 would mean their default.
+		v.add("allreduce.timeout", "must be >= 1ms, got %s", c.AllReduce.Timeout)
 	}
 
 	// checkpoint, metrics, output

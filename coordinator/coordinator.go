@@ -282,7 +282,7 @@ func (c *Coordinator) loadModelDir() error {
 	// Check the model as the nodes will load it, so that a broken one is
 	// bad input now rather than a failure on every node after the wait.
 	m := c.cfg.Model
-	chk, err := hfspec.CheckDir(dir, data.Task(m.Task), m.NumLabels, m.Init)
+	chk, err := hfspec.CheckDir(dir, data.Task(m.Task), m.NumLabels, m.Init == config.InitPretrained)
 	if err != nil {
 		return fmt.Errorf("model.path: %w", err)
 	}

@@ -64,6 +64,7 @@ type runDir struct {
 	yaml string
 	args []string
 	env  []string
+	node bool // run `node join` (the test node binary) instead of the coordinator
 }
 
 func (r *runDir) replace(old, new string) {
@@ -73,6 +74,8 @@ func (r *runDir) replace(old, new string) {
 	}
 	r.yaml = strings.Replace(r.yaml, old, new, 1)
 }
+
+func (r *runDir) join(args ...string) { r.node, r.args = true, append([]string{"join"}, args...) }
 
 func (r *runDir) train(line string) {
 	r.replace("  digest_every: 1\n", "  digest_every: 1\n  "+line+"\n")
@@ -191,6 +194,23 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 		"keygen-no-file":      func(r *runDir) { r.args = []string{"keygen"} },
 		"keygen-exists":       func(r *runDir) { r.args = []string{"keygen", "cluster.key"} },
 		"resume-nothing":      func(r *runDir) { r.args = append(r.args, "--resume") },
+		// node join (the test node shares the real node's join command)
+		"node-no-coordinator": func(r *runDir) { r.join("--key-file", "cluster.key") },
+		"node-key-missing":    func(r *runDir) { r.join("--coordinator", "127.0.0.1:1", "--key-file", "nokey") },
+		"node-key-short": func(r *runDir) {
+			r.write("cluster.key", base64.StdEncoding.EncodeToString([]byte("tiny"))+"\n")
+			r.join("--coordinator", "127.0.0.1:1", "--key-file", "cluster.key")
+		},
+		"node-bad-bind": func(r *runDir) {
+			r.join("--coordinator", "127.0.0.1:1", "--key-file", "cluster.key", "--bind", "nonsense")
+		},
+		"node-unknown-flag": func(r *runDir) { r.join("--bogus") },
+		"node-log-level": func(r *runDir) {
+			r.join("--coordinator", "127.0.0.1:1", "--key-file", "cluster.key", "--log-level", "loud")
+		},
+		"node-unreachable": func(r *runDir) {
+			r.join("--coordinator", "127.0.0.1:1", "--key-file", "cluster.key", "--bind", "127.0.0.1:0", "--join-timeout", "1s")
+		},
 		// configuration file and environment
 		"yaml-malformed":       func(r *runDir) { r.yaml += "train: [\n" },
 		"yaml-not-mapping":     func(r *runDir) { r.yaml = "- cluster\n- model\n" },
@@ -211,6 +231,7 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 		"chunk-small":          func(r *runDir) { r.replace("timeout: 5s", "timeout: 5s\n  chunk_bytes: 100") },
 		"env-unknown":          func(r *runDir) { r.env = append(r.env, "RINGTUNE_TRAIN_EPOCHZ=3") },
 		"env-duration-no-unit": func(r *runDir) { r.env = append(r.env, "RINGTUNE_CLUSTER_SETTLE=5") },
+		"env-wrong-type":       func(r *runDir) { r.env = append(r.env, "RINGTUNE_TRAIN_EPOCHS=three") },
 		"checkpoint-in-output": func(r *runDir) { r.replace("dir: ckpt", "dir: out/ckpt") },
 		"format-unknown": func(r *runDir) {
 			r.write("train.txt", "x\n")
@@ -316,7 +337,7 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 // coordinator binary: the exit code and the message must be the row's.
 // Every row needs a case here and every case a row.
 func TestBadInputCatalogue(t *testing.T) {
-	coordBin, _ := build(t)
+	coordBin, nodeBin := build(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -342,7 +363,11 @@ func TestBadInputCatalogue(t *testing.T) {
 			r := &runDir{t: t, f: f, yaml: f.YAML, args: []string{"--config", "cluster.yaml"}}
 			prep(r)
 			f.Write(t, r.yaml)
-			p := clustertest.Start(t, ctx, f.Dir, r.env, coordBin, r.args...)
+			bin := coordBin
+			if r.node {
+				bin = nodeBin
+			}
+			p := clustertest.Start(t, ctx, f.Dir, r.env, bin, r.args...)
 			if code := p.Wait(t, 30*time.Second); code != row.code {
 				t.Fatalf("exit code %d, want %d; output:\n%s", code, row.code, p.Text())
 			}

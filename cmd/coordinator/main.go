@@ -8,8 +8,10 @@
 //
 //	0    training finished and the model was written to output.dir
 //	1    the run failed (nodes kept failing, I/O error, ...)
-//	2    bad input: flags, config, key file, model directory, dataset, or an
-//	     address already in use
+//	2    bad input: flags, config, key file, model directory, dataset, an
+//	     address or directory already in use, --resume of a checkpoint of a
+//	     different run, or a model that every node failed to load
+//	     (docs/errors.md lists the cases)
 //	3    replicas diverged (parameter digests disagree)
 //	70   internal error: the coordinator panicked (a bug; nodes are told
 //	     the run failed)

@@ -64,7 +64,7 @@ func TestCheckDirAcceptsAGoodModel(t *testing.T) {
 		t.Fatalf("tiny BERT has %d parameters, want %d", got, want)
 	}
 	dir := modelDir(t, tinyBERT, weightsFor(l))
-	got, err := CheckDir(dir, data.Classification, 2, "pretrained")
+	got, err := CheckDir(dir, data.Classification, 2, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,11 +79,11 @@ func TestCheckDirAcceptsAGoodModel(t *testing.T) {
 			base = append(base, ts)
 		}
 	}
-	if _, err := CheckDir(modelDir(t, tinyBERT, base), data.Classification, 2, "pretrained"); err != nil {
+	if _, err := CheckDir(modelDir(t, tinyBERT, base), data.Classification, 2, true); err != nil {
 		t.Errorf("base checkpoint: %v", err)
 	}
 	// init: random needs no weights.
-	if _, err := CheckDir(modelDir(t, tinyBERT, nil), data.Classification, 2, "random"); err != nil {
+	if _, err := CheckDir(modelDir(t, tinyBERT, nil), data.Classification, 2, false); err != nil {
 		t.Errorf("random init without weights: %v", err)
 	}
 }
@@ -177,7 +177,7 @@ func TestCheckDirNamesTheFault(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := tc.dir(t)
-			_, err := CheckDir(dir, tc.task, tc.labels, "pretrained")
+			_, err := CheckDir(dir, tc.task, tc.labels, true)
 			if err == nil {
 				t.Fatal("accepted")
 			}

@@ -152,12 +152,12 @@ type Checked struct {
 
 // CheckDir validates a model directory the way a node will load it, without
 // libtorch and without reading tensor data: config.json is parsed and
-// checked, the layout for task and numLabels is built, and for init
-// "pretrained" every weight file's header is verified and matched against
+// checked, the layout for task and numLabels is built, and when the run
+// starts from pretrained weights every weight file's header is verified and matched against
 // the layout (names and shapes). The coordinator runs it before any node
 // starts, so a broken model is bad input rather than a failure on every
 // node.
-func CheckDir(dir string, task data.Task, numLabels int, init string) (*Checked, error) {
+func CheckDir(dir string, task data.Task, numLabels int, pretrained bool) (*Checked, error) {
 	c, err := ReadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -166,7 +166,7 @@ func CheckDir(dir string, task data.Task, numLabels int, init string) (*Checked,
 	if err != nil {
 		return nil, err
 	}
-	if init == "pretrained" {
+	if pretrained {
 		w, err := OpenWeights(dir)
 		if err != nil {
 			return nil, err

@@ -44,7 +44,7 @@ and exit 0.`,
 			cfg.Key = key
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return err
+				return fmt.Errorf("--log-level: %w", err)
 			}
 			cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 			if pprofAddr != "" {
