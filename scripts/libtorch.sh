@@ -50,7 +50,9 @@ rt_libtorch_abi() {
     echo "nm (binutils) is needed to read the C++ ABI of $d/lib/libc10.so; or set RINGTUNE_CXX11_ABI=0|1" >&2
     return 1
   fi
-  if nm -D --defined-only "$d/lib/libc10.so" 2>/dev/null | grep -q '__cxx11'; then
+  # grep -c reads all of nm's output: with grep -q, nm could die of SIGPIPE
+  # and, under the callers' pipefail, turn the answer into 0.
+  if [ "$(nm -D --defined-only "$d/lib/libc10.so" 2>/dev/null | grep -c '__cxx11')" -gt 0 ]; then
     echo 1
   else
     echo 0

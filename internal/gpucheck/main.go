@@ -103,6 +103,9 @@ func run(dir, task, device, precision, out, export string) error {
 		logits = append(logits, r...)
 	}
 	res = append(res, f32("logits", logits, int64(len(pred.Logits)), int64(len(logits)/max(1, len(pred.Logits)))))
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
 	if _, err := safetensors.WriteDir(out, res, map[string]string{"device": device, "precision": precision}, 0); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package setupcheck
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,8 +51,16 @@ func fakeLibtorch(t *testing.T, cuda, cxx11, cxx20 bool) string {
 		if n == "c10" && cxx11 {
 			// std::string under the new ABI mangles as
 			// NSt7__cxx1112basic_string...
+			// Thousands of other symbols after it, as a real libc10 has:
+			// nm's output then outgrows a pipe, which a reader that stops
+			// at the first match (grep -q) turns into SIGPIPE.
 			src = filepath.Join(dir, "c10.cpp")
-			if err := os.WriteFile(src, []byte("#include <string>\nnamespace c10 { void f(const std::string&) {} }\n"), 0o644); err != nil {
+			var b strings.Builder
+			b.WriteString("#include <string>\nnamespace c10 { void f(const std::string&) {} }\n")
+			for i := range 4000 {
+				fmt.Fprintf(&b, "extern \"C\" void ringtune_fake_%d(void) {}\n", i)
+			}
+			if err := os.WriteFile(src, []byte(b.String()), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -71,7 +80,8 @@ func fakeLibtorch(t *testing.T, cuda, cxx11, cxx20 bool) string {
 // it exports.
 func envFor(t *testing.T, dir string) map[string]string {
 	t.Helper()
-	script := `. scripts/env.sh && printf 'CGO_CXXFLAGS=%s\nCGO_LDFLAGS=%s\nGOFLAGS=%s\n' "$CGO_CXXFLAGS" "$CGO_LDFLAGS" "${GOFLAGS:-}"`
+	// The scripts that source env.sh run with pipefail.
+	script := `set -euo pipefail; . scripts/env.sh && printf 'CGO_CXXFLAGS=%s\nCGO_LDFLAGS=%s\nGOFLAGS=%s\n' "$CGO_CXXFLAGS" "$CGO_LDFLAGS" "${GOFLAGS:-}"`
 	cmd := exec.Command("bash", "-c", script)
 	cmd.Dir = root(t)
 	cmd.Env = append(os.Environ(), "LIBTORCH="+dir, "RINGTUNE_CACHE="+t.TempDir(), "GOFLAGS=")

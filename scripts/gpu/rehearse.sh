@@ -35,10 +35,10 @@ for d in ATen c10 caffe2 torch; do
 done
 
 # The bundle, unpacked where the GPU host would.
-scripts/gpu/bundle.sh "$cache/gpu-bundle.tar.xz"
+scripts/gpu/bundle.sh "$cache/gpu-bundle.tar"
 rm -rf "$cache/bundle"
 mkdir -p "$cache/bundle"
-tar -C "$cache/bundle" -xJf "$cache/gpu-bundle.tar.xz"
+(cd "$cache/bundle" && tar xf ../gpu-bundle.tar && tar xJf go.tar.xz && tar xJf ringtune.tar.xz)
 
 results=${1:-$cache/results}
 rm -rf "$results"
