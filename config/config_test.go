@@ -397,3 +397,31 @@ func TestWrongTypeNamesLine(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadTLSSection: cluster.tls is a sub-section: its keys load from the
+// file (paths relative to it), unknown keys in it are named with their
+// line, and cluster.tls.enabled can be turned off by a flag.
+func TestLoadTLSSection(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "c.yaml", "cluster:\n  tls:\n    cert: certs/node.pem\n    key: certs/node-key.pem\n    ca: certs/ca.pem\n"+minimal)
+	c, err := Load(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "certs/node.pem"); c.Cluster.TLS.Cert != want || !c.Cluster.TLS.Enabled || c.Cluster.TLS.CA != filepath.Join(dir, "certs/ca.pem") {
+		t.Errorf("cluster.tls = %+v, want enabled with paths relative to the file (%s)", c.Cluster.TLS, want)
+	}
+	p = writeFile(t, dir, "bad.yaml", "cluster:\n  tls:\n    enable: false\n"+minimal)
+	if _, err := Load(p, nil); err == nil || !strings.Contains(err.Error(), p+`:3: unknown key "cluster.tls.enable" (did you mean "cluster.tls.enabled"?)`) {
+		t.Errorf("unknown sub-key: got %v", err)
+	}
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	RegisterFlags(fs)
+	if err := fs.Parse([]string{"--cluster.tls.enabled=false"}); err != nil {
+		t.Fatal(err)
+	}
+	p = writeFile(t, dir, "plain.yaml", minimal)
+	if c, err = Load(p, fs); err != nil || c.Cluster.TLS.Enabled {
+		t.Errorf("--cluster.tls.enabled=false: enabled=%v err=%v", c != nil && c.Cluster.TLS.Enabled, err)
+	}
+}

@@ -362,16 +362,7 @@ func parseYAML(path string, raw []byte, keys []keyPath) (map[string]any, error) 
 			errs = append(errs, fmt.Errorf("config %s:%d: %s must be a mapping of keys", path, vn.Line, kn.Value))
 			continue
 		}
-		for j := 0; j+1 < len(vn.Content); j += 2 {
-			ln, lv := vn.Content[j], vn.Content[j+1]
-			if !slices.Contains(leaves, ln.Value) {
-				errs = append(errs, fmt.Errorf("config %s:%d: unknown key %q%s", path, ln.Line, kn.Value+"."+ln.Value, hint(kn.Value+"."+ln.Value, prefixed(kn.Value, leaves))))
-				continue
-			}
-			if err := checkType(kn.Value+"."+ln.Value, lv); err != nil {
-				errs = append(errs, fmt.Errorf("config %s:%d: %w", path, lv.Line, err))
-			}
-		}
+		errs = append(errs, checkLeaves(path, kn.Value, vn, leaves)...)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -445,6 +436,37 @@ func describe(n *yaml.Node) string {
 		return fmt.Sprintf("%q", n.Value)
 	}
 	return n.Value
+}
+
+// checkLeaves reports the keys of section node (named name) that are not
+// among leaves (key paths relative to the section); a key whose value is a
+// mapping is a sub-section (cluster.tls) and is checked the same way.
+func checkLeaves(path, name string, node *yaml.Node, leaves []string) []error {
+	var errs []error
+	for j := 0; j+1 < len(node.Content); j += 2 {
+		ln, lv := node.Content[j], node.Content[j+1]
+		if slices.Contains(leaves, ln.Value) {
+			if err := checkType(name+"."+ln.Value, lv); err != nil {
+				errs = append(errs, fmt.Errorf("config %s:%d: %w", path, lv.Line, err))
+			}
+			continue
+		}
+		var sub []string
+		for _, l := range leaves {
+			if rest, ok := strings.CutPrefix(l, ln.Value+"."); ok {
+				sub = append(sub, rest)
+			}
+		}
+		if len(sub) > 0 && lv.Kind == yaml.MappingNode {
+			errs = append(errs, checkLeaves(path, name+"."+ln.Value, lv, sub)...)
+			continue
+		}
+		if len(sub) > 0 && lv.Kind == yaml.ScalarNode && lv.Tag == "!!null" {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("config %s:%d: unknown key %q%s", path, ln.Line, name+"."+ln.Value, hint(name+"."+ln.Value, prefixed(name, leaves))))
+	}
+	return errs
 }
 
 func prefixed(prefix string, names []string) []string {

@@ -79,8 +79,8 @@ ours() { # N [on|off|off-grpc] -> samples/s
   local n=$1 mode=${2:-on} dir=$work/run$1-${2:-on}
   local tlsyaml="" transport=default
   case "$mode" in
-    off) tlsyaml="  tls: {enabled: false}" ;;
-    off-grpc) tlsyaml="  tls: {enabled: false}"; transport=grpc ;;
+    off) tlsyaml=$'  tls:\n    enabled: false' ;;
+    off-grpc) tlsyaml=$'  tls:\n    enabled: false'; transport=grpc ;;
   esac
   mkdir -p "$dir"
   cat > "$dir/cluster.yaml" <<YAML
