@@ -20,6 +20,7 @@ import (
 
 	"github.com/ringtune/ringtune/allreduce"
 	"github.com/ringtune/ringtune/auth"
+	"github.com/ringtune/ringtune/bulk"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 )
@@ -98,7 +99,12 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 		t.Fatal(err)
 	}
 	st := &countStream{}
-	s := &session{a: a, st: st, ringSrv: srv, hub: newHub(), applied: -1}
+	h := newHub()
+	bs, err := bulk.NewServer(key, h.source, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &session{a: a, st: st, ringSrv: srv, hub: h, bulkSrv: bs, applied: -1}
 	t.Cleanup(s.close)
 	sum := sha256.Sum256(modelFile)
 	hash := hex.EncodeToString(sum[:])
