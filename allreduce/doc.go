@@ -49,8 +49,9 @@
 // into the destination and the reduce-scatter reads 256 KiB pieces into a
 // scratch buffer that is added into it. This avoids gRPC's 16 KiB HTTP/2
 // framing, its per-frame copies and buffer clearing, and on loopback roughly
-// doubles bus bandwidth. The data connection is not encrypted, which is why
-// TLS selects GRPC by default and rejects TCP.
+// doubles bus bandwidth. The data connection is authenticated but not
+// encrypted, even when TLS protects the gRPC streams; Transport GRPC
+// encrypts the gradients as well.
 //
 // With Transport GRPC, sending is zero-copy for float32: gRPC reads chunks straight from the
 // caller's buffer and signals (through a mem.BufferPool) when it has written

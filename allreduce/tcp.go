@@ -33,8 +33,8 @@ import (
 // and both ranks, so it is valid for exactly this link of this ring. The
 // distinct role labels stop a proof being reflected back. The receiver closes
 // any connection that fails, without reading further, and keeps waiting for
-// the real neighbour. The data itself is not encrypted: with TLS configured
-// the default transport is GRPC.
+// the real neighbour. The data itself is not encrypted, even with TLS on the
+// gRPC streams: choose Transport GRPC to encrypt gradients too.
 
 const (
 	dataPurpose  = "ringtune allreduce tcp data v1"

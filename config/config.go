@@ -310,8 +310,9 @@ type AllReduceConfig struct {
 
 	// Transport carries the ring's bulk data: "tcp" (a raw TCP connection per
 	// neighbour, authenticated by an HMAC handshake after the gRPC hello;
-	// fastest, not encrypted), "grpc" (the gRPC streams themselves), or
-	// "default" (tcp).
+	// fastest; the gradient bytes are not encrypted even under
+	// cluster.tls, as with gloo and NCCL), "grpc" (the gRPC streams
+	// themselves, encrypted under cluster.tls, slower), or "default" (tcp).
 	Transport string `mapstructure:"transport"`
 }
 

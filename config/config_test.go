@@ -98,7 +98,6 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"tls files while disabled", func(c *Config) {
 			c.Cluster.TLS = TLSConfig{Cert: "a", Key: "b", CA: "c"}
 		}, "cluster.tls.enabled: is false but certificate files are given"},
-		{"tcp under tls", func(c *Config) { c.AllReduce.Transport = "tcp" }, "allreduce.transport: is tcp, whose data connections are not encrypted, but cluster.tls.enabled is true"},
 		{"timeout below 1ms", func(c *Config) { c.AllReduce.Timeout = 500 * time.Microsecond }, "allreduce.timeout: must be >= 1ms, got 500µs"},
 		{"checkpoint dir", func(c *Config) { c.Checkpoint.Dir = "" }, "checkpoint.dir: must be set"},
 		{"checkpoint every", func(c *Config) { c.Checkpoint.Every = -1 }, "checkpoint.every: must be >= 0"},

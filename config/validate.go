@@ -172,9 +172,6 @@ func (c *Config) Validate() error {
 	}
 	v.oneOf("allreduce.wire", c.AllReduce.Wire, PrecisionFP32, PrecisionBF16)
 	v.oneOf("allreduce.transport", c.AllReduce.Transport, "default", "tcp", "grpc")
-	if c.AllReduce.Transport == "tcp" && c.Cluster.TLS.Enabled {
-		v.add("allreduce.transport", "is tcp, whose data connections are not encrypted, but cluster.tls.enabled is true; use default (grpc under TLS) or grpc, or set cluster.tls.enabled: false")
-	}
 	if c.AllReduce.Timeout <= 0 {
 		v.add("allreduce.timeout", "must be > 0, got %s", c.AllReduce.Timeout)
 	} else if c.AllReduce.Timeout < time.Millisecond {

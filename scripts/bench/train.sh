@@ -14,11 +14,11 @@
 # log). For DDP, the script's synced-step figure. One line per N:
 #   bench: train n=N samples_per_s=X ddp_samples_per_s=Y ratio=X/Y
 #
-# --tls off runs ringtune with cluster.tls.enabled: false (the ring then uses
-# its raw TCP transport). --tls both measures, interleaved, TLS on (default,
-# ring on gRPC), TLS off with the ring on gRPC, and TLS off with the ring on
-# TCP, and adds one line per N:
-#   bench: train_tls n=N tls_samples_per_s=A plain_grpc_samples_per_s=B plain_tcp_samples_per_s=C tls_cost=1-A/B vs_tcp=A/C
+# --tls off runs ringtune with cluster.tls.enabled: false. --tls both
+# measures, interleaved, TLS on (default: the ring's gRPC streams encrypted,
+# its raw TCP gradient path not), TLS off, and TLS on with the ring on gRPC
+# (gradients encrypted too), and adds one line per N:
+#   bench: train_tls n=N tls_samples_per_s=A plain_samples_per_s=B tls_cost=1-A/B tls_grpc_samples_per_s=C encrypted_gradients_cost=1-C/A
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -80,7 +80,7 @@ ours() { # N [on|off|off-grpc] -> samples/s
   local tlsyaml="" transport=default
   case "$mode" in
     off) tlsyaml=$'  tls:\n    enabled: false' ;;
-    off-grpc) tlsyaml=$'  tls:\n    enabled: false'; transport=grpc ;;
+    on-grpc) transport=grpc ;;
   esac
   mkdir -p "$dir"
   cat > "$dir/cluster.yaml" <<YAML
@@ -159,7 +159,7 @@ print("%.4f" % (8 * n * (last - first) / (ts[last] - ts[first])))
 PY
 }
 
-declare -A mine theirs plain_grpc plain_tcp
+declare -A mine theirs plain tls_grpc
 # Interleaved per world size (ringtune N, DDP N, next N, ...) so that a burst
 # of foreign load lands on both sides alike.
 for r in $(seq "$repeats"); do
@@ -170,12 +170,12 @@ for r in $(seq "$repeats"); do
     mine[$n]="${mine[$n]:-} $v"
     echo "bench train: repeat $r ringtune n=$n tls=$first samples/s=$v" >&2
     if [ "$tls" = both ]; then
-      v=$(ours "$n" off-grpc)
-      plain_grpc[$n]="${plain_grpc[$n]:-} $v"
-      echo "bench train: repeat $r ringtune n=$n tls=off transport=grpc samples/s=$v" >&2
       v=$(ours "$n" off)
-      plain_tcp[$n]="${plain_tcp[$n]:-} $v"
-      echo "bench train: repeat $r ringtune n=$n tls=off transport=tcp samples/s=$v" >&2
+      plain[$n]="${plain[$n]:-} $v"
+      echo "bench train: repeat $r ringtune n=$n tls=off samples/s=$v" >&2
+      v=$(ours "$n" on-grpc)
+      tls_grpc[$n]="${tls_grpc[$n]:-} $v"
+      echo "bench train: repeat $r ringtune n=$n tls=on transport=grpc samples/s=$v" >&2
     fi
     /usr/bin/python3 "$ddp" --world-sizes "$n" --repeats 1 --warmup "$warmup" --steps "$steps" --blocks 1 \
       --threads 1 --out "$work/ddp$r-$n.json" > "$work/ddp$r-$n.log" 2>&1 || { cat "$work/ddp$r-$n.log" >&2; exit 1; }
@@ -194,11 +194,11 @@ x, y = statistics.median(a), statistics.median(b)
 print("bench: train n=%s samples_per_s=%.2f ddp_samples_per_s=%.2f ratio=%.3f repeats=%d" % (n, x, y, x / y, len(a)))
 PY
   if [ "$tls" = both ]; then
-    /usr/bin/python3 - "$n" "${mine[$n]}" "${plain_grpc[$n]}" "${plain_tcp[$n]}" <<'PY'
+    /usr/bin/python3 - "$n" "${mine[$n]}" "${plain[$n]}" "${tls_grpc[$n]}" <<'PY'
 import statistics, sys
 n = sys.argv[1]
 a, b, c = (statistics.median(float(x) for x in s.split()) for s in sys.argv[2:5])
-print("bench: train_tls n=%s tls_samples_per_s=%.2f plain_grpc_samples_per_s=%.2f plain_tcp_samples_per_s=%.2f tls_cost=%.3f vs_tcp=%.3f" % (n, a, b, c, 1 - a / b, a / c))
+print("bench: train_tls n=%s tls_samples_per_s=%.2f plain_samples_per_s=%.2f tls_cost=%.3f tls_grpc_samples_per_s=%.2f encrypted_gradients_cost=%.3f" % (n, a, b, 1 - a / b, c, 1 - c / a))
 PY
   fi
 done
