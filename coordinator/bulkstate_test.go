@@ -26,7 +26,7 @@ func adamFixture(t *testing.T, label string, minNodes, maxNodes int) *clustertes
 	t.Helper()
 	return clustertest.NewFixture(t, clustertest.Options{
 		Label: label, MinNodes: minNodes, MaxNodes: maxNodes,
-		ModelConfig: `{"model_type":"bow","vocab_size":30522}`,
+		ModelConfig: fixtureModelConfig,
 		TrainLines:  96, EvalLines: 30,
 		Model: "  task: classification\n  num_labels: 2\n  init: random\n",
 		Train: `  epochs: 2

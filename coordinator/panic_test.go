@@ -54,7 +54,7 @@ func TestPanicReachesNodesAsFailure(t *testing.T) {
 	label := fmt.Sprintf("panic-%d", os.Getpid())
 	f := clustertest.NewFixture(t, clustertest.Options{
 		Label: label, MinNodes: 2, MaxNodes: 2,
-		ModelConfig: `{"model_type":"bow","vocab_size":30522}`,
+		ModelConfig: `{"model_type":"bert","vocab_size":30522,"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":16,"max_position_embeddings":64}`,
 		TrainLines:  96, EvalLines: 30,
 		Model: "  task: classification\n  num_labels: 2\n  init: random\n",
 		Train: "  epochs: 2\n  global_batch: 8\n  micro_batch: 3\n  optimizer: sgd\n  lr: 0.5\n",
