@@ -61,6 +61,11 @@ const (
 	TaskClassification = "classification"
 	TaskRegression     = "regression"
 	TaskCausalLM       = "causal_lm"
+	// TaskMaskedLM pre-trains BERT with HF's BertForMaskedLM head.
+	TaskMaskedLM = "masked_lm"
+	// TaskTokenClassification tags each word (HF's
+	// BertForTokenClassification), e.g. part of speech.
+	TaskTokenClassification = "token_classification"
 )
 
 // Model initialisations.
@@ -75,8 +80,9 @@ type ModelConfig struct {
 	// tokenizer files). Relative paths are resolved against the config file.
 	Path string `mapstructure:"path"`
 
-	// Task is classification, regression or causal_lm; it decides the head,
-	// the loss and how labels are read.
+	// Task is classification, regression, causal_lm, masked_lm (BERT
+	// pre-training) or token_classification (a label per word); it decides
+	// the head, the loss and how labels are read.
 	Task string `mapstructure:"task"`
 
 	// NumLabels is the size of the classification head. Zero means derive it:
@@ -131,6 +137,11 @@ type DataConfig struct {
 	// Tokenizer is a file (tokenizer.json, vocab.txt, vocab.json) or a
 	// directory holding one. Empty means model.path.
 	Tokenizer string `mapstructure:"tokenizer"`
+
+	// MLMProbability is the fraction of tokens masked for task masked_lm
+	// (HF's rule: of those, 80% become [MASK], 10% a random token, 10%
+	// stay), drawn per (train.seed, epoch, sample). Default 0.15.
+	MLMProbability float64 `mapstructure:"mlm_probability"`
 }
 
 // Optimizers, schedules, precisions and wire formats.
@@ -295,9 +306,10 @@ func Default() *Config {
 			Init: InitPretrained,
 		},
 		Data: DataConfig{
-			TextField:  "text",
-			LabelField: "label",
-			MaxLength:  128,
+			TextField:      "text",
+			LabelField:     "label",
+			MaxLength:      128,
+			MLMProbability: 0.15,
 		},
 		Train: TrainConfig{
 			Epochs:      3,

@@ -27,6 +27,11 @@ const (
 	Classification Task = "classification"
 	Regression     Task = "regression"
 	CausalLM       Task = "causal_lm"
+	// MaskedLM is BERT's masked-language-model pre-training (see MaskTokens).
+	MaskedLM Task = "masked_lm"
+	// TokenClassification labels every word (part-of-speech tagging, NER);
+	// the label goes to each word's first sub-token (see EncodeWords).
+	TokenClassification Task = "token_classification"
 )
 
 // Example is one row of a dataset.

@@ -53,6 +53,10 @@ func (l *layout) ignorable(c *Config, name string) bool {
 		return true
 	case c.Family == BERT && strings.HasPrefix(name, "cls."):
 		return true
+	case c.Family == BERT && l.class != "BertForSequenceClassification" && bertOtherHead(name):
+		// The pooler and sequence classifier of a checkpoint loaded into
+		// another BERT head: from_pretrained drops them as unexpected keys.
+		return true
 	}
 	return false
 }
@@ -68,7 +72,7 @@ func newLayout(c *Config, task data.Task, numLabels int) (*layout, error) {
 	switch c.Family {
 	case BERT:
 		if task == data.CausalLM {
-			return nil, fmt.Errorf("model %s: bert has no causal-LM head here; use task classification or regression", c.Path)
+			return nil, fmt.Errorf("model %s: bert has no causal-LM head here; use task classification, regression, masked_lm or token_classification", c.Path)
 		}
 		l.prefix, l.class = "bert.", "BertForSequenceClassification"
 		p := "bert."
@@ -94,12 +98,19 @@ func newLayout(c *Config, task data.Task, numLabels int) (*layout, error) {
 			l.add(q+"output.LayerNorm.weight", vec(h), one)
 			l.add(q+"output.LayerNorm.bias", vec(h), zero)
 		}
-		l.add(p+"pooler.dense.weight", mat(h, h), normal)
-		l.add(p+"pooler.dense.bias", vec(h), zero)
-		l.add("classifier.weight", mat(int64(numLabels), h), normal)
-		l.add("classifier.bias", vec(int64(numLabels)), zero)
-		for _, n := range []string{p + "pooler.dense.weight", p + "pooler.dense.bias", "classifier.weight", "classifier.bias"} {
-			l.optional[n] = true
+		switch task {
+		case data.MaskedLM:
+			addMLMHead(l, c)
+		case data.TokenClassification:
+			addTokenHead(l, c, numLabels)
+		default:
+			l.add(p+"pooler.dense.weight", mat(h, h), normal)
+			l.add(p+"pooler.dense.bias", vec(h), zero)
+			l.add("classifier.weight", mat(int64(numLabels), h), normal)
+			l.add("classifier.bias", vec(int64(numLabels)), zero)
+			for _, n := range []string{p + "pooler.dense.weight", p + "pooler.dense.bias", "classifier.weight", "classifier.bias"} {
+				l.optional[n] = true
+			}
 		}
 	case GPT2:
 		if task != data.CausalLM {
@@ -206,6 +217,17 @@ func attend(s *torch.Scope, q, k, v, mask torch.Tensor, b, t, n, d int64, p floa
 
 // bert returns the classifier logits [B, labels].
 func (n *net) bert(s *torch.Scope, in *inputs, train bool) torch.Tensor {
+	x := n.bertEncoder(s, in, train)
+	lin := func(x torch.Tensor, name string) torch.Tensor {
+		return s.Linear(x, n.w(s, name+".weight"), n.w(s, name+".bias"))
+	}
+	pooled := s.Tanh(lin(s.Select(x, 1, 0), "bert.pooler.dense"))
+	return lin(s.Dropout(pooled, n.drop("classifier"), train), "classifier")
+}
+
+// bertEncoder returns BertModel's last hidden states [B,T,H] (what every
+// BERT head starts from).
+func (n *net) bertEncoder(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 	c := n.c
 	h, nh, hd := int64(c.Hidden), int64(c.Heads), int64(c.HeadDim)
 	eps := c.NormEps
@@ -231,8 +253,7 @@ func (n *net) bert(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 		o := s.Dropout(lin(f, q+"output.dense"), pd, train)
 		x = s.LayerNorm(s.Add(o, x), []int64{h}, n.w(s, q+"output.LayerNorm.weight"), n.w(s, q+"output.LayerNorm.bias"), eps)
 	}
-	pooled := s.Tanh(lin(s.Select(x, 1, 0), p+"pooler.dense"))
-	return lin(s.Dropout(pooled, n.drop("classifier"), train), "classifier")
+	return x
 }
 
 // gpt2 returns the final hidden states [B,T,H] (before the LM head).

@@ -134,12 +134,25 @@ func (m *Model) loadWeights() error {
 		}
 		copy(host[m.params.Offsets[i]:], v)
 	}
+	var ignored []string
 	for _, n := range src.names {
-		if !used[n] && !m.lay.ignorable(m.cfg, n) {
+		if used[n] {
+			continue
+		}
+		if !m.lay.ignorable(m.cfg, n) {
 			return fmt.Errorf("load model %s: checkpoint %s has tensor %q that %s does not have (weights of another architecture or size?)",
 				m.dir, where(n), n, m.lay.class)
 		}
+		ignored = append(ignored, n)
 	}
+	slices.Sort(ignored)
+	m.Loaded = m.Loaded[:0]
+	for _, sp := range m.params.Specs {
+		if used[ckptName(sp.Name)] {
+			m.Loaded = append(m.Loaded, sp.Name)
+		}
+	}
+	m.Ignored = ignored
 	if m.params.Numel > 0 {
 		if err := m.params.SetParamsFrom(host); err != nil {
 			return fmt.Errorf("load model %s: %w", m.dir, err)
@@ -186,7 +199,7 @@ func (m *Model) Save(dir string) error {
 	cfg["architectures"] = []string{m.lay.class}
 	cfg["torch_dtype"] = "float32"
 	switch m.task {
-	case data.Classification, data.Regression:
+	case data.Classification, data.Regression, data.TokenClassification:
 		id2label, label2id := map[string]string{}, map[string]int{}
 		for i := range m.numLabels {
 			l := fmt.Sprintf("LABEL_%d", i)
@@ -195,8 +208,11 @@ func (m *Model) Save(dir string) error {
 		cfg["id2label"], cfg["label2id"] = id2label, label2id
 		delete(cfg, "num_labels")
 		cfg["problem_type"] = "single_label_classification"
-		if m.task == data.Regression {
+		switch m.task {
+		case data.Regression:
 			cfg["problem_type"] = "regression"
+		case data.TokenClassification:
+			delete(cfg, "problem_type") // transformers has none for token heads
 		}
 	}
 	raw, err := json.MarshalIndent(cfg, "", "  ")
