@@ -15,6 +15,9 @@ type Encoded struct {
 	TypeIDs []int // 0 for the first text, 1 for the pair
 	Label   int
 	Target  float64
+	// Labels are per-token labels (token classification, and masked LM
+	// once masked), IgnoreIndex where no loss applies; nil otherwise.
+	Labels []int
 }
 
 // Encode tokenizes an example, truncates it to maxLen tokens including
@@ -118,8 +121,10 @@ type Batch struct {
 	InputIDs      []int64 // (Size, Seq), padded with the tokenizer's pad id
 	AttentionMask []int64 // (Size, Seq), 1 for tokens, 0 for padding
 	TokenTypeIDs  []int64 // (Size, Seq), 0 first text, 1 pair, 0 padding
-	// Labels is (Size) class ids for classification, or (Size, Seq) token
-	// ids for causal LM with IgnoreIndex on padding; nil for regression.
+	// Labels is (Size) class ids for classification, or (Size, Seq): token
+	// ids for causal LM, the Encoded per-token labels for masked LM and
+	// token classification, with IgnoreIndex on padding; nil for
+	// regression.
 	Labels []int64
 	// Targets is (Size) values for regression; nil otherwise.
 	Targets []float32
@@ -135,6 +140,13 @@ type Batch struct {
 func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 	if len(items) == 0 {
 		return nil, fmt.Errorf("collate: empty batch")
+	}
+	if task == MaskedLM || task == TokenClassification {
+		for i, it := range items {
+			if len(it.Labels) != len(it.IDs) {
+				return nil, fmt.Errorf("collate: %s item %d has %d labels for %d tokens (not masked or not encoded with EncodeWords?)", task, i, len(it.Labels), len(it.IDs))
+			}
+		}
 	}
 	seq := 0
 	for _, it := range items {
@@ -155,7 +167,7 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 		b.Labels = make([]int64, n)
 	case Regression:
 		b.Targets = make([]float32, n)
-	case CausalLM:
+	case CausalLM, MaskedLM, TokenClassification:
 		b.Labels = make([]int64, n*seq)
 	default:
 		return nil, fmt.Errorf("collate: unknown task %q", task)
@@ -170,10 +182,16 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 			} else {
 				b.InputIDs[row+j] = int64(padID)
 			}
-			if task == CausalLM {
+			switch task {
+			case CausalLM:
 				b.Labels[row+j] = IgnoreIndex
 				if j < len(it.IDs) {
 					b.Labels[row+j] = int64(it.IDs[j])
+				}
+			case MaskedLM, TokenClassification:
+				b.Labels[row+j] = IgnoreIndex
+				if j < len(it.Labels) {
+					b.Labels[row+j] = int64(it.Labels[j])
 				}
 			}
 		}
