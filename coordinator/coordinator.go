@@ -91,6 +91,7 @@ type Coordinator struct {
 	log   *slog.Logger
 	key   auth.Key
 	task  data.Task
+	mask  *data.MaskConfig // masked_lm only
 	tok   *data.Tokenizer
 	train []data.Encoded
 	eval  []data.Encoded
@@ -227,6 +228,9 @@ func (c *Coordinator) loadData() error {
 	}
 	c.tok = tok
 	load := func(key, path string) ([]data.Encoded, error) {
+		if c.task == data.TokenClassification {
+			return loadWords(tok, key, path, c.cfg)
+		}
 		exs, err := data.ReadFile(path, d.Format, f)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", key, err)
@@ -245,7 +249,7 @@ func (c *Coordinator) loadData() error {
 			return err
 		}
 	}
-	return nil
+	return c.setupMasking()
 }
 
 // event is something that happened to a session, delivered to Run's loop.
@@ -825,12 +829,16 @@ func (c *Coordinator) train1(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		count := GlobalCount(c.task, c.train, sb.Indices)
+		enc, indices, err := c.stepSamples(g, sb.Indices)
+		if err != nil {
+			return err
+		}
+		count := GlobalCount(c.task, enc, indices)
 		ids := c.worldIDs()
 		c.round = NewRound(c.gen, g, ids)
 		c.reduced = map[string]*control.Reduced{}
 		for r, s := range c.world {
-			bs, err := RankBatches(c.train, sb.Indices, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
+			bs, err := RankBatches(enc, indices, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
 			if err != nil {
 				return err
 			}

@@ -238,9 +238,21 @@ func (s *Schedule) Commit(g int) (epochDone bool, err error) {
 func (s *Schedule) Ledger() *data.Ledger { return s.ledger }
 
 // GlobalCount is the divisor of step's summed gradient: its number of
-// samples, or for causal LM its number of predicted tokens (each sequence
-// predicts all but its first token).
+// samples, for causal LM its number of predicted tokens (each sequence
+// predicts all but its first token), and for masked LM and token
+// classification its number of labelled tokens (enc must be masked).
 func GlobalCount(task data.Task, enc []data.Encoded, indices []int) int {
+	if task == data.MaskedLM || task == data.TokenClassification {
+		n := 0
+		for _, i := range indices {
+			for _, l := range enc[i].Labels {
+				if l != data.IgnoreIndex {
+					n++
+				}
+			}
+		}
+		return n
+	}
 	if task != data.CausalLM {
 		return len(indices)
 	}

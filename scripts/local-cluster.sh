@@ -44,7 +44,9 @@ done
 go build -o .build/coordinator ./cmd/coordinator
 go build -o .build/node ./cmd/node
 
-run=$root/runs/local
+# RINGTUNE_RUN_DIR moves the logs, key and default config elsewhere (so
+# that scripts/pretrain.sh and the demo do not share runs/local).
+run=${RINGTUNE_RUN_DIR:-$root/runs/local}
 mkdir -p "$run"
 rm -rf "$run/model"
 
