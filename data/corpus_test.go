@@ -201,6 +201,11 @@ func TestEncodeWordsLabelsFirstSubToken(t *testing.T) {
 	if !slices.Equal(e.Labels, want) || len(e.IDs) != len(want) || e.IDs[0] != tok.CLS || e.IDs[len(e.IDs)-1] != tok.SEP {
 		t.Errorf("labels %v (ids %v), want %v framed by [CLS]/[SEP]", e.Labels, e.IDs, want)
 	}
+	// The cached batch encoder agrees with the single one.
+	all, err := tok.EncodeAllWords("x", []Words{w, {Words: []string{"said", "presentments"}, Tags: []int{1, 0}}, w}, 64)
+	if err != nil || !slices.Equal(all[2].IDs, e.IDs) || !slices.Equal(all[2].Labels, e.Labels) || all[1].IDs[2] != sub[0] {
+		t.Errorf("EncodeAllWords: %v, %v", all, err)
+	}
 	// Truncation keeps [SEP] and drops the labels of words cut off.
 	e, err = tok.EncodeWords(w, 4)
 	if err != nil || !slices.Equal(e.Labels, []int{IgnoreIndex, 5, 0, IgnoreIndex}) || e.IDs[3] != tok.SEP {

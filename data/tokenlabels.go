@@ -86,6 +86,13 @@ func ReadWordsFile(path, wordsField, tagsField string, labels []string) ([]Words
 // in transformers' token-classification examples. A word that tokenizes to
 // nothing (a stray control character) is skipped with its tag.
 func (t *Tokenizer) EncodeWords(w Words, maxLen int) (Encoded, error) {
+	return t.encodeWords(w, maxLen, nil)
+}
+
+// encodeWords is EncodeWords with a cache of each word's ids: a word
+// tokenizes the same wherever it stands (each is pre-split on its own), and
+// a corpus repeats its words many times.
+func (t *Tokenizer) encodeWords(w Words, maxLen int, cache map[string][]int) (Encoded, error) {
 	if t.style != StyleBERT {
 		return Encoded{}, fmt.Errorf("token classification needs a BERT tokenizer ([CLS]/[SEP]); %s is not one", t.path)
 	}
@@ -94,9 +101,15 @@ func (t *Tokenizer) EncodeWords(w Words, maxLen int) (Encoded, error) {
 	}
 	e := Encoded{IDs: []int{t.CLS}, Labels: []int{IgnoreIndex}}
 	for i, word := range w.Words {
-		ids, err := t.IDs(word)
-		if err != nil {
-			return Encoded{}, err
+		ids, ok := cache[word]
+		if !ok {
+			var err error
+			if ids, err = t.IDs(word); err != nil {
+				return Encoded{}, err
+			}
+			if cache != nil {
+				cache[word] = ids
+			}
 		}
 		for j, id := range ids {
 			if len(e.IDs) == maxLen-1 {
@@ -119,8 +132,9 @@ func (t *Tokenizer) EncodeWords(w Words, maxLen int) (Encoded, error) {
 // EncodeAllWords encodes a token-classification set; errors name the line.
 func (t *Tokenizer) EncodeAllWords(name string, ws []Words, maxLen int) ([]Encoded, error) {
 	out := make([]Encoded, len(ws))
+	cache := map[string][]int{}
 	for i, w := range ws {
-		e, err := t.EncodeWords(w, maxLen)
+		e, err := t.encodeWords(w, maxLen, cache)
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", name, w.Line, err)
 		}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/local-cluster.sh [N] [--config FILE] [--no-setup] [-- COORDINATOR FLAGS...]
+# scripts/local-cluster.sh [N] [--config FILE] [--task sentiment|pos] [--no-setup] [-- COORDINATOR FLAGS...]
 #
 # Runs a real ringtune cluster on this machine: one coordinator and N nodes
 # (default 3), each a separate process talking gossip, gRPC and the ring
@@ -14,6 +14,10 @@
 # model.init: pretrained, e.g.
 #   scripts/local-cluster.sh 3 -- --model.path /models/bert-base-uncased --model.init pretrained
 #
+# --task pos trains part-of-speech tagging (token_classification, 12 coarse
+# tags) on the Brown corpus instead (see scripts/pretrain.sh for a
+# pre-trained start).
+#
 # Logs: runs/local/coordinator.log and runs/local/node-K.log; a live
 # dashboard and Prometheus /metrics are served while it runs (their URLs are
 # in the log). Ctrl-C stops every process this script started.
@@ -22,6 +26,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 n=3
+task=sentiment
 config=""
 setup=1
 extra=()
@@ -29,8 +34,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift ;;
     --no-setup) setup=0 ;;
+    --task) task=$2; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     [0-9]*) n=$1 ;;
     *) echo "local-cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -82,17 +88,9 @@ s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
   config=$run/cluster.yaml
-  cat > "$config" <<YAML
-# Written by scripts/local-cluster.sh: $n nodes on this machine.
-cluster:
-  bind: 127.0.0.1:$gport
-  grpc: 127.0.0.1:$cport
-  key_file: cluster.key
-  min_nodes: $n
-  max_nodes: $n
-  settle: 1s
-  label: ringtune-local
-model:
+  case "$task" in
+    sentiment)
+      taskyaml="model:
   path: $mdir
   task: classification
   labels: [negative, positive]
@@ -103,7 +101,33 @@ data:
   text_field: text
   label_field: label
   max_length: 64
-  tokenizer: $mdir/tokenizer.json
+  tokenizer: $mdir/tokenizer.json" ;;
+    pos)
+      taskyaml="model:
+  path: $mdir
+  task: token_classification
+  labels: [NOUN, VERB, ADJ, ADV, PRON, DET, ADP, NUM, CONJ, PRT, \".\", X]
+  init: random
+data:
+  train_file: $root/.data/corpus/pos_train.jsonl
+  eval_file: $root/.data/corpus/pos_eval.jsonl
+  text_field: words
+  label_field: tags
+  max_length: 64
+  tokenizer: $mdir/tokenizer.json" ;;
+    *) echo "local-cluster: --task $task: want sentiment or pos" >&2; exit 2 ;;
+  esac
+  cat > "$config" <<YAML
+# Written by scripts/local-cluster.sh: $n nodes on this machine.
+cluster:
+  bind: 127.0.0.1:$gport
+  grpc: 127.0.0.1:$cport
+  key_file: cluster.key
+  min_nodes: $n
+  max_nodes: $n
+  settle: 1s
+  label: ringtune-local
+$taskyaml
 train:
   epochs: 3
   global_batch: 32
