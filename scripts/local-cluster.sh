@@ -177,7 +177,7 @@ coord=$!
 pids+=("$coord")
 for k in $(seq 1 "$n"); do
   .build/node join --coordinator "$gossip" --key-file "$keyfile" --label "$label" \
-    --bind 127.0.0.1:0 --name "local-$k" --device cpu > "$run/node-$k.log" 2>&1 &
+    --bind 127.0.0.1:0 --name "local-$k" --device cpu --join-timeout "${RINGTUNE_JOIN_TIMEOUT:-30s}" > "$run/node-$k.log" 2>&1 &
   pids+=("$!")
 done
 set +e

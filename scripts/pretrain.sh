@@ -155,7 +155,9 @@ if compgen -G "$run/checkpoints/*" > /dev/null; then
   resume=(--resume)
 fi
 start=$(date +%s)
-RINGTUNE_RUN_DIR=$run scripts/local-cluster.sh "$nodes" --no-setup --config "$run/cluster.yaml" -- "${resume[@]}"
+# The coordinator tokenizes the whole corpus (150k sentences) before it
+# listens, which takes minutes on a loaded machine: nodes wait for it.
+RINGTUNE_JOIN_TIMEOUT=15m RINGTUNE_RUN_DIR=$run scripts/local-cluster.sh "$nodes" --no-setup --config "$run/cluster.yaml" -- "${resume[@]}"
 secs=$(( $(date +%s) - start ))
 mkdir -p "$(dirname "$out")"
 rm -rf "$out.tmp"
