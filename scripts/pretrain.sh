@@ -72,7 +72,7 @@ model_config='{
   "layer_norm_eps": 1e-12,
   "pad_token_id": 0
 }'
-# Everything below the cluster section decides the weights.
+# Everything here decides the weights (eval_every, added below, does not).
 train_yaml="model:
   task: masked_lm
   init: random
@@ -93,8 +93,7 @@ train:
   max_grad_norm: 1.0
   seed: 42
   threads: 1
-  digest_every: 50
-  eval_every: ${EVAL_EVERY:-200}"
+  digest_every: 50"
 hash=$( { echo "$model_config"; echo "$train_yaml"; sha256sum "$corpus/mlm_train.jsonl" "$corpus/mlm_eval.jsonl" "$tokfile" | cut -d' ' -f1; } | sha256sum | cut -c1-12)
 out=$root/.data/pretrained/bert-mini-mlm-$hash
 if [ "$print_dir" = 1 ]; then
@@ -126,6 +125,7 @@ cluster:
   settle: 1s
   label: ringtune-pretrain
 $train_yaml
+  eval_every: ${EVAL_EVERY:-200}
 allreduce:
   timeout: 60s
 checkpoint:
@@ -147,6 +147,18 @@ s = s.replace("model:\n", "model:\n  path: %s\n" % base, 1)
 s = s.replace("data:\n", "data:\n  train_file: %s/mlm_train.jsonl\n  eval_file: %s/mlm_eval.jsonl\n  tokenizer: %s/tokenizer.json\n" % (corpus, corpus, base), 1)
 open(p, "w").write(s)
 PY
+# One epoch of --steps steps reads steps×64 sentences: give the coordinator
+# a fixed sample of that size (it tokenizes its whole train file before it
+# starts, 150k sentences take minutes on two busy cores).
+python3 - "$corpus/mlm_train.jsonl" "$run/mlm_train.jsonl" "$((steps * 64))" <<'PY'
+import random, sys
+src, dst, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+lines = open(src, encoding="utf-8").readlines()
+if n < len(lines):
+    lines = [lines[i] for i in sorted(random.Random(42).sample(range(len(lines)), n))]
+open(dst, "w", encoding="utf-8").writelines(lines)
+PY
+sed -i "s#^  train_file: .*#  train_file: $run/mlm_train.jsonl#" "$run/cluster.yaml"
 [ -s "$run/cluster.key" ] || { . scripts/env.sh; go build -o .build/coordinator ./cmd/coordinator; .build/coordinator keygen "$run/cluster.key"; }
 
 resume=()
