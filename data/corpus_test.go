@@ -50,7 +50,7 @@ func TestMalformedCorpusFilesNameTheLine(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
 		name, body, want string
-		read func(string) ([]Sentence, error)
+		read             func(string) ([]Sentence, error)
 	}{
 		{"cb01", "\tGood/jj line/nn ./.\n\n\tno-tag-here/nn broken ./.\n", "cb01:3: token \"broken\" is not word/tag", ReadBrownFile},
 		{"cb02", "\tempty/ tag\n", "cb02:1: token \"empty/\"", ReadBrownFile},
@@ -100,9 +100,9 @@ func TestDedupAgainstHeldOut(t *testing.T) {
 		"Great phone.",
 	})
 	for text, want := range map[string]bool{
-		"this MOVIE was a complete waste of my time -- and money": true, // casing and punctuation differ
+		"this MOVIE was a complete waste of my time -- and money":              true, // casing and punctuation differ
 		"He said: this movie was a complete waste of my time and nothing else": true,
-		"great phone!":                        true,
+		"great phone!":                         true,
 		"A great phone for the price, really.": false, // a short held-out text only matches whole
 		"This movie was a complete delight.":   false,
 	} {
