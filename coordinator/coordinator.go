@@ -1017,7 +1017,11 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 		}
 		fmt.Fprintf(&line, " %s %.4g", k, res[k])
 	}
-	fmt.Fprintf(&line, " (%d examples)", int(res["count"]))
+	unit := "examples"
+	if c.task == data.CausalLM || c.task == data.MaskedLM || c.task == data.TokenClassification {
+		unit = "tokens" // the loss and metrics count tokens, not sentences
+	}
+	fmt.Fprintf(&line, " (%d %s)", int(res["count"]), unit)
 	c.log.Info("evaluation", args...)
 	c.dash.eval(c.applied, res)
 	c.progress.note(line.String())
