@@ -18,6 +18,9 @@
 # tags) on the Brown corpus instead (see scripts/pretrain.sh for a
 # pre-trained start).
 #
+# Environment: RINGTUNE_RUN_DIR replaces runs/local; RINGTUNE_JOIN_TIMEOUT
+# (default 30s) is how long nodes wait for the coordinator to listen.
+#
 # Logs: runs/local/coordinator.log and runs/local/node-K.log; a live
 # dashboard and Prometheus /metrics are served while it runs (their URLs are
 # in the log). Ctrl-C stops every process this script started.
@@ -36,7 +39,7 @@ while [ $# -gt 0 ]; do
     --no-setup) setup=0 ;;
     --task) task=$2; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     [0-9]*) n=$1 ;;
     *) echo "local-cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
