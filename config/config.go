@@ -119,7 +119,8 @@ type DataConfig struct {
 	// extension (.jsonl/.json, .csv, .tsv).
 	Format string `mapstructure:"format"`
 
-	// TextField is the column or JSON key holding the text.
+	// TextField is the column or JSON key holding the text (for
+	// token_classification: a JSON array of words).
 	TextField string `mapstructure:"text_field"`
 
 	// TextPairField, when set, holds the second text of a pair task
@@ -127,7 +128,9 @@ type DataConfig struct {
 	TextPairField string `mapstructure:"text_pair_field"`
 
 	// LabelField holds the label: an integer class id, a class name from
-	// model.labels, or a number for regression. Ignored for causal_lm.
+	// model.labels, or a number for regression; for token_classification
+	// an array of one such class per word. Ignored for causal_lm and
+	// masked_lm.
 	LabelField string `mapstructure:"label_field"`
 
 	// MaxLength truncates every encoded example to this many tokens,
