@@ -109,6 +109,11 @@ const (
 	TaskClassification = "classification"
 	TaskRegression     = "regression"
 	TaskCausalLM       = "causal_lm"
+	// TaskMaskedLM pre-trains BERT with HF's BertForMaskedLM head.
+	TaskMaskedLM = "masked_lm"
+	// TaskTokenClassification tags each word (HF's
+	// BertForTokenClassification), e.g. part of speech.
+	TaskTokenClassification = "token_classification"
 )
 
 // Model initialisations.
@@ -123,8 +128,9 @@ type ModelConfig struct {
 	// tokenizer files). Relative paths are resolved against the config file.
 	Path string `mapstructure:"path"`
 
-	// Task is classification, regression or causal_lm; it decides the head,
-	// the loss and how labels are read.
+	// Task is classification, regression, causal_lm, masked_lm (BERT
+	// pre-training) or token_classification (a label per word); it decides
+	// the head, the loss and how labels are read.
 	Task string `mapstructure:"task"`
 
 	// NumLabels is the size of the classification head. Zero means derive it:
@@ -178,7 +184,8 @@ type DataConfig struct {
 	// sample (global_batch, the sample ledger).
 	Pack bool `mapstructure:"pack"`
 
-	// TextField is the column or JSON key holding the text. Unused by
+	// TextField is the column or JSON key holding the text (for
+	// token_classification: a JSON array of words). Unused by
 	// tokens_jsonl.
 	TextField string `mapstructure:"text_field"`
 
@@ -187,7 +194,9 @@ type DataConfig struct {
 	TextPairField string `mapstructure:"text_pair_field"`
 
 	// LabelField holds the label: an integer class id, a class name from
-	// model.labels, or a number for regression. Ignored for causal_lm.
+	// model.labels, or a number for regression; for token_classification
+	// an array of one such class per word. Ignored for causal_lm and
+	// masked_lm.
 	LabelField string `mapstructure:"label_field"`
 
 	// MaxLength truncates every encoded example to this many tokens,
@@ -197,6 +206,11 @@ type DataConfig struct {
 	// Tokenizer is a file (tokenizer.json, vocab.txt, vocab.json) or a
 	// directory holding one. Empty means model.path.
 	Tokenizer string `mapstructure:"tokenizer"`
+
+	// MLMProbability is the fraction of tokens masked for task masked_lm
+	// (HF's rule: of those, 80% become [MASK], 10% a random token, 10%
+	// stay), drawn per (train.seed, epoch, sample). Default 0.15.
+	MLMProbability float64 `mapstructure:"mlm_probability"`
 }
 
 // Optimizers, schedules, precisions and wire formats.
@@ -368,9 +382,10 @@ func Default() *Config {
 			Init: InitPretrained,
 		},
 		Data: DataConfig{
-			TextField:  "text",
-			LabelField: "label",
-			MaxLength:  128,
+			TextField:      "text",
+			LabelField:     "label",
+			MaxLength:      128,
+			MLMProbability: 0.15,
 		},
 		Train: TrainConfig{
 			Epochs:      3,

@@ -149,7 +149,7 @@ func (c *Config) derive() {
 	}
 	if c.Model.NumLabels == 0 {
 		switch c.Model.Task {
-		case TaskClassification:
+		case TaskClassification, TaskTokenClassification:
 			c.Model.NumLabels = max(2, len(c.Model.Labels))
 		case TaskRegression:
 			c.Model.NumLabels = 1

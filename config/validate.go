@@ -57,12 +57,12 @@ func (c *Config) Validate() error {
 
 	// model
 	v.required("model.path", c.Model.Path)
-	v.oneOf("model.task", c.Model.Task, TaskClassification, TaskRegression, TaskCausalLM)
+	v.oneOf("model.task", c.Model.Task, TaskClassification, TaskRegression, TaskCausalLM, TaskMaskedLM, TaskTokenClassification)
 	v.oneOf("model.init", c.Model.Init, InitPretrained, InitRandom)
 	switch c.Model.Task {
-	case TaskClassification:
+	case TaskClassification, TaskTokenClassification:
 		if c.Model.NumLabels < 2 {
-			v.add("model.num_labels", "must be >= 2 for task classification, got %d", c.Model.NumLabels)
+			v.add("model.num_labels", "must be >= 2 for task %s, got %d", c.Model.Task, c.Model.NumLabels)
 		}
 	case TaskRegression:
 		if c.Model.NumLabels != 1 {
@@ -71,12 +71,15 @@ func (c *Config) Validate() error {
 		if len(c.Model.Labels) > 0 {
 			v.add("model.labels", "must be empty for task regression, got %d names", len(c.Model.Labels))
 		}
-	case TaskCausalLM:
+	case TaskCausalLM, TaskMaskedLM:
 		if len(c.Model.Labels) > 0 {
-			v.add("model.labels", "must be empty for task causal_lm, got %d names", len(c.Model.Labels))
+			v.add("model.labels", "must be empty for task %s, got %d names", c.Model.Task, len(c.Model.Labels))
 		}
 	}
-	if c.Model.Task == TaskClassification && len(c.Model.Labels) > 0 {
+	if c.Model.Task == TaskMaskedLM && !(c.Data.MLMProbability > 0 && c.Data.MLMProbability < 1) {
+		v.add("data.mlm_probability", "must be in (0, 1) for task masked_lm, got %v", c.Data.MLMProbability)
+	}
+	if (c.Model.Task == TaskClassification || c.Model.Task == TaskTokenClassification) && len(c.Model.Labels) > 0 {
 		if len(c.Model.Labels) != c.Model.NumLabels {
 			v.add("model.labels", "has %d names but model.num_labels is %d; give one name per class", len(c.Model.Labels), c.Model.NumLabels)
 		}
@@ -107,7 +110,7 @@ func (c *Config) Validate() error {
 	if c.Data.Format != FormatTokens {
 		v.required("data.text_field", c.Data.TextField)
 	}
-	if c.Model.Task != TaskCausalLM {
+	if c.Model.Task != TaskCausalLM && c.Model.Task != TaskMaskedLM {
 		v.required("data.label_field", c.Data.LabelField)
 	}
 	if c.Data.TextPairField != "" && c.Data.TextPairField == c.Data.TextField {

@@ -105,8 +105,9 @@ type Coordinator struct {
 	tls     *auth.TLSConfigs
 	tlsMode string
 	task    data.Task
-	tok     *data.Tokenizer // nil for pre-tokenized data without one
-	pad     int             // padding token id
+	mask    *data.MaskConfig // masked_lm only
+	tok     *data.Tokenizer  // nil for pre-tokenized data without one
+	pad     int              // padding token id
 	train   []data.Encoded
 	eval    []data.Encoded
 	files   []control.FileInfo
@@ -301,14 +302,14 @@ type event struct {
 
 // session is the coordinator's view of one node.
 type session struct {
-	id     string
-	ring   string
-	out    chan *control.Msg
-	cancel context.CancelFunc
-	ready  bool // trainer set up
-	applied    int
-	gone       bool
-	rank       int
+	id      string
+	ring    string
+	out     chan *control.Msg
+	cancel  context.CancelFunc
+	ready   bool // trainer set up
+	applied int
+	gone    bool
+	rank    int
 }
 
 func (s *session) send(m *control.Msg) {
@@ -1049,12 +1050,16 @@ func (c *Coordinator) train1(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		count := GlobalCount(c.task, c.train, sb.Indices)
+		enc, indices, err := c.stepSamples(g, sb.Indices)
+		if err != nil {
+			return err
+		}
+		count := GlobalCount(c.task, enc, indices)
 		ids := c.worldIDs()
 		c.round = NewRound(c.gen, g, ids)
 		c.reduced = map[string]*control.Reduced{}
 		for r, s := range c.world {
-			bs, err := RankBatches(c.train, sb.Indices, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
+			bs, err := RankBatches(enc, indices, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
 			if err != nil {
 				return err
 			}
@@ -1245,8 +1250,8 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 		fmt.Fprintf(&line, " %s %.4g", k, res[k])
 	}
 	unit := "examples"
-	if c.task == data.CausalLM {
-		unit = "target tokens"
+	if c.task == data.CausalLM || c.task == data.MaskedLM || c.task == data.TokenClassification {
+		unit = "tokens" // the loss and metrics count tokens, not sentences
 	}
 	fmt.Fprintf(&line, " (%d %s)", int(res["count"]), unit)
 	c.log.Info("evaluation", args...)

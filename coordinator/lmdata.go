@@ -97,6 +97,9 @@ func (c *Coordinator) loadData() error {
 	}
 	f := data.Fields{Text: d.TextField, TextPair: d.TextPairField, Label: d.LabelField, Task: c.task, Labels: c.cfg.Model.Labels, NumLabels: c.cfg.Model.NumLabels}
 	load := func(key, path string) ([]data.Encoded, error) {
+		if c.task == data.TokenClassification {
+			return loadWords(tok, key, path, c.cfg)
+		}
 		var enc []data.Encoded
 		if tokens {
 			if enc, err = data.ReadTokensFile(path, vocab); err != nil {
@@ -135,5 +138,5 @@ func (c *Coordinator) loadData() error {
 			return err
 		}
 	}
-	return nil
+	return c.setupMasking()
 }

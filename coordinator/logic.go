@@ -238,10 +238,23 @@ func (s *Schedule) Commit(g int) (epochDone bool, err error) {
 func (s *Schedule) Ledger() *data.Ledger { return s.ledger }
 
 // GlobalCount is the divisor of step's summed gradient: its number of
-// samples, or for causal LM its number of next-token targets (each
-// sequence predicts all but its first token, less the labels set to -100
-// and the first token of each packed document; see data.Encoded.Targets).
+// samples, for causal LM its number of next-token targets (each sequence
+// predicts all but its first token, less the labels set to -100 and the
+// first token of each packed document; see data.Encoded.Targets), and for
+// masked LM and token classification its number of labelled tokens (enc
+// must be masked).
 func GlobalCount(task data.Task, enc []data.Encoded, indices []int) int {
+	if task == data.MaskedLM || task == data.TokenClassification {
+		n := 0
+		for _, i := range indices {
+			for _, l := range enc[i].Labels {
+				if l != data.IgnoreIndex {
+					n++
+				}
+			}
+		}
+		return n
+	}
 	if task != data.CausalLM {
 		return len(indices)
 	}

@@ -135,7 +135,9 @@ func Metrics(task data.Task, numLabels int, s control.EvalSums) map[string]float
 	n := math.Max(s.Count, 1)
 	out := map[string]float64{"loss": s.LossSum / n, "count": s.Count}
 	switch task {
-	case data.Classification:
+	case data.Classification, data.TokenClassification:
+		// For token classification the counts are labelled tokens, so
+		// accuracy is token accuracy.
 		out["accuracy"] = s.Correct / n
 		if len(s.Confusion) == numLabels*numLabels {
 			f1 := 0.0
@@ -156,7 +158,7 @@ func Metrics(task data.Task, numLabels int, s control.EvalSums) map[string]float
 		}
 	case data.Regression:
 		out["mse"] = s.SqErr / n
-	case data.CausalLM:
+	case data.CausalLM, data.MaskedLM:
 		out["perplexity"] = math.Exp(s.LossSum / n)
 	}
 	return out

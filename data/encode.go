@@ -15,8 +15,10 @@ type Encoded struct {
 	TypeIDs []int // 0 for the first text, 1 for the pair
 	Label   int
 	Target  float64
-	// Labels are per-token causal-LM labels (token ids, or IgnoreIndex
-	// where the loss skips a token); nil means the ids themselves.
+	// Labels are per-token labels, IgnoreIndex where no loss applies: for
+	// causal LM the next-token labels (nil means the ids themselves), for
+	// token classification the tags, and for masked LM the masked ids once
+	// masked; nil otherwise.
 	Labels []int
 	// Docs is the document index of each token of a packed sequence (see
 	// Pack); nil when the example is one document.
@@ -124,8 +126,10 @@ type Batch struct {
 	InputIDs      []int64 // (Size, Seq), padded with the tokenizer's pad id
 	AttentionMask []int64 // (Size, Seq), 1 for tokens, 0 for padding
 	TokenTypeIDs  []int64 // (Size, Seq), 0 first text, 1 pair, 0 padding
-	// Labels is (Size) class ids for classification, or (Size, Seq) token
-	// ids for causal LM with IgnoreIndex on padding; nil for regression.
+	// Labels is (Size) class ids for classification, or (Size, Seq): token
+	// ids for causal LM, the Encoded per-token labels for masked LM and
+	// token classification, with IgnoreIndex on padding; nil for
+	// regression.
 	Labels []int64
 	// Targets is (Size) values for regression; nil otherwise.
 	Targets []float32
@@ -192,6 +196,13 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 	if len(items) == 0 {
 		return nil, fmt.Errorf("collate: empty batch")
 	}
+	if task == MaskedLM || task == TokenClassification {
+		for i, it := range items {
+			if len(it.Labels) != len(it.IDs) {
+				return nil, fmt.Errorf("collate: %s item %d has %d labels for %d tokens (not masked or not encoded with EncodeWords?)", task, i, len(it.Labels), len(it.IDs))
+			}
+		}
+	}
 	seq := 0
 	for _, it := range items {
 		seq = max(seq, len(it.IDs))
@@ -221,7 +232,7 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 		b.Labels = make([]int64, n)
 	case Regression:
 		b.Targets = make([]float32, n)
-	case CausalLM:
+	case CausalLM, MaskedLM, TokenClassification:
 		b.Labels = make([]int64, n*seq)
 		if packed {
 			b.DocIDs = make([]int64, n*seq)
@@ -241,7 +252,8 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 			} else {
 				b.InputIDs[row+j] = int64(padID)
 			}
-			if task == CausalLM {
+			switch task {
+			case CausalLM:
 				b.Labels[row+j] = IgnoreIndex
 				switch {
 				case j >= len(it.IDs):
@@ -249,6 +261,11 @@ func Collate(items []Encoded, task Task, padID int) (*Batch, error) {
 					b.Labels[row+j] = int64(it.Labels[j])
 				default:
 					b.Labels[row+j] = int64(it.IDs[j])
+				}
+			case MaskedLM, TokenClassification:
+				b.Labels[row+j] = IgnoreIndex
+				if j < len(it.Labels) {
+					b.Labels[row+j] = int64(it.Labels[j])
 				}
 			}
 			if b.DocIDs != nil {

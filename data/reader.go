@@ -27,7 +27,15 @@ const (
 	Classification Task = "classification"
 	Regression     Task = "regression"
 	CausalLM       Task = "causal_lm"
+	// MaskedLM is BERT's masked-language-model pre-training (see MaskTokens).
+	MaskedLM Task = "masked_lm"
+	// TokenClassification labels every word (part-of-speech tagging, NER);
+	// the label goes to each word's first sub-token (see EncodeWords).
+	TokenClassification Task = "token_classification"
 )
+
+// unlabelled reports whether the task reads text only (language models).
+func (t Task) unlabelled() bool { return t == CausalLM || t == MaskedLM }
 
 // Example is one row of a dataset.
 type Example struct {
@@ -84,7 +92,7 @@ func Read(r io.Reader, name, format string, f Fields) ([]Example, error) {
 	if f.Task == "" {
 		f.Task = Classification
 	}
-	if f.Task != CausalLM && f.Label == "" {
+	if !f.Task.unlabelled() && f.Label == "" {
 		return nil, fmt.Errorf("%s: no label field configured (data.label_field)", name)
 	}
 	if f.NumLabels == 0 {
@@ -168,7 +176,7 @@ func readDelimited(r io.Reader, name string, comma rune, f Fields) ([]Example, e
 		col[strings.TrimSpace(strings.TrimPrefix(h, "\ufeff"))] = i
 	}
 	for _, want := range []string{f.Text, f.TextPair, f.Label} {
-		if _, ok := col[want]; want != "" && !ok && !(want == f.Label && f.Task == CausalLM) {
+		if _, ok := col[want]; want != "" && !ok && !(want == f.Label && f.Task.unlabelled()) {
 			return nil, fmt.Errorf("%s:1: header has no field %q (fields: %s)", name, want, strings.Join(header, ", "))
 		}
 	}
@@ -214,7 +222,7 @@ func (f Fields) example(r row) (Example, error) {
 			return ex, err
 		}
 	}
-	if f.Task == CausalLM {
+	if f.Task.unlabelled() {
 		return ex, nil
 	}
 	v, ok := r.get(f.Label)

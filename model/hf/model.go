@@ -66,6 +66,11 @@ type Model struct {
 	// NewlyInitialized lists the parameters a pretrained load did not find
 	// in the checkpoint and initialised randomly (a new task head).
 	NewlyInitialized []string
+	// Loaded lists the parameters a pretrained load read from the
+	// checkpoint, and Ignored the checkpoint tensors it skipped (another
+	// head's, tied copies, buffers), as from_pretrained reports them; see
+	// LoadReport.
+	Loaded, Ignored []string
 
 	ropeLen          int64
 	ropeCos, ropeSin torch.Tensor // owned, cached for ropeLen positions
@@ -142,6 +147,10 @@ func resolveTask(c *Config, opt Options) (data.Task, int, error) {
 		switch {
 		case c.Family == GPT2 || c.Family == Llama:
 			task = data.CausalLM
+		case c.Family == BERT && c.Architecture == "BertForMaskedLM":
+			task = data.MaskedLM
+		case c.Family == BERT && c.Architecture == "BertForTokenClassification":
+			task = data.TokenClassification
 		case c.ProblemType == "regression" || c.NumLabels == 1:
 			task = data.Regression
 		default:
@@ -150,7 +159,7 @@ func resolveTask(c *Config, opt Options) (data.Task, int, error) {
 	}
 	n := 0
 	switch task {
-	case data.Classification:
+	case data.Classification, data.TokenClassification:
 		n = opt.NumLabels
 		if n == 0 {
 			n = c.NumLabels
@@ -159,16 +168,16 @@ func resolveTask(c *Config, opt Options) (data.Task, int, error) {
 			n = 2
 		}
 		if n < 2 {
-			return "", 0, fmt.Errorf("model %s: classification needs at least 2 labels, got %d (use task regression for one output)", c.Path, n)
+			return "", 0, fmt.Errorf("model %s: %s needs at least 2 labels, got %d (use task regression for one output)", c.Path, task, n)
 		}
 	case data.Regression:
 		if opt.NumLabels > 1 {
 			return "", 0, fmt.Errorf("model %s: regression has one output, got num_labels %d", c.Path, opt.NumLabels)
 		}
 		n = 1
-	case data.CausalLM:
+	case data.CausalLM, data.MaskedLM:
 	default:
-		return "", 0, fmt.Errorf("model %s: task %q: want classification, regression or causal_lm", c.Path, task)
+		return "", 0, fmt.Errorf("model %s: task %q: want classification, regression, causal_lm, masked_lm or token_classification", c.Path, task)
 	}
 	return task, n, nil
 }
@@ -204,7 +213,7 @@ func (m *Model) Config() *Config { return m.cfg }
 func (m *Model) Task() data.Task { return m.task }
 
 // NumLabels is the size of a classification head (1 for regression, 0 for
-// causal LM).
+// causal and masked LM).
 func (m *Model) NumLabels() int { return m.numLabels }
 
 // Class is the transformers class the model mirrors (and saves as).
@@ -456,6 +465,10 @@ func (m *Model) loss(s *torch.Scope, b *data.Batch, train bool) (torch.Tensor, i
 		}
 		out := s.View(m.f32(s, m.net.bert(s, in, train)), in.b)
 		return s.MSE(out, s.FromSliceOn(b.Targets, dev, in.b), torch.ReduceSum), b.Size, s.Err()
+	case data.MaskedLM:
+		return m.mlmLoss(s, in, b, train)
+	case data.TokenClassification:
+		return m.tokenLoss(s, in, b, train)
 	default:
 		targets, n, err := lmTargets(b)
 		if err != nil || n == 0 {

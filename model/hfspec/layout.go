@@ -80,8 +80,59 @@ func (l *Layout) Ignorable(c *Config, name string) bool {
 		return true
 	case c.Family == BERT && strings.HasPrefix(name, "cls."):
 		return true
+	case c.Family == BERT && l.Class != "BertForSequenceClassification" && bertOtherHead(name):
+		// The pooler and sequence classifier of a checkpoint loaded into
+		// another BERT head: from_pretrained drops them as unexpected keys.
+		return true
 	}
 	return false
+}
+
+// bertOtherHead reports whether a checkpoint tensor belongs to a BERT head
+// (pooler, sequence classifier) that the layout being loaded lacks.
+func bertOtherHead(name string) bool {
+	for _, p := range []string{"bert.pooler.", "pooler.", "classifier."} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// The masked-LM head's parameters, as transformers' BertForMaskedLM names
+// them: cls.predictions = transform (dense, gelu, LayerNorm) and a decoder
+// whose weight is the word-embedding matrix (tied, never stored twice) and
+// whose bias is MLMBias.
+const (
+	MLMDense = "cls.predictions.transform.dense"
+	MLMNorm  = "cls.predictions.transform.LayerNorm"
+	MLMBias  = "cls.predictions.bias"
+)
+
+func (l *Layout) addMLMHead(c *Config) {
+	h, v := int64(c.Hidden), int64(c.Vocab)
+	l.Class = "BertForMaskedLM"
+	l.add(MLMDense+".weight", []int64{h, h}, InitKind{Std: c.InitRange, PadRow: -1})
+	l.add(MLMDense+".bias", []int64{h}, InitKind{PadRow: -1})
+	l.add(MLMNorm+".weight", []int64{h}, InitKind{One: true, PadRow: -1})
+	l.add(MLMNorm+".bias", []int64{h}, InitKind{PadRow: -1})
+	l.add(MLMBias, []int64{v}, InitKind{PadRow: -1})
+	// A checkpoint of another head (a fine-tuned classifier) lacks the
+	// prediction head; it is then initialised fresh, as from_pretrained does.
+	for _, n := range []string{MLMDense + ".weight", MLMDense + ".bias", MLMNorm + ".weight", MLMNorm + ".bias", MLMBias} {
+		l.Optional[n] = true
+	}
+}
+
+// addTokenHead is BertForTokenClassification's classifier over every
+// position.
+func (l *Layout) addTokenHead(c *Config, numLabels int) {
+	h, k := int64(c.Hidden), int64(numLabels)
+	l.Class = "BertForTokenClassification"
+	l.add("classifier.weight", []int64{k, h}, InitKind{Std: c.InitRange, PadRow: -1})
+	l.add("classifier.bias", []int64{k}, InitKind{PadRow: -1})
+	l.Optional["classifier.weight"] = true
+	l.Optional["classifier.bias"] = true
 }
 
 // NewLayout lists the parameters of c's family with the head for task
@@ -98,7 +149,7 @@ func NewLayout(c *Config, task data.Task, numLabels int) (*Layout, error) {
 	switch c.Family {
 	case BERT:
 		if task == data.CausalLM {
-			return nil, fmt.Errorf("model %s: bert has no causal-LM head here; use task classification or regression", c.Path)
+			return nil, fmt.Errorf("model %s: bert has no causal-LM head here; use task classification, regression, masked_lm or token_classification", c.Path)
 		}
 		l.Prefix, l.Class = "bert.", "BertForSequenceClassification"
 		p := "bert."
@@ -124,12 +175,19 @@ func NewLayout(c *Config, task data.Task, numLabels int) (*Layout, error) {
 			l.add(q+"output.LayerNorm.weight", vec(h), one)
 			l.add(q+"output.LayerNorm.bias", vec(h), zero)
 		}
-		l.add(p+"pooler.dense.weight", mat(h, h), normal)
-		l.add(p+"pooler.dense.bias", vec(h), zero)
-		l.add("classifier.weight", mat(int64(numLabels), h), normal)
-		l.add("classifier.bias", vec(int64(numLabels)), zero)
-		for _, n := range []string{p + "pooler.dense.weight", p + "pooler.dense.bias", "classifier.weight", "classifier.bias"} {
-			l.Optional[n] = true
+		switch task {
+		case data.MaskedLM:
+			l.addMLMHead(c)
+		case data.TokenClassification:
+			l.addTokenHead(c, numLabels)
+		default:
+			l.add(p+"pooler.dense.weight", mat(h, h), normal)
+			l.add(p+"pooler.dense.bias", vec(h), zero)
+			l.add("classifier.weight", mat(int64(numLabels), h), normal)
+			l.add("classifier.bias", vec(int64(numLabels)), zero)
+			for _, n := range []string{p + "pooler.dense.weight", p + "pooler.dense.bias", "classifier.weight", "classifier.bias"} {
+				l.Optional[n] = true
+			}
 		}
 	case GPT2:
 		if task != data.CausalLM {

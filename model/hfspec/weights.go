@@ -85,6 +85,10 @@ type Match struct {
 	// Missing are optional parameters the checkpoint lacks; they are
 	// initialised randomly.
 	Missing []string
+	// Loaded are the parameters the checkpoint holds, in layout order, and
+	// Ignored the checkpoint tensors that are no parameter (sorted): with
+	// Missing, the load report from_pretrained prints.
+	Loaded, Ignored []string
 }
 
 // Match checks w against l: every parameter must be present with its exact
@@ -130,17 +134,23 @@ func (l *Layout) Match(c *Config, dir string, w *Weights) (*Match, error) {
 				dir, where(""), n, l.Class)
 		}
 		used[n] = true
+		m.Loaded = append(m.Loaded, p.Name)
 		if got := w.Shape(n); !slices.Equal(got, p.Shape) {
 			return nil, fmt.Errorf("load model %s: tensor %q in %s has shape %v, but config.json implies %v for %s",
 				dir, n, where(n), got, p.Shape, l.Class)
 		}
 	}
 	for _, n := range w.Names {
-		if !used[n] && !l.Ignorable(c, n) {
+		if used[n] {
+			continue
+		}
+		if !l.Ignorable(c, n) {
 			return nil, fmt.Errorf("load model %s: checkpoint %s has tensor %q that %s does not have (weights of another architecture or size?)",
 				dir, where(n), n, l.Class)
 		}
+		m.Ignored = append(m.Ignored, n)
 	}
+	slices.Sort(m.Ignored)
 	return m, nil
 }
 

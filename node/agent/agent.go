@@ -700,6 +700,11 @@ func (s *session) setupTrainer() error {
 	s.params = n
 	s.applied = 0
 	s.a.log.Info("trainer ready", "params", n)
+	if lr, ok := tr.(LoadReporter); ok {
+		if rep := lr.LoadReport(); rep != "" {
+			s.a.log.Info("pretrained weights", "report", rep)
+		}
+	}
 	return s.send(&control.Msg{Type: control.TypeReady, Ready: &control.Ready{Params: n, Applied: s.applied}})
 }
 

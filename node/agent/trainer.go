@@ -103,3 +103,9 @@ type Job struct {
 
 // Factory makes a fresh Trainer for one run.
 type Factory func() (Trainer, error)
+
+// LoadReporter is implemented by trainers that can say what a pretrained
+// load did (tensors loaded, newly initialised, ignored); the agent logs it.
+type LoadReporter interface {
+	LoadReport() string
+}

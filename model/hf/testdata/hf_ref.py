@@ -139,16 +139,21 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    def __init__(s, c):
+    def __init__(s, c, add_pooling_layer=True):
         super().__init__()
-        s.embeddings, s.encoder, s.pooler = BertEmbeddings(c), BertEncoder(c), BertPooler(c)
+        s.embeddings, s.encoder = BertEmbeddings(c), BertEncoder(c)
+        if add_pooling_layer:
+            s.pooler = BertPooler(c)
 
-    def forward(s, ids, mask, tt):
+    def encode(s, ids, mask, tt):
         ext = (1.0 - mask[:, None, None, :].float()) * MIN
         x = s.embeddings(ids, tt)
         for layer in s.encoder.layer:
             x = layer(x, ext)
-        return s.pooler(x)
+        return x
+
+    def forward(s, ids, mask, tt):
+        return s.pooler(s.encode(ids, mask, tt))
 
 
 class BertForSequenceClassification(nn.Module):
@@ -169,6 +174,80 @@ class BertForSequenceClassification(nn.Module):
         if s.num_labels == 1:
             return F.mse_loss(logits.squeeze(-1), b["targets"], reduction="sum"), len(b["targets"])
         return F.cross_entropy(logits, b["labels"], reduction="sum"), len(b["labels"])
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(s, c):
+        super().__init__()
+        s.dense = nn.Linear(c["hidden_size"], c["hidden_size"])
+        s.LayerNorm = nn.LayerNorm(c["hidden_size"], eps=c["layer_norm_eps"])
+
+    def forward(s, x):
+        return s.LayerNorm(F.gelu(s.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    def __init__(s, c):
+        super().__init__()
+        s.transform = BertPredictionHeadTransform(c)
+        s.decoder = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+        s.bias = nn.Parameter(torch.zeros(c["vocab_size"]))
+        s.decoder.bias = s.bias
+
+    def forward(s, x):
+        return s.decoder(s.transform(x))
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(s, c):
+        super().__init__()
+        s.predictions = BertLMPredictionHead(c)
+
+    def forward(s, x):
+        return s.predictions(x)
+
+
+def token_loss(logits, b):
+    labels = b["labels"].reshape(-1)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())
+
+
+class BertForMaskedLM(nn.Module):
+    norms = (nn.LayerNorm,)
+    # transformers ties the decoder to the word embeddings and saves neither
+    # copy of the tied tensors.
+    tied_keys = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+
+    def __init__(s, c):
+        super().__init__()
+        s.bert = BertModel(c, add_pooling_layer=False)
+        s.cls = BertOnlyMLMHead(c)
+        s.cls.predictions.decoder.weight = s.bert.embeddings.word_embeddings.weight
+
+    def forward(s, b):
+        return s.cls(s.bert.encode(b["ids"], b["mask"], b["types"]))
+
+    def loss(s, logits, b):
+        return token_loss(logits, b)
+
+
+class BertForTokenClassification(nn.Module):
+    norms = (nn.LayerNorm,)
+
+    def __init__(s, c):
+        super().__init__()
+        s.num_labels = c["num_labels"]
+        s.bert = BertModel(c, add_pooling_layer=False)
+        p = c.get("classifier_dropout")
+        s.dropout = nn.Dropout(c["hidden_dropout_prob"] if p is None else p)
+        s.classifier = nn.Linear(c["hidden_size"], c["num_labels"])
+
+    def forward(s, b):
+        return s.classifier(s.dropout(s.bert.encode(b["ids"], b["mask"], b["types"])))
+
+    def loss(s, logits, b):
+        return token_loss(logits, b)
 
 
 # ---------------------------------------------------------------- GPT-2
@@ -448,6 +527,12 @@ def read_safetensors(path):
 
 
 CLASSES = {"bert": BertForSequenceClassification, "gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}
+HEADS = {"BertForMaskedLM": BertForMaskedLM, "BertForTokenClassification": BertForTokenClassification}
+
+
+def model_class(c):
+    a = (c.get("architectures") or [""])[0]
+    return HEADS.get(a, CLASSES[c["model_type"]])
 
 
 def tiny_config(family, task):
@@ -460,6 +545,12 @@ def tiny_config(family, task):
         c["num_labels"] = 1 if task == "regression" else 3
         if task == "regression":
             c["problem_type"] = "regression"
+        if task == "masked_lm":
+            c["architectures"] = ["BertForMaskedLM"]
+            del c["num_labels"]
+        if task == "token_classification":
+            c["architectures"] = ["BertForTokenClassification"]
+            c["num_labels"] = 5
         return c
     if family == "gpt2":
         return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=101, n_embd=32, n_layer=2,
@@ -485,6 +576,18 @@ def make_batch(family, task, vocab, gen):
     b = {"ids": ids, "mask": mask, "types": types}
     if task == "classification":
         b["labels"] = torch.tensor([2, 0, 1])
+    elif task == "masked_lm":
+        # Mask about a third of the real tokens (at least one per row) with
+        # id vocab-1, the labels holding the original ids.
+        pick = (torch.rand(3, t, generator=gen) < 0.35) & (mask == 1)
+        pick[:, 1] = True
+        b["labels"] = ids.masked_fill(~pick, -100)
+        b["ids"] = ids.masked_fill(pick, vocab - 1)
+    elif task == "token_classification":
+        lab = torch.randint(0, 5, (3, t), generator=gen)
+        skip = (torch.rand(3, t, generator=gen) < 0.25) | (mask == 0)
+        skip[:, 0] = True  # [CLS]
+        b["labels"] = lab.masked_fill(skip, -100)
     elif task == "regression":
         b["targets"] = torch.randn(3, generator=gen)
     else:
@@ -540,7 +643,7 @@ def cmd_make(family, task, out, dtype="F32", fmt="st"):
     torch.manual_seed(1234)
     gen = torch.Generator().manual_seed(99)
     c = tiny_config(family, task)
-    model = CLASSES[family](c)
+    model = model_class(c)(c)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if p.dim() > 1:
@@ -557,6 +660,8 @@ def cmd_make(family, task, out, dtype="F32", fmt="st"):
     sd = {k: v for k, v in model.state_dict().items()}
     if getattr(model, "tied", False):
         del sd["lm_head.weight"]  # transformers saves tied weights once
+    for k in getattr(model, "tied_keys", ()):
+        del sd[k]
     tdt = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
     sd = {k: v.to(tdt) for k, v in sd.items()}
     if fmt == "st":
@@ -611,10 +716,11 @@ def cmd_logits(d, batch_path):
         c = json.load(f)
     if "id2label" in c and "num_labels" not in c:
         c["num_labels"] = len(c["id2label"])
-    model = CLASSES[c["model_type"]](c)
+    model = model_class(c)(c)
     sd = read_safetensors(os.path.join(d, "model.safetensors"))
     res = model.load_state_dict(sd, strict=False)
     allowed = {"lm_head.weight"} if getattr(model, "tied", False) else set()
+    allowed |= getattr(model, "tied_keys", set())
     if set(res.missing_keys) - allowed or res.unexpected_keys:
         print("load_state_dict: missing %s unexpected %s" % (res.missing_keys, res.unexpected_keys), file=sys.stderr)
         sys.exit(1)
