@@ -116,7 +116,7 @@ func clientHandshake(conn net.Conn, key auth.Key, gen uint64, from, to int) erro
 	if _, err := io.ReadFull(conn, resp[:]); err != nil {
 		return fmt.Errorf("reading the receiver's proof: %w (it refused generation %d, rank %d → %d)", err, gen, from, to)
 	}
-		rn := resp[:nonceLen]
+	rn := resp[:nonceLen]
 	if !hmac.Equal(resp[nonceLen:], dataMAC(key, "receiver", gen, h.from, h.to, h.nonce[:], rn)) {
 		return fmt.Errorf("the receiver's proof does not match: it holds a different cluster key or is not rank %d of generation %d", to, gen)
 	}
@@ -155,7 +155,7 @@ func serverHandshake(conn net.Conn, key auth.Key, gen uint64, left, self int) er
 	if _, err := rand.Read(rn); err != nil {
 		return fmt.Errorf("handshake nonce: %w", err)
 	}
-		copy(resp[nonceLen:], dataMAC(key, "receiver", gen, h.from, h.to, h.nonce[:], rn))
+	copy(resp[nonceLen:], dataMAC(key, "receiver", gen, h.from, h.to, h.nonce[:], rn))
 	if _, err := conn.Write(resp[:]); err != nil {
 		return fmt.Errorf("sending proof: %w", err)
 	}

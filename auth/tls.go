@@ -166,4 +166,3 @@ func verifyChain(certs []*x509.Certificate, pool *x509.CertPool) error {
 	}
 	return nil
 }
-
