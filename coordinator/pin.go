@@ -128,8 +128,12 @@ func hashFiles(files ...string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// tokenizerFiles are the files tok was read from.
+// tokenizerFiles are the files tok was read from; none for pre-tokenized
+// data read without a tokenizer (the data hash pins the token ids).
 func tokenizerFiles(tok *data.Tokenizer) []string {
+	if tok == nil {
+		return nil
+	}
 	p := tok.Path()
 	if filepath.Base(p) == "vocab.json" {
 		return []string{p, filepath.Join(filepath.Dir(p), "merges.txt")}
