@@ -91,7 +91,7 @@ func evaluate(t *testing.T, m *hf.Model, enc []data.Encoded, task data.Task, pad
 	return e.Metrics()
 }
 
-// TestPretrainingHelpsPOS is the workflow of issue 14 in small: pre-train
+// TestPretrainingLowersPerplexity is the workflow of issue 14 in small: pre-train
 // a small BERT as a masked LM on the corpus (held-out perplexity must fall
 // 4×), then fine-tune part-of-speech tagging on the same small budget from
 // that checkpoint and from random weights. The POS comparison runs only
@@ -101,7 +101,7 @@ func evaluate(t *testing.T, m *hf.Model, enc []data.Encoded, task data.Task, pad
 // hidden states carry little about the input, and the pre-trained start
 // does not beat random init (see the README); the assertion states the
 // margin the workflow is meant to show.
-func TestPretrainingHelpsPOS(t *testing.T) {
+func TestPretrainingLowersPerplexity(t *testing.T) {
 	corpus, tokPath := corpusDir(t)
 	tok, err := data.LoadTokenizer(tokPath)
 	if err != nil {
