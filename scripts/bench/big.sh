@@ -5,7 +5,8 @@
 # causal LM, 2 `node join` processes with 1 thread each, global batch 8,
 # micro-batch 4, sequence 128, AdamW, clipping 1.0, against PyTorch DDP
 # (gloo) running the same model in plain torch (scripts/bench/ddp_big.py),
-# in the same run, one after the other. The text is synthetic: lines of
+# in the same run, one after the other; with --checkpoint, DDP's window
+# holds the same saves (torch.save of the checkpoints and the model). The text is synthetic: lines of
 # 150 words that are one GPT-2 token each, so every sequence is 128 tokens,
 # as in the DDP peer.
 #
@@ -188,8 +189,10 @@ if [ "$(grep -c 'msg="step committed"' "$dir/coord.log" || true)" -lt $((steps +
 fi
 [ $status = ok ] || { echo "bench big: run ended: $status; coordinator log tail:" >&2; tail -8 "$dir/coord.log" >&2; }
 
+ddp_ckpt=()
+[ "$ckpt" = 1 ] && ddp_ckpt=(--checkpoint)
 /usr/bin/python3 scripts/bench/ddp_big.py "$work/model" "$work/ddp.json" --world 2 --batch 4 --seq 128 \
-  --steps "$steps" --warmup "$warmup" --max-norm 1.0 > "$work/ddp.log" 2>&1 || { cat "$work/ddp.log" >&2; exit 1; }
+  --steps "$steps" --warmup "$warmup" --max-norm 1.0 "${ddp_ckpt[@]}" > "$work/ddp.log" 2>&1 || { cat "$work/ddp.log" >&2; exit 1; }
 
 /usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" <<'PY'
 import datetime, json, re, statistics, sys

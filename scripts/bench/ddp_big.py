@@ -4,14 +4,19 @@ hf_ref.py's GPT2LMHeadModel, which follows transformers), random init, N
 ranks on 127.0.0.1, one intra-op thread each.
 
 usage: ddp_big.py MODEL_DIR OUT.json [--world 2] [--batch 4] [--seq 128]
-                  [--steps 4] [--warmup 2] [--max-norm 1.0]
+                  [--steps 4] [--warmup 2] [--max-norm 1.0] [--checkpoint]
 
 Per step and rank, as a ringtune node with global batch world*batch does:
 zero_grad, forward and backward of the summed next-token loss of one
 micro-batch of synthetic full-length sequences, divide by the global token
 count, clip_grad_norm_, AdamW (lr 1e-4, weight decay 0.01 on matrices and
 embeddings only). samples/s = world*batch*steps over the timed steps'
-wall time (after a barrier). Peak RSS is each rank's ru_maxrss; the JSON has
+wall time (after a barrier). With --checkpoint, as ringtune's window holds
+a checkpoint in the middle of the timed steps, a final one and the export,
+rank 0 saves the model and optimizer state_dicts with torch.save at the
+middle and at the end and the model's state_dict as pytorch_model.bin
+(the others wait at a barrier, as DDP training scripts do), and that time
+counts in samples/s too. Peak RSS is each rank's ru_maxrss; the JSON has
 the largest, and the median step time.
 """
 import argparse
@@ -48,6 +53,19 @@ def worker(rank, a, port, q):
     gen = torch.Generator().manual_seed(99 + rank)
     nparams = sum(p.numel() for p in model.parameters())
     times = []
+    saves = []
+
+    def save(kind):
+        dist.barrier()
+        t0 = time.perf_counter()
+        if rank == 0:
+            if kind == "checkpoint":
+                torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, os.path.join(a.save_dir, "ckpt.pt"))
+            else:
+                torch.save(model.state_dict(), os.path.join(a.save_dir, "pytorch_model.bin"))
+        dist.barrier()
+        saves.append(time.perf_counter() - t0)
+
     for step in range(a.warmup + a.steps):
         ids = torch.randint(0, c["vocab_size"], (a.batch, a.seq), generator=gen)
         b = {"ids": ids, "mask": torch.ones_like(ids), "labels": ids}
@@ -63,8 +81,13 @@ def worker(rank, a, port, q):
         opt.step()
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)
+        if a.checkpoint and step == a.warmup + a.steps // 2 - 1:
+            save("checkpoint")
+    if a.checkpoint:
+        save("checkpoint")
+        save("export")
     dist.barrier()
-    q.put({"rank": rank, "times": times, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    q.put({"rank": rank, "times": times, "saves": saves, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
            "params": nparams})
     dist.destroy_process_group()
 
@@ -79,8 +102,11 @@ def main():
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--max-norm", type=float, default=1.0)
+    ap.add_argument("--checkpoint", action="store_true")
     a = ap.parse_args()
+    import tempfile
     import torch.multiprocessing as mp
+    a.save_dir = tempfile.mkdtemp(prefix="ddp-big-")
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -97,9 +123,13 @@ def main():
             sys.exit("ddp_big: a rank exited with %s" % p.exitcode)
     # A step's time is the slowest rank's.
     step = [max(r["times"][i] for r in res) for i in range(a.steps)]
+    saved = max(sum(r["saves"]) for r in res)
     out = {"params": res[0]["params"], "world": a.world, "step_s_median": statistics.median(step),
-           "samples_per_s": a.world * a.batch * len(step) / sum(step),
+           "samples_per_s": a.world * a.batch * len(step) / (sum(step) + saved),
+           "steps_samples_per_s": a.world * a.batch * len(step) / sum(step), "save_s": saved,
            "peak_rss_mb": max(r["maxrss_kb"] for r in res) / 1024}
+    import shutil
+    shutil.rmtree(a.save_dir, ignore_errors=True)
     with open(a.out, "w") as f:
         json.dump(out, f)
     print(json.dumps(out))
