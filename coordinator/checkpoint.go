@@ -166,7 +166,9 @@ type Checkpoint struct {
 	Applied int
 	Bytes   int64  // state length
 	SHA256  string // of the state, hex
-	offset  int64  // where the state starts in the file
+	Seed    int64  // train.seed of the run that wrote it
+	Pin     *RunPin
+	offset  int64 // where the state starts in the file
 }
 
 // OpenState opens the checkpoint's state for reading (the caller closes
@@ -226,7 +228,7 @@ func VerifyCheckpoint(path string) (*Checkpoint, error) {
 	if hex.EncodeToString(sum.Sum(nil)) != h.SHA256 {
 		return nil, fmt.Errorf("checkpoint %s: checksum mismatch (corrupt)", path)
 	}
-	return &Checkpoint{Path: path, Applied: h.Applied, Bytes: h.Bytes, SHA256: h.SHA256, offset: off}, nil
+	return &Checkpoint{Path: path, Applied: h.Applied, Bytes: h.Bytes, SHA256: h.SHA256, Seed: h.RunSeed, Pin: h.Pin, offset: off}, nil
 }
 
 // ReadCheckpoint reads and verifies one checkpoint file whole (for tests
@@ -283,7 +285,7 @@ func (c *Coordinator) loadCheckpoint() error {
 	if err != nil {
 		return badInput(fmt.Errorf("--resume: %w", err))
 	}
-	if err := c.checkPin(ck.Path); err != nil {
+	if err := c.checkPin(ck); err != nil {
 		return err
 	}
 	if ck.Applied > c.total {

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -141,52 +140,22 @@ func tokenizerFiles(tok *data.Tokenizer) []string {
 	return []string{p}
 }
 
-// readHeader reads a checkpoint's header only, whatever the state's size.
-func readHeader(path string) (*ckptHeader, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	pre := make([]byte, len(ckptMagic)+8)
-	if _, err := io.ReadFull(f, pre); err != nil || string(pre[:len(ckptMagic)]) != ckptMagic {
-		return nil, fmt.Errorf("checkpoint %s: not a ringtune checkpoint", path)
-	}
-	n := binary.LittleEndian.Uint64(pre[len(ckptMagic):])
-	if n > 1<<20 {
-		return nil, fmt.Errorf("checkpoint %s: header of %d bytes is implausible (corrupt)", path, n)
-	}
-	raw := make([]byte, n)
-	if _, err := io.ReadFull(f, raw); err != nil {
-		return nil, fmt.Errorf("checkpoint %s: truncated header: %w", path, err)
-	}
-	var h ckptHeader
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return nil, fmt.Errorf("checkpoint %s: header: %w", path, err)
-	}
-	return &h, nil
-}
-
-// checkPin refuses to resume from the checkpoint at path when it was
+// checkPin refuses to resume from the verified checkpoint ck when it was
 // written by a run with other pinned settings. A checkpoint written before
 // pins existed (no pin in its header) is accepted with a warning after
 // checking what its header does record, the seed (and the step count, in
 // loadCheckpoint): refusing it would strand runs started with an older
 // coordinator.
-func (c *Coordinator) checkPin(path string) error {
-	h, err := readHeader(path)
-	if err != nil {
-		return badInput(fmt.Errorf("--resume: %w", err))
-	}
-	old := h.Pin
-	if old == nil {
-		if h.RunSeed != c.pin.Seed {
-			return badInput(fmt.Errorf("--resume: checkpoint %s belongs to a different run:\n  train.seed: checkpoint has %d, the run has %d", path, h.RunSeed, c.pin.Seed))
+func (c *Coordinator) checkPin(ck *Checkpoint) error {
+	path := ck.Path
+	if ck.Pin == nil {
+		if ck.Seed != c.pin.Seed {
+			return badInput(fmt.Errorf("--resume: checkpoint %s belongs to a different run:\n  train.seed: checkpoint has %d, the run has %d", path, ck.Seed, c.pin.Seed))
 		}
 		c.log.Warn("checkpoint has no run pin (written by an older coordinator): cannot check that the dataset, batch and model are unchanged", "checkpoint", path)
 		return nil
 	}
-	if diffs := c.pin.Compare(old); len(diffs) > 0 {
+	if diffs := c.pin.Compare(ck.Pin); len(diffs) > 0 {
 		return badInput(fmt.Errorf("--resume: checkpoint %s belongs to a different run:\n  %s\nresume with the settings it was written with, or start a new run without --resume (or with another checkpoint.dir)",
 			path, strings.Join(diffs, "\n  ")))
 	}

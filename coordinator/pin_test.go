@@ -80,7 +80,15 @@ func TestCheckPin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.checkPin(p); err != nil {
+	verify := func(p string) *Checkpoint {
+		t.Helper()
+		ck, err := VerifyCheckpoint(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ck
+	}
+	if err := c.checkPin(verify(p)); err != nil {
 		t.Fatalf("same run refused: %v", err)
 	}
 	other := testPin()
@@ -89,23 +97,23 @@ func TestCheckPin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = c.checkPin(p)
+	err = c.checkPin(verify(p))
 	if ExitCode(err) != ExitBadInput || !strings.Contains(fmt.Sprint(err), "train.global_batch: checkpoint has 16, the run has 8") || !strings.Contains(fmt.Sprint(err), p) {
 		t.Fatalf("different batch: got %v (exit %d)", err, ExitCode(err))
 	}
 	// Older checkpoints: no pin.
 	p, _ = WriteCheckpoint(dir, 5, 42, nil, []byte("state"), 0)
-	if err := c.checkPin(p); err != nil {
+	if err := c.checkPin(verify(p)); err != nil {
 		t.Fatalf("unpinned checkpoint with the same seed refused: %v", err)
 	}
 	p, _ = WriteCheckpoint(dir, 6, 41, nil, []byte("state"), 0)
-	if err := c.checkPin(p); ExitCode(err) != ExitBadInput || !strings.Contains(err.Error(), "train.seed: checkpoint has 41, the run has 42") {
+	if err := c.checkPin(verify(p)); ExitCode(err) != ExitBadInput || !strings.Contains(err.Error(), "train.seed: checkpoint has 41, the run has 42") {
 		t.Fatalf("unpinned checkpoint with another seed: got %v", err)
 	}
-	// A file that is not a checkpoint.
+	// A file that is not a checkpoint is never verified, so never pinned.
 	bad := filepath.Join(dir, "step-000000007.ckpt")
 	os.WriteFile(bad, []byte("nope"), 0o644)
-	if err := c.checkPin(bad); ExitCode(err) != ExitBadInput || !strings.Contains(err.Error(), bad) {
+	if _, err := VerifyCheckpoint(bad); err == nil || !strings.Contains(err.Error(), bad) {
 		t.Fatalf("garbage checkpoint: got %v", err)
 	}
 }
