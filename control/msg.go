@@ -133,6 +133,10 @@ type Job struct {
 	Wire       string     `json:"wire"`
 	TimeoutMS  int64      `json:"timeout_ms"`
 	Transport  string     `json:"transport,omitempty"`
+	// StepTimeoutMS is how long the coordinator waits for a step's answers
+	// before it aborts the step. A node waits longer than that for the
+	// commit or abort, so that the coordinator always decides first.
+	StepTimeoutMS int64 `json:"step_timeout_ms,omitempty"`
 	// BulkChunkBytes and BulkTimeoutMS are the bulk plane's chunk size and
 	// per-chunk deadline (cluster.bulk_chunk_bytes, cluster.bulk_timeout).
 	BulkChunkBytes int   `json:"bulk_chunk_bytes"`

@@ -208,6 +208,7 @@ func New(opts Options) (*Coordinator, error) {
 		TotalSteps: c.total, Files: c.files, ChunkBytes: cfg.AllReduce.ChunkBytes, Wire: cfg.AllReduce.Wire, TimeoutMS: cfg.AllReduce.Timeout.Milliseconds(),
 		Transport: cfg.AllReduce.Transport, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
 	}
+	c.job.StepTimeoutMS = c.stepTimeout().Milliseconds()
 	tokHash, err := hashFiles(tokenizerFiles(c.tok)...)
 	if err != nil {
 		return nil, badInput(fmt.Errorf("data.tokenizer: %w", err))
@@ -863,6 +864,10 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		}
 		members, spares := FormWorld(c.readyCandidates(), c.cfg.Cluster.MaxNodes)
 		c.gen++
+		// Digests still awaited from the broken generation can never
+		// complete: keeping them would make the end of the run wait out
+		// drainDigests' deadline.
+		clear(c.digests)
 		c.world = nil
 		peers := make([]string, len(members))
 		ids := make([]string, len(members))

@@ -406,7 +406,7 @@ func (s *session) run(ctx context.Context) (err error) {
 		}
 		var timeout <-chan time.Time
 		if s.inStep {
-			timeout = time.After(time.Until(s.stepDone.Add(c.CommitTimeout)))
+			timeout = time.After(time.Until(s.stepDone.Add(s.commitTimeout())))
 		}
 		var done <-chan struct{}
 		if !stopping {
@@ -419,7 +419,7 @@ func (s *session) run(ctx context.Context) (err error) {
 		case <-done:
 			stopping = true
 		case <-timeout:
-			return fmt.Errorf("agent: no commit or abort of step from the coordinator within %s", c.CommitTimeout)
+			return fmt.Errorf("agent: no commit or abort of step from the coordinator within %s", s.commitTimeout())
 		case ib := <-in:
 			if ib.err != nil {
 				if errors.Is(ib.err, io.EOF) {
@@ -451,6 +451,19 @@ func (s *session) run(ctx context.Context) (err error) {
 			s.servePending()
 		}
 	}
+}
+
+// commitTimeout is how long the node waits for the commit or abort of a
+// step it reported: Config.CommitTimeout, but always past the
+// coordinator's own step deadline (from the job) plus a margin, so that a
+// silent rank makes the coordinator abort the step before any survivor
+// gives up and exits.
+func (s *session) commitTimeout() time.Duration {
+	t := s.a.cfg.CommitTimeout
+	if s.job != nil && s.job.StepTimeoutMS > 0 {
+		t = max(t, time.Duration(s.job.StepTimeoutMS)*time.Millisecond+30*time.Second)
+	}
+	return t
 }
 
 // expect checks, before it touches anything, that m is what the node can

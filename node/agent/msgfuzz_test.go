@@ -271,3 +271,23 @@ func TestExitCode(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitTimeoutOutlastsCoordinator: a node waits for a commit at least
+// the coordinator's step deadline (from the job) plus a margin, so that the
+// coordinator aborts a step with a silent rank before any survivor gives
+// up (issue 11, defect 14: 120 s here against 150 s there).
+func TestCommitTimeoutOutlastsCoordinator(t *testing.T) {
+	s, _, _ := fuzzSession(t, phaseFresh)
+	s.a.cfg.CommitTimeout = 2 * time.Minute
+	if got := s.commitTimeout(); got != 2*time.Minute {
+		t.Errorf("before the job: %s, want the configured 2m", got)
+	}
+	s.job = &control.Job{StepTimeoutMS: (150 * time.Second).Milliseconds()}
+	if got := s.commitTimeout(); got != 180*time.Second {
+		t.Errorf("with a 150s step deadline: %s, want 3m0s", got)
+	}
+	s.a.cfg.CommitTimeout = 10 * time.Minute
+	if got := s.commitTimeout(); got != 10*time.Minute {
+		t.Errorf("a longer configured wait is kept: got %s", got)
+	}
+}
