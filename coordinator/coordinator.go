@@ -299,6 +299,10 @@ type event struct {
 	err  error // session ended
 	open bool  // session opened
 	dead string
+	// deadRing is the ring address the dead member announced, which tells
+	// an old instance's death from the current session's (a node restarted
+	// under the same name).
+	deadRing string
 }
 
 // session is the coordinator's view of one node.
@@ -440,8 +444,12 @@ type gossipEvents struct{ ch chan<- event }
 func (g gossipEvents) NotifyJoin(*memberlist.Node)   {}
 func (g gossipEvents) NotifyUpdate(*memberlist.Node) {}
 func (g gossipEvents) NotifyLeave(n *memberlist.Node) {
+	ev := event{dead: n.Name}
+	if meta, err := control.DecodeMeta(n.Meta); err == nil {
+		ev.deadRing = meta.GRPC
+	}
 	select {
-	case g.ch <- event{dead: n.Name}:
+	case g.ch <- ev:
 	default:
 	}
 }
@@ -626,7 +634,15 @@ func (c *Coordinator) handle(ev event) {
 		c.log.Info("node connected", "node", ev.s.id, "ring", ev.s.ring)
 		ev.s.send(&control.Msg{Type: control.TypeJob, Job: c.job})
 	case ev.dead != "":
-		if s, ok := c.sessions[ev.dead]; ok && !s.gone {
+		s, ok := c.sessions[ev.dead]
+		switch {
+		case !ok || s.gone:
+		case ev.deadRing != "" && ev.deadRing != s.ring:
+			// The death of an earlier instance of this name, reported
+			// after a restarted node opened its session: the live session
+			// stays (issue 11, defect 13).
+			c.log.Info("gossip reports an earlier instance dead; its restarted session stays", "node", ev.dead, "dead_ring", ev.deadRing, "ring", s.ring)
+		default:
 			c.log.Warn("gossip reports node dead", "node", ev.dead)
 			c.lose(s)
 		}

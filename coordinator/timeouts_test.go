@@ -66,3 +66,23 @@ func TestNewGenerationDropsPendingDigests(t *testing.T) {
 		t.Errorf("digests of generation 2 kept after generation 3 formed: %v", c.digests)
 	}
 }
+
+// TestEarlierInstanceDeathKeepsRestartedSession: a node restarted under the
+// same name has a session with a new ring address; the gossip death of its
+// earlier instance, reported later, must not drop it (issue 11, defect 13).
+// The death of the current instance still does.
+func TestEarlierInstanceDeathKeepsRestartedSession(t *testing.T) {
+	c, ss, _ := fuzzCoordinator(t, phaseWaiting)
+	c.handle(event{dead: "n0", deadRing: "n0:9"})
+	if ss[0].gone {
+		t.Fatal("the death of an earlier instance (ring n0:9) dropped the session on n0:1")
+	}
+	c.handle(event{dead: "n0", deadRing: ss[0].ring})
+	if !ss[0].gone {
+		t.Fatal("the death of the current instance did not drop its session")
+	}
+	c.handle(event{dead: "n1"}) // no metadata: taken as the current instance
+	if !ss[1].gone {
+		t.Fatal("a death without metadata did not drop the session")
+	}
+}
