@@ -666,8 +666,19 @@ func (c *Coordinator) lose(s *session) {
 	s.cancel()
 	delete(c.sessions, s.id)
 	c.changed = time.Now()
-	if c.round != nil {
-		c.round.Lost(s.id)
+	if r := c.round; r != nil {
+		r.Lost(s.id)
+		// A step in flight cannot commit without this rank: tell the
+		// others now, so that they cancel their all-reduce instead of
+		// waiting for the ring's own deadline (issue 11, defect 12).
+		if r.Step >= 0 && r.Gen == c.gen && !r.AbortSent && slices.Contains(r.IDs, s.id) {
+			r.AbortSent = true
+			for _, o := range c.world {
+				if !o.gone {
+					o.send(&control.Msg{Type: control.TypeAbort, Gen: r.Gen, Step: r.Step})
+				}
+			}
+		}
 	}
 	c.metrics.lost()
 	c.dash.lost()
@@ -1141,7 +1152,7 @@ func (c *Coordinator) train1(ctx context.Context) error {
 			return err
 		}
 		for _, s := range c.world {
-			if !s.gone {
+			if !s.gone && !round.AbortSent {
 				s.send(&control.Msg{Type: control.TypeAbort, Gen: c.gen, Step: g})
 			}
 		}

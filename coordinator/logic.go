@@ -35,8 +35,11 @@ type Round struct {
 	Gen  uint64
 	Step int
 	IDs  []string // rank order
-	ok   map[int]bool
-	fail map[int]string
+	// AbortSent records that the ranks were already told to abort this
+	// step (a rank was lost while it was in flight).
+	AbortSent bool
+	ok        map[int]bool
+	fail      map[int]string
 }
 
 // NewRound starts a round for the ranks ids of generation gen.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ringtune/ringtune/config"
+	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/internal/clustertest"
 )
 
@@ -84,5 +85,46 @@ func TestEarlierInstanceDeathKeepsRestartedSession(t *testing.T) {
 	c.handle(event{dead: "n1"}) // no metadata: taken as the current instance
 	if !ss[1].gone {
 		t.Fatal("a death without metadata did not drop the session")
+	}
+}
+
+// TestLostRankAbortsStepAtOnce: a rank lost while a step is in flight makes
+// the coordinator tell the other ranks to abort right away (once), so that
+// they cancel their all-reduce rather than wait for the ring's deadline
+// (issue 11, defect 12).
+func TestLostRankAbortsStepAtOnce(t *testing.T) {
+	c, ss, _ := fuzzCoordinator(t, phaseStep)
+	drain := func(s *session) (aborts int) {
+		for len(s.out) > 0 {
+			if m := <-s.out; m.Type == control.TypeAbort && m.Gen == 2 && m.Step == 5 {
+				aborts++
+			}
+		}
+		return aborts
+	}
+	for _, s := range ss {
+		drain(s)
+	}
+	c.lose(ss[2])
+	for _, s := range ss[:2] {
+		if n := drain(s); n != 1 {
+			t.Errorf("%s got %d aborts of step 5, want 1 at once", s.id, n)
+		}
+	}
+	if !c.round.AbortSent {
+		t.Error("round does not record that the abort went out")
+	}
+	c.lose(ss[1])
+	if n := drain(ss[0]); n != 0 {
+		t.Errorf("a second loss sent %d more aborts", n)
+	}
+	// A spare's loss aborts nothing.
+	c2, ss2, _ := fuzzCoordinator(t, phaseStep)
+	for _, s := range ss2 {
+		drain(s)
+	}
+	c2.lose(ss2[3])
+	if n := drain(ss2[0]); n != 0 || c2.round.AbortSent {
+		t.Errorf("losing spare x sent %d aborts", n)
 	}
 }

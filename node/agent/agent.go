@@ -242,7 +242,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, bulkSrv: bulkSrv, coord: bc, clientTLS: clientTLS, applied: -1}
+	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, bulkSrv: bulkSrv, coord: bc, clientTLS: clientTLS, applied: -1, watch: newRingWatch()}
 	defer s.close()
 	return s.run(ctx)
 }
@@ -338,6 +338,8 @@ type session struct {
 	fetched int64 // bytes of model files received, not taken from the cache
 	// stateWaits are state requests for a step not applied yet.
 	stateWaits []stateReq
+	// watch lets the reader goroutine cancel an aborted step's all-reduce.
+	watch *ringWatch
 	// modelDir is the job's model directory, laid out from the cache.
 	modelDir string
 }
@@ -385,9 +387,13 @@ func (s *session) run(ctx context.Context) (err error) {
 	in := make(chan inbound, 64)
 	quit := make(chan struct{})
 	defer close(quit)
+	watch := s.watch
 	go func() {
 		for {
 			m, err := s.st.Recv()
+			if err == nil && m.Type == control.TypeAbort {
+				watch.abort(m.Gen, m.Step)
+			}
 			select {
 			case in <- inbound{m, err}:
 			case <-quit:
@@ -788,7 +794,10 @@ func (s *session) onStep(m *control.Msg) error {
 	if err != nil {
 		return fmt.Errorf("agent: step %d: gradients: %w", m.Step, err)
 	}
-	if err := s.ring.AllReduce(context.Background(), grads); err != nil {
+	ctx := s.watch.begin(m.Gen, m.Step)
+	err = s.ring.AllReduce(ctx, grads)
+	s.watch.end()
+	if err != nil {
 		// The ring is broken for good; the coordinator will abort the step
 		// and form a new generation.
 		s.a.log.Warn("all-reduce failed", "step", m.Step, "err", err)

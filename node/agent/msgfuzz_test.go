@@ -104,7 +104,7 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &session{a: a, st: st, ringSrv: srv, hub: h, bulkSrv: bs, applied: -1}
+	s := &session{a: a, st: st, ringSrv: srv, hub: h, bulkSrv: bs, applied: -1, watch: newRingWatch()}
 	t.Cleanup(s.close)
 	sum := sha256.Sum256(modelFile)
 	hash := hex.EncodeToString(sum[:])
