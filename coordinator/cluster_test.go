@@ -350,3 +350,47 @@ func TestResumeFromCheckpoint(t *testing.T) {
 		}
 	}
 }
+
+// TestLateJoinerEntersAtStepBoundary: a node that joins a running world
+// below max_nodes enters at a step boundary, with the state pulled from a
+// live replica, and the run finishes with every sample committed once and
+// all three replicas identical (issue 11, defect 8).
+func TestLateJoinerEntersAtStepBoundary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newFixture(t, fmt.Sprintf("late-%d", os.Getpid()), 2, 3, "")
+	env := []string{"GONODE_STEP_DELAY=40ms"}
+	c := runCluster(t, ctx, f, 2, env)
+	c.Coord.WaitFor(t, `replicas identical" applied=3 `, 60*time.Second)
+	_, nodeBin := build(t)
+	late := c.StartNode(t, ctx, f, nodeBin, "late", env)
+	m := c.Coord.WaitFor(t, `generation formed" gen=2 size=3 nodes="\[[^]]*late[^]]*\]" spares=0 applied=(\d+)`, 60*time.Second)
+	if code := c.Coord.Wait(t, 90*time.Second); code != 0 {
+		t.Fatalf("coordinator exit %d", code)
+	}
+	out := c.Coord.Text()
+	for _, want := range []string{
+		`growing the world at a step boundary`,
+		`epoch complete" epoch=0 committed=96 missing=0 samples=96`,
+		`epoch complete" epoch=1 committed=96 missing=0 samples=96`,
+		`replicas identical" applied=24`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("coordinator log lacks %q", want)
+		}
+	}
+	if strings.Contains(out, "step aborted") {
+		t.Errorf("a join aborted a step:\n%s", out)
+	}
+	if a := m[1]; a == "24" {
+		t.Errorf("the late node entered only after the last step (applied=%s)", a)
+	}
+	for i, p := range c.Nodes {
+		if code := p.Wait(t, 10*time.Second); code != 0 {
+			t.Errorf("node %d exit %d", i, code)
+		}
+	}
+	if !strings.Contains(late.Text(), "generation") {
+		t.Errorf("the late node never joined a generation:\n%s", late.Text())
+	}
+}

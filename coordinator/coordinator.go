@@ -1052,6 +1052,15 @@ func (c *Coordinator) transfer(ctx context.Context, src *session, f func(ctx con
 	}
 }
 
+// canGrow reports whether a ready node outside the world could enter it:
+// the world is below cluster.max_nodes and membership has been quiet for
+// cluster.settle, so that a burst of joins enters as one generation.
+func (c *Coordinator) canGrow() bool {
+	max := c.cfg.Cluster.MaxNodes
+	return len(c.readyCandidates()) > len(c.world) && (max <= 0 || len(c.world) < max) &&
+		time.Since(c.changed) >= c.cfg.Cluster.Settle
+}
+
 // stepTimeout bounds one step: computing plus the ring's own deadline.
 func (c *Coordinator) stepTimeout() time.Duration { return 2*c.cfg.AllReduce.Timeout + 30*time.Second }
 
@@ -1068,11 +1077,19 @@ func (c *Coordinator) train1(ctx context.Context) error {
 	pad := c.pad
 	aborts := 0
 	for c.applied < c.total {
-		if c.worldBroken() {
+		switch {
+		case c.worldBroken():
 			// A rank was lost between steps (during a checkpoint, say):
 			// form the next generation now rather than wait for the
 			// step to time out on the lost rank.
 			c.log.Warn("world lost a rank between steps", "gen", c.gen, "applied", c.applied)
+			if err := c.formWorld(ctx); err != nil {
+				return err
+			}
+		case c.canGrow():
+			// A node that joined (or a spare, once there is room) enters
+			// at this step boundary, with the state from a live replica.
+			c.log.Info("growing the world at a step boundary", "gen", c.gen, "size", len(c.world), "ready", len(c.readyCandidates()), "applied", c.applied)
 			if err := c.formWorld(ctx); err != nil {
 				return err
 			}
