@@ -24,22 +24,7 @@ import (
 // bag-of-words model's state is 24 + 3×61,046×4 = 732,576 bytes).
 func adamFixture(t *testing.T, label string, minNodes, maxNodes int) *clustertest.Fixture {
 	t.Helper()
-	return clustertest.NewFixture(t, clustertest.Options{
-		Label: label, MinNodes: minNodes, MaxNodes: maxNodes,
-		ModelConfig: fixtureModelConfig,
-		TrainLines:  96, EvalLines: 30,
-		Model: "  task: classification\n  num_labels: 2\n  init: random\n",
-		Train: `  epochs: 2
-  global_batch: 8
-  micro_batch: 3
-  optimizer: adamw
-  lr: 0.01
-  schedule: linear
-  warmup_ratio: 0
-  max_grad_norm: 0
-  digest_every: 1
-`,
-	})
+	return bowFixture(t, label, minNodes, maxNodes, "  optimizer: adamw\n  lr: 0.01\n  max_grad_norm: 0\n")
 }
 
 const bowStateBytes = 24 + 3*(2*30522+2)*4

@@ -57,6 +57,18 @@ const fixtureModelConfig = `{"model_type":"bert","vocab_size":30522,"hidden_size
 // extraTrain adds lines to the train section.
 func newFixture(t *testing.T, label string, minNodes, maxNodes int, extraTrain string) *clustertest.Fixture {
 	t.Helper()
+	return bowFixture(t, label, minNodes, maxNodes, `  optimizer: sgd
+  momentum: 0.9
+  lr: 0.5
+  max_grad_norm: 1.0
+`+extraTrain)
+}
+
+// bowFixture is the run directory of the bag-of-words model, 96 training
+// and 30 eval lines, 2 epochs of global batch 8, with optim (optimizer,
+// learning rate, clipping) added to the train section.
+func bowFixture(t *testing.T, label string, minNodes, maxNodes int, optim string) *clustertest.Fixture {
+	t.Helper()
 	return clustertest.NewFixture(t, clustertest.Options{
 		Label: label, MinNodes: minNodes, MaxNodes: maxNodes,
 		ModelConfig: fixtureModelConfig,
@@ -65,14 +77,10 @@ func newFixture(t *testing.T, label string, minNodes, maxNodes int, extraTrain s
 		Train: `  epochs: 2
   global_batch: 8
   micro_batch: 3
-  optimizer: sgd
-  momentum: 0.9
-  lr: 0.5
   schedule: linear
   warmup_ratio: 0
-  max_grad_norm: 1.0
   digest_every: 1
-` + extraTrain,
+` + optim,
 	})
 }
 

@@ -186,22 +186,28 @@ type OptimState struct {
 	Buffers [][]float32
 }
 
+// optimBuffers is the optimizer's per-parameter state (AdamW: the two
+// moments; SGD: the momentum buffer), its name and its step counter.
+func (m *Model) optimBuffers() (bufs []torch.Tensor, name string, step *int64, err error) {
+	switch o := m.optim.(type) {
+	case *torch.AdamW:
+		mm, v := o.Moments()
+		return []torch.Tensor{mm, v}, config.OptimizerAdamW, &o.Step, nil
+	case *torch.SGD:
+		return []torch.Tensor{o.Buffer()}, config.OptimizerSGD, &o.Step, nil
+	}
+	return nil, "", nil, fmt.Errorf("no optimizer; call SetOptimizer first")
+}
+
 // OptimizerState copies the optimizer's state out.
 func (m *Model) OptimizerState() (*OptimState, error) {
 	var st *OptimState
 	err := m.do(func() error {
-		var bufs []torch.Tensor
-		switch o := m.optim.(type) {
-		case *torch.AdamW:
-			mm, v := o.Moments()
-			bufs = []torch.Tensor{mm, v}
-			st = &OptimState{Name: config.OptimizerAdamW, Step: o.Step}
-		case *torch.SGD:
-			bufs = []torch.Tensor{o.Buffer()}
-			st = &OptimState{Name: config.OptimizerSGD, Step: o.Step}
-		default:
-			return fmt.Errorf("no optimizer; call SetOptimizer first")
+		bufs, name, step, err := m.optimBuffers()
+		if err != nil {
+			return err
 		}
+		st = &OptimState{Name: name, Step: *step}
 		for _, b := range bufs {
 			h := make([]float32, m.params.Numel)
 			if m.params.Numel > 0 {
@@ -223,16 +229,9 @@ func (m *Model) OptimizerState() (*OptimState, error) {
 // optimizer made by SetOptimizer (which must be of the same kind).
 func (m *Model) SetOptimizerState(st *OptimState) error {
 	err := m.do(func() error {
-		var bufs []torch.Tensor
-		var step *int64
-		switch o := m.optim.(type) {
-		case *torch.AdamW:
-			mm, v := o.Moments()
-			bufs, step = []torch.Tensor{mm, v}, &o.Step
-		case *torch.SGD:
-			bufs, step = []torch.Tensor{o.Buffer()}, &o.Step
-		default:
-			return fmt.Errorf("no optimizer; call SetOptimizer first")
+		bufs, _, step, err := m.optimBuffers()
+		if err != nil {
+			return err
 		}
 		if st.Name != m.optimCfg.Name && !(st.Name == config.OptimizerAdamW && m.optimCfg.Name == "") {
 			return fmt.Errorf("state is for %q but the optimizer is %q", st.Name, m.optimCfg.Name)

@@ -3,8 +3,6 @@ package hf
 import (
 	"fmt"
 	"unsafe"
-
-	"github.com/ringtune/ringtune/model/torch"
 )
 
 // HostStateBlocks returns the training state in checkpoint order, the flat
@@ -23,16 +21,11 @@ func (m *Model) HostStateBlocks() (blocks [][]float32, step *int64, ok bool, err
 		if m.opt.Device.IsCUDA() {
 			return nil
 		}
-		var bufs []torch.Tensor
-		switch o := m.optim.(type) {
-		case *torch.AdamW:
-			mm, v := o.Moments()
-			bufs, step = []torch.Tensor{mm, v}, &o.Step
-		case *torch.SGD:
-			bufs, step = []torch.Tensor{o.Buffer()}, &o.Step
-		default:
-			return fmt.Errorf("no optimizer; call SetOptimizer first")
+		bufs, _, s, err := m.optimBuffers()
+		if err != nil {
+			return err
 		}
+		step = s
 		n := m.params.Numel
 		blocks = append(blocks, m.params.ParamSlice())
 		for _, b := range bufs {
