@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -395,7 +396,10 @@ func send(t *testing.T, s grpc.ClientStream, h header, payload []byte) {
 	if payload != nil {
 		m.payload = mem.SliceBuffer(payload)
 	}
-	if err := s.SendMsg(&m); err != nil {
+	// io.EOF means the server has already ended the stream (a rejection
+	// can beat the first message); gRPC reports the status on RecvMsg,
+	// which is where the callers look for it.
+	if err := s.SendMsg(&m); err != nil && !errors.Is(err, io.EOF) {
 		t.Fatal(err)
 	}
 }
