@@ -194,7 +194,28 @@ type Reduced struct {
 	Samples int     `json:"samples"`
 	Tokens  int     `json:"tokens"`
 	Seconds float64 `json:"seconds"`
+	// Metrics are what the node measured of this step, by name (the
+	// Metric* constants; a name ends in _ms for milliseconds, _mb for
+	// mebibytes). The coordinator's dashboard shows a column for each name
+	// some node reports, so a new measurement needs no other change.
+	// Absent from older nodes.
+	Metrics map[string]float64 `json:"metrics,omitempty"`
 }
+
+// Names of Reduced.Metrics.
+const (
+	// MetricComputeMS is the step's forward and backward passes.
+	MetricComputeMS = "compute_ms"
+	// MetricAllReduceMS is from the end of backward to the end of the
+	// all-reduce: the gradient copy and the ring.
+	MetricAllReduceMS = "allreduce_ms"
+	// MetricApplyMS is the optimizer step of the previous committed step,
+	// the last one the node applied (a step is applied only after the
+	// coordinator commits it, so after this report).
+	MetricApplyMS = "apply_ms"
+	// MetricRSSMB is the node process's resident memory when it reports.
+	MetricRSSMB = "rss_mb"
+)
 
 // EvalSums are a rank's metric sums over its evaluation shard; the
 // coordinator adds them over ranks before dividing.

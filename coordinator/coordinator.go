@@ -633,6 +633,7 @@ func (c *Coordinator) handle(ev event) {
 		c.changed = time.Now()
 		c.log.Info("node connected", "node", ev.s.id, "ring", ev.s.ring)
 		ev.s.send(&control.Msg{Type: control.TypeJob, Job: c.job})
+		c.dash.Connected(ev.s.id)
 	case ev.dead != "":
 		s, ok := c.sessions[ev.dead]
 		switch {
@@ -681,7 +682,7 @@ func (c *Coordinator) lose(s *session) {
 		}
 	}
 	c.metrics.lost()
-	c.dash.lost()
+	c.dash.Lost(s.id)
 }
 
 // onMsg applies one message of session s. Every message is checked against
@@ -874,7 +875,7 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		}
 		c.world = nil
 		c.metrics.world(0, c.gen)
-		c.dash.world(c.gen, nil)
+		c.dash.World(c.gen, nil)
 		c.log.Info("waiting for nodes", "need", need, "settle", c.cfg.Cluster.Settle, "wait_timeout", c.cfg.Cluster.WaitTimeout)
 		tick := time.NewTicker(50 * time.Millisecond)
 		giveUp := time.Now().Add(c.cfg.Cluster.WaitTimeout)
@@ -920,7 +921,7 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		}
 		c.log.Info("generation formed", "gen", c.gen, "size", len(ids), "nodes", ids, "spares", len(spares), "applied", c.applied)
 		c.metrics.world(len(ids), c.gen)
-		c.dash.world(c.gen, ids)
+		c.dash.World(c.gen, ids)
 		if err := c.syncState(ctx); err != nil {
 			if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {
 				continue
@@ -1164,7 +1165,7 @@ func (c *Coordinator) train1(ctx context.Context) error {
 		}
 		c.log.Warn("step aborted", "step", g, "gen", c.gen, "why", why)
 		c.metrics.abort()
-		c.dash.abort()
+		c.dash.Abort()
 		if err := c.sched.Abort(g); err != nil {
 			return err
 		}
@@ -1235,7 +1236,12 @@ func (c *Coordinator) account(g int) {
 	mean := loss / max(n, 1)
 	epoch, _, _ := c.sched.Locate(g)
 	c.metrics.step(c.applied, epoch, mean, rate, samples)
-	c.dash.step(c.applied, epoch, mean, rate)
+	c.dash.Step(c.applied, epoch, mean, rate, samples)
+	if c.dash != nil {
+		for id, r := range c.reduced {
+			c.dash.NodeStep(id, g, nodeMetrics(r))
+		}
+	}
 	c.progress.update(c.applied, epoch, mean, rate)
 	c.log.Debug("step committed", "step", g, "loss", mean)
 }
@@ -1304,7 +1310,7 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	}
 	fmt.Fprintf(&line, " (%d %s)", int(res["count"]), unit)
 	c.log.Info("evaluation", args...)
-	c.dash.eval(c.applied, res)
+	c.dash.Eval(c.applied, res)
 	c.progress.note(line.String())
 	return nil
 }

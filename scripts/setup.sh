@@ -77,7 +77,9 @@ torch_inc=${RINGTUNE_TORCH_INCLUDE:-/usr/include/torch/csrc/api/include/torch/to
 torch_lib=${RINGTUNE_TORCH_LIB:-/usr/lib/x86_64-linux-gnu/libtorch_cpu.so}
 pkgs=(libtorch-dev libopenblas0-pthread python3-torch python3-numpy
   # The launch tests start a real sshd and a one-machine Slurm themselves.
-  openssh-server openssh-client slurmctld slurmd slurm-client munge)
+  openssh-server openssh-client slurmctld slurmd slurm-client munge
+  # The dashboard test renders the page in headless Chromium.
+  chromium)
 # Tools that may come from elsewhere than apt (a Node.js install, say):
 # install Debian's package only when the command is missing.
 command -v g++ >/dev/null 2>&1 || pkgs+=(g++)

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -806,6 +807,7 @@ func (s *session) onStep(m *control.Msg) error {
 	red.Seconds = time.Since(start).Seconds()
 	s.stepDone = time.Now()
 	s.tm.reduced = s.stepDone
+	red.Metrics = s.tm.report()
 	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: red})
 }
 
@@ -867,6 +869,47 @@ func linkOrCopy(src, dst string) error {
 type stepTiming struct {
 	start, computed, reduced, commit, applied time.Time
 	prevApplied                               time.Time // end of the previous step
+	// prevApply is how long the previous step's apply took; 0 before the
+	// first one.
+	prevApply time.Duration
+}
+
+func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// report is the step's control.Reduced.Metrics: its phases so far, the
+// previous step's apply (this step's comes after the commit, so after the
+// report) and the process's resident memory.
+func (t *stepTiming) report() map[string]float64 {
+	m := map[string]float64{
+		control.MetricComputeMS:   msOf(t.computed.Sub(t.start)),
+		control.MetricAllReduceMS: msOf(t.reduced.Sub(t.computed)),
+	}
+	if t.prevApply > 0 {
+		m[control.MetricApplyMS] = msOf(t.prevApply)
+	}
+	if rss, ok := residentBytes(); ok {
+		m[control.MetricRSSMB] = float64(rss) / (1 << 20)
+	}
+	return m
+}
+
+// residentBytes reads the process's resident set size from
+// /proc/self/statm. Where there is no /proc (not Linux) the report just
+// lacks it, so a failure is not an error.
+func residentBytes() (int64, bool) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, false
+	}
+	pages, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return pages * int64(os.Getpagesize()), true
 }
 
 // log writes the step's phases at debug level and starts the next step's
@@ -880,7 +923,7 @@ func (t *stepTiming) log(l *slog.Logger, step int) {
 	}
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
-	*t = stepTiming{prevApplied: t.applied}
+	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit)}
 }
 
 // Exit codes of `node join` (see ExitCode).
