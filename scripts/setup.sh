@@ -5,7 +5,8 @@
 #
 #   scripts/setup.sh                 Debian/Ubuntu: apt packages (libtorch-dev
 #                                    1.13 CPU, OpenBLAS, python3-torch for the
-#                                    test oracle), Go modules, demo data.
+#                                    test oracle, chromium for the dashboard
+#                                    test), Go modules, demo data.
 #   scripts/setup.sh --check         only check; print what is missing and
 #                                    exit 1 instead of installing.
 #   scripts/setup.sh --libtorch DIR  build against a libtorch 2.x at DIR
@@ -51,7 +52,7 @@ while [ $# -gt 0 ]; do
     --download-libtorch) download=1 ;;
     --cuda) [ $# -ge 2 ] || die "--cuda needs a value such as cu124"; cuda=$2; shift ;;
     --no-data) fetch_data=0 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see scripts/setup.sh --help)" ;;
   esac
   shift
