@@ -681,7 +681,7 @@ func (c *Coordinator) lose(s *session) {
 			}
 		}
 	}
-	c.metrics.lost()
+	c.metrics.lost(s.id)
 	c.dash.Lost(s.id)
 }
 
@@ -1237,9 +1237,11 @@ func (c *Coordinator) account(g int) {
 	epoch, _, _ := c.sched.Locate(g)
 	c.metrics.step(c.applied, epoch, mean, rate, samples)
 	c.dash.Step(c.applied, epoch, mean, rate, samples)
-	if c.dash != nil {
+	if c.dash != nil || c.metrics != nil {
 		for id, r := range c.reduced {
-			c.dash.NodeStep(id, g, nodeMetrics(r))
+			m := nodeMetrics(r)
+			c.metrics.node(id, m)
+			c.dash.NodeStep(id, g, m)
 		}
 	}
 	c.progress.update(c.applied, epoch, mean, rate)

@@ -11,10 +11,11 @@ type dashboard = dash.Board
 
 func newDashboard(run, task string, total int) *dashboard { return dash.New(run, task, total) }
 
-// nodeMetrics is what the node table shows of a rank's step report: the
-// metrics the node measured (control.Reduced.Metrics). A typed field added
-// to control.Reduced is shown by adding it here under a name ending in _ms
-// or _mb (the table labels columns from the name).
+// nodeMetrics is what the dashboard's node table and the Prometheus series
+// ringtune_node_last_step show of a rank's step report: the metrics the
+// node measured (control.Reduced.Metrics). A typed field added to
+// control.Reduced is shown by adding it here under a name ending in _ms or
+// _mb (the table labels columns from the name).
 func nodeMetrics(r *control.Reduced) map[string]float64 {
 	out := make(map[string]float64, len(r.Metrics))
 	for k, v := range r.Metrics {

@@ -41,9 +41,10 @@ func TestDashboard(t *testing.T) {
 	if yaml == f.YAML {
 		t.Fatal("fixture has no 'epochs: 2' line to replace")
 	}
-	f.Write(t, yaml+"metrics:\n  dashboard: 127.0.0.1:0\n")
+	f.Write(t, yaml+"metrics:\n  dashboard: 127.0.0.1:0\n  address: 127.0.0.1:0\n")
 	c := runCluster(t, ctx, f, 3, []string{"GONODE_STEP_DELAY=40ms"})
 	url := c.Coord.WaitFor(t, `msg=dashboard url=(\S+)`, 20*time.Second)[1]
+	promURL := c.Coord.WaitFor(t, `msg=metrics url=(\S+)`, 20*time.Second)[1]
 
 	get := func(u string) (int, http.Header, []byte) {
 		t.Helper()
@@ -148,6 +149,28 @@ func TestDashboard(t *testing.T) {
 			if !(n.Metrics["compute_ms"] >= 80) || !(n.Metrics["allreduce_ms"] > 0) || !(n.Metrics["apply_ms"] > 0) || !(n.Metrics["rss_mb"] > 1) {
 				t.Errorf("node %s step metrics: %v", id, n.Metrics)
 			}
+		}
+	}
+
+	// The same step reports as Prometheus series, the lost node's dropped.
+	_, _, prom := get(promURL)
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("%s-n%d", label, i)
+		m := regexp.MustCompile(`(?m)^ringtune_node_last_step\{metric="compute_ms",node="` + regexp.QuoteMeta(id) + `"\} (\S+)$`).FindSubmatch(prom)
+		switch {
+		case id == victim && m != nil:
+			t.Errorf("/metrics keeps the lost node %s: %s", id, m[0])
+		case id != victim && m == nil:
+			t.Errorf("/metrics lacks the compute time of %s:\n%s", id, prom)
+		case id != victim:
+			if v, err := strconv.ParseFloat(string(m[1]), 64); err != nil || v < 80 {
+				t.Errorf("/metrics: %s", m[0])
+			}
+		}
+	}
+	for _, want := range []string{`ringtune_node_last_step{metric="rss_mb",node="` + label + `-n0"}`, "ringtune_nodes_lost_total 1", "ringtune_generation 2"} {
+		if !strings.Contains(string(prom), want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 

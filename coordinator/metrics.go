@@ -27,6 +27,9 @@ type metrics struct {
 	gen                              prometheus.Gauge
 	samples, aborts, losses, commits prometheus.Counter
 	evals                            *prometheus.GaugeVec
+	// nodes is what each rank measured of its last step
+	// (control.Reduced.Metrics), labelled by node and metric name.
+	nodes *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -53,6 +56,10 @@ func newMetrics() *metrics {
 	m.losses = ct("nodes_lost_total", "Nodes lost (session broken, gossip dead, or silent).")
 	m.evals = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "eval", Help: "Last evaluation metrics."}, []string{"metric"})
 	m.reg.MustRegister(m.evals)
+	m.nodes = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "node_last_step",
+		Help: "What each rank measured of its last step, by metric: compute_ms, allreduce_ms, apply_ms (of the step before), rss_mb, and any other a node reports."},
+		[]string{"node", "metric"})
+	m.reg.MustRegister(m.nodes)
 	return m
 }
 
@@ -84,9 +91,20 @@ func (m *metrics) abort() {
 	}
 }
 
-func (m *metrics) lost() {
+// lost counts a lost node and drops its series, so that the node label
+// does not grow without bound over a long run with churn.
+func (m *metrics) lost(id string) {
 	if m != nil {
 		m.losses.Inc()
+		m.nodes.DeletePartialMatch(prometheus.Labels{"node": id})
+	}
+}
+
+func (m *metrics) node(id string, vals map[string]float64) {
+	if m != nil {
+		for k, v := range vals {
+			m.nodes.WithLabelValues(id, k).Set(v)
+		}
 	}
 }
 
