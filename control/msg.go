@@ -196,9 +196,10 @@ type Reduced struct {
 	Seconds float64 `json:"seconds"`
 	// Metrics are what the node measured of this step, by name (the
 	// Metric* constants; a name ends in _ms for milliseconds, _mb for
-	// mebibytes). The coordinator's dashboard shows a column for each name
-	// some node reports, so a new measurement needs no other change.
-	// Absent from older nodes.
+	// mebibytes). The coordinator shows every name some node reports, as a
+	// column of the dashboard's node table and as the Prometheus series
+	// ringtune_node_last_step{node,metric}, so a new measurement needs no
+	// other change. Absent from older nodes.
 	Metrics map[string]float64 `json:"metrics,omitempty"`
 }
 
@@ -206,9 +207,11 @@ type Reduced struct {
 const (
 	// MetricComputeMS is the step's forward and backward passes.
 	MetricComputeMS = "compute_ms"
-	// MetricAllReduceMS is from the end of backward to the end of the
-	// all-reduce: the gradient copy and the ring.
-	MetricAllReduceMS = "allreduce_ms"
+	// MetricExposedCommMS is from the end of backward to the end of the
+	// gradient all-reduce (the copy into the flat block and the ring): the
+	// communication the step waits for, which is all of it when the
+	// all-reduce is not overlapped with backward.
+	MetricExposedCommMS = "exposed_comm_ms"
 	// MetricApplyMS is the optimizer step of the previous committed step,
 	// the last one the node applied (a step is applied only after the
 	// coordinator commits it, so after this report).

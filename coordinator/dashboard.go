@@ -15,7 +15,9 @@ func newDashboard(run, task string, total int) *dashboard { return dash.New(run,
 // ringtune_node_last_step show of a rank's step report: the metrics the
 // node measured (control.Reduced.Metrics). A typed field added to
 // control.Reduced is shown by adding it here under a name ending in _ms or
-// _mb (the table labels columns from the name).
+// _mb (the table labels columns from the name; package dash knows the
+// order of compute_ms, exposed_comm_ms, overlapped_comm_ms, comm_ms,
+// apply_ms, rss_mb and optimizer_mb).
 func nodeMetrics(r *control.Reduced) map[string]float64 {
 	out := make(map[string]float64, len(r.Metrics))
 	for k, v := range r.Metrics {

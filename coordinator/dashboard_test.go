@@ -146,7 +146,7 @@ func TestDashboard(t *testing.T) {
 		default:
 			// Every rank runs two micro-batches a step here, each slowed
 			// by 40 ms: a lower bound that only a real measurement meets.
-			if !(n.Metrics["compute_ms"] >= 80) || !(n.Metrics["allreduce_ms"] > 0) || !(n.Metrics["apply_ms"] > 0) || !(n.Metrics["rss_mb"] > 1) {
+			if !(n.Metrics["compute_ms"] >= 80) || !(n.Metrics["exposed_comm_ms"] > 0) || !(n.Metrics["apply_ms"] > 0) || !(n.Metrics["rss_mb"] > 1) {
 				t.Errorf("node %s step metrics: %v", id, n.Metrics)
 			}
 		}
@@ -261,7 +261,7 @@ func checkDashboardDOM(t *testing.T, doc *html.Node, label, victim string) {
 
 	head := headless.Attr(byID("nodes-head"), "data-cols")
 	cols := strings.Split(head, "|")
-	for _, want := range []string{"rank", "node", "state", "step", "compute ms", "all-reduce ms", "apply ms", "RSS MB"} {
+	for _, want := range []string{"rank", "node", "state", "step", "compute ms", "exposed comm ms", "apply ms", "RSS MB"} {
 		if !strings.Contains("|"+head+"|", "|"+want+"|") {
 			t.Errorf("node table columns %q lack %q", head, want)
 		}

@@ -57,7 +57,7 @@ func newMetrics() *metrics {
 	m.evals = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "eval", Help: "Last evaluation metrics."}, []string{"metric"})
 	m.reg.MustRegister(m.evals)
 	m.nodes = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "node_last_step",
-		Help: "What each rank measured of its last step, by metric: compute_ms, allreduce_ms, apply_ms (of the step before), rss_mb, and any other a node reports."},
+		Help: "What each rank measured of its last step, by metric: compute_ms, exposed_comm_ms, apply_ms (of the step before), rss_mb, and any other a node reports."},
 		[]string{"node", "metric"})
 	m.reg.MustRegister(m.nodes)
 	return m

@@ -423,9 +423,9 @@ func nodeLess(a, b Node) bool {
 // metric gets a column after them, labelled from its name.
 var knownColumns = []Column{
 	{"compute_ms", "compute ms"},
-	{"allreduce_ms", "all-reduce ms"},
 	{"exposed_comm_ms", "exposed comm ms"},
 	{"overlapped_comm_ms", "overlapped comm ms"},
+	{"comm_ms", "comm busy ms"},
 	{"apply_ms", "apply ms"},
 	{"rss_mb", "RSS MB"},
 	{"optimizer_mb", "optimizer MB"},

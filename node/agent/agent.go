@@ -881,8 +881,8 @@ func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecon
 // report) and the process's resident memory.
 func (t *stepTiming) report() map[string]float64 {
 	m := map[string]float64{
-		control.MetricComputeMS:   msOf(t.computed.Sub(t.start)),
-		control.MetricAllReduceMS: msOf(t.reduced.Sub(t.computed)),
+		control.MetricComputeMS:     msOf(t.computed.Sub(t.start)),
+		control.MetricExposedCommMS: msOf(t.reduced.Sub(t.computed)),
 	}
 	if t.prevApply > 0 {
 		m[control.MetricApplyMS] = msOf(t.prevApply)
