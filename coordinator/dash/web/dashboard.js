@@ -65,6 +65,10 @@ function drawGenerations(u) {
   ctx.lineWidth = dpr;
   ctx.setLineDash([4 * dpr, 3 * dpr]);
   ctx.font = (11 * dpr) + "px system-ui, sans-serif";
+  // uPlot leaves its own text settings on the context.
+  ctx.textAlign = "left";
+  ctx.textBaseline = "top";
+  let free = -Infinity; // where the previous label ends: labels never overlap
   for (const g of gens) {
     const x = Math.round(u.valToPos(g.t, "x", true));
     if (x < left - 1 || x > left + width + 1) continue;
@@ -72,7 +76,11 @@ function drawGenerations(u) {
     ctx.moveTo(x, top);
     ctx.lineTo(x, top + height);
     ctx.stroke();
-    ctx.fillText("gen " + g.gen + " ×" + g.size, x + 3 * dpr, top + 11 * dpr);
+    const label = "gen " + g.gen + " ×" + g.size;
+    if (x + 3 * dpr >= free) {
+      ctx.fillText(label, x + 3 * dpr, top + 2 * dpr);
+      free = x + 3 * dpr + ctx.measureText(label).width + 6 * dpr;
+    }
     n++;
   }
   ctx.restore();
@@ -95,7 +103,8 @@ function timeChart(fig, ys, axes, scales) {
         return clock(v) + (st != null ? " · step " + st : "");
       },
     }].concat(ys),
-    axes: [{label: "time", values: timeTicks, space: 70}].concat(axes),
+    // Millisecond labels (spans under 10 s) need more room.
+    axes: [{label: "time", values: timeTicks, space: () => xRange[1] - xRange[0] < 10 ? 110 : 70}].concat(axes),
     hooks: {draw: [drawGenerations]},
     cursor: {drag: {x: false, y: false}},
   };
