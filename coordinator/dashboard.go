@@ -29,5 +29,9 @@ func nodeMetrics(r *control.Reduced) map[string]float64 {
 // serveDashboard serves the live page (/), its files (/static/) and its
 // data (/status) on metrics.dashboard until the returned stop.
 func (c *Coordinator) serveDashboard() (func(), error) {
-	return c.serveHTTP("dashboard", "metrics.dashboard", c.cfg.Metrics.Dashboard, "/", c.dash.Handler())
+	h, err := c.dash.Handler()
+	if err != nil {
+		return nil, err
+	}
+	return c.serveHTTP("dashboard", "metrics.dashboard", c.cfg.Metrics.Dashboard, "/", h)
 }

@@ -11,6 +11,16 @@ import (
 	"testing"
 )
 
+// serve serves b's dashboard on loopback.
+func serve(t *testing.T, b *Board) *httptest.Server {
+	t.Helper()
+	h, err := b.Handler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return httptest.NewServer(h)
+}
+
 func TestNilBoardIgnoresUpdates(t *testing.T) {
 	var b *Board
 	b.Step(1, 0, 0.5, 10, 8)
@@ -70,7 +80,7 @@ func TestHalveKeepsNewest(t *testing.T) {
 func TestNonFiniteNumbersAreNull(t *testing.T) {
 	b := New("r", "classification", 10)
 	b.Step(1, 0, math.NaN(), math.Inf(1), 8)
-	srv := httptest.NewServer(b.Handler())
+	srv := serve(t, b)
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/status")
 	if err != nil {
@@ -218,7 +228,7 @@ func TestEvalHistory(t *testing.T) {
 }
 
 func TestHandlerServesThePageAndFiles(t *testing.T) {
-	srv := httptest.NewServer(New("r", "classification", 10).Handler())
+	srv := serve(t, New("r", "classification", 10))
 	defer srv.Close()
 	for path, want := range map[string]string{
 		"/":                               "<title>ringtune</title>",

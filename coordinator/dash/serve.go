@@ -19,15 +19,15 @@ var web embed.FS
 // Handler serves the dashboard of b: the page at /, its static files under
 // /static/, and the status JSON at /status. The page's URLs are relative,
 // so the handler may be mounted under a prefix (with http.StripPrefix).
-func (b *Board) Handler() http.Handler {
+// The files are embedded at build time, so an error is a bug in the build.
+func (b *Board) Handler() (http.Handler, error) {
 	static, err := fs.Sub(web, "web")
 	if err != nil {
-		// web is embedded at build time: a missing directory is a bug.
-		panic(fmt.Sprintf("dash: embedded web directory: %v", err))
+		return nil, fmt.Errorf("dash: embedded web directory: %w", err)
 	}
 	page, err := fs.ReadFile(static, "index.html")
 	if err != nil {
-		panic(fmt.Sprintf("dash: embedded page: %v", err))
+		return nil, fmt.Errorf("dash: embedded page: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -51,5 +51,5 @@ func (b *Board) Handler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		_, _ = w.Write(buf.Bytes())
 	})
-	return mux
+	return mux, nil
 }
