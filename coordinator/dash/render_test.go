@@ -3,6 +3,7 @@ package dash_test
 import (
 	"context"
 	"math"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -17,11 +18,16 @@ import (
 // render serves b and returns the page as headless Chromium leaves it.
 func render(t *testing.T, b *dash.Board) (*html.Node, string) {
 	t.Helper()
-	chromium, err := headless.Find()
+	h, err := b.Handler()
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := b.Handler()
+	return renderHandler(t, h)
+}
+
+func renderHandler(t *testing.T, h http.Handler) (*html.Node, string) {
+	t.Helper()
+	chromium, err := headless.Find()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,5 +142,22 @@ func TestPageShowsWhateverTheBoardHolds(t *testing.T) {
 	}
 	if strings.Join(rows, "\n") != strings.Join(want, "\n") {
 		t.Errorf("rows\n%s\nwant\n%s", strings.Join(rows, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// When /status fails the page says so, with the reason, and keeps polling.
+func TestPageSaysWhenStatusFails(t *testing.T) {
+	h, err := dash.New("r3", "classification", 10).Handler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", h)
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "the test's coordinator is down", http.StatusServiceUnavailable)
+	})
+	doc, dom := renderHandler(t, mux)
+	if e := text(t, doc, "err"); !strings.Contains(e, "coordinator unreachable") || !strings.Contains(e, "503") || !strings.Contains(e, "the test's coordinator is down") {
+		t.Errorf("error line %q\n%s", e, dom)
 	}
 }

@@ -247,7 +247,9 @@ function drawNodes(s) {
 function drawCards(s) {
   const nodes = s.nodes.length > 8 ? s.nodes.slice(0, 8).join(", ") + ", …" : s.nodes.join(", ");
   $("sub").textContent = "run " + s.run + " · " + s.task + " · generation " + s.generation + (nodes ? " · nodes " + nodes : " · forming");
-  $("bar").style.width = (100 * s.applied / Math.max(s.total, 1)) + "%";
+  const pct = 100 * s.applied / Math.max(s.total, 1);
+  $("bar").style.width = pct + "%";
+  document.title = "ringtune · " + Math.floor(pct) + "% · " + s.run;
   $("step").textContent = s.applied + " / " + s.total;
   $("epoch").textContent = s.epoch;
   $("loss").textContent = s.loss == null ? "–" : s.loss.toFixed(4);
@@ -295,7 +297,10 @@ async function tick() {
     drawNodes(s);
     $("err").textContent = "";
   } catch (e) {
-    $("err").textContent = "coordinator unreachable (" + e.message + "); retrying";
+    // The coordinator stops serving when the run ends.
+    const done = status && status.applied >= status.total;
+    $("err").textContent = (done ? "the run finished and the coordinator stopped" : "coordinator unreachable") +
+      " (" + e.message + "); retrying";
   }
 }
 
