@@ -78,13 +78,22 @@ torch_inc=${RINGTUNE_TORCH_INCLUDE:-/usr/include/torch/csrc/api/include/torch/to
 torch_lib=${RINGTUNE_TORCH_LIB:-/usr/lib/x86_64-linux-gnu/libtorch_cpu.so}
 pkgs=(libtorch-dev libopenblas0-pthread python3-torch python3-numpy
   # The launch tests start a real sshd and a one-machine Slurm themselves.
-  openssh-server openssh-client slurmctld slurmd slurm-client munge
-  # The dashboard test renders the page in headless Chromium.
-  chromium)
+  openssh-server openssh-client slurmctld slurmd slurm-client munge)
 # Tools that may come from elsewhere than apt (a Node.js install, say):
 # install Debian's package only when the command is missing.
 command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
 command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+# The dashboard test renders the page in headless Chromium. Debian packages
+# it as chromium; Ubuntu's is a snap, which containers cannot run, so there
+# it must come from elsewhere (RINGTUNE_CHROMIUM names any Chrome binary).
+os_id=$( (. /etc/os-release 2>/dev/null && echo "${ID:-}") || true)
+if [ -z "${RINGTUNE_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$os_id" = debian ]; then
+    pkgs+=(chromium)
+  else
+    say "note: no chromium on PATH and this is not Debian: the dashboard test (coordinator TestDashboard) needs a Chrome or Chromium; put it on PATH or set RINGTUNE_CHROMIUM"
+  fi
+fi
 
 missing_pkgs() {
   local p miss=()
