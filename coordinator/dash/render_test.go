@@ -120,6 +120,14 @@ func TestPageShowsWhateverTheBoardHolds(t *testing.T) {
 	if headless.Attr(headless.ByID(doc, "chart-loss"), "data-axes") != "time|loss" {
 		t.Errorf("loss chart not drawn")
 	}
+	// The run spans about a second: the time axis still gets several
+	// ticks, labelled to the millisecond.
+	for _, u := range headless.All(doc, func(n *html.Node) bool { return headless.HasClass(n, "uplot") }) {
+		ticks := strings.Fields(headless.Attr(u, "data-ticks-0"))
+		if len(ticks) < 2 || !strings.Contains(ticks[0], ".") {
+			t.Errorf("time ticks %v, want two or more with milliseconds", ticks)
+		}
+	}
 	if s := text(t, doc, "loss"); s != "0.3333" {
 		t.Errorf("loss card %q", s)
 	}

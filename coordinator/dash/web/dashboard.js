@@ -46,11 +46,15 @@ function ticks(fmt) {
   };
 }
 
-function timeTicks(u, splits, axisIdx) {
-  const span = xRange[1] - xRange[0];
-  const fmt = span > 86400 ? fmtDay : span < 10 ? fmtMilli : fmtClock;
+function timeTicks(u, splits, axisIdx, space, incr) {
+  const fmt = xRange[1] - xRange[0] > 86400 ? fmtDay : incr < 1 ? fmtMilli : fmtClock;
   return ticks(t => fmt(new Date(t * 1000)))(u, splits, axisIdx);
 }
+
+// The time axis's tick spacings in seconds: uPlot's own list lacks 2 s,
+// which leaves a run of a few seconds with one tick.
+const timeIncrs = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30,
+  60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 
 // drawGenerations marks each generation on the x axis: a dashed line and
 // "gen G ×N" (N ranks).
@@ -104,7 +108,7 @@ function timeChart(fig, ys, axes, scales) {
       },
     }].concat(ys),
     // Millisecond labels (spans under 10 s) need more room.
-    axes: [{label: "time", values: timeTicks, space: () => xRange[1] - xRange[0] < 10 ? 110 : 70}].concat(axes),
+    axes: [{label: "time", values: timeTicks, incrs: timeIncrs, space: () => xRange[1] - xRange[0] < 10 ? 110 : 70}].concat(axes),
     hooks: {draw: [drawGenerations]},
     cursor: {drag: {x: false, y: false}},
   };
