@@ -46,8 +46,13 @@ const (
 
 // Num is a float64 that encodes NaN and ±Inf as JSON null (encoding/json
 // refuses them), so a diverged loss shows as a gap instead of breaking the
-// status endpoint.
+// status endpoint. It encodes NumDigits significant digits: what a chart
+// or a card can show, at about half the bytes of a full float64 (the page
+// polls the whole history every second).
 type Num float64
+
+// NumDigits is how many significant digits a Num keeps in JSON.
+const NumDigits = 7
 
 // MarshalJSON implements json.Marshaler.
 func (n Num) MarshalJSON() ([]byte, error) {
@@ -55,7 +60,7 @@ func (n Num) MarshalJSON() ([]byte, error) {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return []byte("null"), nil
 	}
-	return strconv.AppendFloat(nil, f, 'g', -1, 64), nil
+	return strconv.AppendFloat(nil, f, 'g', NumDigits, 64), nil
 }
 
 // UnmarshalJSON implements json.Unmarshaler; null reads as NaN.

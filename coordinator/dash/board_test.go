@@ -266,3 +266,12 @@ func TestLabel(t *testing.T) {
 		}
 	}
 }
+
+func TestNumJSON(t *testing.T) {
+	for in, want := range map[float64]string{0.1234567891: "0.1234568", 2000: "2000", 1.5e8: "1.5e+08", -3: "-3", 1e-9: "1e-09"} {
+		b, err := json.Marshal(Num(in))
+		if err != nil || string(b) != want {
+			t.Errorf("Num(%v) = %s, %v; want %s", in, b, err, want)
+		}
+	}
+}
