@@ -215,7 +215,7 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	c.pin = &RunPin{Data: hashEncoded(c.train), Examples: len(c.train), Seed: t.Seed, GlobalBatch: t.GlobalBatch, DropLast: t.DropLast,
 		Epochs: t.Epochs, MaxSteps: t.MaxSteps, Task: cfg.Model.Task, NumLabels: cfg.Model.NumLabels, Optimizer: t.Optimizer,
-		ModelConfig: c.cfgHash, Params: c.params, Tokenizer: tokHash}
+		ModelConfig: c.cfgHash, Params: c.params, Tokenizer: tokHash, RunID: c.job.RunID}
 	// Lock last: bad input found above creates no directory.
 	if err := c.lockDirs(); err != nil {
 		return nil, badInput(err)
