@@ -315,6 +315,9 @@ type session struct {
 	applied int
 	gone    bool
 	rank    int
+	// leaving: the node asked to leave (SIGTERM); it gets no new
+	// generation and is released at the next step boundary.
+	leaving bool
 }
 
 func (s *session) send(m *control.Msg) {
@@ -691,6 +694,15 @@ func (c *Coordinator) lose(s *session) {
 // and comes back as an error, which handle logs with the sender and drops.
 func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 	switch m.Type {
+	case control.TypeLeave:
+		if s.leaving {
+			return errors.New("a second leave on one session")
+		}
+		s.leaving = true
+		c.log.Info("node asks to leave", "node", s.id, "in_world", slices.Contains(c.world, s))
+		if !slices.Contains(c.world, s) {
+			c.release(s) // a spare or a node setting up: nothing to wait for
+		}
 	case control.TypeReady:
 		if m.Gen == 0 {
 			if s.ready {
@@ -954,7 +966,7 @@ func (c *Coordinator) pumpTick(ctx context.Context, t *time.Ticker, done func() 
 func (c *Coordinator) readyCandidates() []Candidate {
 	var out []Candidate
 	for _, s := range c.sessions {
-		if s.ready && !s.gone {
+		if s.ready && !s.gone && !s.leaving {
 			out = append(out, Candidate{ID: s.id, Ring: s.ring})
 		}
 	}
@@ -1052,6 +1064,39 @@ func (c *Coordinator) transfer(ctx context.Context, src *session, f func(ctx con
 	}
 }
 
+// someoneLeaving reports whether a rank of the world asked to leave.
+func (c *Coordinator) someoneLeaving() bool {
+	for _, s := range c.world {
+		if s.leaving && !s.gone {
+			return true
+		}
+	}
+	return false
+}
+
+// release lets a node that asked to leave go: it is told the run is over
+// for it (a clean exit) and drops out of the coordinator's sessions, as a
+// lost node would, but without counting as a loss. Its stream closes when
+// the node hangs up, or after a grace period.
+func (c *Coordinator) release(s *session) {
+	s.gone = true
+	delete(c.sessions, s.id)
+	c.changed = time.Now()
+	s.send(&control.Msg{Type: control.TypeStop, Reason: "left on request"})
+	time.AfterFunc(10*time.Second, s.cancel)
+	c.log.Info("node left", "node", s.id)
+}
+
+// releaseLeavers releases every node that asked to leave. Called between
+// two steps only: the next generation is formed without them.
+func (c *Coordinator) releaseLeavers() {
+	for _, s := range c.sessions {
+		if s.leaving {
+			c.release(s)
+		}
+	}
+}
+
 // canGrow reports whether a ready node outside the world could enter it:
 // the world is below cluster.max_nodes and membership has been quiet for
 // cluster.settle, so that a burst of joins enters as one generation.
@@ -1078,6 +1123,14 @@ func (c *Coordinator) train1(ctx context.Context) error {
 	aborts := 0
 	for c.applied < c.total {
 		switch {
+		case c.someoneLeaving():
+			// A node leaving on a signal leaves here, between two steps:
+			// its leave costs no aborted step (issue 11, defect 9).
+			c.log.Info("shrinking the world at a step boundary: a node leaves", "gen", c.gen, "size", len(c.world), "applied", c.applied)
+			c.releaseLeavers()
+			if err := c.formWorld(ctx); err != nil {
+				return err
+			}
 		case c.worldBroken():
 			// A rank was lost between steps (during a checkpoint, say):
 			// form the next generation now rather than wait for the

@@ -583,15 +583,26 @@ func (s *session) run(ctx context.Context) (err error) {
 			}
 		}
 	}()
+	// On a signal a node in a generation asks the coordinator to release
+	// it and goes on training until it is: the coordinator forms the next
+	// generation without it between two steps, so the leave aborts no
+	// step (issue 11, defect 9). Should no release come within the commit
+	// timeout (an older or stuck coordinator), it leaves at the next step
+	// boundary on its own.
 	stopping := false
+	var leaveBy time.Time
 	for {
-		if stopping && !s.inStep {
+		if stopping && !s.inStep && (leaveBy.IsZero() || time.Now().After(leaveBy)) {
 			s.a.log.Info("leaving at a step boundary")
 			return ctx.Err()
 		}
 		var timeout <-chan time.Time
 		if s.inStep {
 			timeout = time.After(time.Until(s.stepDone.Add(s.commitTimeout())))
+		}
+		var leaveTimer <-chan time.Time
+		if !leaveBy.IsZero() && !s.inStep {
+			leaveTimer = time.After(time.Until(leaveBy))
 		}
 		var done <-chan struct{}
 		if !stopping {
@@ -603,6 +614,15 @@ func (s *session) run(ctx context.Context) (err error) {
 			continue
 		case <-done:
 			stopping = true
+			if s.ring != nil {
+				if err := s.send(&control.Msg{Type: control.TypeLeave, Gen: s.gen}); err != nil {
+					return err
+				}
+				leaveBy = time.Now().Add(s.commitTimeout())
+				s.a.log.Info("asked the coordinator to release this node at a step boundary", "gen", s.gen, "applied", s.applied)
+			}
+		case <-leaveTimer:
+			s.a.log.Warn("the coordinator did not release this node in time; leaving at a step boundary", "waited", s.commitTimeout())
 		case <-timeout:
 			return lost(fmt.Errorf("agent: no commit or abort of step %d from the coordinator within %s", s.pending, s.commitTimeout()))
 		case ib := <-in:
@@ -619,6 +639,9 @@ func (s *session) run(ctx context.Context) (err error) {
 					return fmt.Errorf("agent: the coordinator stopped the run: %s", ib.m.Error)
 				}
 				s.a.log.Info("run finished", "reason", ib.m.Reason)
+				if stopping {
+					return ctx.Err() // released after a signal
+				}
 				return nil
 			}
 			if err := s.expect(ib.m); err != nil {

@@ -84,7 +84,7 @@ const (
 var fuzzTypes = []string{
 	control.TypeJob, control.TypeGen, control.TypePull, control.TypeStep,
 	control.TypeCommit, control.TypeAbort, control.TypeEvalReq, control.TypeExport,
-	control.TypeHello, control.TypeReady, control.TypeReduced, control.TypeLoaded, control.TypeExported, control.TypeChallenge, "nope",
+	control.TypeHello, control.TypeReady, control.TypeReduced, control.TypeLoaded, control.TypeExported, control.TypeLeave, control.TypeChallenge, "nope",
 }
 
 var modelFile = []byte(`{"model_type":"bow"}`)
