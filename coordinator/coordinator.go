@@ -537,18 +537,28 @@ func (c *Coordinator) serveSession(st control.Stream) (err error) {
 				return err
 			}
 		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("node %s left", s.id)
-			} else {
-				err = fmt.Errorf("node %s: %w", s.id, err)
-			}
-			c.events <- event{s: s, err: err}
+			c.events <- event{s: s, err: recvEnd(s.id, err)}
 			return nil
 		case <-ctx.Done():
+			if st.Context().Err() != nil {
+				// The node hung up. What it sent last (a failure report,
+				// say) may still be on its way through the reader: the
+				// session's end must not overtake it.
+				c.events <- event{s: s, err: recvEnd(s.id, <-recvErr)}
+				return nil
+			}
 			c.events <- event{s: s, err: fmt.Errorf("node %s dropped by the coordinator", s.id)}
 			return errors.New("dropped by the coordinator")
 		}
 	}
+}
+
+// recvEnd says why a session's reader stopped.
+func recvEnd(id string, err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("node %s left", id)
+	}
+	return fmt.Errorf("node %s: %w", id, err)
 }
 
 // stopAll tells every node that the run is over; failure, when not nil, is
