@@ -50,6 +50,7 @@ const (
 	TypeEval     = "evalres"  // evaluation metric sums
 	TypeLoaded   = "loaded"   // answer to pull: state of Step loaded, or Error
 	TypeExported = "exported" // answer to export: the files, to be pulled from the node
+	TypeLeave    = "leave"    // the node was asked to leave (SIGTERM): release it at a step boundary
 
 	// coordinator → node
 	TypeChallenge = "challenge" // the coordinator's nonce and proof (handshake)
@@ -322,7 +323,7 @@ func (m *Msg) Validate() error {
 		return need(m.Sum != "", "sum")
 	case TypeExported:
 		return need(m.Req > 0, "request id")
-	case TypeFailed, TypeAbort, TypeEvalReq, TypeExport, TypeStop, TypeLoaded:
+	case TypeFailed, TypeAbort, TypeEvalReq, TypeExport, TypeStop, TypeLoaded, TypeLeave:
 		return nil
 	}
 	return fmt.Errorf("unknown message type %q", m.Type)

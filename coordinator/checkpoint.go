@@ -292,6 +292,10 @@ func (c *Coordinator) loadCheckpoint() error {
 		return badInput(fmt.Errorf("--resume: checkpoint %s is at step %d, beyond the run's %d steps", ck.Path, ck.Applied, c.total))
 	}
 	c.applied, c.resumed, c.lastCkpt = ck.Applied, ck, ck.Path
+	if ck.Pin != nil && ck.Pin.RunID != "" {
+		// The same run: nodes still holding its state may keep it.
+		c.job.RunID, c.pin.RunID = ck.Pin.RunID, ck.Pin.RunID
+	}
 	c.log.Info("resuming", "checkpoint", ck.Path, "applied", ck.Applied, "bytes", ck.Bytes)
 	return nil
 }

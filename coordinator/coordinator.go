@@ -215,7 +215,7 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	c.pin = &RunPin{Data: hashEncoded(c.train), Examples: len(c.train), Seed: t.Seed, GlobalBatch: t.GlobalBatch, DropLast: t.DropLast,
 		Epochs: t.Epochs, MaxSteps: t.MaxSteps, Task: cfg.Model.Task, NumLabels: cfg.Model.NumLabels, Optimizer: t.Optimizer,
-		ModelConfig: c.cfgHash, Params: c.params, Tokenizer: tokHash}
+		ModelConfig: c.cfgHash, Params: c.params, Tokenizer: tokHash, RunID: c.job.RunID}
 	// Lock last: bad input found above creates no directory.
 	if err := c.lockDirs(); err != nil {
 		return nil, badInput(err)
@@ -315,6 +315,9 @@ type session struct {
 	applied int
 	gone    bool
 	rank    int
+	// leaving: the node asked to leave (SIGTERM); it gets no new
+	// generation and is released at the next step boundary.
+	leaving bool
 }
 
 func (s *session) send(m *control.Msg) {
@@ -534,18 +537,28 @@ func (c *Coordinator) serveSession(st control.Stream) (err error) {
 				return err
 			}
 		case err := <-recvErr:
-			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("node %s left", s.id)
-			} else {
-				err = fmt.Errorf("node %s: %w", s.id, err)
-			}
-			c.events <- event{s: s, err: err}
+			c.events <- event{s: s, err: recvEnd(s.id, err)}
 			return nil
 		case <-ctx.Done():
+			if st.Context().Err() != nil {
+				// The node hung up. What it sent last (a failure report,
+				// say) may still be on its way through the reader: the
+				// session's end must not overtake it.
+				c.events <- event{s: s, err: recvEnd(s.id, <-recvErr)}
+				return nil
+			}
 			c.events <- event{s: s, err: fmt.Errorf("node %s dropped by the coordinator", s.id)}
 			return errors.New("dropped by the coordinator")
 		}
 	}
+}
+
+// recvEnd says why a session's reader stopped.
+func recvEnd(id string, err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("node %s left", id)
+	}
+	return fmt.Errorf("node %s: %w", id, err)
 }
 
 // stopAll tells every node that the run is over; failure, when not nil, is
@@ -692,6 +705,15 @@ func (c *Coordinator) lose(s *session) {
 // and comes back as an error, which handle logs with the sender and drops.
 func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 	switch m.Type {
+	case control.TypeLeave:
+		if s.leaving {
+			return errors.New("a second leave on one session")
+		}
+		s.leaving = true
+		c.log.Info("node asks to leave", "node", s.id, "in_world", slices.Contains(c.world, s))
+		if !slices.Contains(c.world, s) {
+			c.release(s) // a spare or a node setting up: nothing to wait for
+		}
 	case control.TypeReady:
 		if m.Gen == 0 {
 			if s.ready {
@@ -955,7 +977,7 @@ func (c *Coordinator) pumpTick(ctx context.Context, t *time.Ticker, done func() 
 func (c *Coordinator) readyCandidates() []Candidate {
 	var out []Candidate
 	for _, s := range c.sessions {
-		if s.ready && !s.gone {
+		if s.ready && !s.gone && !s.leaving {
 			out = append(out, Candidate{ID: s.id, Ring: s.ring})
 		}
 	}
@@ -1053,6 +1075,39 @@ func (c *Coordinator) transfer(ctx context.Context, src *session, f func(ctx con
 	}
 }
 
+// someoneLeaving reports whether a rank of the world asked to leave.
+func (c *Coordinator) someoneLeaving() bool {
+	for _, s := range c.world {
+		if s.leaving && !s.gone {
+			return true
+		}
+	}
+	return false
+}
+
+// release lets a node that asked to leave go: it is told the run is over
+// for it (a clean exit) and drops out of the coordinator's sessions, as a
+// lost node would, but without counting as a loss. Its stream closes when
+// the node hangs up, or after a grace period.
+func (c *Coordinator) release(s *session) {
+	s.gone = true
+	delete(c.sessions, s.id)
+	c.changed = time.Now()
+	s.send(&control.Msg{Type: control.TypeStop, Reason: "left on request"})
+	time.AfterFunc(10*time.Second, s.cancel)
+	c.log.Info("node left", "node", s.id)
+}
+
+// releaseLeavers releases every node that asked to leave. Called between
+// two steps only: the next generation is formed without them.
+func (c *Coordinator) releaseLeavers() {
+	for _, s := range c.sessions {
+		if s.leaving {
+			c.release(s)
+		}
+	}
+}
+
 // canGrow reports whether a ready node outside the world could enter it:
 // the world is below cluster.max_nodes and membership has been quiet for
 // cluster.settle, so that a burst of joins enters as one generation.
@@ -1079,6 +1134,14 @@ func (c *Coordinator) train1(ctx context.Context) error {
 	aborts := 0
 	for c.applied < c.total {
 		switch {
+		case c.someoneLeaving():
+			// A node leaving on a signal leaves here, between two steps:
+			// its leave costs no aborted step (issue 11, defect 9).
+			c.log.Info("shrinking the world at a step boundary: a node leaves", "gen", c.gen, "size", len(c.world), "applied", c.applied)
+			c.releaseLeavers()
+			if err := c.formWorld(ctx); err != nil {
+				return err
+			}
 		case c.worldBroken():
 			// A rank was lost between steps (during a checkpoint, say):
 			// form the next generation now rather than wait for the

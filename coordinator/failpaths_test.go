@@ -19,9 +19,9 @@ import (
 )
 
 // TestSIGTERMLeavesAtStepBoundary checks the promise of `node join`: SIGTERM
-// makes a node finish the step it has reported reduced and leave on its own
-// with exit 0; the coordinator goes on with the survivors and no sample of
-// either epoch is lost.
+// makes a node ask the coordinator to release it; the coordinator forms the
+// next generation without it between two steps, so no step is aborted, the
+// node exits 0, and no sample of either epoch is lost (issue 11, defect 9).
 func TestSIGTERMLeavesAtStepBoundary(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -38,8 +38,10 @@ func TestSIGTERMLeavesAtStepBoundary(t *testing.T) {
 	if code := leaver.Wait(t, 30*time.Second); code != 0 {
 		t.Fatalf("node %s exit %d after SIGTERM, want 0 (a requested leave is not a failure)", f.Label+"-n1", code)
 	}
-	if !strings.Contains(leaver.Text(), "leaving at a step boundary") {
-		t.Errorf("node %s did not leave at a step boundary", f.Label+"-n1")
+	for _, want := range []string{"asked the coordinator to release this node at a step boundary", `reason="left on request"`} {
+		if !strings.Contains(leaver.Text(), want) {
+			t.Errorf("node %s log lacks %q", f.Label+"-n1", want)
+		}
 	}
 	if code := c.Coord.Wait(t, 90*time.Second); code != 0 {
 		t.Fatalf("coordinator exit %d after a node left on SIGTERM", code)
@@ -50,10 +52,15 @@ func TestSIGTERMLeavesAtStepBoundary(t *testing.T) {
 		`epoch complete" epoch=0 committed=96 missing=0 samples=96`,
 		`epoch complete" epoch=1 committed=96 missing=0 samples=96`,
 		`replicas identical" applied=24`,
+		`shrinking the world at a step boundary: a node leaves`,
+		`node left" node=` + f.Label + `-n1`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("coordinator log lacks %q", want)
 		}
+	}
+	if strings.Contains(out, "step aborted") {
+		t.Errorf("a requested leave aborted a step:\n%s", out)
 	}
 	// Generation 2 must not hold the node that left.
 	if m := regexp.MustCompile(`generation formed" gen=2 [^\n]*`).FindString(out); strings.Contains(m, f.Label+"-n1") {

@@ -294,12 +294,14 @@ func TestReplayAndReservedIDRefused(t *testing.T) {
 	}
 }
 
-// TestNodesFailWhenCoordinatorDies: a coordinator killed mid-run is a
-// failure for every node, never a clean exit.
+// TestNodesFailWhenCoordinatorDies: a coordinator killed mid-run and not
+// restarted is a failure for every node, never a clean exit: the nodes try
+// to rejoin for --rejoin-timeout, then exit non-zero saying so.
 func TestNodesFailWhenCoordinatorDies(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	f := newFixture(t, fmt.Sprintf("cdie-%d", os.Getpid()), 2, 2, "")
+	f.NodeArgs = []string{"--rejoin-timeout", "3s"}
 	c := runCluster(t, ctx, f, 2, []string{"GONODE_STEP_DELAY=15ms"})
 	c.Coord.WaitFor(t, `replicas identical" applied=3 `, 60*time.Second)
 	if err := c.Coord.Cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -308,6 +310,12 @@ func TestNodesFailWhenCoordinatorDies(t *testing.T) {
 	for i, p := range c.Nodes {
 		if code := p.Wait(t, 60*time.Second); code == 0 {
 			t.Errorf("node %d exit 0 after the coordinator died", i)
+		}
+		out := p.Text()
+		for _, want := range []string{"session with the coordinator lost; joining again", "could not rejoin within --rejoin-timeout 3s"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("node %d log lacks %q", i, want)
+			}
 		}
 	}
 }

@@ -26,7 +26,7 @@ import (
 
 var fuzzTypes = []string{
 	control.TypeHello, control.TypeAuth, control.TypeReady, control.TypeReduced, control.TypeFailed,
-	control.TypeDigest, control.TypeEval, control.TypeLoaded, control.TypeExported,
+	control.TypeDigest, control.TypeEval, control.TypeLoaded, control.TypeExported, control.TypeLeave,
 	control.TypeChallenge, control.TypeJob, control.TypeGen, control.TypeStep, control.TypeCommit, control.TypeAbort,
 	control.TypePull, control.TypeEvalReq, control.TypeExport, control.TypeStop, "nope",
 }

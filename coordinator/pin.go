@@ -48,6 +48,12 @@ type RunPin struct {
 	// Tokenizer is the SHA-256 of the tokenizer file(s) (vocab.json with
 	// its merges.txt).
 	Tokenizer string `json:"tokenizer"`
+	// RunID names the run across coordinator restarts. It is not compared
+	// on --resume (a resumed run is the same run and takes the
+	// checkpoint's id); nodes that outlived the previous coordinator keep
+	// their trainer state when the job they are sent has their run's id,
+	// and set up afresh when it is another run's.
+	RunID string `json:"run_id,omitempty"`
 }
 
 // pinKey is one pinned setting: the config key it comes from and how to

@@ -121,6 +121,8 @@ type Options struct {
 type Fixture struct {
 	Dir, Key, YAML string
 	Label          string
+	// NodeArgs are added to every node's command line (`join` flags).
+	NodeArgs []string
 }
 
 // NewFixture writes a run directory.
@@ -302,8 +304,8 @@ func RunCluster(t testing.TB, ctx context.Context, f *Fixture, coordBin, nodeBin
 // it to c.Nodes; tests use it to give one node a different environment.
 func (c *Cluster) StartNode(t testing.TB, ctx context.Context, f *Fixture, nodeBin, name string, env []string) *Proc {
 	t.Helper()
-	p := Start(t, ctx, f.Dir, env, nodeBin, "join", "--coordinator", c.Gossip, "--key-file", f.Key,
-		"--bind", "127.0.0.1:0", "--name", name, "--label", f.Label, "--cache-dir", filepath.Join(f.Dir, "cache-"+name), "--join-timeout", "10s")
+	p := Start(t, ctx, f.Dir, env, nodeBin, append([]string{"join", "--coordinator", c.Gossip, "--key-file", f.Key,
+		"--bind", "127.0.0.1:0", "--name", name, "--label", f.Label, "--cache-dir", filepath.Join(f.Dir, "cache-"+name), "--join-timeout", "10s"}, f.NodeArgs...)...)
 	c.Nodes = append(c.Nodes, p)
 	return p
 }

@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -63,8 +64,17 @@ type Config struct {
 	// coordinator (default 30s).
 	JoinTimeout time.Duration
 	// CommitTimeout bounds the wait for a commit or abort after reporting a
-	// step reduced (default 2 minutes); past it the node gives up.
+	// step reduced (default 2 minutes); past it the node treats the
+	// session as lost (see RejoinTimeout).
 	CommitTimeout time.Duration
+	// RejoinTimeout bounds how long a node whose session with the
+	// coordinator broke (the coordinator died and is being restarted, or
+	// it dropped this node on a false suspicion) keeps trying to join
+	// again (default 2 minutes). Meanwhile the node keeps its trainer
+	// state, so a restarted coordinator (`--resume`) or the same one can
+	// take it back without restarting the process. Past it the node exits
+	// non-zero. Negative: never rejoin, exit when the session breaks.
+	RejoinTimeout time.Duration
 	// TLSCert, TLSKey and TLSCA are PEM files (certificate, its key, the
 	// CA), needed only when the coordinator uses cluster.tls files; by
 	// default the node derives its certificates from Key, as the
@@ -111,6 +121,9 @@ func (c *Config) defaults() error {
 	}
 	if c.CommitTimeout <= 0 {
 		c.CommitTimeout = 2 * time.Minute
+	}
+	if c.RejoinTimeout == 0 {
+		c.RejoinTimeout = 2 * time.Minute
 	}
 	if c.Log == nil {
 		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -201,12 +214,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 		_ = ml.Leave(time.Second)
 		_ = ml.Shutdown()
 	}()
-	coord, err := a.join(ctx, ml)
+	coord, err := a.join(ctx, ml, a.cfg.JoinTimeout)
 	if err != nil {
 		return err
 	}
-	coordAddr := coord.GRPC
-	tc, err := a.tlsFor(coord.TLS)
+	tlsMode := coord.TLS
+	tc, err := a.tlsFor(tlsMode)
 	if err != nil {
 		return err
 	}
@@ -214,7 +227,7 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	if tc != nil {
 		serverTLS, clientTLS = tc.Server, tc.Client
 	}
-	a.log.Info("joined cluster", "coordinator", coordAddr, "ring", ringAddr, "tls", coord.TLS)
+	a.log.Info("joined cluster", "coordinator", coord.GRPC, "ring", ringAddr, "tls", coord.TLS)
 	ringSrv, err := allreduce.NewServer(c.Key)
 	if err != nil {
 		return err
@@ -224,28 +237,87 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	bulkSrv.Register(gs)
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 
-	cc, err := control.Dial(coordAddr, c.Key, clientTLS)
-	if err != nil {
-		return err
+	// One session per connection to a coordinator. When an established
+	// session is lost (not ended by the coordinator, by a signal or by a
+	// local failure), the node keeps its trainer and joins again until
+	// RejoinTimeout has passed since the loss.
+	var keep *carried
+	var lostAt time.Time
+	var lastLoss error
+	rejoining := false
+	for {
+		if rejoining {
+			coord, err = a.join(ctx, ml, time.Until(lostAt.Add(c.RejoinTimeout)))
+			if err != nil {
+				keep.close()
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
+			}
+			if coord.TLS != tlsMode {
+				keep.close()
+				return fmt.Errorf("agent: the coordinator came back with TLS mode %q, but this node serves its ring with %q; restart the node", coord.TLS, tlsMode)
+			}
+		}
+		s, err := a.connect(coord.GRPC, clientTLS, ringSrv, h, bulkSrv, keep)
+		if err == nil {
+			if rejoining {
+				a.log.Info("reconnected to the coordinator", "coordinator", coord.GRPC, "applied", s.applied, "after", time.Since(lostAt).Round(time.Millisecond))
+			}
+			err = s.run(ctx)
+			if s.established {
+				rejoining, lostAt = true, time.Now()
+			}
+			keep = s.release(err)
+		}
+		if ctx.Err() != nil || !rejoining || !IsSessionLost(err) || c.RejoinTimeout < 0 {
+			keep.close()
+			return err
+		}
+		if time.Since(lostAt) > c.RejoinTimeout {
+			keep.close()
+			return fmt.Errorf("agent: lost the session with the coordinator and could not rejoin within --rejoin-timeout %s: %w", c.RejoinTimeout, err)
+		}
+		lastLoss = err
+		a.log.Warn("session with the coordinator lost; joining again, keeping the trainer state", "err", err, "applied", keep.appliedOr(-1), "gives_up_in", (c.RejoinTimeout - time.Since(lostAt)).Round(time.Second))
+		select {
+		case <-ctx.Done():
+			keep.close()
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	defer cc.Close()
+}
+
+// connect dials the coordinator's control and bulk services and opens a
+// session that adopts keep (the trainer of a lost session, or nil).
+// Errors reaching the coordinator are session losses (IsSessionLost).
+func (a *Agent) connect(addr string, clientTLS *tls.Config, ringSrv *allreduce.Server, h *hub, bulkSrv *bulk.Server, keep *carried) (*session, error) {
+	cc, err := control.Dial(addr, a.cfg.Key, clientTLS)
+	if err != nil {
+		return nil, lost(err)
+	}
 	// Model files come from the coordinator's bulk service, on the same
 	// server as the session but on a connection of its own, so that a big
 	// file does not share flow control with the session.
-	bc, err := bulk.Dial(coordAddr, c.Key, clientTLS)
+	bc, err := bulk.Dial(addr, a.cfg.Key, clientTLS)
 	if err != nil {
-		return err
+		_ = cc.Close()
+		return nil, lost(err)
 	}
-	defer bc.Close()
 	sctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	st, err := control.OpenSession(sctx, cc)
 	if err != nil {
-		return err
+		cancel()
+		_ = bc.Close()
+		_ = cc.Close()
+		return nil, lost(err)
 	}
 	s := &session{a: a, st: st, ringSrv: ringSrv, hub: h, bulkSrv: bulkSrv, coord: bc, clientTLS: clientTLS, applied: -1, watch: newRingWatch()}
-	defer s.close()
-	return s.run(ctx)
+	s.conns = func() { cancel(); _ = bc.Close(); _ = cc.Close() }
+	s.adopt(keep)
+	return s, nil
 }
 
 // tlsFor returns the TLS configurations for the coordinator's TLS mode
@@ -278,8 +350,8 @@ func (a *Agent) tlsFor(mode string) (*auth.TLSConfigs, error) {
 
 // join joins the gossip cluster through the coordinator's address and
 // returns the coordinator's metadata (control address, TLS mode).
-func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (control.Meta, error) {
-	deadline := time.Now().Add(a.cfg.JoinTimeout)
+func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist, within time.Duration) (control.Meta, error) {
+	deadline := time.Now().Add(within)
 	var lastErr error
 	for time.Now().Before(deadline) {
 		if _, err := ml.Join([]string{a.cfg.Coordinator}); err != nil {
@@ -299,7 +371,10 @@ func (a *Agent) join(ctx context.Context, ml *memberlist.Memberlist) (control.Me
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return control.Meta{}, fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, a.cfg.JoinTimeout, lastErr)
+	if lastErr == nil {
+		lastErr = errors.New("no time left to try")
+	}
+	return control.Meta{}, fmt.Errorf("agent: could not join the cluster through coordinator %s within %s: %w (check the address, that the key file matches the coordinator's and that cluster.label is the same)", a.cfg.Coordinator, within.Round(time.Millisecond), lastErr)
 }
 
 // inbound is one received message or the session's end.
@@ -343,33 +418,136 @@ type session struct {
 	watch *ringWatch
 	// modelDir is the job's model directory, laid out from the cache.
 	modelDir string
+
+	// established is set once the coordinator accepted the handshake.
+	established bool
+	// kept is a lost session's trainer, adopted until the job says
+	// whether it may continue.
+	kept *carried
+	// conns closes the session's connections to the coordinator.
+	conns func()
 }
 
 func (s *session) send(m *control.Msg) error {
 	m.V = control.Version
 	if err := s.st.Send(m); err != nil {
-		return fmt.Errorf("agent: send %s to coordinator: %w", m.Type, err)
+		return lost(fmt.Errorf("agent: send %s to coordinator: %w", m.Type, err))
 	}
 	return nil
 }
 
-func (s *session) close() {
+// release ends the session's connections and its generation. After a
+// lost session (IsSessionLost(err)) it hands back the trainer, without the
+// gradients of any step in flight, for the next session to adopt; otherwise
+// it closes the trainer and returns nil.
+func (s *session) release(err error) *carried {
 	s.dropPending()
 	if s.ring != nil {
 		_ = s.ring.Close()
 		s.ring = nil
 	}
-	if s.tr != nil {
-		_ = s.tr.Close()
-		s.tr = nil
-	}
-	if s.modelDir != "" {
-		_ = os.RemoveAll(s.modelDir) // the cache keeps the files
-	}
 	s.hub.setExport(0, "")
 	if cs, ok := s.st.(interface{ CloseSend() error }); ok {
 		_ = cs.CloseSend()
 	}
+	if s.conns != nil {
+		s.conns()
+	}
+	keep := s.kept // the job never came: hand the adopted trainer on
+	s.kept = nil
+	if s.tr != nil {
+		keep = &carried{tr: s.tr, job: s.job, params: s.params, applied: s.applied, modelDir: s.modelDir}
+		s.tr, s.modelDir = nil, ""
+		if IsSessionLost(err) && s.a.cfg.RejoinTimeout >= 0 {
+			// A step in flight is redone by the next generation: its
+			// gradients must not leak into it.
+			if derr := keep.tr.Discard(); derr != nil {
+				s.a.log.Warn("cannot keep the trainer state: discarding the step in flight failed", "err", derr)
+				keep.close()
+				return nil
+			}
+		}
+	}
+	if !IsSessionLost(err) || s.a.cfg.RejoinTimeout < 0 {
+		keep.close()
+		return nil
+	}
+	return keep
+}
+
+// carried is what a node keeps from a lost session: the trainer, its state
+// (applied committed steps of the run the job names) and its model
+// directory.
+type carried struct {
+	tr       Trainer
+	job      *control.Job
+	params   int
+	applied  int
+	modelDir string
+}
+
+func (k *carried) close() {
+	if k == nil {
+		return
+	}
+	if k.tr != nil {
+		_ = k.tr.Close()
+	}
+	if k.modelDir != "" {
+		_ = os.RemoveAll(k.modelDir) // the cache keeps the files
+	}
+}
+
+func (k *carried) appliedOr(none int) int {
+	if k == nil {
+		return none
+	}
+	return k.applied
+}
+
+// adopt takes a lost session's trainer: the hello announces its state, and
+// the job decides whether it is kept (sameRun) or set up afresh.
+func (s *session) adopt(k *carried) {
+	if k == nil {
+		return
+	}
+	s.kept = k
+	s.applied = k.applied
+}
+
+// sameRun reports whether a trainer set up for job a may continue under
+// job b: the same run (its id survives a coordinator's --resume), model
+// files and training settings. Transfer and timeout settings may differ.
+func sameRun(a, b *control.Job) bool {
+	if a == nil || b == nil {
+		return false
+	}
+	x, y := *a, *b
+	for _, j := range []*control.Job{&x, &y} {
+		j.ChunkBytes, j.Wire, j.TimeoutMS, j.Transport, j.StepTimeoutMS, j.BulkChunkBytes, j.BulkTimeoutMS = 0, "", 0, "", 0, 0, 0
+	}
+	return reflect.DeepEqual(x, y)
+}
+
+// SessionLostError is a failure of the session with the coordinator itself
+// (the stream broke, a send failed, the coordinator went silent), as
+// opposed to a failure of this node: the node may join again.
+type SessionLostError struct{ Err error }
+
+func (e *SessionLostError) Error() string { return e.Err.Error() }
+func (e *SessionLostError) Unwrap() error { return e.Err }
+
+func lost(err error) error {
+	if err == nil || IsSessionLost(err) {
+		return err
+	}
+	return &SessionLostError{Err: err}
+}
+
+// IsSessionLost reports whether err is (or wraps) a SessionLostError.
+func IsSessionLost(err error) bool {
+	var l *SessionLostError
+	return errors.As(err, &l)
 }
 
 func (s *session) run(ctx context.Context) (err error) {
@@ -383,8 +561,9 @@ func (s *session) run(ctx context.Context) (err error) {
 	}()
 	c := s.a.cfg
 	if err := control.ClientHandshake(s.st, c.Key, control.Hello{ID: c.Name, Device: c.Device, Version: Version, Applied: s.applied}); err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return lost(fmt.Errorf("agent: %w", err))
 	}
+	s.established = true
 	in := make(chan inbound, 64)
 	quit := make(chan struct{})
 	defer close(quit)
@@ -405,15 +584,26 @@ func (s *session) run(ctx context.Context) (err error) {
 			}
 		}
 	}()
+	// On a signal a node in a generation asks the coordinator to release
+	// it and goes on training until it is: the coordinator forms the next
+	// generation without it between two steps, so the leave aborts no
+	// step (issue 11, defect 9). Should no release come within the commit
+	// timeout (an older or stuck coordinator), it leaves at the next step
+	// boundary on its own.
 	stopping := false
+	var leaveBy time.Time
 	for {
-		if stopping && !s.inStep {
+		if stopping && !s.inStep && (leaveBy.IsZero() || time.Now().After(leaveBy)) {
 			s.a.log.Info("leaving at a step boundary")
 			return ctx.Err()
 		}
 		var timeout <-chan time.Time
 		if s.inStep {
 			timeout = time.After(time.Until(s.stepDone.Add(s.commitTimeout())))
+		}
+		var leaveTimer <-chan time.Time
+		if !leaveBy.IsZero() && !s.inStep {
+			leaveTimer = time.After(time.Until(leaveBy))
 		}
 		var done <-chan struct{}
 		if !stopping {
@@ -425,14 +615,23 @@ func (s *session) run(ctx context.Context) (err error) {
 			continue
 		case <-done:
 			stopping = true
+			if s.ring != nil {
+				if err := s.send(&control.Msg{Type: control.TypeLeave, Gen: s.gen}); err != nil {
+					return err
+				}
+				leaveBy = time.Now().Add(s.commitTimeout())
+				s.a.log.Info("asked the coordinator to release this node at a step boundary", "gen", s.gen, "applied", s.applied)
+			}
+		case <-leaveTimer:
+			s.a.log.Warn("the coordinator did not release this node in time; leaving at a step boundary", "waited", s.commitTimeout())
 		case <-timeout:
-			return fmt.Errorf("agent: no commit or abort of step from the coordinator within %s", s.commitTimeout())
+			return lost(fmt.Errorf("agent: no commit or abort of step %d from the coordinator within %s", s.pending, s.commitTimeout()))
 		case ib := <-in:
 			if ib.err != nil {
 				if errors.Is(ib.err, io.EOF) {
-					return errors.New("agent: the coordinator closed the session")
+					return lost(errors.New("agent: the coordinator closed the session"))
 				}
-				return fmt.Errorf("agent: session with coordinator: %w", ib.err)
+				return lost(fmt.Errorf("agent: session with coordinator: %w", ib.err))
 			}
 			if ib.m.Type == control.TypeStop {
 				if ib.m.Error != "" {
@@ -441,6 +640,9 @@ func (s *session) run(ctx context.Context) (err error) {
 					return fmt.Errorf("agent: the coordinator stopped the run: %s", ib.m.Error)
 				}
 				s.a.log.Info("run finished", "reason", ib.m.Reason)
+				if stopping {
+					return ctx.Err() // released after a signal
+				}
 				return nil
 			}
 			if err := s.expect(ib.m); err != nil {
@@ -622,6 +824,18 @@ func (s *session) digest(gen uint64, step int, want bool) error {
 func (s *session) onJob(j *control.Job) error {
 	if s.job != nil {
 		return errors.New("agent: a second job on one session")
+	}
+	if k := s.kept; k != nil {
+		s.kept = nil
+		if sameRun(k.job, j) {
+			s.job, s.tr, s.params, s.applied, s.modelDir = j, k.tr, k.params, k.applied, k.modelDir
+			s.bulkSrv.SetChunkTimeout(s.bulkTimeout())
+			s.a.log.Info("job of the same run: keeping the trainer state", "run", j.RunID, "applied", s.applied)
+			return s.send(&control.Msg{Type: control.TypeReady, Ready: &control.Ready{Params: s.params, Applied: s.applied}})
+		}
+		s.a.log.Info("job of another run: setting up afresh", "run", j.RunID, "kept_run", k.job.RunID)
+		k.close()
+		s.applied = -1
 	}
 	s.job = j
 	s.bulkSrv.SetChunkTimeout(s.bulkTimeout())

@@ -81,6 +81,7 @@ and exit 0.`,
 	f.StringVar(&cfg.Label, "label", "ringtune", "cluster label; must equal the coordinator's cluster.label")
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "model file cache (default $XDG_CACHE_HOME/ringtune/blobs)")
 	f.DurationVar(&cfg.JoinTimeout, "join-timeout", 30*time.Second, "give up joining the cluster after this long")
+	f.DurationVar(&cfg.RejoinTimeout, "rejoin-timeout", 2*time.Minute, "after losing the coordinator (restarted, or a false suspicion), keep the trainer state and try to join again for this long; negative: exit at once")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "this node's PEM certificate, when the coordinator uses cluster.tls files (default: derived from the key)")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "the PEM key of --tls-cert")
 	f.StringVar(&cfg.TLSCA, "tls-ca", "", "the cluster's PEM CA certificate (cluster.tls.ca)")

@@ -84,7 +84,7 @@ const (
 var fuzzTypes = []string{
 	control.TypeJob, control.TypeGen, control.TypePull, control.TypeStep,
 	control.TypeCommit, control.TypeAbort, control.TypeEvalReq, control.TypeExport,
-	control.TypeHello, control.TypeReady, control.TypeReduced, control.TypeLoaded, control.TypeExported, control.TypeChallenge, "nope",
+	control.TypeHello, control.TypeReady, control.TypeReduced, control.TypeLoaded, control.TypeExported, control.TypeLeave, control.TypeChallenge, "nope",
 }
 
 var modelFile = []byte(`{"model_type":"bow"}`)
@@ -105,7 +105,7 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 		t.Fatal(err)
 	}
 	s := &session{a: a, st: st, ringSrv: srv, hub: h, bulkSrv: bs, applied: -1, watch: newRingWatch()}
-	t.Cleanup(s.close)
+	t.Cleanup(func() { s.release(nil) })
 	sum := sha256.Sum256(modelFile)
 	hash := hex.EncodeToString(sum[:])
 	// The model file is in the cache, so the job sets the trainer up
