@@ -335,7 +335,10 @@ func TestResumeFromCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The node tries to rejoin its lost coordinator for 2 s, then fails.
+	f.NodeArgs = []string{"--rejoin-timeout", "2s"}
 	c = runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=20ms"})
+	f.NodeArgs = nil
 	c.Coord.WaitFor(t, `checkpoint written" path=\S+ applied=10`, 60*time.Second)
 	_ = c.Coord.Cmd.Process.Signal(syscall.SIGKILL)
 	c.Coord.Wait(t, 10*time.Second)
