@@ -107,6 +107,12 @@ func NewMemberlist(c GossipConfig) (*memberlist.Memberlist, error) {
 		mc = memberlist.DefaultLANConfig()
 	}
 	mc.Name = c.Name
+	// A node restarted under its name (a pod of a StatefulSet, a killed
+	// node started again) usually comes back on another port. memberlist
+	// refuses a dead member's name from a new address until the dead entry
+	// is reaped (15-30 s) unless reclaiming is on; a live member's name
+	// stays protected either way.
+	mc.DeadNodeReclaimTime = time.Nanosecond
 	mc.BindAddr = host
 	mc.BindPort = port
 	mc.AdvertisePort = port
