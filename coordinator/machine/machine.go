@@ -221,7 +221,7 @@ func (m *Machine) onLost(ev Event) {
 	case n == nil:
 		return
 	case ev.Session != 0 && ev.Session != n.session:
-		m.note("end of %s's earlier session %d ignored", ev.Node, ev.Session)
+		m.note("end of %s's session %d ignored: its live session is %d", ev.Node, ev.Session, n.session)
 		return
 	case ev.Session == 0 && ev.Ring != "" && ev.Ring != n.ring:
 		// The gossip death of an earlier instance under the same name,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,7 +91,7 @@ type harness struct {
 	// applied is what each node holds, as the messages say: set up,
 	// loaded, committed.
 	applied map[string]int
-	next uint64
+	next    uint64
 }
 
 func runScript(t *testing.T, path string) {
@@ -174,17 +175,22 @@ func (h *harness) do(cmd string) (string, error) {
 		id := f[1]
 		h.next++
 		s := uint64(atoi(a["session"], int(h.next)))
-		h.session[id] = s
 		ring := a["ring"]
 		if ring == "" {
 			ring = fmt.Sprintf("%s.r%d", id, s)
 		}
 		h.m.Step(Event{Kind: Join, Node: id, Session: s, Ring: ring, Applied: atoi(a["applied"], -1)})
+		if !slices.ContainsFunc(h.m.Ready().Actions, func(a Action) bool { return a.Kind == Drop && a.Session == s }) {
+			h.session[id] = s // a refused session is not the node's
+		}
 	case "lost":
 		id := f[1]
 		s := h.session[id]
 		if v, ok := a["session"]; ok {
 			s = uint64(atoi(v, 0))
+		}
+		if s == h.session[id] {
+			delete(h.reqs, id) // a lost node answers nothing more
 		}
 		h.m.Step(Event{Kind: Lost, Node: id, Session: s, Ring: a["ring"]})
 	case "leave":

@@ -257,7 +257,10 @@ type Action struct {
 }
 
 func (a Action) String() string {
-	s := fmt.Sprintf("%s step=%d", a.Kind, a.Step)
+	s := a.Kind.String()
+	if a.Kind != Drop {
+		s += fmt.Sprintf(" step=%d", a.Step)
+	}
 	if a.Req > 0 {
 		s += fmt.Sprintf(" req=%d", a.Req)
 	}
