@@ -138,17 +138,25 @@ type Schedule struct {
 	Epochs      int
 	MaxSteps    int
 
-	epoch  *data.Epoch
-	ledger *data.Ledger
+	epoch    *data.Epoch
+	ledger   *data.Ledger
+	perEpoch int // cached StepsPerEpoch
 }
 
-// StepsPerEpoch is the number of global steps of one epoch.
+// StepsPerEpoch is the number of global steps of one epoch. The settings
+// are checked (and an epoch's permutation built) only the first time:
+// every step locates itself with it, and rebuilding an O(dataset)
+// permutation per call cost the coordinator its CPU (issue 11, defect 6).
 func (s *Schedule) StepsPerEpoch() (int, error) {
+	if s.perEpoch > 0 {
+		return s.perEpoch, nil
+	}
 	ep, err := data.NewEpoch(s.Seed, 0, s.N, s.GlobalBatch, s.DropLast)
 	if err != nil {
 		return 0, err
 	}
-	return ep.Steps(), nil
+	s.perEpoch = ep.Steps()
+	return s.perEpoch, nil
 }
 
 // Total is the number of global steps of the run.
@@ -229,7 +237,13 @@ func (s *Schedule) Commit(g int) (epochDone bool, err error) {
 		return false, err
 	}
 	if st == s.epoch.Steps()-1 {
-		if !s.ledger.Complete() {
+		// With drop_last the samples after the last full batch belong
+		// to no step: the epoch is complete without them.
+		want := s.N
+		if s.DropLast {
+			want = s.epoch.Steps() * s.GlobalBatch
+		}
+		if s.ledger.Committed() != want {
 			return true, fmt.Errorf("epoch %d ended with %d samples never committed (first: %v)", s.epoch.Index, len(s.ledger.Missing()), s.ledger.Missing()[:min(5, len(s.ledger.Missing()))])
 		}
 		return true, nil

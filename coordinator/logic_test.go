@@ -163,6 +163,38 @@ func TestScheduleResumeMidEpoch(t *testing.T) {
 	}
 }
 
+// TestScheduleDropLastEpochCompletes: with drop_last and a dataset that is
+// not a multiple of the global batch, the samples after the last full batch
+// are in no step, and the epoch still ends complete (found by the
+// protocol simulator, coordinator/machine: the run failed at the end of
+// its first epoch). Without drop_last the short batch is padded and every
+// sample is committed once.
+func TestScheduleDropLastEpochCompletes(t *testing.T) {
+	for _, dropLast := range []bool{true, false} {
+		s := &Schedule{Seed: 1, N: 7, GlobalBatch: 2, DropLast: dropLast, Epochs: 2}
+		total, err := s.Total()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]int{true: 6, false: 8}[dropLast]
+		if total != want {
+			t.Fatalf("drop_last %v: %d steps, want %d", dropLast, total, want)
+		}
+		for g := 0; g < total; g++ {
+			if _, err := s.Begin(g); err != nil {
+				t.Fatal(err)
+			}
+			done, err := s.Commit(g)
+			if err != nil {
+				t.Fatalf("drop_last %v, step %d: %v", dropLast, g, err)
+			}
+			if done != ((g+1)%(total/2) == 0) {
+				t.Fatalf("drop_last %v, step %d: epoch done %v", dropLast, g, done)
+			}
+		}
+	}
+}
+
 func TestGlobalCount(t *testing.T) {
 	enc := []data.Encoded{{IDs: []int{1, 2, 3}}, {IDs: []int{4}}}
 	if n := GlobalCount(data.Classification, enc, []int{0, 1, 0}); n != 3 {

@@ -41,7 +41,7 @@ func (m *Machine) commit() {
 		// The node applies it on receipt.
 		nd.applied = m.applied
 	}
-	m.act(Action{Kind: Committed, Step: g, Req: r.req, Indices: m.batch.Fresh(), Reduced: append([]*control.Reduced(nil), r.reduced...)})
+	m.act(Action{Kind: Committed, Gen: r.gen, IDs: m.ids, Step: g, Req: r.req, Indices: m.batch.Fresh(), Reduced: append([]*control.Reduced(nil), r.reduced...)})
 	c := m.cfg
 	if c.HasEval && ((c.EvalEvery > 0 && m.applied%c.EvalEvery == 0) || (c.EvalEvery == 0 && epochDone)) {
 		m.evalDue = true

@@ -85,7 +85,13 @@ func (s *schedule) commit(g int) (epochDone bool, err error) {
 	if st < s.perEpoch-1 {
 		return false, nil
 	}
-	if !s.ledger.Complete() {
+	// With drop_last the samples after the last full batch belong to no
+	// step: the epoch is complete without them.
+	want := s.n
+	if s.dropLast {
+		want = s.perEpoch * s.gb
+	}
+	if s.ledger.Committed() != want {
 		miss := s.ledger.Missing()
 		return true, fmt.Errorf("epoch %d ended with %d samples never committed (first: %v)", s.epoch.Index, len(miss), miss[:min(5, len(miss))])
 	}

@@ -244,7 +244,10 @@ func (k ActionKind) String() string { return actionNames[k] }
 
 // Action is one piece of work for the driver.
 type Action struct {
-	Kind    ActionKind
+	Kind ActionKind
+	// Gen and IDs are the generation and its ranks (Committed, Evaluated).
+	Gen     uint64
+	IDs     []string
 	Req     uint64
 	Step    int
 	Node    string
