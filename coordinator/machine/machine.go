@@ -47,13 +47,14 @@ type Machine struct {
 	pending map[int]*digests // by committed step count
 	drain   bool             // waiting for the last digests
 
-	ckpt     int    // committed steps of the newest checkpoint, -1: none
-	lastEval int    // committed steps at the last evaluation, -1: none
-	evalDue  bool   // an evaluation is due at this boundary
-	ckptDue  bool   // a checkpoint is due at this boundary
-	action   uint64 // the outstanding driver action's request id, 0: none
-	actNode  string // the node the outstanding action reads from
-	fails    int    // consecutive failed attempts
+	ckpt     int            // committed steps of the newest checkpoint, -1: none
+	ckptReqs map[uint64]int // checkpoint actions not yet done: request → step
+	lastEval int            // committed steps at the last evaluation, -1: none
+	evalDue  bool           // an evaluation is due at this boundary
+	ckptDue  bool           // a checkpoint is due at this boundary
+	action   uint64         // the outstanding driver action's request id, 0: none
+	actNode  string         // the node the outstanding action reads from
+	fails    int            // consecutive failed attempts
 
 	setupFailed map[string]string
 
@@ -69,7 +70,7 @@ func New(cfg Config) (*Machine, error) {
 		return nil, err
 	}
 	m := &Machine{cfg: cfg, sched: newSchedule(cfg), nodes: map[string]*node{}, pending: map[int]*digests{},
-		ckpt: -1, lastEval: -1, setupFailed: map[string]string{}}
+		ckpt: -1, lastEval: -1, setupFailed: map[string]string{}, ckptReqs: map[uint64]int{}}
 	if cfg.Resumed >= 0 {
 		if cfg.Resumed > m.sched.total {
 			return nil, fmt.Errorf("machine: resumed checkpoint holds %d steps, the run has %d", cfg.Resumed, m.sched.total)
@@ -330,10 +331,20 @@ func (m *Machine) tryForm() {
 	if m.gen > 0 {
 		need = 1 // survivors carry on; min_nodes gates only the first world
 	}
-	c := m.candidates()
-	if len(c) < need || m.now-m.changed < m.cfg.SettleTicks {
+	if m.now-m.changed < m.cfg.SettleTicks {
 		return
 	}
+	// Count before sorting: this runs on every event while waiting.
+	n := 0
+	for _, nd := range m.nodes {
+		if nd.ready && !nd.leaving {
+			n++
+		}
+	}
+	if n < need {
+		return
+	}
+	c := m.candidates()
 	if max := m.cfg.MaxNodes; max > 0 && len(c) > max {
 		c = c[:max]
 	}
@@ -630,10 +641,15 @@ func (m *Machine) sync() {
 		from = PullFrom{Kind: PullState, Node: s.id, Ring: s.ring, Step: m.applied}
 	case m.ckpt == m.applied:
 		from = PullFrom{Kind: PullCheckpoint, Step: m.applied}
-	case m.ckpt >= 0 && m.ckpt < m.applied:
-		m.note("no node holds the state of step %d: rolling back to the checkpoint of step %d", m.applied, m.ckpt)
-		m.act(Action{Kind: Rollback, Step: m.ckpt})
-		m.applied = m.ckpt
+	case m.rollbackTo() >= 0:
+		to := m.rollbackTo()
+		if m.ckpt < 0 {
+			m.note("no node holds the state of step %d and no checkpoint was written: starting again from the initial state", m.applied)
+		} else {
+			m.note("no node holds the state of step %d: rolling back to the checkpoint of step %d", m.applied, to)
+		}
+		m.act(Action{Kind: Rollback, Step: to})
+		m.applied = to
 		m.sched.reset()
 		m.evalDue, m.ckptDue = false, false
 		clear(m.pending)
@@ -652,6 +668,24 @@ func (m *Machine) sync() {
 	}
 	m.round = newRound(Loaded, m.gen, req, m.applied, len(m.world), func(k int) bool { return isStale[k] })
 	m.setPhase(Syncing, m.cfg.SyncTicks)
+}
+
+// rollbackTo is the step count the run can roll back to when no node
+// holds the committed state: the newest checkpoint's, or, in a run that
+// has none yet and did not resume, step 0, whose state every freshly set-up
+// node holds (the initial weights are a function of the job). -1: none.
+func (m *Machine) rollbackTo() int {
+	switch {
+	case m.ckpt >= 0 && m.ckpt < m.applied:
+		return m.ckpt
+	case m.ckpt < 0 && m.cfg.Resumed < 0 && m.applied > 0:
+		for _, n := range m.world {
+			if n.applied == 0 {
+				return 0
+			}
+		}
+	}
+	return -1
 }
 
 func (m *Machine) startStep() {
@@ -746,6 +780,7 @@ func (m *Machine) startEval() {
 func (m *Machine) startCheckpoint() {
 	src := m.world[0]
 	m.action, m.actNode = m.nextReq(), src.id
+	m.ckptReqs[m.action] = m.applied
 	m.act(Action{Kind: WriteCheckpoint, Req: m.action, Step: m.applied, Node: src.id, Session: src.session, Ring: src.ring})
 	m.setPhase(Checkpointing, m.cfg.CheckpointTicks)
 }
@@ -759,6 +794,16 @@ func (m *Machine) startExport() {
 }
 
 func (m *Machine) onActionDone(ev Event) {
+	step, isCkpt := m.ckptReqs[ev.Req]
+	delete(m.ckptReqs, ev.Req)
+	if isCkpt && ev.Req != m.action && ev.Error == "" && step > m.ckpt && step <= m.applied {
+		// A checkpoint finished after its phase was given up (its source
+		// was lost once the state was read): the file is on disk and
+		// complete, so it is the newest one to roll back to.
+		m.ckpt = step
+		m.note("checkpoint of step %d written after its phase was given up", step)
+		return
+	}
 	if ev.Req == 0 || ev.Req != m.action {
 		m.note("outcome of action %d dropped: the outstanding action is %d", ev.Req, m.action)
 		return
