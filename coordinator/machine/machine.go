@@ -52,6 +52,8 @@ type Machine struct {
 	lastEval int            // committed steps at the last evaluation, -1: none
 	evalDue  bool           // an evaluation is due at this boundary
 	ckptDue  bool           // a checkpoint is due at this boundary
+	ckptAt   int            // committed steps at the last checkpoint attempt, -1: none
+	ckptTry  int            // the next rank to try for the checkpoint in progress
 	action   uint64         // the outstanding driver action's request id, 0: none
 	actNode  string         // the node the outstanding action reads from
 	fails    int            // consecutive failed attempts
@@ -70,12 +72,12 @@ func New(cfg Config) (*Machine, error) {
 		return nil, err
 	}
 	m := &Machine{cfg: cfg, sched: newSchedule(cfg), nodes: map[string]*node{}, pending: map[int]*digests{},
-		ckpt: -1, lastEval: -1, setupFailed: map[string]string{}, ckptReqs: map[uint64]int{}}
+		ckpt: -1, ckptAt: -1, lastEval: -1, setupFailed: map[string]string{}, ckptReqs: map[uint64]int{}}
 	if cfg.Resumed >= 0 {
 		if cfg.Resumed > m.sched.total {
 			return nil, fmt.Errorf("machine: resumed checkpoint holds %d steps, the run has %d", cfg.Resumed, m.sched.total)
 		}
-		m.applied, m.ckpt = cfg.Resumed, cfg.Resumed
+		m.applied, m.ckpt, m.ckptAt = cfg.Resumed, cfg.Resumed, cfg.Resumed
 	}
 	m.enterWaiting()
 	return m, nil
@@ -264,9 +266,14 @@ func (m *Machine) lose(n *node, react bool) {
 		m.next()
 	case Forming, Syncing, Evaluating:
 		m.phaseFailed(fmt.Sprintf("rank %d (%s) lost", k, n.id))
-	case Checkpointing, Exporting:
+	case Checkpointing:
 		if n.id == m.actNode {
-			m.phaseFailed(fmt.Sprintf("rank %d (%s), the source of the %s, lost", k, n.id, m.phase))
+			m.note("checkpoint source %s lost; trying another replica", n.id)
+			m.tryCheckpoint()
+		}
+	case Exporting:
+		if n.id == m.actNode {
+			m.phaseFailed(fmt.Sprintf("rank %d (%s), the source of the export, lost", k, n.id))
 		}
 	}
 }
@@ -436,7 +443,7 @@ func (m *Machine) next() {
 		}
 	case m.cfg.HasEval && m.lastEval != m.applied:
 		m.startEval()
-	case m.ckpt != m.applied:
+	case m.ckptAt != m.applied:
 		m.startCheckpoint()
 	default:
 		m.startExport()
@@ -471,7 +478,8 @@ func (m *Machine) onDeadline() {
 		}
 		m.phaseFailed("the export transfer did not finish before the deadline")
 	case Checkpointing:
-		m.phaseFailed("the checkpoint transfer did not finish before the deadline")
+		m.note("checkpoint transfer from %s did not finish before the deadline; trying another replica", m.actNode)
+		m.tryCheckpoint()
 	}
 }
 
@@ -651,7 +659,7 @@ func (m *Machine) sync() {
 		m.act(Action{Kind: Rollback, Step: to})
 		m.applied = to
 		m.sched.reset()
-		m.evalDue, m.ckptDue = false, false
+		m.evalDue, m.ckptDue, m.ckptAt = false, false, -1
 		clear(m.pending)
 		m.sync()
 		return
@@ -777,12 +785,30 @@ func (m *Machine) startEval() {
 	m.setPhase(Evaluating, m.cfg.EvalTicks)
 }
 
+// startCheckpoint writes the checkpoint of the committed step from one
+// replica, trying the others in rank order when a transfer fails; when
+// none can deliver it, the checkpoint is skipped and the run goes on (a
+// checkpoint is insurance, not a reason to stop training).
 func (m *Machine) startCheckpoint() {
-	src := m.world[0]
-	m.action, m.actNode = m.nextReq(), src.id
-	m.ckptReqs[m.action] = m.applied
-	m.act(Action{Kind: WriteCheckpoint, Req: m.action, Step: m.applied, Node: src.id, Session: src.session, Ring: src.ring})
-	m.setPhase(Checkpointing, m.cfg.CheckpointTicks)
+	m.ckptAt, m.ckptDue, m.ckptTry = m.applied, false, 0
+	m.tryCheckpoint()
+}
+
+func (m *Machine) tryCheckpoint() {
+	for ; m.ckptTry < len(m.world); m.ckptTry++ {
+		src := m.world[m.ckptTry]
+		if src.rank < 0 || src.applied != m.applied {
+			continue
+		}
+		m.ckptTry++
+		m.action, m.actNode = m.nextReq(), src.id
+		m.ckptReqs[m.action] = m.applied
+		m.act(Action{Kind: WriteCheckpoint, Req: m.action, Step: m.applied, Node: src.id, Session: src.session, Ring: src.ring})
+		m.setPhase(Checkpointing, m.cfg.CheckpointTicks)
+		return
+	}
+	m.note("checkpoint of step %d skipped: no replica could deliver it; the run goes on", m.applied)
+	m.next()
 }
 
 func (m *Machine) startExport() {
@@ -809,18 +835,22 @@ func (m *Machine) onActionDone(ev Event) {
 		return
 	}
 	if ev.Error != "" {
-		if ev.Fatal {
+		switch {
+		case ev.Fatal:
 			m.fail(ExitFailure, "%s of step %d: %s", m.phase, m.applied, ev.Error)
-			return
+		case m.phase == Checkpointing:
+			m.note("checkpoint transfer from %s failed; trying another replica: %s", m.actNode, ev.Error)
+			m.tryCheckpoint()
+		default:
+			m.phaseFailed(ev.Error)
 		}
-		m.phaseFailed(ev.Error)
 		return
 	}
 	m.fails = 0
 	switch m.phase {
 	case Checkpointing:
-		m.ckpt, m.ckptDue = m.applied, false
-		m.note("checkpoint of step %d written", m.applied)
+		m.ckpt = m.applied
+		m.note("checkpoint of step %d written from %s", m.applied, m.actNode)
 		m.next()
 	case Exporting:
 		m.finish(ExitOK, nil)
