@@ -69,7 +69,7 @@ func benchControl(b *testing.B, n int) {
 	if m.Applied() != b.N {
 		b.Fatalf("%d steps committed, want %d", m.Applied(), b.N)
 	}
-	cpu := time.Duration(after.Utime.Nano()+after.Stime.Nano()-before.Utime.Nano()-before.Stime.Nano()) * time.Nanosecond
+	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	b.ReportMetric(cpu.Seconds()*1000/float64(b.N), "cpu-s/1000steps")
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N*n), "cpu-ns/node-step")
 	b.ReportMetric(float64(wall.Nanoseconds())/float64(b.N*n), "wall-ns/node-step")

@@ -113,7 +113,11 @@ func (m *Machine) Ready() Ready { return m.out }
 
 // Advance acknowledges the last Ready: the driver has sent its messages
 // and started its actions.
-func (m *Machine) Advance() { m.out = Ready{} }
+func (m *Machine) Advance() {
+	// A fresh slice (the driver may still hold the old one), sized like the
+	// last: a step's burst to every rank then grows no slice.
+	m.out = Ready{Msgs: make([]Msg, 0, cap(m.out.Msgs))}
+}
 
 func (m *Machine) send(msg Msg) {
 	if n := m.nodes[msg.Node]; n != nil {
