@@ -36,6 +36,7 @@ func (m *Machine) commit() {
 	if digest {
 		m.pending[m.applied] = &digests{gen: r.gen, req: r.req, sums: make([]string, len(m.world))}
 	}
+	m.reserve(2 * len(m.world)) // the commits, then the next step's messages
 	for _, nd := range m.world {
 		m.send(Msg{Kind: Commit, Node: nd.id, Gen: r.gen, Req: r.req, Step: g, Count: m.count, Digest: digest})
 		// The node applies it on receipt.

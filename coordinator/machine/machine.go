@@ -113,11 +113,7 @@ func (m *Machine) Ready() Ready { return m.out }
 
 // Advance acknowledges the last Ready: the driver has sent its messages
 // and started its actions.
-func (m *Machine) Advance() {
-	// A fresh slice (the driver may still hold the old one), sized like the
-	// last: a step's burst to every rank then grows no slice.
-	m.out = Ready{Msgs: make([]Msg, 0, cap(m.out.Msgs))}
-}
+func (m *Machine) Advance() { m.out = Ready{} }
 
 func (m *Machine) send(msg Msg) {
 	if n := m.nodes[msg.Node]; n != nil {
@@ -125,6 +121,10 @@ func (m *Machine) send(msg Msg) {
 	}
 	m.out.Msgs = append(m.out.Msgs, msg)
 }
+
+// reserve makes room for n more messages, so that a burst to every rank
+// grows no slice.
+func (m *Machine) reserve(n int) { m.out.Msgs = slices.Grow(m.out.Msgs, n) }
 
 func (m *Machine) act(a Action) { m.out.Actions = append(m.out.Actions, a) }
 
@@ -378,6 +378,7 @@ func (m *Machine) form(members []*node) {
 		m.pending[0] = &digests{gen: m.gen, req: req, sums: make([]string, len(members))}
 	}
 	m.note("generation %d forms: %s (applied %d)", m.gen, strings.Join(m.ids, ","), m.applied)
+	m.reserve(len(members))
 	for k, n := range members {
 		m.send(Msg{Kind: Gen, Node: n.id, Gen: m.gen, Req: req, Rank: k, IDs: m.ids, Rings: rings, Applied: m.applied, Digest: first})
 	}
@@ -709,6 +710,7 @@ func (m *Machine) startStep() {
 	}
 	m.batch, m.count = b, m.cfg.CountOf(g, b.Indices)
 	req := m.nextReq()
+	m.reserve(len(m.world))
 	for k, n := range m.world {
 		m.send(Msg{Kind: Step, Node: n.id, Gen: m.gen, Req: req, Step: g, Rank: k, World: len(m.world), Indices: b.Indices, Count: m.count})
 	}
