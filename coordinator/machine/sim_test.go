@@ -40,7 +40,7 @@ func TestSim(t *testing.T) {
 	}
 	start := time.Now()
 	outcomes := map[int]int{}
-	events, faults := 0, 0
+	events, faults, restarts := 0, 0, 0
 	for _, seed := range seeds {
 		r := newSimRun(seed, *simNodes, *simSteps)
 		err := r.run()
@@ -55,8 +55,11 @@ func TestSim(t *testing.T) {
 		}
 		events += r.events
 		faults += r.faults
+		if r.restarted {
+			restarts++
+		}
 	}
-	t.Logf("sim: %d seeds, %d events, %d faults, outcomes %v (exit code: runs), %s", len(seeds), events, faults, outcomes, time.Since(start).Round(time.Millisecond))
+	t.Logf("sim: %d seeds, %d events, %d faults (%d coordinator restarts), outcomes %v (exit code: runs), %s", len(seeds), events, faults, restarts, outcomes, time.Since(start).Round(time.Millisecond))
 }
 
 // simNode is one simulated node process.
@@ -133,8 +136,12 @@ type simRun struct {
 	dirty   []*simNode     // replicas whose state changed since the last check
 	events  int
 	faults  int
-	maxFlt  int
-	err     error
+	now     int64 // the simulation's clock (the coordinator's restarts with it)
+	inc     int   // the coordinator's incarnation
+	// restarted is set once the coordinator was restarted (once per run).
+	restarted bool
+	maxFlt    int
+	err       error
 }
 
 type simCommit struct {
@@ -192,7 +199,18 @@ func (r *simRun) at(t int64, what string, f func()) {
 	heap.Push(&r.q, &simItem{at: t, seq: r.seq, do: f, what: what})
 }
 
-func (r *simRun) delay(lo, hi int) int64 { return r.m.Now() + int64(lo+r.rnd.IntN(hi-lo+1)) }
+func (r *simRun) delay(lo, hi int) int64 { return r.now + int64(lo+r.rnd.IntN(hi-lo+1)) }
+
+// feedLater feeds ev to the coordinator at tick t, unless the coordinator
+// restarted meanwhile: what the old process was told dies with it.
+func (r *simRun) feedLater(t int64, what string, ev Event) {
+	inc := r.inc
+	r.at(t, what, func() {
+		if r.inc == inc {
+			r.feed(ev)
+		}
+	})
+}
 
 // initState is every fresh trainer's state; stepState the state after
 // applying step g with the step's samples. Canonical states depend only on
@@ -262,7 +280,7 @@ func (r *simRun) toCoord(nd *simNode, msg Msg) {
 	}
 	for i := 0; i < copies; i++ {
 		mm := msg
-		r.at(r.delay(0, 3), "deliver", func() { r.feed(Event{Kind: Message, Msg: &mm}) })
+		r.feedLater(r.delay(0, 3), "deliver", Event{Kind: Message, Msg: &mm})
 	}
 }
 
@@ -518,7 +536,11 @@ func (r *simRun) action(a Action) {
 		if ok {
 			st = src.state
 		}
+		inc := r.inc
 		r.at(r.delay(1, 8), "checkpoint written", func() {
+			if r.inc != inc {
+				return // the coordinator died before the file was complete
+			}
 			if !ok {
 				r.feed(Event{Kind: ActionDone, Req: a.Req, Error: "source lost"})
 				return
@@ -529,7 +551,11 @@ func (r *simRun) action(a Action) {
 	case WriteExport:
 		src := r.byID[a.Node]
 		ok := src != nil && src.alive && src.session == a.Session
+		inc := r.inc
 		r.at(r.delay(1, 8), "export written", func() {
+			if r.inc != inc {
+				return
+			}
 			if !ok || !src.alive {
 				r.feed(Event{Kind: ActionDone, Req: a.Req, Error: "source lost"})
 				return
@@ -548,7 +574,7 @@ func (r *simRun) endSession(nd *simNode, s uint64) {
 	if nd == nil || s == 0 {
 		return
 	}
-	r.at(r.delay(0, 3), "session end", func() { r.feed(Event{Kind: Lost, Node: nd.id, Session: s}) })
+	r.feedLater(r.delay(0, 3), "session end", Event{Kind: Lost, Node: nd.id, Session: s})
 	if nd.session == s && nd.alive {
 		nd.session, nd.step, nd.gen = 0, -1, 0
 		r.at(r.delay(2, 10), "reconnect "+nd.id, func() {
@@ -572,12 +598,16 @@ func (r *simRun) fault() {
 	}
 	nd := live[r.rnd.IntN(len(live))]
 	r.faults++
+	if !r.restarted && len(r.disk) > 0 && r.rnd.IntN(8) == 0 {
+		r.restartCoordinator()
+		return
+	}
 	switch r.rnd.IntN(4) {
 	case 0, 1: // kill -9, maybe restarted later
 		s, ring := nd.session, r.ring(nd)
 		nd.alive, nd.session = false, 0
-		r.at(r.delay(0, 3), "session broken", func() { r.feed(Event{Kind: Lost, Node: nd.id, Session: s}) })
-		r.at(r.delay(5, 15), "gossip death", func() { r.feed(Event{Kind: Lost, Node: nd.id, Ring: ring}) })
+		r.feedLater(r.delay(0, 3), "session broken", Event{Kind: Lost, Node: nd.id, Session: s})
+		r.feedLater(r.delay(5, 15), "gossip death", Event{Kind: Lost, Node: nd.id, Ring: ring})
 		if r.rnd.IntN(4) != 0 {
 			r.at(r.delay(5, 100), "restart "+nd.id, func() {
 				if !nd.alive {
@@ -587,15 +617,56 @@ func (r *simRun) fault() {
 		}
 	case 2: // SIGTERM: the node says it leaves
 		s := nd.session
-		r.at(r.delay(0, 2), "leave", func() { r.feed(Event{Kind: Leave, Node: nd.id, Session: s}) })
+		r.feedLater(r.delay(0, 2), "leave", Event{Kind: Leave, Node: nd.id, Session: s})
 	case 3: // false suspicion: the coordinator drops a live node
 		r.endSession(nd, nd.session)
 	}
 }
 
+// restartCoordinator kills the coordinator and starts it again with
+// --resume from the newest checkpoint, under the live nodes: they notice
+// their session ended and re-attach with the state they hold (issue 11,
+// defect 10). The steps committed after the checkpoint are undone.
+func (r *simRun) restartCoordinator() {
+	newest := -1
+	for k := range r.disk {
+		newest = max(newest, k)
+	}
+	r.restarted = true
+	r.inc++
+	cfg := r.cfg
+	cfg.Resumed = newest
+	m, err := New(cfg)
+	if err != nil {
+		r.fail("restart with --resume from step %d: %v", newest, err)
+		return
+	}
+	m.now = r.m.now // logical time goes on (only for deadlines' readability)
+	r.m = m
+	if newest > len(r.lineage) {
+		r.fail("checkpoint of step %d beyond the %d committed steps", newest, len(r.lineage))
+		return
+	}
+	r.lineage = r.lineage[:newest]
+	// Generations and request ids start again: forget the old ones.
+	r.reduced = map[[2]uint64]map[string]bool{}
+	r.rings = map[[2]uint64][]*simNode{}
+	for _, nd := range r.nodes {
+		if !nd.alive {
+			continue
+		}
+		nd.session, nd.gen, nd.step, nd.inbox = 0, 0, -1, nil
+		r.at(r.delay(2, 20), "re-attach "+nd.id, func() {
+			if nd.alive && nd.session == 0 {
+				r.openSession(nd)
+			}
+		})
+	}
+}
+
 func (r *simRun) fail(format string, args ...any) {
 	if r.err == nil {
-		r.err = fmt.Errorf("tick %d: "+format, append([]any{r.m.Now()}, args...)...)
+		r.err = fmt.Errorf("tick %d: "+format, append([]any{r.now}, args...)...)
 	}
 }
 
@@ -668,10 +739,10 @@ func (r *simRun) checkEpochs(final bool) error {
 func (r *simRun) run() error {
 	limit := int64(20000 + 400*r.m.Total())
 	for r.err == nil && r.m.Phase() != Done {
-		if r.m.Now() > limit {
+		if r.now > limit {
 			return fmt.Errorf("the run did not end after %d ticks (phase %s, %d of %d steps)", limit, r.m.Phase(), r.m.Applied(), r.m.Total())
 		}
-		if len(r.q) > 0 && r.q[0].at <= r.m.Now() {
+		if len(r.q) > 0 && r.q[0].at <= r.now {
 			it := heap.Pop(&r.q).(*simItem)
 			it.do()
 			continue
@@ -680,6 +751,7 @@ func (r *simRun) run() error {
 			r.fault()
 			continue
 		}
+		r.now++
 		r.feed(Event{Kind: Tick})
 	}
 	if r.err != nil {
