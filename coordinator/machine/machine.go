@@ -656,10 +656,10 @@ func (m *Machine) sync() {
 		from = PullFrom{Kind: PullCheckpoint, Step: m.applied}
 	case m.rollbackTo() >= 0:
 		to := m.rollbackTo()
-		if m.ckpt < 0 {
-			m.note("no node holds the state of step %d and no checkpoint was written: starting again from the initial state", m.applied)
-		} else {
+		if to == m.ckpt {
 			m.note("no node holds the state of step %d: rolling back to the checkpoint of step %d", m.applied, to)
+		} else {
+			m.note("no node holds the state of step %d: rolling back to step %d, which a rank holds", m.applied, to)
 		}
 		m.act(Action{Kind: Rollback, Step: to})
 		m.applied = to
@@ -683,22 +683,22 @@ func (m *Machine) sync() {
 	m.setPhase(Syncing, m.cfg.SyncTicks)
 }
 
-// rollbackTo is the step count the run can roll back to when no node
-// holds the committed state: the newest checkpoint's, or, in a run that
-// has none yet and did not resume, step 0, whose state every freshly set-up
-// node holds (the initial weights are a function of the job). -1: none.
+// rollbackTo is the step count the run can roll back to when no rank holds
+// the committed state: the newest of the newest checkpoint and the states
+// the ranks hold (each a state of this run's committed steps: a rank that
+// missed the last commits, or a fresh node's initial state, which is a
+// function of the job). -1: none.
 func (m *Machine) rollbackTo() int {
-	switch {
-	case m.ckpt >= 0 && m.ckpt < m.applied:
-		return m.ckpt
-	case m.ckpt < 0 && m.cfg.Resumed < 0 && m.applied > 0:
-		for _, n := range m.world {
-			if n.applied == 0 {
-				return 0
-			}
+	best := -1
+	if m.ckpt < m.applied {
+		best = m.ckpt
+	}
+	for _, n := range m.world {
+		if n.applied >= 0 && n.applied < m.applied && n.applied > best {
+			best = n.applied
 		}
 	}
-	return -1
+	return best
 }
 
 func (m *Machine) startStep() {

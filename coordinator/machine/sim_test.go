@@ -310,7 +310,8 @@ func (r *simRun) feed(ev Event) {
 		} else if ev.Node != "" {
 			what += " " + ev.Node + fmt.Sprint(" session ", ev.Session)
 		}
-		fmt.Printf("t=%d %s\n", r.m.Now(), what)
+		dl, _ := r.m.Deadline()
+		fmt.Printf("t=%d %s [coordinator %d at tick %d: %s until %d]\n", r.now, what, r.inc, r.m.Now(), r.m.Phase(), dl)
 		for _, m := range rd.Msgs {
 			fmt.Printf("    send %s\n", m)
 		}
@@ -518,14 +519,11 @@ func (r *simRun) action(a Action) {
 			r.fail("%v", err)
 		}
 	case Rollback:
-		newest := -1
+		newest := 0 // the initial state, which every fresh node holds
 		for k := range r.disk {
 			newest = max(newest, k)
 		}
-		if newest < 0 {
-			newest = 0 // the initial state, which every fresh node holds
-		}
-		if a.Step != newest || a.Step > len(r.lineage) {
+		if a.Step < newest || a.Step >= len(r.lineage) {
 			r.fail("rollback to step %d, but the newest checkpoint holds %d (%d committed)", a.Step, newest, len(r.lineage))
 		}
 		r.lineage = r.lineage[:a.Step]
@@ -641,7 +639,6 @@ func (r *simRun) restartCoordinator() {
 		r.fail("restart with --resume from step %d: %v", newest, err)
 		return
 	}
-	m.now = r.m.now // logical time goes on (only for deadlines' readability)
 	r.m = m
 	if newest > len(r.lineage) {
 		r.fail("checkpoint of step %d beyond the %d committed steps", newest, len(r.lineage))
@@ -774,6 +771,15 @@ func (r *simRun) run() error {
 		// no checkpoint does) for longer than the wait.
 		if !strings.Contains(err.Error(), "waited") && !strings.Contains(err.Error(), "no node holds the state") {
 			return fmt.Errorf("exit %d with an undocumented error: %v", code, err)
+		}
+		alive := 0
+		for _, nd := range r.nodes {
+			if nd.alive {
+				alive++
+			}
+		}
+		if need := r.cfg.MinNodes; strings.Contains(err.Error(), "waited") && alive >= need {
+			return fmt.Errorf("gave up waiting for nodes while %d node processes were alive (min_nodes %d): %v", alive, need, err)
 		}
 	default:
 		return fmt.Errorf("run ended with exit %d: %v", code, err)
