@@ -130,7 +130,11 @@ type Coordinator struct {
 	req      int
 	answers  map[string]*control.Msg // per-request answers (eval)
 	loaded   map[string]*control.Msg // answers to pull, by node
-	exported *control.Msg            // answer to the export request c.req
+	// pulling holds the ranks the outstanding pull (request pullReq) went
+	// to: only they may answer it, once each.
+	pulling  map[string]bool
+	pullReq  int
+	exported *control.Msg // answer to the export request c.req
 	// exportFrom is the session the export request is outstanding with
 	// (nil when none): answers from others are dropped.
 	exportFrom *session
@@ -779,6 +783,18 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		if !slices.Contains(c.world, s) {
 			return fmt.Errorf("pull answer from %s, which is not a rank of generation %d", s.id, c.gen)
 		}
+		// An answer from a rank that was not asked, or a second one, would
+		// let the wait end without a stale rank's answer (issue 11,
+		// defect 4). Agents older than the request id send Req 0.
+		if !c.pulling[s.id] {
+			return fmt.Errorf("pull answer from %s, which was not asked to pull", s.id)
+		}
+		if c.loaded[s.id] != nil {
+			return fmt.Errorf("second pull answer from %s", s.id)
+		}
+		if m.Req != 0 && m.Req != c.pullReq {
+			return fmt.Errorf("pull answer from %s to request %d, the outstanding pull is request %d", s.id, m.Req, c.pullReq)
+		}
 		c.loaded[s.id] = m
 	case control.TypeExported:
 		if c.exportFrom != s {
@@ -998,11 +1014,15 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 		return &Error{Code: ExitNoNodes, Err: fmt.Errorf("no node holds the state of step %d (every node that did is gone) and no checkpoint of it was loaded; %s", c.applied, c.resumeAdvice())}
 	}
 	c.loaded = map[string]*control.Msg{}
-	defer func() { c.loaded = nil }()
+	c.req++
+	c.pullReq = c.req
+	c.pulling = map[string]bool{}
+	defer func() { c.loaded, c.pulling = nil, nil }()
 	for _, s := range stale {
 		c.log.Info("node pulls state", "node", s.id, "applied", c.applied, "from", pull.Addr, "kind", pull.Kind)
 		pm := pull
-		s.send(&control.Msg{Type: control.TypePull, Gen: c.gen, Step: c.applied, Pull: &pm})
+		c.pulling[s.id] = true
+		s.send(&control.Msg{Type: control.TypePull, Gen: c.gen, Step: c.applied, Req: c.pullReq, Pull: &pm})
 	}
 	err := c.pump(ctx, pullTimeout, true, func() bool { return len(c.loaded) == len(stale) })
 	if err != nil {

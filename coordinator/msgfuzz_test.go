@@ -87,6 +87,7 @@ func fuzzCoordinator(t testing.TB, phase int) (*Coordinator, []*session, string)
 		c.answers = map[string]*control.Msg{}
 	case phasePull:
 		c.loaded = map[string]*control.Msg{}
+		c.pulling, c.pullReq = map[string]bool{"n1": true, "n2": true}, c.req
 	case phaseExport:
 		c.exportFrom = ss[0]
 	}
