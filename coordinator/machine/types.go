@@ -150,6 +150,9 @@ func (m Msg) String() string {
 		fmt.Fprintf(&b, " rank=%d ids=%s applied=%d", m.Rank, strings.Join(m.IDs, ","), m.Applied)
 	case Step:
 		fmt.Fprintf(&b, " step=%d rank=%d/%d count=%d", m.Step, m.Rank, m.World, m.Count)
+		if len(m.Indices) <= 8 { // small batches (scenarios): the samples themselves
+			fmt.Fprintf(&b, " samples=%v", m.Indices)
+		}
 	case Commit:
 		fmt.Fprintf(&b, " step=%d", m.Step)
 	case Abort, Reduced, Loaded:
