@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -138,13 +139,16 @@ type Coordinator struct {
 	// exportFrom is the session the export request is outstanding with
 	// (nil when none): answers from others are dropped.
 	exportFrom *session
-	resumed    *Checkpoint // the checkpoint --resume started from
-	lastCkpt   string      // newest checkpoint written or resumed from
-	grpcAddr   string      // advertised address of the control and bulk server
-	stats      stats
-	metrics    *metrics
-	dash       *dashboard // nil without metrics.dashboard
-	progress   *progress
+	resumed    *Checkpoint // the checkpoint --resume started from, or the run rolled back to
+	// served is the checkpoint the bulk plane serves (resumed), for the
+	// gRPC handlers' goroutines.
+	served   atomic.Pointer[Checkpoint]
+	lastCkpt string // newest checkpoint written or resumed from
+	grpcAddr string // advertised address of the control and bulk server
+	stats    stats
+	metrics  *metrics
+	dash     *dashboard // nil without metrics.dashboard
+	progress *progress
 
 	// What New checked (pin.go, dirlock.go).
 	pin     *RunPin
@@ -1011,6 +1015,13 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 	case c.resumed != nil && c.resumed.Applied == c.applied:
 		pull = control.Pull{Addr: c.grpcAddr, Kind: bulk.KindCheckpoint, Step: c.applied, SHA256: c.resumed.SHA256}
 	default:
+		back, err := c.rollback(stale)
+		if err != nil {
+			return err
+		}
+		if back {
+			return c.syncState(ctx)
+		}
 		return &Error{Code: ExitNoNodes, Err: fmt.Errorf("no node holds the state of step %d (every node that did is gone) and no checkpoint of it was loaded; %s", c.applied, c.resumeAdvice())}
 	}
 	c.loaded = map[string]*control.Msg{}
@@ -1042,6 +1053,41 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 		return fmt.Errorf("%w: state pull failed on %s", errBroken, strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// rollback is the run's answer to losing every replica of the committed
+// state (issue 11, defect 11): the run goes back to the newest checkpoint
+// this run wrote or resumed from, which the stale ranks then load; without
+// one, to the initial state when a rank holds it (a fresh node's is a
+// function of the job). The steps after it are undone: their samples
+// return to the schedule and are trained again. It reports false when
+// there is nothing to go back to.
+func (c *Coordinator) rollback(stale []*session) (bool, error) {
+	if c.lastCkpt != "" {
+		ck, err := VerifyCheckpoint(c.lastCkpt)
+		if err != nil {
+			c.log.Warn("no node holds the committed state and the newest checkpoint is unreadable", "checkpoint", c.lastCkpt, "err", err)
+			return false, nil
+		}
+		if ck.Applied > c.applied {
+			return false, nil
+		}
+		// A checkpoint of the committed step itself undoes nothing.
+		c.log.Warn("no node holds the committed state: rolling back to the newest checkpoint", "checkpoint", ck.Path, "applied", ck.Applied, "undone", c.applied-ck.Applied)
+		c.applied, c.resumed = ck.Applied, ck
+		c.served.Store(ck)
+		c.sched.Reset()
+		return true, nil
+	}
+	for _, s := range stale {
+		if s.applied == 0 && c.applied > 0 {
+			c.log.Warn("no node holds the committed state and no checkpoint was written: starting again from the initial state", "undone", c.applied)
+			c.applied = 0
+			c.sched.Reset()
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // transfer runs f, a bulk transfer, in a goroutine while the event loop

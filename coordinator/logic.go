@@ -216,6 +216,11 @@ func (s *Schedule) Begin(g int) (data.StepBatch, error) {
 	return b, s.ledger.Assign(st, b.Fresh())
 }
 
+// Reset forgets the epoch's ledger, so that the next Begin rebuilds it
+// with the steps before it counted as committed (after the run rolled
+// back to a checkpoint: the steps after it are undone).
+func (s *Schedule) Reset() { s.epoch, s.ledger = nil, nil }
+
 // Abort puts step g's samples back.
 func (s *Schedule) Abort(g int) error {
 	_, st, err := s.Locate(g)
