@@ -679,7 +679,7 @@ func (c *Coordinator) lose(s *session) {
 		// A step in flight cannot commit without this rank: tell the
 		// others now, so that they cancel their all-reduce instead of
 		// waiting for the ring's own deadline (issue 11, defect 12).
-		if r.Step >= 0 && r.Gen == c.gen && !r.AbortSent && slices.Contains(r.IDs, s.id) {
+		if r.Kind == StepRound && r.Gen == c.gen && !r.AbortSent && r.rank(s.id) >= 0 {
 			r.AbortSent = true
 			for _, o := range c.world {
 				if !o.gone {
@@ -710,10 +710,10 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 			c.log.Info("node ready", "node", s.id, "params", m.Ready.Params)
 			return nil
 		}
-		if c.round == nil || c.round.Step != -1 {
+		if c.round == nil || c.round.Kind != ReadyRound {
 			return fmt.Errorf("ready for generation %d while no generation is forming", m.Gen)
 		}
-		if err := c.round.Report(s.id, m.Gen, -1, ""); err != nil {
+		if err := c.round.ReportReady(s.id, m.Gen); err != nil {
 			return err
 		}
 		s.applied = m.Ready.Applied
@@ -732,7 +732,7 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 			// An empty reason must not read as success.
 			failure = "failed (no reason given)"
 		}
-		if m.Type == control.TypeReduced && c.round.Step < 0 {
+		if m.Type == control.TypeReduced && c.round.Kind == ReadyRound {
 			return fmt.Errorf("reduced for step %d while generation %d is forming", m.Step, c.round.Gen)
 		}
 		if err := c.round.Report(s.id, m.Gen, m.Step, failure); err != nil {
@@ -928,7 +928,7 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		for i, s := range c.world {
 			s.send(&control.Msg{Type: control.TypeGen, Gen: c.gen, Digest: firstCheck, World: &control.World{Generation: c.gen, Rank: i, Peers: peers, IDs: ids, Applied: c.applied}})
 		}
-		c.round = NewRound(c.gen, -1, ids)
+		c.round = NewReadyRound(c.gen, ids)
 		err = c.pump(ctx, 60*time.Second, true, c.round.Answered)
 		c.round = nil
 		if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {

@@ -69,6 +69,39 @@ func TestRoundRejectsStaleAndForeignReports(t *testing.T) {
 	}
 }
 
+// TestReadyRoundIsTyped: a generation's readiness round is its own kind,
+// not a step round numbered -1 (issue 11, defect 5): it takes ready
+// answers only, and a step report, even one for "step -1", is refused,
+// as a ready answer is in a step round.
+func TestReadyRoundIsTyped(t *testing.T) {
+	r := NewReadyRound(3, []string{"a", "b"})
+	if err := r.Report("a", 3, -1, ""); err == nil || !strings.Contains(err.Error(), "forming") {
+		t.Fatalf("step report in a readiness round: %v", err)
+	}
+	if err := r.ReportReady("x", 3); err == nil || !strings.Contains(err.Error(), "x") {
+		t.Fatalf("foreign node: %v", err)
+	}
+	if err := r.ReportReady("a", 2); err == nil || !strings.Contains(err.Error(), "generation 2") {
+		t.Fatalf("stale generation: %v", err)
+	}
+	if err := r.ReportReady("a", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ReportReady("a", 3); err == nil || !strings.Contains(err.Error(), "second ready") {
+		t.Fatalf("second ready: %v", err)
+	}
+	if r.Answered() {
+		t.Fatal("answered with b silent")
+	}
+	if err := r.ReportReady("b", 3); err != nil || !r.Answered() {
+		t.Fatalf("b's ready: %v, answered %v", err, r.Answered())
+	}
+	s := NewRound(3, 0, []string{"a"})
+	if err := s.ReportReady("a", 3); err == nil || !strings.Contains(err.Error(), "in flight") {
+		t.Fatalf("ready answer in a step round: %v", err)
+	}
+}
+
 func TestRoundFailureAndLoss(t *testing.T) {
 	r := NewRound(1, 0, []string{"a", "b", "c"})
 	_ = r.Report("a", 1, 0, "")
