@@ -1015,11 +1015,8 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 	case c.resumed != nil && c.resumed.Applied == c.applied:
 		pull = control.Pull{Addr: c.grpcAddr, Kind: bulk.KindCheckpoint, Step: c.applied, SHA256: c.resumed.SHA256}
 	default:
-		back, err := c.rollback(stale)
-		if err != nil {
-			return err
-		}
-		if back {
+		if c.rollback(stale) {
+			// Once: the rolled-back state now has a source.
 			return c.syncState(ctx)
 		}
 		return &Error{Code: ExitNoNodes, Err: fmt.Errorf("no node holds the state of step %d (every node that did is gone) and no checkpoint of it was loaded; %s", c.applied, c.resumeAdvice())}
@@ -1062,32 +1059,32 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 // function of the job). The steps after it are undone: their samples
 // return to the schedule and are trained again. It reports false when
 // there is nothing to go back to.
-func (c *Coordinator) rollback(stale []*session) (bool, error) {
+func (c *Coordinator) rollback(stale []*session) bool {
 	if c.lastCkpt != "" {
 		ck, err := VerifyCheckpoint(c.lastCkpt)
 		if err != nil {
 			c.log.Warn("no node holds the committed state and the newest checkpoint is unreadable", "checkpoint", c.lastCkpt, "err", err)
-			return false, nil
+			return false
 		}
 		if ck.Applied > c.applied {
-			return false, nil
+			return false
 		}
 		// A checkpoint of the committed step itself undoes nothing.
 		c.log.Warn("no node holds the committed state: rolling back to the newest checkpoint", "checkpoint", ck.Path, "applied", ck.Applied, "undone", c.applied-ck.Applied)
 		c.applied, c.resumed = ck.Applied, ck
 		c.served.Store(ck)
 		c.sched.Reset()
-		return true, nil
+		return true
 	}
 	for _, s := range stale {
 		if s.applied == 0 && c.applied > 0 {
 			c.log.Warn("no node holds the committed state and no checkpoint was written: starting again from the initial state", "undone", c.applied)
 			c.applied = 0
 			c.sched.Reset()
-			return true, nil
+			return true
 		}
 	}
-	return false, nil
+	return false
 }
 
 // transfer runs f, a bulk transfer, in a goroutine while the event loop
