@@ -105,6 +105,7 @@ type Msg struct {
 
 	// Step: the step's global batch (dataset indices; the driver cuts the
 	// rank's micro-batches from them with Rank and World) and its divisor.
+	// Indices is shared by the step's messages to every rank: read only.
 	Indices []int
 	World   int
 	Count   int
@@ -224,10 +225,13 @@ const (
 	// the ranks' reports (the driver accounts and shows progress).
 	Committed ActionKind = iota + 1
 	// WriteCheckpoint: stream the state of Step committed steps from Node
-	// (Ring) to disk; answer with ActionDone{Req}.
+	// (Ring) to disk; answer with ActionDone{Req}. A checkpoint action
+	// that the machine gave up on (its source was lost) may still finish:
+	// its success is recorded, its failure ignored.
 	WriteCheckpoint
 	// WriteExport: pull export Req's Files from Node (Ring) into the output
-	// directory; answer with ActionDone{Req}.
+	// directory; answer with ActionDone{Req}. A new WriteExport supersedes
+	// an earlier one, whose transfer the driver cancels.
 	WriteExport
 	// Evaluated: the evaluation after Step committed steps (Eval: the sums
 	// over every rank).
