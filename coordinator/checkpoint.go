@@ -292,6 +292,7 @@ func (c *Coordinator) loadCheckpoint() error {
 		return badInput(fmt.Errorf("--resume: checkpoint %s is at step %d, beyond the run's %d steps", ck.Path, ck.Applied, c.total))
 	}
 	c.applied, c.resumed, c.lastCkpt = ck.Applied, ck, ck.Path
+	c.served.Store(ck)
 	if ck.Pin != nil && ck.Pin.RunID != "" {
 		// The same run: nodes still holding its state may keep it.
 		c.job.RunID, c.pin.RunID = ck.Pin.RunID, ck.Pin.RunID
@@ -373,8 +374,9 @@ func (c *Coordinator) resumeAdvice() string {
 }
 
 // bulkSource serves the coordinator's side of the bulk plane: model files by
-// content hash, and the checkpoint --resume loaded. It runs on gRPC handler
-// goroutines and reads only what New set up and never changes.
+// content hash, and the checkpoint --resume loaded or the run rolled back
+// to. It runs on gRPC handler goroutines and reads only what New set up
+// and never changes, and the served checkpoint (atomic).
 func (c *Coordinator) bulkSource(_ context.Context, r bulk.Request) (io.ReadCloser, error) {
 	switch r.Kind {
 	case bulk.KindModel:
@@ -384,10 +386,11 @@ func (c *Coordinator) bulkSource(_ context.Context, r bulk.Request) (io.ReadClos
 		}
 		return os.Open(p)
 	case bulk.KindCheckpoint:
-		if c.resumed == nil || c.resumed.Applied != r.Step {
-			return nil, fmt.Errorf("the coordinator serves only the checkpoint it resumed from, not step %d", r.Step)
+		ck := c.served.Load()
+		if ck == nil || ck.Applied != r.Step {
+			return nil, fmt.Errorf("the coordinator serves only the checkpoint it resumed or rolled back to, not step %d", r.Step)
 		}
-		return c.resumed.OpenState()
+		return ck.OpenState()
 	}
 	return nil, fmt.Errorf("the coordinator serves model files and its checkpoint, not %q", r.Kind)
 }

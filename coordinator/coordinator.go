@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -130,17 +131,24 @@ type Coordinator struct {
 	req      int
 	answers  map[string]*control.Msg // per-request answers (eval)
 	loaded   map[string]*control.Msg // answers to pull, by node
-	exported *control.Msg            // answer to the export request c.req
+	// pulling holds the ranks the outstanding pull (request pullReq) went
+	// to: only they may answer it, once each.
+	pulling  map[string]bool
+	pullReq  int
+	exported *control.Msg // answer to the export request c.req
 	// exportFrom is the session the export request is outstanding with
 	// (nil when none): answers from others are dropped.
 	exportFrom *session
-	resumed    *Checkpoint // the checkpoint --resume started from
-	lastCkpt   string      // newest checkpoint written or resumed from
-	grpcAddr   string      // advertised address of the control and bulk server
-	stats      stats
-	metrics    *metrics
-	dash       *dashboard // nil without metrics.dashboard
-	progress   *progress
+	resumed    *Checkpoint // the checkpoint --resume started from, or the run rolled back to
+	// served is the checkpoint the bulk plane serves (resumed), for the
+	// gRPC handlers' goroutines.
+	served   atomic.Pointer[Checkpoint]
+	lastCkpt string // newest checkpoint written or resumed from
+	grpcAddr string // advertised address of the control and bulk server
+	stats    stats
+	metrics  *metrics
+	dash     *dashboard // nil without metrics.dashboard
+	progress *progress
 
 	// What New checked (pin.go, dirlock.go).
 	pin     *RunPin
@@ -685,7 +693,7 @@ func (c *Coordinator) lose(s *session) {
 		// A step in flight cannot commit without this rank: tell the
 		// others now, so that they cancel their all-reduce instead of
 		// waiting for the ring's own deadline (issue 11, defect 12).
-		if r.Step >= 0 && r.Gen == c.gen && !r.AbortSent && slices.Contains(r.IDs, s.id) {
+		if r.Kind == StepRound && r.Gen == c.gen && !r.AbortSent && r.rank(s.id) >= 0 {
 			r.AbortSent = true
 			for _, o := range c.world {
 				if !o.gone {
@@ -725,10 +733,10 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 			c.log.Info("node ready", "node", s.id, "params", m.Ready.Params)
 			return nil
 		}
-		if c.round == nil || c.round.Step != -1 {
+		if c.round == nil || c.round.Kind != ReadyRound {
 			return fmt.Errorf("ready for generation %d while no generation is forming", m.Gen)
 		}
-		if err := c.round.Report(s.id, m.Gen, -1, ""); err != nil {
+		if err := c.round.ReportReady(s.id, m.Gen); err != nil {
 			return err
 		}
 		s.applied = m.Ready.Applied
@@ -747,7 +755,7 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 			// An empty reason must not read as success.
 			failure = "failed (no reason given)"
 		}
-		if m.Type == control.TypeReduced && c.round.Step < 0 {
+		if m.Type == control.TypeReduced && c.round.Kind == ReadyRound {
 			return fmt.Errorf("reduced for step %d while generation %d is forming", m.Step, c.round.Gen)
 		}
 		if err := c.round.Report(s.id, m.Gen, m.Step, failure); err != nil {
@@ -801,6 +809,18 @@ func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
 		}
 		if !slices.Contains(c.world, s) {
 			return fmt.Errorf("pull answer from %s, which is not a rank of generation %d", s.id, c.gen)
+		}
+		// An answer from a rank that was not asked, or a second one, would
+		// let the wait end without a stale rank's answer (issue 11,
+		// defect 4). Agents older than the request id send Req 0.
+		if !c.pulling[s.id] {
+			return fmt.Errorf("pull answer from %s, which was not asked to pull", s.id)
+		}
+		if c.loaded[s.id] != nil {
+			return fmt.Errorf("second pull answer from %s", s.id)
+		}
+		if m.Req != 0 && m.Req != c.pullReq {
+			return fmt.Errorf("pull answer from %s to request %d, the outstanding pull is request %d", s.id, m.Req, c.pullReq)
 		}
 		c.loaded[s.id] = m
 	case control.TypeExported:
@@ -931,7 +951,7 @@ func (c *Coordinator) formWorld(ctx context.Context) error {
 		for i, s := range c.world {
 			s.send(&control.Msg{Type: control.TypeGen, Gen: c.gen, Digest: firstCheck, World: &control.World{Generation: c.gen, Rank: i, Peers: peers, IDs: ids, Applied: c.applied}})
 		}
-		c.round = NewRound(c.gen, -1, ids)
+		c.round = NewReadyRound(c.gen, ids)
 		err = c.pump(ctx, 60*time.Second, true, c.round.Answered)
 		c.round = nil
 		if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {
@@ -1018,14 +1038,22 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 	case c.resumed != nil && c.resumed.Applied == c.applied:
 		pull = control.Pull{Addr: c.grpcAddr, Kind: bulk.KindCheckpoint, Step: c.applied, SHA256: c.resumed.SHA256}
 	default:
+		if c.rollback(stale) {
+			// Once: the rolled-back state now has a source.
+			return c.syncState(ctx)
+		}
 		return &Error{Code: ExitNoNodes, Err: fmt.Errorf("no node holds the state of step %d (every node that did is gone) and no checkpoint of it was loaded; %s", c.applied, c.resumeAdvice())}
 	}
 	c.loaded = map[string]*control.Msg{}
-	defer func() { c.loaded = nil }()
+	c.req++
+	c.pullReq = c.req
+	c.pulling = map[string]bool{}
+	defer func() { c.loaded, c.pulling = nil, nil }()
 	for _, s := range stale {
 		c.log.Info("node pulls state", "node", s.id, "applied", c.applied, "from", pull.Addr, "kind", pull.Kind)
 		pm := pull
-		s.send(&control.Msg{Type: control.TypePull, Gen: c.gen, Step: c.applied, Pull: &pm})
+		c.pulling[s.id] = true
+		s.send(&control.Msg{Type: control.TypePull, Gen: c.gen, Step: c.applied, Req: c.pullReq, Pull: &pm})
 	}
 	err := c.pump(ctx, pullTimeout, true, func() bool { return len(c.loaded) == len(stale) })
 	if err != nil {
@@ -1045,6 +1073,41 @@ func (c *Coordinator) syncState(ctx context.Context) error {
 		return fmt.Errorf("%w: state pull failed on %s", errBroken, strings.Join(failed, "; "))
 	}
 	return nil
+}
+
+// rollback is the run's answer to losing every replica of the committed
+// state (issue 11, defect 11): the run goes back to the newest checkpoint
+// this run wrote or resumed from, which the stale ranks then load; without
+// one, to the initial state when a rank holds it (a fresh node's is a
+// function of the job). The steps after it are undone: their samples
+// return to the schedule and are trained again. It reports false when
+// there is nothing to go back to.
+func (c *Coordinator) rollback(stale []*session) bool {
+	if c.lastCkpt != "" {
+		ck, err := VerifyCheckpoint(c.lastCkpt)
+		if err != nil {
+			c.log.Warn("no node holds the committed state and the newest checkpoint is unreadable", "checkpoint", c.lastCkpt, "err", err)
+			return false
+		}
+		if ck.Applied > c.applied {
+			return false
+		}
+		// A checkpoint of the committed step itself undoes nothing.
+		c.log.Warn("no node holds the committed state: rolling back to the newest checkpoint", "checkpoint", ck.Path, "applied", ck.Applied, "undone", c.applied-ck.Applied)
+		c.applied, c.resumed = ck.Applied, ck
+		c.served.Store(ck)
+		c.sched.Reset()
+		return true
+	}
+	for _, s := range stale {
+		if s.applied == 0 && c.applied > 0 {
+			c.log.Warn("no node holds the committed state and no checkpoint was written: starting again from the initial state", "undone", c.applied)
+			c.applied = 0
+			c.sched.Reset()
+			return true
+		}
+	}
+	return false
 }
 
 // transfer runs f, a bulk transfer, in a goroutine while the event loop

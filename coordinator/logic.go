@@ -28,44 +28,109 @@ func FormWorld(cands []Candidate, maxNodes int) (world, spares []Candidate) {
 	return c, nil
 }
 
+// RoundKind says what a Round collects: a typed kind instead of the step
+// number -1 that used to mark readiness rounds (issue 11, defect 5).
+type RoundKind int
+
+// Round kinds.
+const (
+	// StepRound collects the reduced or failed reports of one step.
+	StepRound RoundKind = iota
+	// ReadyRound collects the ranks' ready answers to a new generation.
+	ReadyRound
+)
+
 // Round tracks the answers of every rank of one generation to one request
-// (a step, an evaluation, a readiness check). It is the commit rule: a step
-// commits only when every rank has reported it reduced.
+// (a step or a readiness check). It is the commit rule: a step commits
+// only when every rank has reported it reduced.
 type Round struct {
+	Kind RoundKind
 	Gen  uint64
-	Step int
+	Step int      // the step of a StepRound
 	IDs  []string // rank order
 	// AbortSent records that the ranks were already told to abort this
 	// step (a rank was lost while it was in flight).
 	AbortSent bool
 	ok        map[int]bool
 	fail      map[int]string
+	// ranks maps ids to ranks: a report costs O(1), not a search of
+	// the world (issue 11, defect 6).
+	ranks map[string]int
 }
 
-// NewRound starts a round for the ranks ids of generation gen.
+// NewRound starts the round of step for the ranks ids of generation gen.
 func NewRound(gen uint64, step int, ids []string) *Round {
-	return &Round{Gen: gen, Step: step, IDs: ids, ok: map[int]bool{}, fail: map[int]string{}}
+	r := &Round{Kind: StepRound, Gen: gen, Step: step, IDs: ids, ok: map[int]bool{}, fail: map[int]string{}, ranks: make(map[string]int, len(ids))}
+	for k, id := range ids {
+		r.ranks[id] = k
+	}
+	return r
 }
 
-func (r *Round) rank(id string) int { return slices.Index(r.IDs, id) }
+// NewReadyRound starts the readiness round of generation gen.
+func NewReadyRound(gen uint64, ids []string) *Round {
+	r := NewRound(gen, 0, ids)
+	r.Kind = ReadyRound
+	return r
+}
 
-// Report records that node id answered for (gen, step): success or a
-// failure message. A report of another generation or step, from a node
-// outside the generation, or a second report of one rank is an error that
-// names the node and both values, and changes nothing.
-func (r *Round) Report(id string, gen uint64, step int, failure string) error {
-	if err := control.CheckGen(id, r.Gen, gen); err != nil {
-		return err
+func (r *Round) rank(id string) int {
+	if k, ok := r.ranks[id]; ok {
+		return k
 	}
-	k := r.rank(id)
-	if k < 0 {
-		return fmt.Errorf("report from %s, which is not a rank of generation %d", id, r.Gen)
+	return -1
+}
+
+// Report records that node id answered for (gen, step) of a StepRound:
+// success or a failure message. A report of another generation or step,
+// from a node outside the generation, or a second report of one rank is
+// an error that names the node and both values, and changes nothing.
+func (r *Round) Report(id string, gen uint64, step int, failure string) error {
+	if r.Kind != StepRound {
+		return fmt.Errorf("report from %s for step %d while generation %d is forming", id, step, r.Gen)
+	}
+	k, err := r.check(id, gen)
+	if err != nil {
+		return err
 	}
 	if step != r.Step {
 		return fmt.Errorf("report from %s (rank %d) for step %d, current step is %d", id, k, step, r.Step)
 	}
+	return r.record(k, id, failure)
+}
+
+// ReportReady records that node id joined generation gen (a ReadyRound),
+// with the same checks as Report.
+func (r *Round) ReportReady(id string, gen uint64) error {
+	if r.Kind != ReadyRound {
+		return fmt.Errorf("ready from %s while step %d is in flight", id, r.Step)
+	}
+	k, err := r.check(id, gen)
+	if err != nil {
+		return err
+	}
+	return r.record(k, id, "")
+}
+
+// check returns id's rank in the round's generation.
+func (r *Round) check(id string, gen uint64) (int, error) {
+	if err := control.CheckGen(id, r.Gen, gen); err != nil {
+		return -1, err
+	}
+	k := r.rank(id)
+	if k < 0 {
+		return -1, fmt.Errorf("report from %s, which is not a rank of generation %d", id, r.Gen)
+	}
+	return k, nil
+}
+
+// record stores rank k's answer, refusing a second one.
+func (r *Round) record(k int, id, failure string) error {
 	if r.ok[k] || r.fail[k] != "" {
-		return fmt.Errorf("second report from %s (rank %d) for step %d", id, k, step)
+		if r.Kind == ReadyRound {
+			return fmt.Errorf("second ready from %s (rank %d) for generation %d", id, k, r.Gen)
+		}
+		return fmt.Errorf("second report from %s (rank %d) for step %d", id, k, r.Step)
 	}
 	if failure != "" {
 		r.fail[k] = failure
@@ -138,17 +203,25 @@ type Schedule struct {
 	Epochs      int
 	MaxSteps    int
 
-	epoch  *data.Epoch
-	ledger *data.Ledger
+	epoch    *data.Epoch
+	ledger   *data.Ledger
+	perEpoch int // cached StepsPerEpoch
 }
 
-// StepsPerEpoch is the number of global steps of one epoch.
+// StepsPerEpoch is the number of global steps of one epoch. The settings
+// are checked (and an epoch's permutation built) only the first time:
+// every step locates itself with it, and rebuilding an O(dataset)
+// permutation per call cost the coordinator its CPU (issue 11, defect 6).
 func (s *Schedule) StepsPerEpoch() (int, error) {
+	if s.perEpoch > 0 {
+		return s.perEpoch, nil
+	}
 	ep, err := data.NewEpoch(s.Seed, 0, s.N, s.GlobalBatch, s.DropLast)
 	if err != nil {
 		return 0, err
 	}
-	return ep.Steps(), nil
+	s.perEpoch = ep.Steps()
+	return s.perEpoch, nil
 }
 
 // Total is the number of global steps of the run.
@@ -208,6 +281,11 @@ func (s *Schedule) Begin(g int) (data.StepBatch, error) {
 	return b, s.ledger.Assign(st, b.Fresh())
 }
 
+// Reset forgets the epoch's ledger, so that the next Begin rebuilds it
+// with the steps before it counted as committed (after the run rolled
+// back to a checkpoint: the steps after it are undone).
+func (s *Schedule) Reset() { s.epoch, s.ledger = nil, nil }
+
 // Abort puts step g's samples back.
 func (s *Schedule) Abort(g int) error {
 	_, st, err := s.Locate(g)
@@ -229,7 +307,13 @@ func (s *Schedule) Commit(g int) (epochDone bool, err error) {
 		return false, err
 	}
 	if st == s.epoch.Steps()-1 {
-		if !s.ledger.Complete() {
+		// With drop_last the samples after the last full batch belong
+		// to no step: the epoch is complete without them.
+		want := s.N
+		if s.DropLast {
+			want = s.epoch.Steps() * s.GlobalBatch
+		}
+		if s.ledger.Committed() != want {
 			return true, fmt.Errorf("epoch %d ended with %d samples never committed (first: %v)", s.epoch.Index, len(s.ledger.Missing()), s.ledger.Missing()[:min(5, len(s.ledger.Missing()))])
 		}
 		return true, nil

@@ -69,6 +69,39 @@ func TestRoundRejectsStaleAndForeignReports(t *testing.T) {
 	}
 }
 
+// TestReadyRoundIsTyped: a generation's readiness round is its own kind,
+// not a step round numbered -1 (issue 11, defect 5): it takes ready
+// answers only, and a step report, even one for "step -1", is refused,
+// as a ready answer is in a step round.
+func TestReadyRoundIsTyped(t *testing.T) {
+	r := NewReadyRound(3, []string{"a", "b"})
+	if err := r.Report("a", 3, -1, ""); err == nil || !strings.Contains(err.Error(), "forming") {
+		t.Fatalf("step report in a readiness round: %v", err)
+	}
+	if err := r.ReportReady("x", 3); err == nil || !strings.Contains(err.Error(), "x") {
+		t.Fatalf("foreign node: %v", err)
+	}
+	if err := r.ReportReady("a", 2); err == nil || !strings.Contains(err.Error(), "generation 2") {
+		t.Fatalf("stale generation: %v", err)
+	}
+	if err := r.ReportReady("a", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ReportReady("a", 3); err == nil || !strings.Contains(err.Error(), "second ready") {
+		t.Fatalf("second ready: %v", err)
+	}
+	if r.Answered() {
+		t.Fatal("answered with b silent")
+	}
+	if err := r.ReportReady("b", 3); err != nil || !r.Answered() {
+		t.Fatalf("b's ready: %v, answered %v", err, r.Answered())
+	}
+	s := NewRound(3, 0, []string{"a"})
+	if err := s.ReportReady("a", 3); err == nil || !strings.Contains(err.Error(), "in flight") {
+		t.Fatalf("ready answer in a step round: %v", err)
+	}
+}
+
 func TestRoundFailureAndLoss(t *testing.T) {
 	r := NewRound(1, 0, []string{"a", "b", "c"})
 	_ = r.Report("a", 1, 0, "")
@@ -160,6 +193,38 @@ func TestScheduleResumeMidEpoch(t *testing.T) {
 	}
 	if s.Ledger().Committed() != 4 {
 		t.Fatalf("resumed at step 1: %d samples counted committed, want 4", s.Ledger().Committed())
+	}
+}
+
+// TestScheduleDropLastEpochCompletes: with drop_last and a dataset that is
+// not a multiple of the global batch, the samples after the last full batch
+// are in no step, and the epoch still ends complete (found by the
+// protocol simulator, coordinator/machine: the run failed at the end of
+// its first epoch). Without drop_last the short batch is padded and every
+// sample is committed once.
+func TestScheduleDropLastEpochCompletes(t *testing.T) {
+	for _, dropLast := range []bool{true, false} {
+		s := &Schedule{Seed: 1, N: 7, GlobalBatch: 2, DropLast: dropLast, Epochs: 2}
+		total, err := s.Total()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[bool]int{true: 6, false: 8}[dropLast]
+		if total != want {
+			t.Fatalf("drop_last %v: %d steps, want %d", dropLast, total, want)
+		}
+		for g := 0; g < total; g++ {
+			if _, err := s.Begin(g); err != nil {
+				t.Fatal(err)
+			}
+			done, err := s.Commit(g)
+			if err != nil {
+				t.Fatalf("drop_last %v, step %d: %v", dropLast, g, err)
+			}
+			if done != ((g+1)%(total/2) == 0) {
+				t.Fatalf("drop_last %v, step %d: epoch done %v", dropLast, g, done)
+			}
+		}
 	}
 }
 

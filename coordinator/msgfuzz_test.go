@@ -79,7 +79,7 @@ func fuzzCoordinator(t testing.TB, phase int) (*Coordinator, []*session, string)
 	ids := c.worldIDs()
 	switch phase {
 	case phaseForming:
-		c.round = NewRound(2, -1, ids)
+		c.round = NewReadyRound(2, ids)
 	case phaseStep:
 		c.round = NewRound(2, 5, ids)
 		c.reduced = map[string]*control.Reduced{}
@@ -87,6 +87,7 @@ func fuzzCoordinator(t testing.TB, phase int) (*Coordinator, []*session, string)
 		c.answers = map[string]*control.Msg{}
 	case phasePull:
 		c.loaded = map[string]*control.Msg{}
+		c.pulling, c.pullReq = map[string]bool{"n1": true, "n2": true}, c.req
 	case phaseExport:
 		c.exportFrom = ss[0]
 	}
@@ -102,7 +103,7 @@ func (c *Coordinator) snapshot() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "gen=%d applied=%d req=%d fatal=%v changed=%v exported=%v\n", c.gen, c.applied, c.req, c.fatal, c.changed, c.exported != nil)
 	if r := c.round; r != nil {
-		fmt.Fprintf(&b, "round %d/%d ok=%v fail=%v\n", r.Gen, r.Step, r.ok, r.fail)
+		fmt.Fprintf(&b, "round %d %d/%d ok=%v fail=%v\n", r.Kind, r.Gen, r.Step, r.ok, r.fail)
 	}
 	fmt.Fprintf(&b, "reduced=%v digests=%v\n", len(c.reduced), c.digests)
 	ans := slices.Sorted(func(yield func(string) bool) {

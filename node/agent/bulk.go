@@ -194,11 +194,12 @@ func (s *session) onPull(m *control.Msg) error {
 	if err != nil {
 		s.applied = -1
 		s.a.log.Warn("state pull failed", "from", p.Addr, "kind", p.Kind, "step", p.Step, "err", err)
-		return s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Step: p.Step, Error: err.Error()})
+		return s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Req: m.Req, Step: p.Step, Error: err.Error()})
 	}
 	s.applied = p.Step
 	s.a.log.Info("state loaded", "applied", s.applied, "from", p.Addr, "kind", p.Kind, "seconds", time.Since(start).Seconds())
-	if err := s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Step: p.Step}); err != nil {
+	// The answer echoes the pull's request id: the coordinator matches it.
+	if err := s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Req: m.Req, Step: p.Step}); err != nil {
 		return err
 	}
 	return s.digest(m.Gen, p.Step, m.Digest)

@@ -1,0 +1,788 @@
+package machine
+
+import (
+	"container/heap"
+	"errors"
+	"flag"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringtune/ringtune/control"
+)
+
+var (
+	simSeeds = flag.Int("sim.seeds", 200, "simulator: number of seeds to run (seeds 1..n)")
+	simNodes = flag.Int("sim.nodes", 0, "simulator: nodes per run; 0 picks 1..16 per seed")
+	simSeed  = flag.Int64("sim.seed", 0, "simulator: run only this seed (a failure prints it)")
+	simTrace = flag.Bool("sim.trace", false, "simulator: print every event and the machine's output")
+	simSteps = flag.Int("sim.steps", 0, "simulator: steps per run; 0 picks a small random schedule per seed")
+)
+
+// TestSim runs the machine against simulated nodes, network and clock, one
+// run per seed: nodes join late, are killed and restarted, leave, are
+// falsely suspected (their session dropped while they live on), and the
+// network delays, reorders and duplicates their messages. After every
+// event the invariants are checked (see simRun.check). A failure prints the
+// command that replays its seed.
+func TestSim(t *testing.T) {
+	seeds := make([]int64, 0, *simSeeds)
+	if *simSeed != 0 {
+		seeds = append(seeds, *simSeed)
+	} else {
+		for s := int64(1); s <= int64(*simSeeds); s++ {
+			seeds = append(seeds, s)
+		}
+	}
+	start := time.Now()
+	outcomes := map[int]int{}
+	events, faults, restarts := 0, 0, 0
+	for _, seed := range seeds {
+		r := newSimRun(seed, *simNodes, *simSteps)
+		err := r.run()
+		if err != nil {
+			t.Fatalf("seed %d (%d nodes, %d steps): %v\nreplay: go test ./coordinator/machine -run 'TestSim$' -sim.seed=%d -sim.nodes=%d -sim.steps=%d -v",
+				seed, r.n, r.m.Total(), err, seed, *simNodes, *simSteps)
+		}
+		code, err := r.m.Outcome()
+		outcomes[code]++
+		if testing.Verbose() && err != nil {
+			t.Logf("seed %d: exit %d: %v", seed, code, err)
+		}
+		events += r.events
+		faults += r.faults
+		if r.restarted {
+			restarts++
+		}
+	}
+	t.Logf("sim: %d seeds, %d events, %d faults (%d coordinator restarts), outcomes %v (exit code: runs), %s", len(seeds), events, faults, restarts, outcomes, time.Since(start).Round(time.Millisecond))
+}
+
+// simNode is one simulated node process.
+type simNode struct {
+	id      string
+	inst    int    // process incarnation (a restart is a new one)
+	session uint64 // current session, 0 while it has none
+	alive   bool
+	applied int
+	state   uint64
+	gen     uint64
+	world   []string
+	rank    int
+	step    int // step in flight, -1 none
+	stepReq uint64
+	restart bool // restart after being killed or leaving
+	inbox   []Msg
+	busy    bool
+}
+
+// touch marks nd's state for the next invariant check.
+func (r *simRun) touch(nd *simNode) { r.dirty = append(r.dirty, nd) }
+
+// simItem is a scheduled happening.
+type simItem struct {
+	at   int64
+	seq  int
+	do   func()
+	what string
+}
+
+type simQueue []*simItem
+
+func (q simQueue) Len() int { return len(q) }
+func (q simQueue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q simQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *simQueue) Push(x any)   { *q = append(*q, x.(*simItem)) }
+func (q *simQueue) Pop() any {
+	old := *q
+	it := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return it
+}
+
+type simRun struct {
+	seed  int64
+	n     int
+	rnd   *rand.Rand
+	m     *Machine
+	cfg   Config
+	nodes []*simNode
+	byID  map[string]*simNode
+	q     simQueue
+	seq   int
+	next  uint64 // session ids
+	// lastTo is the tick of the last delivery to each session: the
+	// coordinator → node stream is in order (gRPC).
+	lastTo map[uint64]int64
+	// rings collects the ranks that finished a step's backward, by
+	// (generation, request): the all-reduce completes when all have.
+	rings map[[2]uint64][]*simNode
+	// reduced records the reduced reports the machine received, by
+	// (generation, request).
+	reduced map[[2]uint64]map[string]bool
+	lineage []simCommit
+	disk    map[int]uint64 // checkpoints: committed steps → state
+	batches [][]int        // by global step
+	states  []uint64       // canonical state after k steps
+	dirty   []*simNode     // replicas whose state changed since the last check
+	events  int
+	faults  int
+	now     int64 // the simulation's clock (the coordinator's restarts with it)
+	inc     int   // the coordinator's incarnation
+	// restarted is set once the coordinator was restarted (once per run).
+	restarted bool
+	maxFlt    int
+	err       error
+}
+
+type simCommit struct {
+	step    int
+	indices []int
+}
+
+func newSimRun(seed int64, nodes, steps int) *simRun {
+	rnd := rand.New(rand.NewPCG(uint64(seed), 0x5157))
+	n := nodes
+	if n <= 0 {
+		n = 1 + rnd.IntN(16)
+	}
+	gb := 2 + rnd.IntN(7)
+	samples := gb * (2 + rnd.IntN(6))
+	if rnd.IntN(3) == 0 {
+		samples += rnd.IntN(gb) // a short last batch
+	}
+	c := Config{MinNodes: 1 + rnd.IntN(min(3, n)), Samples: samples, GlobalBatch: gb, DropLast: rnd.IntN(2) == 0,
+		Seed: int64(seed), Epochs: 1 + rnd.IntN(3), DigestEvery: rnd.IntN(4), HasEval: rnd.IntN(2) == 0, EvalEvery: rnd.IntN(4),
+		CheckpointEvery: rnd.IntN(5), Resumed: -1, MaxAborts: 20, SettleTicks: int64(rnd.IntN(4)), WaitTicks: 400,
+		FormTicks: 60, SyncTicks: 60, StepTicks: 80, EvalTicks: 60, CheckpointTicks: 60, ExportTicks: 60, DrainTicks: 30}
+	if steps > 0 {
+		c.Samples, c.GlobalBatch, c.Epochs, c.DropLast = steps*gb, gb, 1, true
+	}
+	if rnd.IntN(3) == 0 && n > 1 {
+		c.MaxNodes = c.MinNodes + rnd.IntN(n-c.MinNodes+1)
+	}
+	r := &simRun{seed: seed, n: n, rnd: rnd, cfg: c, byID: map[string]*simNode{}, lastTo: map[uint64]int64{},
+		rings: map[[2]uint64][]*simNode{}, reduced: map[[2]uint64]map[string]bool{}, disk: map[int]uint64{}}
+	m, err := New(c)
+	if err != nil {
+		panic(err)
+	}
+	r.m = m
+	if err := r.plan(); err != nil {
+		panic(err)
+	}
+	r.maxFlt = 1 + rnd.IntN(2*n+2)
+	for i := 0; i < n; i++ {
+		nd := &simNode{id: fmt.Sprintf("n%02d", i), step: -1, restart: true}
+		r.nodes = append(r.nodes, nd)
+		r.byID[nd.id] = nd
+		at := int64(0)
+		if rnd.IntN(4) == 0 {
+			at = int64(rnd.IntN(200)) // a late joiner
+		}
+		r.at(at, "start "+nd.id, func() { r.startNode(nd) })
+	}
+	return r
+}
+
+func (r *simRun) at(t int64, what string, f func()) {
+	r.seq++
+	heap.Push(&r.q, &simItem{at: t, seq: r.seq, do: f, what: what})
+}
+
+func (r *simRun) delay(lo, hi int) int64 { return r.now + int64(lo+r.rnd.IntN(hi-lo+1)) }
+
+// feedLater feeds ev to the coordinator at tick t, unless the coordinator
+// restarted meanwhile: what the old process was told dies with it.
+func (r *simRun) feedLater(t int64, what string, ev Event) {
+	inc := r.inc
+	r.at(t, what, func() {
+		if r.inc == inc {
+			r.feed(ev)
+		}
+	})
+}
+
+// initState is every fresh trainer's state; stepState the state after
+// applying step g with the step's samples. Canonical states depend only on
+// the schedule, so a replica's state tells which steps it applied.
+const initState = 0x9e3779b97f4a7c15
+
+func stepState(prev uint64, g int, indices []int) uint64 {
+	h := fnv.New64a()
+	fmt.Fprint(h, prev, g, indices)
+	return h.Sum64()
+}
+
+// plan computes every step's batch and the canonical state after each
+// step count, from the node's own copy of the schedule.
+func (r *simRun) plan() error {
+	s := newSchedule(r.cfg)
+	st := uint64(initState)
+	r.states = []uint64{st}
+	for g := 0; g < s.total; g++ {
+		e, i := s.locate(g)
+		if s.epoch == nil || s.epoch.Index != e {
+			if _, err := s.begin(g); err != nil {
+				return err
+			}
+		}
+		b, err := s.epoch.Batch(i)
+		if err != nil {
+			return err
+		}
+		r.batches = append(r.batches, b.Indices)
+		st = stepState(st, g, b.Indices)
+		r.states = append(r.states, st)
+	}
+	return nil
+}
+
+func (r *simRun) canon(k int) (uint64, error) {
+	if k >= len(r.states) {
+		return 0, fmt.Errorf("state of %d steps asked, the run has %d", k, len(r.states)-1)
+	}
+	return r.states[k], nil
+}
+
+func (r *simRun) startNode(nd *simNode) {
+	nd.inst++
+	nd.alive, nd.applied, nd.state, nd.gen, nd.step = true, -1, initState, 0, -1
+	nd.inbox, nd.busy = nil, false
+	r.openSession(nd)
+}
+
+func (r *simRun) ring(nd *simNode) string { return fmt.Sprintf("%s.i%d", nd.id, nd.inst) }
+
+func (r *simRun) openSession(nd *simNode) {
+	r.next++
+	nd.session = r.next
+	s := nd.session
+	r.feed(Event{Kind: Join, Node: nd.id, Session: s, Ring: r.ring(nd), Applied: nd.applied})
+}
+
+// toCoord sends a node's message to the coordinator: delayed, sometimes
+// duplicated, so that messages of different sessions and kinds reorder.
+func (r *simRun) toCoord(nd *simNode, msg Msg) {
+	msg.Node, msg.Session = nd.id, nd.session
+	copies := 1
+	if r.rnd.IntN(20) == 0 {
+		copies = 2
+	}
+	for i := 0; i < copies; i++ {
+		mm := msg
+		r.feedLater(r.delay(0, 3), "deliver", Event{Kind: Message, Msg: &mm})
+	}
+}
+
+// feed gives the machine one event, handles its output and checks the
+// invariants.
+func (r *simRun) feed(ev Event) {
+	if r.err != nil || r.m.Phase() == Done {
+		return
+	}
+	if ev.Kind == Message && ev.Msg.Kind == Reduced {
+		k := [2]uint64{ev.Msg.Gen, ev.Msg.Req}
+		// The node sent it (only a node whose ring completed does) and it
+		// reached the coordinator.
+		if r.reduced[k] == nil {
+			r.reduced[k] = map[string]bool{}
+		}
+		r.reduced[k][ev.Msg.Node] = true
+	}
+	r.events++
+	r.m.Step(ev)
+	rd := r.m.Ready()
+	r.m.Advance()
+	if *simTrace && (ev.Kind != Tick || !rd.Empty()) {
+		what := fmt.Sprintf("event %d", ev.Kind)
+		if ev.Msg != nil {
+			what = "msg " + ev.Msg.String()
+		} else if ev.Node != "" {
+			what += " " + ev.Node + fmt.Sprint(" session ", ev.Session)
+		}
+		dl, _ := r.m.Deadline()
+		fmt.Printf("t=%d %s [coordinator %d at tick %d: %s until %d]\n", r.now, what, r.inc, r.m.Now(), r.m.Phase(), dl)
+		for _, m := range rd.Msgs {
+			fmt.Printf("    send %s\n", m)
+		}
+		for _, a := range rd.Actions {
+			fmt.Printf("    act %s\n", a)
+		}
+		for _, n := range rd.Notes {
+			fmt.Printf("    note %s\n", n)
+		}
+	}
+	for _, a := range rd.Actions {
+		r.action(a)
+	}
+	for _, msg := range rd.Msgs {
+		r.toNode(msg)
+	}
+	if err := r.check(); err != nil && r.err == nil {
+		r.err = err
+	}
+}
+
+func (r *simRun) toNode(msg Msg) {
+	nd := r.byID[msg.Node]
+	if nd == nil || msg.Session != nd.session || msg.Session == 0 {
+		return
+	}
+	t := max(r.delay(0, 2), r.lastTo[msg.Session])
+	r.lastTo[msg.Session] = t
+	r.at(t, "to node", func() {
+		nd.inbox = append(nd.inbox, msg)
+		r.pump(nd)
+	})
+}
+
+// pump has the node's agent handle its inbox in order. Setting up and
+// pulling the state block it (the agent does them inline), so a generation
+// that arrives meanwhile is handled after, with the state they left.
+func (r *simRun) pump(nd *simNode) {
+	for !nd.busy && len(nd.inbox) > 0 {
+		msg := nd.inbox[0]
+		nd.inbox = nd.inbox[1:]
+		r.onNode(nd, msg)
+	}
+}
+
+// block keeps nd busy for a while, then runs f and resumes its inbox.
+func (r *simRun) block(nd *simNode, lo, hi int, what string, f func()) {
+	nd.busy = true
+	inst := nd.inst
+	r.at(r.delay(lo, hi), what, func() {
+		if nd.inst != inst {
+			return // the process was restarted meanwhile
+		}
+		nd.busy = false
+		f()
+		r.pump(nd)
+	})
+}
+
+// onNode is a node's agent receiving msg.
+func (r *simRun) onNode(nd *simNode, msg Msg) {
+	if !nd.alive || nd.session != msg.Session {
+		return
+	}
+	switch msg.Kind {
+	case Job:
+		r.block(nd, 1, 4, "setup "+nd.id, func() {
+			if nd.alive && nd.session == msg.Session {
+				if nd.applied < 0 {
+					nd.applied, nd.state = 0, initState
+					r.touch(nd)
+				}
+				r.toCoord(nd, Msg{Kind: SetUp, Applied: nd.applied})
+			}
+		})
+	case Gen:
+		nd.gen, nd.world, nd.rank, nd.step = msg.Gen, msg.IDs, msg.Rank, -1
+		r.toCoord(nd, Msg{Kind: Joined, Gen: msg.Gen, Req: msg.Req, Applied: nd.applied})
+		if msg.Digest && nd.applied == msg.Applied {
+			r.toCoord(nd, Msg{Kind: Digest, Gen: msg.Gen, Req: msg.Req, Step: nd.applied, Sum: fmt.Sprintf("%016x", nd.state)})
+		}
+	case Pull:
+		r.block(nd, 1, 6, "pull "+nd.id, func() {
+			if !nd.alive || nd.session != msg.Session {
+				return
+			}
+			reply := Msg{Kind: Loaded, Gen: msg.Gen, Req: msg.Req, Step: msg.Pull.Step}
+			switch msg.Pull.Kind {
+			case PullState:
+				src := r.byID[msg.Pull.Node]
+				if src == nil || !src.alive || r.ring(src) != msg.Pull.Ring || src.applied != msg.Pull.Step {
+					reply.Error = "source gone or moved on"
+				} else {
+					nd.state, nd.applied = src.state, src.applied
+					r.touch(nd)
+				}
+			case PullCheckpoint:
+				st, ok := r.disk[msg.Pull.Step]
+				if !ok {
+					r.fail("pull of the checkpoint of step %d, which was never written", msg.Pull.Step)
+					return
+				}
+				nd.state, nd.applied = st, msg.Pull.Step
+				r.touch(nd)
+			}
+			r.toCoord(nd, reply)
+		})
+	case Step:
+		if nd.gen != msg.Gen {
+			r.toCoord(nd, Msg{Kind: Failed, Gen: msg.Gen, Req: msg.Req, Step: msg.Step, Error: "stale generation"})
+			return
+		}
+		if nd.applied != msg.Step {
+			r.fail("node %s got step %d while holding %d committed steps", nd.id, msg.Step, nd.applied)
+			return
+		}
+		nd.step, nd.stepReq = msg.Step, msg.Req
+		k := [2]uint64{msg.Gen, msg.Req}
+		r.at(r.delay(1, 6), "backward "+nd.id, func() {
+			if !nd.alive || nd.session != msg.Session || nd.step != msg.Step || nd.stepReq != msg.Req {
+				return
+			}
+			r.rings[k] = append(r.rings[k], nd)
+			if len(r.rings[k]) < msg.World {
+				return
+			}
+			// The ring completes: every rank reports its share.
+			for _, p := range r.rings[k] {
+				if p.alive && p.step == msg.Step && p.stepReq == msg.Req {
+					c := share(msg.Count, msg.World, p.rank)
+					r.toCoord(p, Msg{Kind: Reduced, Gen: msg.Gen, Req: msg.Req, Step: msg.Step, Reduced: &control.Reduced{Count: c, Samples: c}})
+				}
+			}
+			delete(r.rings, k)
+		})
+	case Commit:
+		if nd.step != msg.Step || nd.applied != msg.Step {
+			r.fail("node %s got the commit of step %d while computing %d and holding %d", nd.id, msg.Step, nd.step, nd.applied)
+			return
+		}
+		b, err := r.batchOf(msg.Step)
+		if err != nil {
+			r.fail("%v", err)
+			return
+		}
+		nd.state = stepState(nd.state, msg.Step, b)
+		nd.applied, nd.step = msg.Step+1, -1
+		r.touch(nd)
+		if msg.Digest {
+			r.toCoord(nd, Msg{Kind: Digest, Gen: msg.Gen, Req: msg.Req, Step: nd.applied, Sum: fmt.Sprintf("%016x", nd.state)})
+		}
+	case Abort:
+		if nd.step == msg.Step {
+			nd.step = -1
+		}
+	case Eval:
+		r.at(r.delay(1, 4), "eval "+nd.id, func() {
+			if nd.alive && nd.session == msg.Session {
+				r.toCoord(nd, Msg{Kind: EvalRes, Gen: msg.Gen, Req: msg.Req, Eval: &control.EvalSums{Count: 1}})
+			}
+		})
+	case Export:
+		r.at(r.delay(1, 4), "export "+nd.id, func() {
+			if nd.alive && nd.session == msg.Session {
+				r.toCoord(nd, Msg{Kind: Exported, Gen: msg.Gen, Req: msg.Req, Files: []control.FileInfo{{Name: "model.safetensors"}}})
+			}
+		})
+	case Stop:
+		nd.alive, nd.session = false, 0
+		if msg.Error == "" && r.m.Phase() != Done && nd.restart {
+			// It left; it may come back as a new process later.
+			r.at(r.delay(20, 120), "restart "+nd.id, func() { r.startNode(nd) })
+		}
+	}
+}
+
+// batchOf is the full batch of global step g (the node hashes it into its
+// state).
+func (r *simRun) batchOf(g int) ([]int, error) {
+	if g >= len(r.batches) {
+		return nil, fmt.Errorf("batch of step %d asked, the run has %d", g, len(r.batches))
+	}
+	return r.batches[g], nil
+}
+
+// action is the driver doing what the machine asked.
+func (r *simRun) action(a Action) {
+	switch a.Kind {
+	case Committed:
+		gen := a.Gen
+		got := r.reduced[[2]uint64{gen, a.Req}]
+		if len(a.IDs) == 0 {
+			r.fail("step %d committed by an empty world", a.Step)
+		}
+		for _, id := range a.IDs {
+			if !got[id] {
+				r.fail("step %d committed without rank %s's reduced report (generation %d, request %d)", a.Step, id, gen, a.Req)
+			}
+		}
+		if a.Step != len(r.lineage) {
+			r.fail("step %d committed after %d committed steps", a.Step, len(r.lineage))
+		}
+		r.lineage = append(r.lineage, simCommit{step: a.Step, indices: slices.Clone(a.Indices)})
+		if err := r.checkEpochs(false); err != nil {
+			r.fail("%v", err)
+		}
+	case Rollback:
+		newest := 0 // the initial state, which every fresh node holds
+		for k := range r.disk {
+			newest = max(newest, k)
+		}
+		if a.Step < newest || a.Step >= len(r.lineage) {
+			r.fail("rollback to step %d, but the newest checkpoint holds %d (%d committed)", a.Step, newest, len(r.lineage))
+		}
+		r.lineage = r.lineage[:a.Step]
+	case WriteCheckpoint:
+		src := r.byID[a.Node]
+		ok := src != nil && src.alive && src.session == a.Session && src.applied == a.Step
+		st := uint64(0)
+		if ok {
+			st = src.state
+		}
+		inc := r.inc
+		r.at(r.delay(1, 8), "checkpoint written", func() {
+			if r.inc != inc {
+				return // the coordinator died before the file was complete
+			}
+			if !ok {
+				r.feed(Event{Kind: ActionDone, Req: a.Req, Error: "source lost"})
+				return
+			}
+			r.disk[a.Step] = st
+			r.feed(Event{Kind: ActionDone, Req: a.Req})
+		})
+	case WriteExport:
+		src := r.byID[a.Node]
+		ok := src != nil && src.alive && src.session == a.Session
+		inc := r.inc
+		r.at(r.delay(1, 8), "export written", func() {
+			if r.inc != inc {
+				return
+			}
+			if !ok || !src.alive {
+				r.feed(Event{Kind: ActionDone, Req: a.Req, Error: "source lost"})
+				return
+			}
+			r.feed(Event{Kind: ActionDone, Req: a.Req})
+		})
+	case Drop:
+		nd := r.byID[a.Node]
+		r.endSession(nd, a.Session)
+	}
+}
+
+// endSession ends a node's session from the coordinator's side: the node
+// notices and opens a new one as a spare, keeping its state (defect 7).
+func (r *simRun) endSession(nd *simNode, s uint64) {
+	if nd == nil || s == 0 {
+		return
+	}
+	r.feedLater(r.delay(0, 3), "session end", Event{Kind: Lost, Node: nd.id, Session: s})
+	if nd.session == s && nd.alive {
+		nd.session, nd.step, nd.gen = 0, -1, 0
+		r.at(r.delay(2, 10), "reconnect "+nd.id, func() {
+			if nd.alive && nd.session == 0 {
+				r.openSession(nd)
+			}
+		})
+	}
+}
+
+// fault injects one random failure.
+func (r *simRun) fault() {
+	var live []*simNode
+	for _, nd := range r.nodes {
+		if nd.alive && nd.session != 0 {
+			live = append(live, nd)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	nd := live[r.rnd.IntN(len(live))]
+	r.faults++
+	if !r.restarted && len(r.disk) > 0 && r.rnd.IntN(8) == 0 {
+		r.restartCoordinator()
+		return
+	}
+	switch r.rnd.IntN(4) {
+	case 0, 1: // kill -9, maybe restarted later
+		s, ring := nd.session, r.ring(nd)
+		nd.alive, nd.session = false, 0
+		r.feedLater(r.delay(0, 3), "session broken", Event{Kind: Lost, Node: nd.id, Session: s})
+		r.feedLater(r.delay(5, 15), "gossip death", Event{Kind: Lost, Node: nd.id, Ring: ring})
+		if r.rnd.IntN(4) != 0 {
+			r.at(r.delay(5, 100), "restart "+nd.id, func() {
+				if !nd.alive {
+					r.startNode(nd)
+				}
+			})
+		}
+	case 2: // SIGTERM: the node says it leaves
+		s := nd.session
+		r.feedLater(r.delay(0, 2), "leave", Event{Kind: Leave, Node: nd.id, Session: s})
+	case 3: // false suspicion: the coordinator drops a live node
+		r.endSession(nd, nd.session)
+	}
+}
+
+// restartCoordinator kills the coordinator and starts it again with
+// --resume from the newest checkpoint, under the live nodes: they notice
+// their session ended and re-attach with the state they hold (issue 11,
+// defect 10). The steps committed after the checkpoint are undone.
+func (r *simRun) restartCoordinator() {
+	newest := -1
+	for k := range r.disk {
+		newest = max(newest, k)
+	}
+	r.restarted = true
+	r.inc++
+	cfg := r.cfg
+	cfg.Resumed = newest
+	m, err := New(cfg)
+	if err != nil {
+		r.fail("restart with --resume from step %d: %v", newest, err)
+		return
+	}
+	r.m = m
+	if newest > len(r.lineage) {
+		r.fail("checkpoint of step %d beyond the %d committed steps", newest, len(r.lineage))
+		return
+	}
+	r.lineage = r.lineage[:newest]
+	// Generations and request ids start again: forget the old ones.
+	r.reduced = map[[2]uint64]map[string]bool{}
+	r.rings = map[[2]uint64][]*simNode{}
+	for _, nd := range r.nodes {
+		if !nd.alive {
+			continue
+		}
+		nd.session, nd.gen, nd.step, nd.inbox = 0, 0, -1, nil
+		r.at(r.delay(2, 20), "re-attach "+nd.id, func() {
+			if nd.alive && nd.session == 0 {
+				r.openSession(nd)
+			}
+		})
+	}
+}
+
+func (r *simRun) fail(format string, args ...any) {
+	if r.err == nil {
+		r.err = fmt.Errorf("tick %d: "+format, append([]any{r.now}, args...)...)
+	}
+}
+
+// check tests the invariants after an event.
+func (r *simRun) check() error {
+	m := r.m
+	if m.Phase() != Done {
+		dl, ok := m.Deadline()
+		if !ok || dl <= m.Now() {
+			return fmt.Errorf("tick %d: phase %s waits without a deadline (deadline %d)", m.Now(), m.Phase(), dl)
+		}
+	}
+	if max := r.cfg.MaxNodes; max > 0 && len(m.world) > max {
+		return fmt.Errorf("tick %d: world of %d ranks above max_nodes %d", m.Now(), len(m.world), max)
+	}
+	if m.Applied() != len(r.lineage) {
+		return fmt.Errorf("tick %d: machine has %d committed steps, the commits say %d", m.Now(), m.Applied(), len(r.lineage))
+	}
+	// Every live replica holds the canonical state of the step count it
+	// holds: no replica skipped, repeated or half-applied a step, or loaded
+	// a state labelled with another step. (Only the replicas that changed
+	// since the last check: the others were checked then.)
+	dirty := r.dirty
+	r.dirty = r.dirty[:0]
+	for _, nd := range dirty {
+		if !nd.alive || nd.applied < 0 {
+			continue
+		}
+		want, err := r.canon(nd.applied)
+		if err != nil {
+			return err
+		}
+		if nd.state != want {
+			return fmt.Errorf("tick %d: node %s holds %d committed steps but not their state", m.Now(), nd.id, nd.applied)
+		}
+	}
+	// (That every rank trains a step from the committed state is checked
+	// where a node receives the step: onNode.)
+	return nil
+}
+
+// checkEpochs checks that every sample of an epoch is in at most one
+// committed step (and, when final, in exactly one for each finished epoch).
+func (r *simRun) checkEpochs(final bool) error {
+	s := newSchedule(r.cfg)
+	seen := map[int]map[int]int{}
+	for _, c := range r.lineage {
+		e, _ := s.locate(c.step)
+		if seen[e] == nil {
+			seen[e] = map[int]int{}
+		}
+		for _, i := range c.indices {
+			if prev, dup := seen[e][i]; dup {
+				return fmt.Errorf("sample %d of epoch %d is in committed steps %d and %d", i, e, prev, c.step)
+			}
+			seen[e][i] = c.step
+		}
+	}
+	if final {
+		for e := 0; (e+1)*s.perEpoch <= len(r.lineage); e++ {
+			if len(seen[e]) != r.cfg.Samples && !(r.cfg.DropLast && len(seen[e]) == s.perEpoch*r.cfg.GlobalBatch) {
+				return fmt.Errorf("epoch %d ended with %d of %d samples committed", e, len(seen[e]), r.cfg.Samples)
+			}
+		}
+	}
+	return nil
+}
+
+// run drives the simulation until the machine is done.
+func (r *simRun) run() error {
+	limit := int64(20000 + 400*r.m.Total())
+	for r.err == nil && r.m.Phase() != Done {
+		if r.now > limit {
+			return fmt.Errorf("the run did not end after %d ticks (phase %s, %d of %d steps)", limit, r.m.Phase(), r.m.Applied(), r.m.Total())
+		}
+		if len(r.q) > 0 && r.q[0].at <= r.now {
+			it := heap.Pop(&r.q).(*simItem)
+			it.do()
+			continue
+		}
+		if r.faults < r.maxFlt && r.rnd.IntN(40) == 0 {
+			r.fault()
+			continue
+		}
+		r.now++
+		r.feed(Event{Kind: Tick})
+	}
+	if r.err != nil {
+		return r.err
+	}
+	code, err := r.m.Outcome()
+	switch code {
+	case ExitOK:
+		if len(r.lineage) != r.m.Total() {
+			return fmt.Errorf("run done with %d of %d steps committed", len(r.lineage), r.m.Total())
+		}
+		if err := r.checkEpochs(true); err != nil {
+			return err
+		}
+		if _, ok := r.disk[r.m.Total()]; !ok && r.m.Checkpoint() == r.m.Total() {
+			return errors.New("the machine counts a final checkpoint that was never written")
+		}
+	case ExitNoNodes:
+		// Documented: every node was lost (or none holds the state and
+		// no checkpoint does) for longer than the wait.
+		if !strings.Contains(err.Error(), "waited") && !strings.Contains(err.Error(), "no node holds the state") {
+			return fmt.Errorf("exit %d with an undocumented error: %v", code, err)
+		}
+		alive := 0
+		for _, nd := range r.nodes {
+			if nd.alive {
+				alive++
+			}
+		}
+		if need := r.cfg.MinNodes; strings.Contains(err.Error(), "waited") && alive >= need {
+			return fmt.Errorf("gave up waiting for nodes while %d node processes were alive (min_nodes %d): %v", alive, need, err)
+		}
+	default:
+		return fmt.Errorf("run ended with exit %d: %v", code, err)
+	}
+	return nil
+}
