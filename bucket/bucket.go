@@ -111,6 +111,10 @@ func NewPlan(n int, segs []Segment, bucketBytes int) (*Plan, error) {
 	return p, nil
 }
 
+// Segments is the number of segments the plan was made from (the valid
+// arguments of Reduce.Ready are 0 to Segments()-1).
+func (p *Plan) Segments() int { return len(p.seg) }
+
 // checkTiling reports segments that overlap, leave holes or leave [0, n).
 func checkTiling(n int, segs []Segment) error {
 	idx := make([]int, len(segs))

@@ -133,6 +133,12 @@ type Job struct {
 	Wire       string     `json:"wire"`
 	TimeoutMS  int64      `json:"timeout_ms"`
 	Transport  string     `json:"transport,omitempty"`
+	// BucketBytes and Overlap are allreduce.bucket_bytes and
+	// allreduce.overlap: the gradient is reduced in buckets of about
+	// BucketBytes (0: one operation), started during backward when Overlap
+	// is set. Absent (an older coordinator): one operation after backward.
+	BucketBytes int  `json:"bucket_bytes,omitempty"`
+	Overlap     bool `json:"overlap,omitempty"`
 	// StepTimeoutMS is how long the coordinator waits for a step's answers
 	// before it aborts the step. A node waits longer than that for the
 	// commit or abort, so that the coordinator always decides first.
@@ -194,6 +200,18 @@ type Reduced struct {
 	Samples int     `json:"samples"`
 	Tokens  int     `json:"tokens"`
 	Seconds float64 `json:"seconds"`
+	// Where the rank's communication went, in milliseconds (absent from
+	// nodes that predate them): CommMS is the ring's busy time,
+	// OverlappedMS the part of it hidden behind backward, ExposedMS the
+	// wait from the end of backward to the last bucket reduced. Buckets is
+	// the number of all-reduce operations. ApplyMS is how long the rank's
+	// optimizer step took for its previous committed step (this step's is
+	// not known when reduced is sent).
+	CommMS       float64 `json:"comm_ms,omitempty"`
+	OverlappedMS float64 `json:"overlapped_ms,omitempty"`
+	ExposedMS    float64 `json:"exposed_ms,omitempty"`
+	Buckets      int     `json:"buckets,omitempty"`
+	ApplyMS      float64 `json:"apply_ms,omitempty"`
 }
 
 // EvalSums are a rank's metric sums over its evaluation shard; the
