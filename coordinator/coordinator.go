@@ -1237,7 +1237,10 @@ func (c *Coordinator) account(g int) {
 	c.metrics.step(c.applied, epoch, mean, rate, samples)
 	c.dash.step(c.applied, epoch, mean, rate)
 	c.progress.update(c.applied, epoch, mean, rate)
-	c.log.Debug("step committed", "step", g, "loss", mean)
+	ph := phasesOf(c.reduced)
+	c.metrics.stepPhases(ph)
+	c.log.Debug("step committed", "step", g, "loss", mean, "comm_ms", ph.CommMS, "overlapped_comm_ms", ph.OverlappedMS,
+		"exposed_comm_ms", ph.ExposedMS, "apply_ms", ph.ApplyMS, "buckets", ph.Buckets)
 }
 
 func (c *Coordinator) afterCommit(ctx context.Context, epochDone bool) error {
