@@ -43,6 +43,12 @@ type Segment struct {
 	// to the others (lower is earlier). Buckets are started in the order
 	// of their latest segment.
 	Order int
+	// Group keeps segments apart: segments of different groups never share
+	// a bucket. Give the parameters backward finishes last (the
+	// embeddings) a group of their own, so that no bucket holding them
+	// also holds a block's parameters that could have been reduced
+	// earlier.
+	Group int
 }
 
 // Bucket is a contiguous range [Lo, Hi) of the flat gradient, reduced by
@@ -67,7 +73,8 @@ type Plan struct {
 // NewPlan cuts a flat gradient of n elements, described by segs (which must
 // tile [0, n) exactly), into buckets of at most bucketBytes bytes of
 // float32 (a single segment larger than that is a bucket of its own). A
-// bucket is a run of segments consecutive in segs and adjacent in memory,
+// bucket is a run of segments of one Group, consecutive in segs and
+// adjacent in memory,
 // so list segs in the order backward finishes them (the layers from the top
 // down, each group of the flat block from its end back) and the buckets
 // are contiguous and become ready one after another. bucketBytes 0 makes
@@ -92,15 +99,16 @@ func NewPlan(n int, segs []Segment, bucketBytes int) (*Plan, error) {
 	}
 	limit := bucketBytes / 4
 	var cur *Bucket
+	group := 0
 	for i, s := range segs {
-		if cur != nil && cur.Hi-cur.Lo+s.Len <= limit && (s.Off+s.Len == cur.Lo || s.Off == cur.Hi) {
+		if cur != nil && s.Group == group && cur.Hi-cur.Lo+s.Len <= limit && (s.Off+s.Len == cur.Lo || s.Off == cur.Hi) {
 			cur.Lo, cur.Hi = min(cur.Lo, s.Off), max(cur.Hi, s.Off+s.Len)
 			cur.Segs = append(cur.Segs, i)
 			cur.Order = max(cur.Order, s.Order)
 			continue
 		}
 		p.Buckets = append(p.Buckets, Bucket{Lo: s.Off, Hi: s.Off + s.Len, Segs: []int{i}, Order: s.Order})
-		cur = &p.Buckets[len(p.Buckets)-1]
+		cur, group = &p.Buckets[len(p.Buckets)-1], s.Group
 	}
 	slices.SortStableFunc(p.Buckets, func(a, b Bucket) int { return cmp.Compare(a.Order, b.Order) })
 	for k, b := range p.Buckets {

@@ -36,7 +36,11 @@ func layout(rng *rand.Rand, nParams int) (int, []Segment) {
 	off := 0
 	var decay, rest []Segment
 	for _, x := range big {
-		decay = append(decay, Segment{Off: off, Len: x.size, Order: nParams - x.decl})
+		g := 0
+		if x.decl < 2 {
+			g = 1 // "embeddings"
+		}
+		decay = append(decay, Segment{Off: off, Len: x.size, Order: nParams - x.decl, Group: g})
 		off += x.size
 	}
 	for _, x := range small {
@@ -67,6 +71,9 @@ func TestPlan(t *testing.T) {
 			sum := 0
 			for _, i := range b.Segs {
 				s := segs[i]
+				if bb > 0 && s.Group != segs[b.Segs[0]].Group {
+					t.Errorf("bytes %d: bucket %d mixes groups", bb, k)
+				}
 				if s.Off < b.Lo || s.Off+s.Len > b.Hi {
 					t.Errorf("bytes %d: segment %d outside its bucket", bb, i)
 				}
@@ -92,7 +99,7 @@ func TestPlan(t *testing.T) {
 		}
 		switch bb {
 		case 0, 1 << 30:
-			if len(p.Buckets) != map[int]int{0: 1, 1 << 30: 2}[bb] {
+			if len(p.Buckets) != map[int]int{0: 1, 1 << 30: 3}[bb] {
 				t.Errorf("bytes %d: %d buckets", bb, len(p.Buckets))
 			}
 		case 4:

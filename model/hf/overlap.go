@@ -3,6 +3,7 @@ package hf
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/ringtune/ringtune/bucket"
 	"github.com/ringtune/ringtune/data"
@@ -24,10 +25,19 @@ import (
 // head's last decayed matrix follows the embeddings' norm, and those are
 // listed far apart, so no bucket mixes the first and the last parameters
 // backward finishes.
+//
+// The parameters declared before the first block (the embeddings: their
+// names come before any ".0." of a numbered layer) are finished last, at
+// the very end of backward, and get a group of their own, so that no bucket
+// makes the first block's parameters wait for them.
 func (m *Model) GradSegments() (segs []bucket.Segment, seg []int) {
 	decl := make(map[string]int, len(m.lay.specs))
+	firstBlock := len(m.lay.specs)
 	for i, sp := range m.lay.specs {
 		decl[sp.Name] = i
+		if firstBlock == len(m.lay.specs) && strings.Contains(sp.Name, ".0.") {
+			firstBlock = i
+		}
 	}
 	p := m.params
 	seg = make([]int, len(p.Specs))
@@ -41,10 +51,18 @@ func (m *Model) GradSegments() (segs []bucket.Segment, seg []int) {
 			segs = append(segs, bucket.Segment{
 				Off: int(p.Offsets[i]), Len: int(numelOf(sp.Shape)),
 				Order: len(m.lay.specs) - decl[sp.Name],
+				Group: boolInt(decl[sp.Name] < firstBlock),
 			})
 		}
 	}
 	return segs, seg
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func numelOf(shape []int64) int64 {
