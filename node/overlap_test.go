@@ -60,6 +60,10 @@ var ringKey = func() auth.Key {
 }()
 
 func loopbackRings(t *testing.T, tr allreduce.Transport, n int) []*allreduce.Ring {
+	return loopbackRingsWire(t, tr, allreduce.Float32, n)
+}
+
+func loopbackRingsWire(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n int) []*allreduce.Ring {
 	t.Helper()
 	ls := make([]net.Listener, n)
 	addrs := make([]string, n)
@@ -73,7 +77,7 @@ func loopbackRings(t *testing.T, tr allreduce.Transport, n int) []*allreduce.Rin
 	rings := make([]*allreduce.Ring, n)
 	for i := range rings {
 		r, err := allreduce.New(allreduce.Config{Generation: 1, Rank: i, Peers: addrs, Listener: ls[i], Key: ringKey,
-			Timeout: 2 * time.Minute, Transport: tr, ChunkBytes: 8 << 10})
+			Timeout: 2 * time.Minute, Transport: tr, ChunkBytes: 8 << 10, Wire: wire})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,9 +129,13 @@ func microBatches(t *testing.T, rng *rand.Rand, k, rows int) []*data.Batch {
 // overlap on or off. It returns rank 0's digest, after checking that all
 // ranks agree, and the last step's figures per rank.
 func runSteps(t *testing.T, tr allreduce.Transport, n, steps, micro, bucketBytes int, overlap bool) ([]byte, []agent.StepResult) {
+	return runStepsWire(t, tr, allreduce.Float32, n, steps, micro, bucketBytes, overlap)
+}
+
+func runStepsWire(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n, steps, micro, bucketBytes int, overlap bool) ([]byte, []agent.StepResult) {
 	t.Helper()
 	trs := overlapTrainers(t, n)
-	rings := loopbackRings(t, tr, n)
+	rings := loopbackRingsWire(t, tr, wire, n)
 	plan, err := bucket.NewPlan(int(trs[0].m.NumParams()), trs[0].GradSegments(), bucketBytes)
 	if err != nil {
 		t.Fatal(err)
@@ -223,6 +231,20 @@ func TestOverlapOneMicroBatch(t *testing.T) {
 	on, _ := runSteps(t, allreduce.TCP, 2, 2, 1, 16<<10, true)
 	if !bytes.Equal(off, on) {
 		t.Fatalf("overlap on and off give different weights")
+	}
+}
+
+// TestOverlapBF16Wire: with gradients on the wire in bfloat16
+// (allreduce.wire: bf16), overlap on and off still agree bit for bit.
+func TestOverlapBF16Wire(t *testing.T) {
+	off, _ := runStepsWire(t, allreduce.TCP, allreduce.BFloat16, 3, 2, 2, 8<<10, false)
+	on, _ := runStepsWire(t, allreduce.TCP, allreduce.BFloat16, 3, 2, 2, 8<<10, true)
+	if !bytes.Equal(off, on) {
+		t.Fatalf("overlap on and off give different weights with a bf16 wire")
+	}
+	f32, _ := runSteps(t, allreduce.TCP, 3, 2, 2, 8<<10, true)
+	if bytes.Equal(f32, on) {
+		t.Fatalf("the bf16 wire changed nothing: the test does not exercise it")
 	}
 }
 
