@@ -107,7 +107,8 @@ echo "bench big: torch.optim.AdamW at $numel parameters: ${tadam} ms" >&2
 # run_ringtune MODE: one ringtune run with allreduce.overlap MODE (on|off)
 # in $work/run-MODE; leaves "peak_kB train_peak_kB status" in its result file.
 run_ringtune() {
-local overlap=$1
+local overlap=false
+[ "$1" = on ] && overlap=true
 every=0
 [ "$ckpt" = 1 ] && every=$((warmup + steps / 2))
 dir=$work/run-$1
