@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 // Exported by watch.go.
@@ -32,7 +33,10 @@ struct rt_watch {
   std::vector<int64_t> offsets;
   // The accumulators are held strongly so that every forward pass reuses
   // them (a leaf keeps only a weak reference), with the key of our hook.
-  std::vector<std::shared_ptr<torch::autograd::Node>> accs;
+  // libtorch 1.13 returns a std::shared_ptr, 2.14 a c10::intrusive_ptr.
+  using AccPtr =
+      decltype(torch::autograd::impl::grad_accumulator(std::declval<const at::Tensor &>()));
+  std::vector<AccPtr> accs;
   std::vector<uintptr_t> keys;
 
   void copy(int64_t i) {
@@ -96,7 +100,7 @@ char *rt_watch_new(rt_watch **out, void *const *params, void *const *grads, cons
         throw std::invalid_argument("parameter " + std::to_string(i) +
                                     " is not a leaf that requires grad");
       }
-      std::shared_ptr<torch::autograd::Node> acc = torch::autograd::impl::grad_accumulator(p);
+      rt_watch::AccPtr acc = torch::autograd::impl::grad_accumulator(p);
       if (!acc) {
         throw std::runtime_error("parameter " + std::to_string(i) + " has no gradient accumulator");
       }
