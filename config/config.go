@@ -328,6 +328,20 @@ type AllReduceConfig struct {
 	// cluster.tls, as with gloo and NCCL), "grpc" (the gRPC streams
 	// themselves, encrypted under cluster.tls, slower), or "default" (tcp).
 	Transport string `mapstructure:"transport"`
+
+	// BucketBytes cuts the flat gradient into buckets of about this many
+	// bytes (whole parameters; one bigger than this is a bucket of its
+	// own), each reduced by its own all-reduce. Default 25 MiB (26214400),
+	// PyTorch DDP's bucket_cap_mb. 0 reduces the whole gradient in one
+	// operation. Otherwise at least 65536 and a multiple of 4.
+	BucketBytes int `mapstructure:"bucket_bytes"`
+
+	// Overlap starts each bucket's all-reduce while backward is still
+	// computing the layers below it (on the last micro-batch of a step), so
+	// that only the last buckets' reduction is left after backward.
+	// Default true. false reduces the same buckets after backward; the
+	// weights are bit-identical either way.
+	Overlap bool `mapstructure:"overlap"`
 }
 
 // CheckpointConfig controls periodic checkpoints.
@@ -407,6 +421,9 @@ func Default() *Config {
 			Transport:  "default",
 			Wire:       PrecisionFP32,
 			Timeout:    60 * time.Second,
+
+			BucketBytes: 25 << 20,
+			Overlap:     true,
 		},
 		Checkpoint: CheckpointConfig{
 			Dir:  "checkpoints",

@@ -96,6 +96,8 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"wire", func(c *Config) { c.AllReduce.Wire = "int8" }, `allreduce.wire: must be one of fp32, bf16, got "int8"`},
 		{"transport", func(c *Config) { c.AllReduce.Transport = "udp" }, `allreduce.transport: must be one of default, tcp, grpc, got "udp"`},
 		{"timeout", func(c *Config) { c.AllReduce.Timeout = 0 }, "allreduce.timeout: must be > 0"},
+		{"bucket", func(c *Config) { c.AllReduce.BucketBytes = 1000 }, "allreduce.bucket_bytes: must be 0 (one all-reduce of the whole gradient) or >= 65536 and a multiple of 4, got 1000"},
+		{"bucket negative", func(c *Config) { c.AllReduce.BucketBytes = -4 }, "allreduce.bucket_bytes: must be 0"},
 		{"tls partial", func(c *Config) { c.Cluster.TLS.Cert = "a.pem" }, "cluster.tls.key: must be set when any of cluster.tls.cert"},
 		{"tls files while disabled", func(c *Config) {
 			c.Cluster.TLS = TLSConfig{Cert: "a", Key: "b", CA: "c"}

@@ -182,6 +182,10 @@ func (c *Config) Validate() error {
 		v.add("allreduce.timeout", "must be >= 1ms, got %s", c.AllReduce.Timeout)
 	}
 
+	if b := c.AllReduce.BucketBytes; b != 0 && (b < 64<<10 || b%4 != 0) {
+		v.add("allreduce.bucket_bytes", "must be 0 (one all-reduce of the whole gradient) or >= 65536 and a multiple of 4, got %d", b)
+	}
+
 	// checkpoint, metrics, output
 	if c.Checkpoint.Every > 0 || c.Checkpoint.Keep > 0 {
 		v.required("checkpoint.dir", c.Checkpoint.Dir)

@@ -134,6 +134,12 @@ type Job struct {
 	Wire       string     `json:"wire"`
 	TimeoutMS  int64      `json:"timeout_ms"`
 	Transport  string     `json:"transport,omitempty"`
+	// BucketBytes and Overlap are allreduce.bucket_bytes and
+	// allreduce.overlap: the gradient is reduced in buckets of about
+	// BucketBytes (0: one operation), started during backward when Overlap
+	// is set. Absent (an older coordinator): one operation after backward.
+	BucketBytes int  `json:"bucket_bytes,omitempty"`
+	Overlap     bool `json:"overlap,omitempty"`
 	// StepTimeoutMS is how long the coordinator waits for a step's answers
 	// before it aborts the step. A node waits longer than that for the
 	// commit or abort, so that the coordinator always decides first.
@@ -202,17 +208,33 @@ type Reduced struct {
 	// ringtune_node_last_step{node,metric}, so a new measurement needs no
 	// other change. Absent from older nodes.
 	Metrics map[string]float64 `json:"metrics,omitempty"`
+	// Where the rank's communication went, in milliseconds (absent from
+	// nodes that predate them): CommMS is the ring's busy time,
+	// OverlappedMS the part of it hidden behind backward, ExposedMS the
+	// wait from the end of backward to the last bucket reduced. Buckets is
+	// the number of all-reduce operations. ApplyMS is how long the rank's
+	// optimizer step took for its previous committed step (this step's is
+	// not known when reduced is sent).
+	CommMS       float64 `json:"comm_ms,omitempty"`
+	OverlappedMS float64 `json:"overlapped_ms,omitempty"`
+	ExposedMS    float64 `json:"exposed_ms,omitempty"`
+	Buckets      int     `json:"buckets,omitempty"`
+	ApplyMS      float64 `json:"apply_ms,omitempty"`
 }
 
 // Names of Reduced.Metrics.
 const (
 	// MetricComputeMS is the step's forward and backward passes.
 	MetricComputeMS = "compute_ms"
-	// MetricExposedCommMS is from the end of backward to the end of the
-	// gradient all-reduce (the copy into the flat block and the ring): the
-	// communication the step waits for, which is all of it when the
-	// all-reduce is not overlapped with backward.
+	// MetricExposedCommMS is from the end of backward to the last bucket
+	// reduced: the communication the step waits for, which is all of it
+	// when the all-reduce is not overlapped with backward.
 	MetricExposedCommMS = "exposed_comm_ms"
+	// MetricOverlappedCommMS is the part of the ring's busy time hidden
+	// behind backward (allreduce.overlap).
+	MetricOverlappedCommMS = "overlapped_comm_ms"
+	// MetricCommMS is the ring's busy time for the step's buckets.
+	MetricCommMS = "comm_ms"
 	// MetricApplyMS is the optimizer step of the previous committed step,
 	// the last one the node applied (a step is applied only after the
 	// coordinator commits it, so after this report).

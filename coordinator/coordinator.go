@@ -214,7 +214,7 @@ func New(opts Options) (*Coordinator, error) {
 		Train: control.TrainSpec{Optimizer: t.Optimizer, LR: t.LR, Schedule: t.Schedule, WarmupSteps: warm, WeightDecay: t.WeightDecay,
 			Betas: t.Betas, Eps: t.Eps, Momentum: t.Momentum, MaxGradNorm: t.MaxGradNorm, Precision: t.Precision, Threads: t.Threads},
 		TotalSteps: c.total, Files: c.files, ChunkBytes: cfg.AllReduce.ChunkBytes, Wire: cfg.AllReduce.Wire, TimeoutMS: cfg.AllReduce.Timeout.Milliseconds(),
-		Transport: cfg.AllReduce.Transport, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
+		Transport: cfg.AllReduce.Transport, BucketBytes: cfg.AllReduce.BucketBytes, Overlap: cfg.AllReduce.Overlap, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
 	}
 	c.job.StepTimeoutMS = c.stepTimeout().Milliseconds()
 	tokHash, err := hashFiles(tokenizerFiles(c.tok)...)
@@ -1371,7 +1371,10 @@ func (c *Coordinator) account(g int) {
 		}
 	}
 	c.progress.update(c.applied, epoch, mean, rate)
-	c.log.Debug("step committed", "step", g, "loss", mean)
+	ph := phasesOf(c.reduced)
+	c.metrics.stepPhases(ph)
+	c.log.Debug("step committed", "step", g, "loss", mean, "comm_ms", ph.CommMS, "overlapped_comm_ms", ph.OverlappedMS,
+		"exposed_comm_ms", ph.ExposedMS, "apply_ms", ph.ApplyMS, "buckets", ph.Buckets)
 }
 
 func (c *Coordinator) afterCommit(ctx context.Context, epochDone bool) error {

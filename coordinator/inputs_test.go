@@ -229,6 +229,7 @@ func catalogueCases(busy string) map[string]func(r *runDir) {
 		"lr-zero":              func(r *runDir) { r.replace("lr: 0.5", "lr: 0") },
 		"warmup-both":          func(r *runDir) { r.replace("warmup_ratio: 0\n", "warmup_ratio: 0.1\n  warmup_steps: 5\n") },
 		"chunk-small":          func(r *runDir) { r.replace("timeout: 5s", "timeout: 5s\n  chunk_bytes: 100") },
+		"bucket-small":         func(r *runDir) { r.replace("timeout: 5s", "timeout: 5s\n  bucket_bytes: 1000") },
 		"env-unknown":          func(r *runDir) { r.env = append(r.env, "RINGTUNE_TRAIN_EPOCHZ=3") },
 		"env-duration-no-unit": func(r *runDir) { r.env = append(r.env, "RINGTUNE_CLUSTER_SETTLE=5") },
 		"env-wrong-type":       func(r *runDir) { r.env = append(r.env, "RINGTUNE_TRAIN_EPOCHS=three") },

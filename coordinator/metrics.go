@@ -30,6 +30,9 @@ type metrics struct {
 	// nodes is what each rank measured of its last step
 	// (control.Reduced.Metrics), labelled by node and metric name.
 	nodes *prometheus.GaugeVec
+	// phases are the last committed step's communication and apply times
+	// (the slowest rank's), in milliseconds, by phase.
+	phases *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -60,7 +63,39 @@ func newMetrics() *metrics {
 		Help: "What each rank measured of its last step, by metric: compute_ms, exposed_comm_ms, apply_ms (of the step before), rss_mb, and any other a node reports."},
 		[]string{"node", "metric"})
 	m.reg.MustRegister(m.nodes)
+	m.phases = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "step_phase_ms",
+		Help: "Last committed step, slowest rank, in ms: comm (ring busy), overlapped (comm hidden behind backward), exposed (wait after backward), apply (the rank's previous optimizer step)."}, []string{"phase"})
+	m.reg.MustRegister(m.phases)
 	return m
+}
+
+// stepPhases are the communication and apply times of one committed step,
+// each the maximum over ranks: the slowest rank is what the step waits for.
+type stepPhases struct {
+	CommMS, OverlappedMS, ExposedMS, ApplyMS float64
+	Buckets                                  int
+}
+
+// phasesOf folds the ranks' reports of a step.
+func phasesOf(reduced map[string]*control.Reduced) stepPhases {
+	var p stepPhases
+	for _, r := range reduced {
+		p.CommMS = max(p.CommMS, r.CommMS)
+		p.OverlappedMS = max(p.OverlappedMS, r.OverlappedMS)
+		p.ExposedMS = max(p.ExposedMS, r.ExposedMS)
+		p.ApplyMS = max(p.ApplyMS, r.ApplyMS)
+		p.Buckets = max(p.Buckets, r.Buckets)
+	}
+	return p
+}
+
+func (m *metrics) stepPhases(p stepPhases) {
+	if m != nil {
+		m.phases.WithLabelValues("comm").Set(p.CommMS)
+		m.phases.WithLabelValues("overlapped").Set(p.OverlappedMS)
+		m.phases.WithLabelValues("exposed").Set(p.ExposedMS)
+		m.phases.WithLabelValues("apply").Set(p.ApplyMS)
+	}
 }
 
 func (m *metrics) step1(applied, epoch int, loss, rate float64, samples int) {

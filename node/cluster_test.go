@@ -80,6 +80,9 @@ func TestTwoNodesEqualOneNode(t *testing.T) {
 		if n > 1 && !strings.Contains(c.Nodes[0].Text(), `transport=grpc`) {
 			t.Fatalf("the 2-node run did not use the gRPC transport")
 		}
+		if n > 1 && !strings.Contains(c.Nodes[0].Text(), `overlap=true`) {
+			t.Fatalf("the 2-node run did not overlap the all-reduce with backward (allreduce.overlap defaults to true)")
+		}
 		if n > 1 && !strings.Contains(out, `replicas identical" applied=3`) {
 			t.Fatalf("no digest agreement after the last step in the %d-node run", n)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/ringtune/ringtune/bucket"
 	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
@@ -22,8 +23,13 @@ import (
 type Trainer struct {
 	job   agent.Job
 	m     *hf.Model
-	host  []float32 // CUDA only: host copy of the gradients
+	host  []float32 // CUDA only: host copy of the gradients (the watch's block)
 	optim string
+	// segs and seg describe the gradient for the agent's buckets
+	// (agent.Overlapper): segments in backward order, and each parameter's
+	// segment.
+	segs []bucket.Segment
+	seg  []int
 }
 
 // NewTrainer returns an empty trainer; Setup builds it. It is an
@@ -75,11 +81,39 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 		m.Close()
 		return 0, err
 	}
+	// The hooks cost nothing while disarmed, so they are registered
+	// whether or not the job overlaps; on CUDA their host block is also
+	// where Gradients copies to.
+	host, err := m.WatchGrads()
+	if err != nil {
+		m.Close()
+		return 0, err
+	}
 	t.job, t.m, t.optim = job, m, oc.Name
+	t.segs, t.seg = m.GradSegments()
 	if dev.IsCUDA() {
-		t.host = make([]float32, m.NumParams())
+		t.host = host
 	}
 	return int(m.NumParams()), nil
+}
+
+var _ agent.Overlapper = (*Trainer)(nil)
+
+// GradSegments implements agent.Overlapper.
+func (t *Trainer) GradSegments() []bucket.Segment { return t.segs }
+
+// GradBuffer implements agent.Overlapper: the gradient block itself on CPU,
+// the host block on CUDA.
+func (t *Trainer) GradBuffer() []float32 {
+	if t.host != nil {
+		return t.host
+	}
+	return t.m.GradSlice()
+}
+
+// AccumulateReady implements agent.Overlapper.
+func (t *Trainer) AccumulateReady(b *data.Batch, ready func(seg int)) (float64, int, error) {
+	return t.m.ForwardBackwardReady(b, func(i int) { ready(t.seg[i]) })
 }
 
 // Accumulate implements agent.Trainer.

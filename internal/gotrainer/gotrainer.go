@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/ringtune/ringtune/bucket"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 	"github.com/ringtune/ringtune/model/safetensors"
@@ -195,6 +196,37 @@ func (t *Trainer) Accumulate(b *data.Batch) (float64, int, error) {
 		}
 	}
 	return loss, b.Size, nil
+}
+
+var _ agent.Overlapper = (*Trainer)(nil)
+
+// GradSegments implements agent.Overlapper: the bias, then the weight rows
+// from the last label's back, as a layered model's backward would finish
+// them.
+func (t *Trainer) GradSegments() []bucket.Segment {
+	segs := []bucket.Segment{{Off: t.labels * t.vocab, Len: t.labels, Order: 0}}
+	for c := t.labels - 1; c >= 0; c-- {
+		segs = append(segs, bucket.Segment{Off: c * t.vocab, Len: t.vocab, Order: t.labels - c})
+	}
+	return segs
+}
+
+// GradBuffer implements agent.Overlapper.
+func (t *Trainer) GradBuffer() []float32 { return t.grad }
+
+// AccumulateReady implements agent.Overlapper. This model has no backward
+// to overlap with: it reports every segment once the micro-batch is done.
+// That still runs the node's overlap path (buckets started from the ready
+// calls, in the plan's order) in the pure-Go cluster tests.
+func (t *Trainer) AccumulateReady(b *data.Batch, ready func(seg int)) (float64, int, error) {
+	loss, n, err := t.Accumulate(b)
+	if err != nil {
+		return 0, 0, err
+	}
+	for i := t.labels; i >= 0; i-- {
+		ready(i)
+	}
+	return loss, n, nil
 }
 
 // Gradients implements agent.Trainer.

@@ -77,6 +77,9 @@ type Model struct {
 
 	optim    optimizer
 	optimCfg OptimConfig
+	// watch reports ready gradients during backward (WatchGrads); nil
+	// until asked for.
+	watch *torch.GradWatch
 }
 
 // Load builds a model from a Hugging Face model directory.
@@ -192,6 +195,8 @@ func (m *Model) Close() {
 			m.optim.Free()
 			m.optim = nil
 		}
+		m.watch.Free() // before the parameters it hooks
+		m.watch = nil
 		m.ropeCos.Free()
 		m.ropeSin.Free()
 		if m.scope != nil {
@@ -275,6 +280,8 @@ func (m *Model) rope(s *torch.Scope, t int64) (torch.Tensor, torch.Tensor) {
 	d := int64(m.cfg.HeadDim)
 	if t > m.ropeLen {
 		cos, sin := ropeTables(m.cfg.RopeTheta, int(d), int(t))
+		m.watch.Free() // before the parameters it hooks
+		m.watch = nil
 		m.ropeCos.Free()
 		m.ropeSin.Free()
 		c := s.FromSliceOn(cos, m.opt.Device, t, d)

@@ -29,8 +29,10 @@ import (
 
 	"github.com/ringtune/ringtune/allreduce"
 	"github.com/ringtune/ringtune/auth"
+	"github.com/ringtune/ringtune/bucket"
 	"github.com/ringtune/ringtune/bulk"
 	"github.com/ringtune/ringtune/control"
+	"github.com/ringtune/ringtune/data"
 )
 
 // Version is reported in gossip metadata and the session hello.
@@ -426,6 +428,14 @@ type session struct {
 	kept *carried
 	// conns closes the session's connections to the coordinator.
 	conns func()
+	// plan cuts the gradient into the buckets each step reduces; ov is the
+	// trainer when it can report ready gradients during backward and the
+	// job asks for overlap (nil otherwise).
+	plan *bucket.Plan
+	ov   Overlapper
+	// applyMS is the duration of the last optimizer step, reported with the
+	// next step's reduced.
+	applyMS float64
 }
 
 func (s *session) send(m *control.Msg) error {
@@ -782,6 +792,7 @@ func (s *session) handle(m *control.Msg) error {
 		}
 		s.applied = m.Step + 1
 		s.tm.applied = time.Now()
+		s.applyMS = ms(s.tm.applied.Sub(s.tm.commit))
 		s.tm.log(s.a.log, m.Step)
 		return s.digest(m.Gen, m.Step, m.Digest)
 	case control.TypeAbort:
@@ -933,6 +944,9 @@ func (s *session) setupTrainer() error {
 	}
 	s.params = n
 	s.applied = 0
+	if err := s.planBuckets(); err != nil {
+		return err
+	}
 	s.a.log.Info("trainer ready", "params", n)
 	if lr, ok := tr.(LoadReporter); ok {
 		if rep := lr.LoadReport(); rep != "" {
@@ -940,6 +954,30 @@ func (s *session) setupTrainer() error {
 		}
 	}
 	return s.send(&control.Msg{Type: control.TypeReady, Ready: &control.Ready{Params: n, Applied: s.applied}})
+}
+
+// planBuckets cuts the gradient into the job's buckets: by parameter when
+// the trainer describes its gradient (Overlapper), else one bucket.
+func (s *session) planBuckets() error {
+	j := s.job
+	if j.BucketBytes < 0 {
+		return fmt.Errorf("agent: job from the coordinator: allreduce.bucket_bytes is %d; want 0 or more", j.BucketBytes)
+	}
+	segs := []bucket.Segment{{Off: 0, Len: s.params}}
+	ov, ok := s.tr.(Overlapper)
+	if ok {
+		segs = ov.GradSegments()
+		if j.Overlap {
+			s.ov = ov
+		}
+	}
+	p, err := bucket.NewPlan(s.params, segs, j.BucketBytes)
+	if err != nil {
+		return fmt.Errorf("agent: gradient buckets of the model: %w", err)
+	}
+	s.plan = p
+	s.a.log.Info("gradient buckets", "buckets", len(p.Buckets), "bucket_bytes", j.BucketBytes, "overlap", s.ov != nil)
+	return nil
 }
 
 func (s *session) onGen(m *control.Msg) error {
@@ -989,41 +1027,130 @@ func (s *session) onStep(m *control.Msg) error {
 	if s.applied != m.Step {
 		return fmt.Errorf("agent: step %d requested but the trainer holds %d committed steps", m.Step, s.applied)
 	}
+	s.tm.start = time.Now()
+	// The abort of this step (read by the reader goroutine) cancels its
+	// reductions, which may start during the last micro-batch.
+	ctx := s.watch.begin(m.Gen, m.Step)
+	defer s.watch.end()
+	res, err := RunStep(ctx, StepSpec{Trainer: s.tr, Plan: s.plan, Overlap: s.ov != nil, Ring: s.ring}, m.Batches)
+	if err != nil {
+		return fmt.Errorf("agent: step %d: %w", m.Step, err)
+	}
+	s.inStep, s.pending = true, m.Step
+	s.tm.computed = res.Computed
+	s.tm.comm = res.Comm
+	if res.RingErr != nil {
+		// The ring is broken for good; the coordinator will abort the step
+		// and form a new generation.
+		s.a.log.Warn("all-reduce failed", "step", m.Step, "err", res.RingErr)
+		s.stepDone = time.Now()
+		return s.send(&control.Msg{Type: control.TypeFailed, Gen: m.Gen, Step: m.Step, Error: res.RingErr.Error()})
+	}
+	red := res.Reduced
+	red.ApplyMS = s.applyMS
+	s.stepDone = time.Now()
+	s.tm.reduced = s.stepDone
+	red.Metrics = s.tm.report()
+	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: &red})
+}
+
+// StepSpec is what RunStep needs of a node.
+type StepSpec struct {
+	Trainer Trainer
+	// Plan cuts the gradient into buckets (from the trainer's
+	// GradSegments, or one segment when it has none).
+	Plan *bucket.Plan
+	// Overlap starts the buckets during the last micro-batch's backward;
+	// Trainer must then implement Overlapper.
+	Overlap bool
+	Ring    bucket.Starter
+}
+
+// StepResult is one step's outcome on a node.
+type StepResult struct {
+	// Reduced is the node's report (LossSum, Count, Samples, Tokens,
+	// Seconds and the communication figures).
+	Reduced control.Reduced
+	// Comm says where the communication went.
+	Comm bucket.Stats
+	// Computed is when the last backward ended.
+	Computed time.Time
+	// RingErr is the all-reduce's failure: the step is lost but the node is
+	// fine (the coordinator aborts the step and forms a new generation).
+	RingErr error
+}
+
+// RunStep runs one step on a node: Accumulate on each micro-batch, then the
+// all-reduce of the gradient in the plan's buckets, started during the last
+// backward with Overlap, else after it. The returned error is a local
+// failure (the trainer's); a failure of the ring is StepResult.RingErr.
+// The agent's protocol loop calls it for each step; tests call it to run
+// real trainers on real rings without a coordinator.
+func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResult, error) {
+	var res StepResult
 	start := time.Now()
-	s.tm.start = start
-	red := &control.Reduced{}
-	for i, b := range m.Batches {
-		loss, n, err := s.tr.Accumulate(b)
+	red := &res.Reduced
+	var ov Overlapper
+	if sp.Overlap {
+		var ok bool
+		if ov, ok = sp.Trainer.(Overlapper); !ok {
+			return res, errors.New("overlap asked of a trainer that cannot report ready gradients")
+		}
+	}
+	var op *bucket.Reduce
+	for i, b := range batches {
+		var loss float64
+		var n int
+		var err error
+		if ov != nil && i == len(batches)-1 {
+			// The last micro-batch: buckets start as backward finishes
+			// them.
+			if op, err = sp.Plan.Begin(ctx, sp.Ring, ov.GradBuffer(), true); err != nil {
+				return res, err
+			}
+			loss, n, err = ov.AccumulateReady(b, op.Ready)
+			if err != nil {
+				op.Abandon()
+			}
+		} else {
+			loss, n, err = sp.Trainer.Accumulate(b)
+		}
 		if err != nil {
-			return fmt.Errorf("agent: step %d micro-batch %d: %w", m.Step, i, err)
+			return res, fmt.Errorf("micro-batch %d: %w", i, err)
 		}
 		red.LossSum += loss
 		red.Count += n
 		red.Samples += b.Size
 		red.Tokens += b.Tokens
 	}
-	s.inStep, s.pending = true, m.Step
-	s.stepDone = time.Now()
-	s.tm.computed = s.stepDone
-	grads, err := s.tr.Gradients()
-	if err != nil {
-		return fmt.Errorf("agent: step %d: gradients: %w", m.Step, err)
+	res.Computed = time.Now()
+	if op == nil {
+		// No overlap (or no micro-batch): the same buckets, all started
+		// now.
+		grads, err := sp.Trainer.Gradients()
+		if err != nil {
+			return res, fmt.Errorf("gradients: %w", err)
+		}
+		if op, err = sp.Plan.Begin(ctx, sp.Ring, grads, false); err != nil {
+			return res, err
+		}
+		for i := range sp.Plan.Segments() {
+			op.Ready(i)
+		}
 	}
-	ctx := s.watch.begin(m.Gen, m.Step)
-	err = s.ring.AllReduce(ctx, grads)
-	s.watch.end()
-	if err != nil {
-		// The ring is broken for good; the coordinator will abort the step
-		// and form a new generation.
-		s.a.log.Warn("all-reduce failed", "step", m.Step, "err", err)
-		return s.send(&control.Msg{Type: control.TypeFailed, Gen: m.Gen, Step: m.Step, Error: err.Error()})
+	err := op.BackwardDone()
+	st, werr := op.Wait()
+	if err == nil {
+		err = werr
 	}
+	res.Comm = st
+	res.RingErr = err
 	red.Seconds = time.Since(start).Seconds()
-	s.stepDone = time.Now()
-	s.tm.reduced = s.stepDone
-	red.Metrics = s.tm.report()
-	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: red})
+	red.CommMS, red.OverlappedMS, red.ExposedMS, red.Buckets = ms(st.Comm), ms(st.Overlapped), ms(st.Exposed), st.Buckets
+	return res, nil
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // onExport writes the model into a fresh directory, which the node's bulk
 // service then serves, and lists its files for the coordinator to pull.
@@ -1086,20 +1213,21 @@ type stepTiming struct {
 	// prevApply is how long the previous step's apply took; 0 before the
 	// first one.
 	prevApply time.Duration
+	comm      bucket.Stats
 }
-
-func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // report is the step's control.Reduced.Metrics: its phases so far, the
 // previous step's apply (this step's comes after the commit, so after the
 // report) and the process's resident memory.
 func (t *stepTiming) report() map[string]float64 {
 	m := map[string]float64{
-		control.MetricComputeMS:     msOf(t.computed.Sub(t.start)),
-		control.MetricExposedCommMS: msOf(t.reduced.Sub(t.computed)),
+		control.MetricComputeMS:        ms(t.computed.Sub(t.start)),
+		control.MetricExposedCommMS:    ms(t.comm.Exposed),
+		control.MetricOverlappedCommMS: ms(t.comm.Overlapped),
+		control.MetricCommMS:           ms(t.comm.Comm),
 	}
 	if t.prevApply > 0 {
-		m[control.MetricApplyMS] = msOf(t.prevApply)
+		m[control.MetricApplyMS] = ms(t.prevApply)
 	}
 	if rss, ok := residentBytes(); ok {
 		m[control.MetricRSSMB] = float64(rss) / (1 << 20)
@@ -1131,12 +1259,15 @@ func residentBytes() (int64, bool) {
 // starting this one: the node had nothing to do.
 func (t *stepTiming) log(l *slog.Logger, step int) {
 	ms := func(a, b time.Time) float64 { return float64(b.Sub(a).Microseconds()) / 1000 }
+	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	idle := 0.0
 	if !t.prevApplied.IsZero() {
 		idle = ms(t.prevApplied, t.start)
 	}
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
-		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
+		"allreduce_ms", ms(t.computed, t.reduced), "exposed_comm_ms", msOf(t.comm.Exposed), "overlapped_comm_ms", msOf(t.comm.Overlapped),
+		"comm_ms", msOf(t.comm.Comm), "buckets", t.comm.Buckets,
+		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
 	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit)}
 }
 

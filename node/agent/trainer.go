@@ -3,6 +3,7 @@ package agent
 import (
 	"io"
 
+	"github.com/ringtune/ringtune/bucket"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 )
@@ -78,6 +79,31 @@ type Trainer interface {
 
 	// Close frees the model.
 	Close() error
+}
+
+// Overlapper is implemented by trainers that can say, while backward runs,
+// which parts of the gradient are final, so that the agent all-reduces them
+// in buckets during backward (allreduce.overlap; see package bucket). The
+// agent uses it on the last micro-batch of a step only: earlier micro-batches
+// still add into the gradient.
+type Overlapper interface {
+	// GradSegments describes the gradient as one segment per parameter,
+	// tiling [0, params), listed in the order backward is expected to finish
+	// them (see bucket.NewPlan). It is fixed after Setup.
+	GradSegments() []bucket.Segment
+
+	// GradBuffer is the buffer the all-reduce sums in place: the slice
+	// Gradients returns (on CUDA, the host block that both Gradients and
+	// AccumulateReady copy into), without copying anything. Valid until
+	// Close.
+	GradBuffer() []float32
+
+	// AccumulateReady is Accumulate for a step's last micro-batch. While
+	// backward runs it calls ready(i), from any goroutine, as soon as
+	// segment i's gradient summed over the step's micro-batches is final in
+	// GradBuffer; when it returns without error it has called ready exactly
+	// once for every segment, including those backward did not reach.
+	AccumulateReady(b *data.Batch, ready func(seg int)) (lossSum float64, count int, err error)
 }
 
 // Job is what Setup gets.

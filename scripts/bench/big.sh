@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # scripts/bench.sh big [--steps 4] [--warmup 2] [--checkpoint] [--export-timeout 300]
+#                      [--overlap both|on|off]
 #
 # GPT-2 124M (n_embd 768, 12 layers, 12 heads, vocab 50257), random init,
 # causal LM, 2 `node join` processes with 1 thread each, global batch 8,
@@ -22,9 +23,19 @@
 # scale, clip and zero-grad on one flat tensor of the same size, 1 thread
 # (scripts/bench/adamw_torch.py), measured in the same run.
 #
-#   bench: big n=2 params=… samples_per_s=… ddp_samples_per_s=… ratio=…
+# The ringtune cluster runs once per --overlap setting (default: off, then
+# on, with allreduce.bucket_bytes at its default), DDP once. exposed_comm_ms
+# is the median over the nodes' timed steps of the wait from the end of
+# backward to the last bucket reduced (debug "step timing"), comm_ms the
+# ring's busy time, overlapped_comm_ms the part of it before the end of
+# backward. The overlap=on line compares its exposed_comm_ms with the
+# overlap=off run's (there every byte is reduced after backward):
+# exposed_ratio = exposed_comm_ms / noover_allreduce_ms.
+#
+#   bench: big n=2 overlap=off|on params=… samples_per_s=… ddp_samples_per_s=… ratio=…
 #     peak_rss_mb=… ddp_peak_rss_mb=… rss_ratio=… train_peak_rss_mb=… apply_ms=… torch_adamw_ms=…
 #     apply_ratio=… checkpoint_s=… export_s=… checkpoints=on|off window=…
+#     exposed_comm_ms=… overlapped_comm_ms=… comm_ms=… buckets=… [noover_allreduce_ms=… exposed_ratio=…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -32,16 +43,23 @@ steps=4
 warmup=2
 ckpt=0
 export_timeout=300
+overlap_modes=both
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift ;;
     --warmup) warmup=$2; shift ;;
     --checkpoint) ckpt=1 ;;
     --export-timeout) export_timeout=$2; shift ;;
+    --overlap) overlap_modes=$2; shift ;;
     *) echo "bench big: unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+case "$overlap_modes" in
+  both) overlap_modes="off on" ;;
+  on|off) ;;
+  *) echo "bench big: --overlap $overlap_modes: want both, on or off" >&2; exit 2 ;;
+esac
 /usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "bench big: /usr/bin/python3 lacks torch: scripts/setup.sh installs python3-torch" >&2; exit 2; }
 tok=$root/.data/tokenizers/gpt2
 if [ ! -f "$tok/vocab.json" ] || [ ! -f "$tok/merges.txt" ]; then
@@ -86,9 +104,14 @@ numel=124439808
 tadam=$(/usr/bin/python3 scripts/bench/adamw_torch.py "$numel" 3 1 1.0 | /usr/bin/python3 -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["median_ms"])')
 echo "bench big: torch.optim.AdamW at $numel parameters: ${tadam} ms" >&2
 
+# run_ringtune MODE: one ringtune run with allreduce.overlap MODE (on|off)
+# in $work/run-MODE; leaves "peak_kB train_peak_kB status" in its result file.
+run_ringtune() {
+local overlap=false
+[ "$1" = on ] && overlap=true
 every=0
 [ "$ckpt" = 1 ] && every=$((warmup + steps / 2))
-dir=$work/run
+dir=$work/run-$1
 mkdir -p "$dir"
 cat > "$dir/cluster.yaml" <<YAML
 cluster:
@@ -122,6 +145,7 @@ train:
   digest_every: 1000
 allreduce:
   timeout: 600s
+  overlap: $overlap
 checkpoint:
   dir: ckpt
   every: $every
@@ -188,16 +212,27 @@ if [ "$(grep -c 'msg="step committed"' "$dir/coord.log" || true)" -lt $((steps +
   exit 1
 fi
 [ $status = ok ] || { echo "bench big: run ended: $status; coordinator log tail:" >&2; tail -8 "$dir/coord.log" >&2; }
+echo "$hwm $train_hwm $status" > "$dir/result"
+
+}
+for mode in $overlap_modes; do
+  run_ringtune "$mode"
+done
 
 ddp_ckpt=()
 [ "$ckpt" = 1 ] && ddp_ckpt=(--checkpoint)
 /usr/bin/python3 scripts/bench/ddp_big.py "$work/model" "$work/ddp.json" --world 2 --batch 4 --seq 128 \
   --steps "$steps" --warmup "$warmup" --max-norm 1.0 "${ddp_ckpt[@]}" > "$work/ddp.log" 2>&1 || { cat "$work/ddp.log" >&2; exit 1; }
 
-/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" <<'PY'
+noover=""
+for mode in $overlap_modes; do
+dir=$work/run-$mode
+read -r hwm train_hwm status < "$dir/result"
+/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" > "$dir/line" <<'PY'
 import datetime, json, re, statistics, sys
 d, warm, hwm_kb, tadam, ddp_path, ckpt, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", sys.argv[7]
 train_kb = int(sys.argv[8])
+mode, noover = sys.argv[9], sys.argv[10]
 
 def ts(line):
     m = re.search(r'time=(\S+)', line)
@@ -216,12 +251,17 @@ for line in open(d + "/coord.log"):
     m = re.search(r'params=(\d+)', line)
     if m and params is None:
         params = int(m.group(1))
-apply = []
+apply, phases = [], {"exposed_comm_ms": [], "overlapped_comm_ms": [], "comm_ms": [], "allreduce_ms": [], "buckets": []}
 for k in (1, 2):
     for line in open("%s/node%d.log" % (d, k)):
         m = re.search(r'msg="step timing".* step=(\d+) .*apply_ms=([0-9.]+)', line)
         if m and int(m.group(1)) >= warm:
             apply.append(float(m.group(2)))
+            for key in phases:
+                v = re.search(r' ' + key + r'=([0-9.]+)', line)
+                if v:
+                    phases[key].append(float(v.group(1)))
+med = {k: (statistics.median(v) if v else float("nan")) for k, v in phases.items()}
 last, first = max(commits), warm - 1
 samples = 8 * (last - first)
 if written is not None:
@@ -244,9 +284,18 @@ else:
     ex_s = "failed(" + status + ")"
 rss = hwm_kb / 1024
 am = statistics.median(apply) if apply else float("nan")
-print("bench: big n=2 params=%s samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
-      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s" % (
-          params or ddp["params"], sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
+extra = ""
+if mode == "on" and noover:
+    extra = " noover_allreduce_ms=%.0f exposed_ratio=%.3f" % (float(noover), med["exposed_comm_ms"] / float(noover))
+print("bench: big n=2 overlap=%s params=%s samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
+      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f%s" % (
+          mode, params or ddp["params"], sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
           rss / ddp["peak_rss_mb"], train_kb / 1024, am, tadam, am / tadam, ck_s, ex_s, "on" if ckpt else "off",
-          window))
+          window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], extra))
 PY
+line=$(cat "$dir/line")
+echo "$line"
+if [ "$mode" = off ]; then
+  noover=$(echo "$line" | sed -n 's/.* exposed_comm_ms=\([0-9.]*\).*/\1/p')
+fi
+done
