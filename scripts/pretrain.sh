@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
     --corpus) corpus_set=$2; shift ;;
     --no-setup) setup=0 ;;
     --print-dir) print_dir=1 ;;
-    -h|--help) sed -n '2,37p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "pretrain: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
