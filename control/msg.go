@@ -165,8 +165,10 @@ type TrainSpec struct {
 	Eps         float64   `json:"eps"`
 	Momentum    float64   `json:"momentum"`
 	MaxGradNorm float64   `json:"max_grad_norm"`
-	Precision   string    `json:"precision"`
-	Threads     int       `json:"threads"`
+	// ShardOptimizer is config.ShardNone (or empty) or config.ShardZero1.
+	ShardOptimizer string `json:"shard_optimizer,omitempty"`
+	Precision      string `json:"precision"`
+	Threads        int    `json:"threads"`
 }
 
 // World is one generation as seen by one rank.

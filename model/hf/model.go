@@ -77,6 +77,7 @@ type Model struct {
 
 	optim    optimizer
 	optimCfg OptimConfig
+	shard    *torch.ShardedAdamW // train.shard_optimizer zero1, instead of optim
 }
 
 // Load builds a model from a Hugging Face model directory.
@@ -191,6 +192,10 @@ func (m *Model) Close() {
 		if m.optim != nil {
 			m.optim.Free()
 			m.optim = nil
+		}
+		if m.shard != nil {
+			m.shard.Free()
+			m.shard = nil
 		}
 		m.ropeCos.Free()
 		m.ropeSin.Free()
