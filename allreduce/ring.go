@@ -264,6 +264,10 @@ const (
 	// to every other rank, always in float32 (whatever the ring's Wire), so
 	// every rank ends with bit-identical buffers.
 	KindAllGather
+	// KindAllReduceFloat32 is KindAllReduce in float32 whatever the ring's
+	// Wire: a sum where every element has one non-zero contributor is then
+	// exact (moving state rather than gradients).
+	KindAllReduceFloat32
 )
 
 func (k Kind) String() string {
@@ -276,6 +280,8 @@ func (k Kind) String() string {
 		return "reduce-scatter+buddy"
 	case KindAllGather:
 		return "all-gather"
+	case KindAllReduceFloat32:
+		return "all-reduce (float32)"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -323,7 +329,7 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 // kinds in the same order: a rank that runs another kind than its left
 // neighbour fails the ring with an error naming both.
 func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error) {
-	if k > KindAllGather {
+	if k > KindAllReduceFloat32 {
 		return nil, fmt.Errorf("allreduce: %s: unknown operation kind %d", r.who(), k)
 	}
 	if err := ctx.Err(); err != nil {
@@ -344,7 +350,7 @@ func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error
 		return nil, fmt.Errorf("allreduce: %s: left neighbour %s closed the ring; form a new generation", r.who(), r.peer(r.left))
 	}
 	op := &Op{r: r, seq: r.nextSeq, kind: k, wire: r.cfg.Wire, buf: buf, done: make(chan struct{}), progress: make(chan struct{})}
-	if k == KindAllGather {
+	if k == KindAllGather || k == KindAllReduceFloat32 {
 		op.wire = Float32
 	}
 	r.nextSeq++

@@ -123,6 +123,24 @@ func TestReduceScatterAllGather(t *testing.T) {
 									}
 								}
 							}
+							// A float32 all-reduce with one contributor per
+							// element moves values exactly, on a bfloat16 ring too.
+							for r := range n {
+								for j := range bufs[r] {
+									bufs[r][j] = 0
+									if j%n == r {
+										bufs[r][j] = src[j]
+									}
+								}
+							}
+							mustOK(t, "float32 all-reduce", runKind(rings, KindAllReduceFloat32, bufs))
+							for r := range n {
+								for j := range src {
+									if math.Float32bits(bufs[r][j]) != math.Float32bits(src[j]) {
+										t.Fatalf("len %d float32 all-reduce rank %d element %d = %v, want %v", length, r, j, bufs[r][j], src[j])
+									}
+								}
+							}
 							// An all-reduce on the same ring still works.
 							bufs, ref, abs = randomBufs(rng, n, length)
 							mustOK(t, "all-reduce", reduceAll(rings, bufs))

@@ -14,8 +14,11 @@ import (
 
 // shardSlices are rank's own slice and its buddy copy of rank-1's slice of
 // an n-element block in a ring of size ranks (allreduce.Slice's split).
+// Before the first generation (size 0) it holds nothing.
 func shardSlices(n int64, rank, size int) (own, buddy torch.Range) {
-	size = max(size, 1)
+	if size <= 0 {
+		return torch.Range{}, torch.Range{}
+	}
 	lo, hi := allreduce.Slice(int(n), size, rank)
 	blo, bhi := allreduce.Slice(int(n), size, rank-1)
 	if size == 1 {
@@ -159,3 +162,33 @@ func (t *Trainer) readShardState(r io.Reader, np, no, steps int) error {
 	}
 	return nil
 }
+
+// Layout implements agent.ShardTrainer.
+func (t *Trainer) Layout() (own, buddy [2]int) {
+	return [2]int{int(t.own.Lo), int(t.own.Hi)}, [2]int{int(t.buddy.Lo), int(t.buddy.Hi)}
+}
+
+// HeldMoments implements agent.ShardTrainer: host copies of both slices'
+// moments.
+func (t *Trainer) HeldMoments() (ownM, ownV, budM, budV []float32, err error) {
+	ownM, ownV = make([]float32, t.own.Len()), make([]float32, t.own.Len())
+	budM, budV = make([]float32, t.buddy.Len()), make([]float32, t.buddy.Len())
+	if err := t.m.ShardMoments(0, ownM, ownV); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	if err := t.m.ShardMoments(1, budM, budV); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	return ownM, ownV, budM, budV, nil
+}
+
+// SetHeldMoments implements agent.ShardTrainer.
+func (t *Trainer) SetHeldMoments(ownM, ownV, budM, budV []float32, step int64) error {
+	if err := t.m.SetShardMoments(0, ownM, ownV, step); err != nil {
+		return err
+	}
+	return t.m.SetShardMoments(1, budM, budV, step)
+}
+
+// NumParams implements agent.ShardTrainer.
+func (t *Trainer) NumParams() int { return int(t.m.NumParams()) }

@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -111,19 +112,17 @@ func runRanks(t *testing.T, n int, f func(r int) error) {
 	}
 }
 
-// trainRing trains n real libtorch trainers over a real loopback ring for
-// steps steps, as the agent does: replicated (all-reduce, Apply) under
-// none, sharded (reduce-scatter with buddy, ShardedApply) under zero1. It
-// returns every rank's parameters.
-func trainRing(t *testing.T, shard string, maxNorm float64, n, steps int) [][]float32 {
-	rings := loopRings(t, n, allreduce.Float32)
-	trs := make([]*Trainer, n)
-	for r := range n {
-		trs[r] = newShardTrainer(t, shard, maxNorm, r, n)
-	}
+// trainSteps runs global steps [k0, k1) on trainers trs over rings, as
+// the agent does: replicated (all-reduce, Apply) under none, sharded
+// (ShardedReduce, ShardedApply) under zero1. Rank r of step k trains on
+// stepBatches(k, r).
+func trainSteps(t *testing.T, shard string, trs []*Trainer, rings []*allreduce.Ring, k0, k1 int) {
+	t.Helper()
+	n := len(trs)
 	ctx := context.Background()
-	for k := range steps {
+	for k := k0; k < k1; k++ {
 		counts := make([]int, n)
+		sumsq := make([]float64, n)
 		runRanks(t, n, func(r int) error {
 			_, c, err := trs[r].Accumulate(stepBatches(t, k, r))
 			counts[r] = c
@@ -135,7 +134,8 @@ func trainRing(t *testing.T, shard string, maxNorm float64, n, steps int) [][]fl
 				return err
 			}
 			if shard == config.ShardZero1 {
-				return agent.ShardedReduce(ctx, rings[r], g)
+				sumsq[r], err = agent.ShardedReduce(ctx, rings[r], trs[r], g)
+				return err
 			}
 			return rings[r].AllReduce(ctx, g)
 		})
@@ -145,12 +145,16 @@ func trainRing(t *testing.T, shard string, maxNorm float64, n, steps int) [][]fl
 		}
 		runRanks(t, n, func(r int) error {
 			if shard == config.ShardZero1 {
-				return agent.ShardedApply(ctx, rings[r], trs[r], k, total)
+				return agent.ShardedApply(ctx, rings[r], trs[r], k, total, sumsq[r])
 			}
 			return trs[r].Apply(k, total)
 		})
 	}
-	out := make([][]float32, n)
+}
+
+// paramsOf copies every trainer's parameters out.
+func paramsOf(t *testing.T, trs []*Trainer) [][]float32 {
+	out := make([][]float32, len(trs))
 	for r, tr := range trs {
 		out[r] = make([]float32, tr.m.NumParams())
 		if err := tr.m.CopyParamsTo(out[r]); err != nil {
@@ -158,6 +162,44 @@ func trainRing(t *testing.T, shard string, maxNorm float64, n, steps int) [][]fl
 		}
 	}
 	return out
+}
+
+// newRanks makes n trainers in shard mode laid out for a ring of n (zero1
+// slices set by a re-slice of nothing, as the agent's first generation
+// does).
+func newRanks(t *testing.T, shard string, maxNorm float64, rings []*allreduce.Ring) []*Trainer {
+	n := len(rings)
+	trs := make([]*Trainer, n)
+	for r := range n {
+		trs[r] = newShardTrainer(t, shard, maxNorm, r, n)
+	}
+	if shard == config.ShardZero1 {
+		runRanks(t, n, func(r int) error {
+			_, err := agent.Reslice(context.Background(), rings[r], trs[r], agent.ShardInfo{Applied: 0})
+			return err
+		})
+	}
+	return trs
+}
+
+// trainRing trains n real libtorch trainers over a real loopback ring for
+// steps steps and returns every rank's parameters.
+func trainRing(t *testing.T, shard string, maxNorm float64, n, steps int) [][]float32 {
+	rings := loopRings(t, n, allreduce.Float32)
+	trs := newRanks(t, shard, maxNorm, rings)
+	trainSteps(t, shard, trs, rings, 0, steps)
+	return paramsOf(t, trs)
+}
+
+// relDiff is the relative L2 difference of got from want.
+func relDiff(got, want []float32) float64 {
+	var diff, norm float64
+	for i := range want {
+		d := float64(got[i]) - float64(want[i])
+		diff += d * d
+		norm += float64(want[i]) * float64(want[i])
+	}
+	return math.Sqrt(diff / norm)
 }
 
 // TestZero1MatchesReplicatedAdamW: at N = 2, 3 and 4, with clipping on (a
@@ -184,24 +226,13 @@ func TestZero1MatchesReplicatedAdamW(t *testing.T) {
 					}
 				}
 				init := newShardTrainer(t, config.ShardNone, 0, 0, 1)
-				p0 := make([]float32, init.m.NumParams())
-				if err := init.m.CopyParamsTo(p0); err != nil {
-					t.Fatal(err)
-				}
-				var diff, norm, moved float64
-				for i := range ref[0] {
-					d := float64(got[0][i]) - float64(ref[0][i])
-					diff += d * d
-					norm += float64(ref[0][i]) * float64(ref[0][i])
-					m := float64(ref[0][i]) - float64(p0[i])
-					moved += m * m
-				}
-				rel := math.Sqrt(diff / norm)
-				t.Logf("relative L2 difference %.3g (parameters moved %.3g relative)", rel, math.Sqrt(moved/norm))
+				p0 := paramsOf(t, []*Trainer{init})[0]
+				rel, moved := relDiff(got[0], ref[0]), relDiff(p0, ref[0])
+				t.Logf("relative L2 difference %.3g (parameters moved %.3g relative)", rel, moved)
 				if rel > 1e-6 {
 					t.Fatalf("zero1 differs from replicated AdamW by %.3g relative (L2), want <= 1e-6", rel)
 				}
-				if math.Sqrt(moved/norm) < 1e-3 {
+				if moved < 1e-3 {
 					t.Fatal("training hardly moved the parameters: the comparison proves nothing")
 				}
 			})
@@ -254,10 +285,15 @@ func TestZero1State(t *testing.T) {
 	if err := full.Apply(2, 3); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := z.Gradients(); err != nil {
+	g, err := z.Gradients()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := agent.ShardedApply(context.Background(), rings[0], z, 2, 3); err != nil {
+	sumsq, err := agent.ShardedReduce(context.Background(), rings[0], z, g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.ShardedApply(context.Background(), rings[0], z, 2, 3, sumsq); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := full.Digest()
@@ -265,11 +301,114 @@ func TestZero1State(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Fatal("a zero1 rank loaded from a full state does not take the same step as the replicated optimizer")
 	}
-	err := z.WriteState(&bytes.Buffer{})
+	err = z.WriteState(&bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "zero1") {
 		t.Fatalf("zero1 WriteState: %v, want an error naming zero1", err)
 	}
 	if z.OptimizerBytes() != full.OptimizerBytes() {
 		t.Fatalf("one rank: zero1 holds %d optimizer bytes, replicated %d", z.OptimizerBytes(), full.OptimizerBytes())
+	}
+}
+
+// TestZero1ResliceAfterLoss: a zero1 ring of 4 trains K steps, rank 2 dies
+// (it is simply left out), the 3 survivors form a new ring, re-slice from
+// owners and buddies, and train M more steps. The result equals the
+// replicated run over the same rings and batches to 1e-6: the loss neither
+// reset nor rolled back the optimizer state. A fresh node then joins (5th
+// generation member, no state): after the re-slice it holds the state too,
+// and all ranks stay bit-identical.
+func TestZero1ResliceAfterLoss(t *testing.T) {
+	const k1, k2, k3 = 3, 5, 7
+	run := func(shard string) [][]float32 {
+		rings := loopRings(t, 4, allreduce.Float32)
+		trs := newRanks(t, shard, 0.05, rings)
+		trainSteps(t, shard, trs, rings, 0, k1)
+		// Generation 2: ranks 0, 1, 3 survive, in that order.
+		surv := []*Trainer{trs[0], trs[1], trs[3]}
+		old := []int{0, 1, 3}
+		rings2 := loopRings(t, 3, allreduce.Float32)
+		if shard == config.ShardZero1 {
+			runRanks(t, 3, func(r int) error {
+				got, err := agent.Reslice(context.Background(), rings2[r], surv[r],
+					agent.ShardInfo{Valid: true, Gen: 1, Rank: old[r], Size: 4, Applied: k1})
+				if err == nil && got != k1 {
+					err = fmt.Errorf("re-slice says step %d, want %d", got, k1)
+				}
+				return err
+			})
+		}
+		trainSteps(t, shard, surv, rings2, k1, k2)
+		// Generation 3: a fresh node joins as rank 1.
+		fresh := newShardTrainer(t, shard, 0.05, 0, 0)
+		rings3 := loopRings(t, 4, allreduce.Float32)
+		g3 := []*Trainer{surv[0], fresh, surv[1], surv[2]}
+		prev := []int{0, -1, 1, 2}
+		if shard == config.ShardZero1 {
+			runRanks(t, 4, func(r int) error {
+				in := agent.ShardInfo{Valid: prev[r] >= 0, Gen: 2, Rank: prev[r], Size: 3, Applied: k2}
+				if prev[r] < 0 {
+					in = agent.ShardInfo{Applied: 0}
+				}
+				got, err := agent.Reslice(context.Background(), rings3[r], g3[r], in)
+				if err == nil && got != k2 {
+					err = fmt.Errorf("re-slice says step %d, want %d", got, k2)
+				}
+				return err
+			})
+		} else {
+			// Replicated: the joiner pulls the whole state from a replica.
+			var st bytes.Buffer
+			if err := surv[0].WriteState(&st); err != nil {
+				t.Fatal(err)
+			}
+			if err := fresh.ReadState(&st); err != nil {
+				t.Fatal(err)
+			}
+		}
+		trainSteps(t, shard, g3, rings3, k2, k3)
+		return paramsOf(t, g3)
+	}
+	ref := run(config.ShardNone)
+	got := run(config.ShardZero1)
+	for r := 1; r < len(got); r++ {
+		if !bitsEqual(got[r], got[0]) {
+			t.Fatalf("after the re-slices, zero1 rank %d differs from rank 0", r)
+		}
+	}
+	rel := relDiff(got[0], ref[0])
+	t.Logf("relative L2 difference from the replicated run: %.3g", rel)
+	if rel > 1e-6 {
+		t.Fatalf("zero1 across a loss and a join differs from replicated AdamW by %.3g, want <= 1e-6", rel)
+	}
+}
+
+// TestZero1AdjacentLoss: ranks 1 and 2 of 4 die together; slice 1 had its
+// owner (1) and its buddy (2) among them, so the survivors must not go on
+// with zeroed moments: Reslice drops the state on both and says which
+// slice was lost and that the run reloads from the newest checkpoint.
+func TestZero1AdjacentLoss(t *testing.T) {
+	rings := loopRings(t, 4, allreduce.Float32)
+	trs := newRanks(t, config.ShardZero1, 0, rings)
+	trainSteps(t, config.ShardZero1, trs, rings, 0, 2)
+	surv := []*Trainer{trs[0], trs[3]}
+	old := []int{0, 3}
+	rings2 := loopRings(t, 2, allreduce.Float32)
+	errs := make([]error, 2)
+	got := make([]int, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			got[r], errs[r] = agent.Reslice(context.Background(), rings2[r], surv[r], agent.ShardInfo{Valid: true, Gen: 1, Rank: old[r], Size: 4, Applied: 2})
+		})
+	}
+	wg.Wait()
+	for r, err := range errs {
+		var lost *agent.LostError
+		if !errors.As(err, &lost) || got[r] != -1 {
+			t.Fatalf("rank %d: Reslice = %d, %v; want -1 and a LostError", r, got[r], err)
+		}
+		if !strings.Contains(err.Error(), "ranks 1 and 2") || !strings.Contains(err.Error(), "checkpoint") {
+			t.Fatalf("rank %d: the message %q does not name the lost ranks and the checkpoint", r, err)
+		}
 	}
 }

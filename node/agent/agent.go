@@ -28,6 +28,7 @@ import (
 	"github.com/ringtune/ringtune/allreduce"
 	"github.com/ringtune/ringtune/auth"
 	"github.com/ringtune/ringtune/bulk"
+	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
 )
 
@@ -342,6 +343,10 @@ type session struct {
 	watch *ringWatch
 	// modelDir is the job's model directory, laid out from the cache.
 	modelDir string
+	// shard is the trainer under train.shard_optimizer zero1 (nil under
+	// none) and z what it holds (see zero1.go).
+	shard ShardTrainer
+	z     zeroState
 }
 
 func (s *session) send(m *control.Msg) error {
@@ -574,12 +579,15 @@ func (s *session) handle(m *control.Msg) error {
 		}
 		s.inStep = false
 		s.tm.commit = time.Now()
+		if s.shard != nil {
+			return s.applyShard(m)
+		}
 		if err := s.tr.Apply(m.Step, m.Count); err != nil {
 			return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
 		}
 		s.applied = m.Step + 1
 		s.tm.applied = time.Now()
-		s.tm.log(s.a.log, m.Step)
+		s.tm.log(s.a.log, m.Step, s.optimizerBytes())
 		return s.digest(m.Gen, m.Step, m.Digest)
 	case control.TypeAbort:
 		// An abort may name an older generation: the coordinator aborts a
@@ -718,7 +726,14 @@ func (s *session) setupTrainer() error {
 	}
 	s.params = n
 	s.applied = 0
-	s.a.log.Info("trainer ready", "params", n)
+	if j.Train.ShardOptimizer == config.ShardZero1 {
+		st, ok := tr.(ShardTrainer)
+		if !ok {
+			return fmt.Errorf("agent: train.shard_optimizer is zero1 but this node's trainer (%T) cannot shard the optimizer", tr)
+		}
+		s.shard = st
+	}
+	s.a.log.Info("trainer ready", "params", n, "shard_optimizer", j.Train.ShardOptimizer)
 	if lr, ok := tr.(LoadReporter); ok {
 		if rep := lr.LoadReport(); rep != "" {
 			s.a.log.Info("pretrained weights", "report", rep)
@@ -760,6 +775,9 @@ func (s *session) onGen(m *control.Msg) error {
 	}
 	s.ring, s.gen, s.world = r, w.Generation, w
 	s.a.log.Info("generation", "gen", w.Generation, "rank", w.Rank, "size", len(w.Peers), "transport", transport.String())
+	if s.shard != nil {
+		s.reslice(w)
+	}
 	if err := s.send(&control.Msg{Type: control.TypeReady, Gen: s.gen, Ready: &control.Ready{Params: s.params, Applied: s.applied}}); err != nil {
 		return err
 	}
@@ -795,7 +813,11 @@ func (s *session) onStep(m *control.Msg) error {
 		return fmt.Errorf("agent: step %d: gradients: %w", m.Step, err)
 	}
 	ctx := s.watch.begin(m.Gen, m.Step)
-	err = s.ring.AllReduce(ctx, grads)
+	if s.shard != nil {
+		s.z.sumsq, err = ShardedReduce(ctx, s.ring, s.shard, grads)
+	} else {
+		err = s.ring.AllReduce(ctx, grads)
+	}
 	s.watch.end()
 	if err != nil {
 		// The ring is broken for good; the coordinator will abort the step
@@ -872,14 +894,16 @@ type stepTiming struct {
 // log writes the step's phases at debug level and starts the next step's
 // idle clock. idle_ms is the time between applying the previous step and
 // starting this one: the node had nothing to do.
-func (t *stepTiming) log(l *slog.Logger, step int) {
+// optBytes is the optimizer state held on this node (-1: not reported).
+func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	ms := func(a, b time.Time) float64 { return float64(b.Sub(a).Microseconds()) / 1000 }
 	idle := 0.0
 	if !t.prevApplied.IsZero() {
 		idle = ms(t.prevApplied, t.start)
 	}
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
-		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
+		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied),
+		"optimizer_bytes", optBytes)
 	*t = stepTiming{prevApplied: t.applied}
 }
 

@@ -193,10 +193,15 @@ func (s *session) onPull(m *control.Msg) error {
 	err := s.pullState(p)
 	if err != nil {
 		s.applied = -1
+		s.z.valid = false
 		s.a.log.Warn("state pull failed", "from", p.Addr, "kind", p.Kind, "step", p.Step, "err", err)
 		return s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Step: p.Step, Error: err.Error()})
 	}
 	s.applied = p.Step
+	if s.shard != nil {
+		// ReadState kept this rank's slices of the current layout.
+		s.z = zeroState{valid: true, gen: s.gen, rank: s.world.Rank, size: len(s.world.Peers)}
+	}
 	s.a.log.Info("state loaded", "applied", s.applied, "from", p.Addr, "kind", p.Kind, "seconds", time.Since(start).Seconds())
 	if err := s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Step: p.Step}); err != nil {
 		return err
