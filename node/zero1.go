@@ -192,3 +192,16 @@ func (t *Trainer) SetHeldMoments(ownM, ownV, budM, budV []float32, step int64) e
 
 // NumParams implements agent.ShardTrainer.
 func (t *Trainer) NumParams() int { return int(t.m.NumParams()) }
+
+// WriteHeld implements agent.ShardTrainer.
+func (t *Trainer) WriteHeld(w io.Writer, buddy bool, block int) error {
+	i := 0
+	if buddy {
+		i = 1
+	}
+	src, err := t.m.ShardMomentsHost(i, block)
+	if err != nil {
+		return err
+	}
+	return control.WriteFloat32s(w, src)
+}

@@ -107,3 +107,27 @@ func (m *Model) SetShardMoments(i int, mm, v []float32, step int64) error {
 
 // OptimConfig is the optimizer's configuration as last set.
 func (m *Model) OptimConfig() OptimConfig { return m.optimCfg }
+
+// ShardMomentsHost is block (0: first moment, 1: second) of slice i's
+// moments as host memory: libtorch's own memory on CPU (no copy; valid
+// until the optimizer changes, and unchanged while no step is applied), a
+// host copy on CUDA.
+func (m *Model) ShardMomentsHost(i, block int) ([]float32, error) {
+	var src []float32
+	err := m.do(func() error {
+		if m.shard == nil {
+			return fmt.Errorf("no sharded optimizer")
+		}
+		mm, v := m.shard.HostMoments(i)
+		if mm == nil && m.shard.Slices[i].Len() > 0 {
+			n := m.shard.Slices[i].Len()
+			mm, v = make([]float32, n), make([]float32, n)
+			if err := m.shard.CopyMomentsTo(i, mm, v); err != nil {
+				return err
+			}
+		}
+		src = [][]float32{mm, v}[block]
+		return nil
+	})
+	return src, err
+}

@@ -8,6 +8,7 @@ import "C"
 import (
 	"fmt"
 	"math"
+	"unsafe"
 )
 
 // Range is the half-open element range [Lo, Hi) of a flat block.
@@ -141,4 +142,14 @@ func (o *ShardedAdamW) Free() {
 		o.v[i].Free()
 	}
 	o.m, o.v = nil, nil
+}
+
+// HostMoments aliases slice i's moments as Go slices on CPU (no copy;
+// valid until Free); nil on CUDA.
+func (o *ShardedAdamW) HostMoments(i int) (m, v []float32) {
+	n := o.Slices[i].Len()
+	if o.p.Device.IsCUDA() || n == 0 {
+		return nil, nil
+	}
+	return unsafe.Slice((*float32)(o.m[i].DataPtr()), n), unsafe.Slice((*float32)(o.v[i].DataPtr()), n)
 }

@@ -39,6 +39,10 @@ type hub struct {
 type stateReq struct {
 	step int
 	w    *io.PipeWriter
+	// shard is a KindShard request (zero1): block (0, 1) and whether the
+	// buddy slice is asked for; block is -1 for a whole state.
+	block int
+	buddy bool
 }
 
 func newHub() *hub { return &hub{states: make(chan stateReq)} }
@@ -46,10 +50,14 @@ func newHub() *hub { return &hub{states: make(chan stateReq)} }
 // source is the bulk.Source of a node.
 func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error) {
 	switch r.Kind {
-	case bulk.KindState:
+	case bulk.KindState, bulk.KindShard:
 		pr, pw := io.Pipe()
+		sr := stateReq{step: r.Step, w: pw, block: -1}
+		if r.Kind == bulk.KindShard {
+			sr.block, sr.buddy = r.Req, r.Name == "buddy"
+		}
 		select {
-		case h.states <- stateReq{step: r.Step, w: pw}:
+		case h.states <- sr:
 			return pr, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -96,6 +104,14 @@ func (s *session) serveState(r stateReq) {
 		return
 	case s.applied != r.step:
 		err = fmt.Errorf("this node holds the state of step %d, not %d", s.applied, r.step)
+	case r.block >= 0:
+		err = s.serveShard(r)
+	case s.shard != nil:
+		start := time.Now()
+		err = s.writeAssembled(r.w)
+		if err == nil {
+			s.a.log.Info("assembled zero1 state served", "applied", s.applied, "seconds", time.Since(start).Seconds())
+		}
 	default:
 		start := time.Now()
 		err = s.tr.WriteState(r.w)

@@ -1,13 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"time"
 
 	"github.com/ringtune/ringtune/allreduce"
+	"github.com/ringtune/ringtune/bulk"
 	"github.com/ringtune/ringtune/control"
 )
 
@@ -49,6 +52,10 @@ type ShardTrainer interface {
 	SetHeldMoments(ownM, ownV, budM, budV []float32, step int64) error
 	// NumParams is the length of the flat block.
 	NumParams() int
+	// WriteHeld writes moment block (0 first, 1 second) of the own (or
+	// buddy) slice to w as little-endian float32, without a copy of its
+	// size where the device allows.
+	WriteHeld(w io.Writer, buddy bool, block int) error
 }
 
 // GlobalSumSq adds the ranks' sums of squares of their own slices, the same
@@ -402,4 +409,100 @@ func (s *session) applyShard(m *control.Msg) error {
 		return nil
 	}
 	return s.digest(m.Gen, m.Step, m.Digest)
+}
+
+// serveShard answers a KindShard request: one moment block of the own or
+// buddy slice, of the committed step the node holds.
+func (s *session) serveShard(r stateReq) error {
+	if s.shard == nil {
+		return errors.New("this node does not shard the optimizer (train.shard_optimizer is none)")
+	}
+	if !s.z.valid || s.z.gen != s.gen {
+		return fmt.Errorf("this node holds no zero1 slices of generation %d", s.gen)
+	}
+	return s.shard.WriteHeld(r.w, r.buddy, r.block)
+}
+
+// writeAssembled writes the full training state of the committed step this
+// zero1 node holds in control.EncodeState's layout, as WriteState does
+// under none: the header, the parameters (every rank holds them whole),
+// then each moment block assembled slice by slice in rank order: this
+// node's own slice from its trainer, the others' fetched on the bulk plane
+// from their owners, or from their buddies when an owner does not answer.
+// So a checkpoint (or a joiner's state) written under zero1 is the same
+// bytes as under none and loads under either.
+func (s *session) writeAssembled(w io.Writer) error {
+	if !s.z.valid || s.z.dirty || s.z.gen != s.gen || s.world == nil {
+		return fmt.Errorf("zero1: this node holds no whole state of step %d in generation %d (its slices are being re-sliced); ask another node", s.applied, s.gen)
+	}
+	n := s.shard.NumParams()
+	if err := control.WriteStateHeader(w, n, 2*n, s.applied); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	p, err := s.shard.Params()
+	if err != nil {
+		return err
+	}
+	if err := control.WriteFloat32s(w, p); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	size, me := len(s.world.Peers), s.world.Rank
+	for block := range 2 {
+		for k := range size {
+			if k == me {
+				if err := s.shard.WriteHeld(w, false, block); err != nil {
+					return fmt.Errorf("write state: %w", err)
+				}
+				continue
+			}
+			lo, hi := allreduce.Slice(n, size, k)
+			if err := s.fetchSlice(w, block, k, hi-lo); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fetchSlice streams rank k's slice of moment block (count floats) into w,
+// from k itself or else from its buddy, k+1. Nothing reaches w from a
+// transfer that fails (it goes through a buffer of one slice), so the
+// buddy's copy can follow a failed owner's.
+func (s *session) fetchSlice(w io.Writer, block, k, count int) error {
+	size := len(s.world.Peers)
+	var errs []error
+	for _, src := range []struct {
+		rank  int
+		buddy bool
+	}{{k, false}, {(k + 1) % size, true}} {
+		if src.rank == s.world.Rank {
+			return s.shard.WriteHeld(w, true, block)
+		}
+		var buf bytes.Buffer
+		buf.Grow(4 * count)
+		err := s.fetchShard(&buf, s.world.Peers[src.rank], block, src.buddy)
+		if err == nil && buf.Len() != 4*count {
+			err = fmt.Errorf("got %d bytes, want %d", buf.Len(), 4*count)
+		}
+		if err == nil {
+			_, err := w.Write(buf.Bytes())
+			return err
+		}
+		errs = append(errs, fmt.Errorf("rank %d (%s, buddy %v): %w", src.rank, s.world.Peers[src.rank], src.buddy, err))
+	}
+	return fmt.Errorf("zero1: assembling the state of step %d: moment block %d of rank %d's slice: %w", s.applied, block, k, errors.Join(errs...))
+}
+
+func (s *session) fetchShard(w io.Writer, addr string, block int, buddy bool) error {
+	cc, err := bulk.Dial(addr, s.a.cfg.Key, s.clientTLS)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	name := ""
+	if buddy {
+		name = "buddy"
+	}
+	_, err = bulk.Fetch(context.Background(), cc, bulk.Request{Kind: bulk.KindShard, Step: s.applied, Req: block, Name: name, ChunkBytes: s.bulkChunk()}, w, s.bulkTimeout(), "")
+	return err
 }
