@@ -196,6 +196,10 @@ type Reduced struct {
 	Samples int     `json:"samples"`
 	Tokens  int     `json:"tokens"`
 	Seconds float64 `json:"seconds"`
+	// OptimizerBytes is the optimizer state the node holds (all of
+	// AdamW's moments under shard_optimizer none, its slices under zero1);
+	// 0 when the node does not say.
+	OptimizerBytes int64 `json:"optimizer_bytes,omitempty"`
 }
 
 // EvalSums are a rank's metric sums over its evaluation shard; the

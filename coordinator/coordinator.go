@@ -1225,10 +1225,13 @@ func (c *Coordinator) drainDigests(ctx context.Context) error {
 func (c *Coordinator) account(g int) {
 	var loss, n float64
 	samples := 0
-	for _, r := range c.reduced {
+	var optMax int64
+	for id, r := range c.reduced {
 		loss += r.LossSum
 		n += float64(r.Count)
 		samples += r.Samples
+		c.metrics.optimizer(id, r.OptimizerBytes)
+		optMax = max(optMax, r.OptimizerBytes)
 	}
 	c.stats.samples += samples
 	el := time.Since(c.stats.start).Seconds()
@@ -1238,7 +1241,7 @@ func (c *Coordinator) account(g int) {
 	c.metrics.step(c.applied, epoch, mean, rate, samples)
 	c.dash.step(c.applied, epoch, mean, rate)
 	c.progress.update(c.applied, epoch, mean, rate)
-	c.log.Debug("step committed", "step", g, "loss", mean)
+	c.log.Debug("step committed", "step", g, "loss", mean, "optimizer_bytes_max", optMax)
 }
 
 func (c *Coordinator) afterCommit(ctx context.Context, epochDone bool) error {

@@ -27,6 +27,7 @@ type metrics struct {
 	gen                              prometheus.Gauge
 	samples, aborts, losses, commits prometheus.Counter
 	evals                            *prometheus.GaugeVec
+	optBytes                         *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -53,7 +54,17 @@ func newMetrics() *metrics {
 	m.losses = ct("nodes_lost_total", "Nodes lost (session broken, gossip dead, or silent).")
 	m.evals = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "eval", Help: "Last evaluation metrics."}, []string{"metric"})
 	m.reg.MustRegister(m.evals)
+	m.optBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "optimizer_bytes",
+		Help: "Optimizer state held per node at its last reduced step (train.shard_optimizer zero1 holds 2/N of it)."}, []string{"node"})
+	m.reg.MustRegister(m.optBytes)
 	return m
+}
+
+// optimizer records the optimizer state node holds.
+func (m *metrics) optimizer(node string, bytes int64) {
+	if m != nil && bytes > 0 {
+		m.optBytes.WithLabelValues(node).Set(float64(bytes))
+	}
 }
 
 func (m *metrics) step1(applied, epoch int, loss, rate float64, samples int) {

@@ -826,6 +826,7 @@ func (s *session) onStep(m *control.Msg) error {
 		return s.send(&control.Msg{Type: control.TypeFailed, Gen: m.Gen, Step: m.Step, Error: err.Error()})
 	}
 	red.Seconds = time.Since(start).Seconds()
+	red.OptimizerBytes = s.optimizerBytes()
 	s.stepDone = time.Now()
 	s.tm.reduced = s.stepDone
 	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: red})
