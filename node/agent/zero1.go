@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -465,9 +464,11 @@ func (s *session) writeAssembled(w io.Writer) error {
 }
 
 // fetchSlice streams rank k's slice of moment block (count floats) into w,
-// from k itself or else from its buddy, k+1. Nothing reaches w from a
-// transfer that fails (it goes through a buffer of one slice), so the
-// buddy's copy can follow a failed owner's.
+// from k itself or else from its buddy, k+1. The bytes go straight through
+// (no copy of the slice); the buddy is asked only when the owner failed
+// before sending anything, since w cannot take back what it got (a
+// transfer that breaks midway fails the whole state, and the consumer
+// discards it and asks another node).
 func (s *session) fetchSlice(w io.Writer, block, k, count int) error {
 	size := len(s.world.Peers)
 	var errs []error
@@ -478,19 +479,32 @@ func (s *session) fetchSlice(w io.Writer, block, k, count int) error {
 		if src.rank == s.world.Rank {
 			return s.shard.WriteHeld(w, true, block)
 		}
-		var buf bytes.Buffer
-		buf.Grow(4 * count)
-		err := s.fetchShard(&buf, s.world.Peers[src.rank], block, src.buddy)
-		if err == nil && buf.Len() != 4*count {
-			err = fmt.Errorf("got %d bytes, want %d", buf.Len(), 4*count)
+		cw := &countWriter{w: w}
+		err := s.fetchShard(cw, s.world.Peers[src.rank], block, src.buddy)
+		if err == nil && cw.n != int64(4*count) {
+			err = fmt.Errorf("got %d bytes, want %d", cw.n, 4*count)
 		}
 		if err == nil {
-			_, err := w.Write(buf.Bytes())
-			return err
+			return nil
 		}
-		errs = append(errs, fmt.Errorf("rank %d (%s, buddy %v): %w", src.rank, s.world.Peers[src.rank], src.buddy, err))
+		errs = append(errs, fmt.Errorf("rank %d (%s, buddy copy %v): %w", src.rank, s.world.Peers[src.rank], src.buddy, err))
+		if cw.n > 0 {
+			break
+		}
 	}
 	return fmt.Errorf("zero1: assembling the state of step %d: moment block %d of rank %d's slice: %w", s.applied, block, k, errors.Join(errs...))
+}
+
+// countWriter counts what passes through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func (s *session) fetchShard(w io.Writer, addr string, block int, buddy bool) error {
