@@ -294,9 +294,10 @@ type TrainConfig struct {
 	// slice of the flat parameter block, plus a buddy copy of its left
 	// neighbour's, 2/N of them; gradients are reduce-scattered, each rank
 	// updates its slices, parameters are all-gathered). zero1 needs adamw.
-	// A generation change under zero1 does not yet re-slice the moments:
-	// the nodes drop their state and the run continues from a live
-	// replica or stops, naming the checkpoint to resume (see README).
+	// A new generation re-slices the moments from surviving owners and
+	// buddies; only the loss of two adjacent ranks together loses state
+	// (the run then reloads from the newest checkpoint). Checkpoints hold
+	// the full state either way, so a run resumes under the other mode.
 	ShardOptimizer string `mapstructure:"shard_optimizer"`
 
 	// Seed drives weight initialisation, data order and dropout; the same
