@@ -890,6 +890,9 @@ func linkOrCopy(src, dst string) error {
 type stepTiming struct {
 	start, computed, reduced, commit, applied time.Time
 	prevApplied                               time.Time // end of the previous step
+	// updated: zero1 only, the end of the slices' update; apply_ms then
+	// splits into update_ms and the parameters' all-gather, gather_ms.
+	updated time.Time
 }
 
 // log writes the step's phases at debug level and starts the next step's
@@ -905,6 +908,9 @@ func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied),
 		"optimizer_bytes", optBytes)
+	if !t.updated.IsZero() {
+		l.Debug("zero1 apply", "step", step, "update_ms", ms(t.commit, t.updated), "gather_ms", ms(t.updated, t.applied))
+	}
 	*t = stepTiming{prevApplied: t.applied}
 }
 

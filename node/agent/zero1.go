@@ -114,21 +114,29 @@ var ErrGather = errors.New("all-gather of the parameters failed after the update
 // ShardedReduce, scaled here by 1/globalCount²), then the all-gather of the
 // parameters. A failed all-gather is an ErrGather.
 func ShardedApply(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, step, globalCount int, sumsq float64) error {
+	_, err := shardedApply(ctx, ring, tr, step, globalCount, sumsq)
+	return err
+}
+
+// shardedApply is ShardedApply; it also returns when the update ended and
+// the all-gather began.
+func shardedApply(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, step, globalCount int, sumsq float64) (updated time.Time, err error) {
 	if globalCount <= 0 {
-		return fmt.Errorf("apply step %d: global count %d is not positive", step, globalCount)
+		return updated, fmt.Errorf("apply step %d: global count %d is not positive", step, globalCount)
 	}
 	c := float64(globalCount)
 	if err := tr.ApplyShard(step, globalCount, sumsq/(c*c)); err != nil {
-		return err
+		return updated, err
 	}
+	updated = time.Now()
 	p, err := tr.Params()
 	if err != nil {
-		return err
+		return updated, err
 	}
 	if err := ring.AllGather(ctx, p); err != nil {
-		return fmt.Errorf("step %d: %w: %w", step, ErrGather, err)
+		return updated, fmt.Errorf("step %d: %w: %w", step, ErrGather, err)
 	}
-	return tr.ParamsGathered()
+	return updated, tr.ParamsGathered()
 }
 
 // ShardInfo is what one rank of a new generation says, in the re-slice,
@@ -395,7 +403,8 @@ func (s *session) reslice(w *control.World) {
 // its slices, and the re-slice of the next generation makes its parameters
 // whole again.
 func (s *session) applyShard(m *control.Msg) error {
-	err := ShardedApply(context.Background(), s.ring, s.shard, m.Step, m.Count, s.z.sumsq)
+	updated, err := shardedApply(context.Background(), s.ring, s.shard, m.Step, m.Count, s.z.sumsq)
+	s.tm.updated = updated
 	if err != nil && !errors.Is(err, ErrGather) {
 		return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
 	}
