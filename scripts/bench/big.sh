@@ -71,6 +71,8 @@ work=$(mktemp -d /tmp/ringtune-bench-big.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # BENCH_LOGS=DIR keeps the coordinator's and nodes' logs.
+  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && cp "$work"/run/*.log "$BENCH_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
