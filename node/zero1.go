@@ -168,18 +168,17 @@ func (t *Trainer) Layout() (own, buddy [2]int) {
 	return [2]int{int(t.own.Lo), int(t.own.Hi)}, [2]int{int(t.buddy.Lo), int(t.buddy.Hi)}
 }
 
-// HeldMoments implements agent.ShardTrainer: host copies of both slices'
-// moments.
+// HeldMoments implements agent.ShardTrainer: both slices' moments,
+// libtorch's own memory on CPU (no copy: a re-slice must not double the
+// state it holds), host copies on CUDA.
 func (t *Trainer) HeldMoments() (ownM, ownV, budM, budV []float32, err error) {
-	ownM, ownV = make([]float32, t.own.Len()), make([]float32, t.own.Len())
-	budM, budV = make([]float32, t.buddy.Len()), make([]float32, t.buddy.Len())
-	if err := t.m.ShardMoments(0, ownM, ownV); err != nil {
-		return nil, nil, nil, nil, err
+	var b [4][]float32
+	for i := range 4 {
+		if b[i], err = t.m.ShardMomentsHost(i/2, i%2); err != nil {
+			return nil, nil, nil, nil, err
+		}
 	}
-	if err := t.m.ShardMoments(1, budM, budV); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	return ownM, ownV, budM, budV, nil
+	return b[0], b[1], b[2], b[3], nil
 }
 
 // SetHeldMoments implements agent.ShardTrainer.

@@ -45,7 +45,9 @@ type ShardTrainer interface {
 	// Layout is the element ranges [lo, hi) of the own and buddy slices
 	// (empty before the first Reshard).
 	Layout() (own, buddy [2]int)
-	// HeldMoments copies out both slices' first and second moments.
+	// HeldMoments returns both slices' first and second moments, as
+	// copies or as views of the trainer's memory valid until the next
+	// Reshard or SetHeldMoments (read them only).
 	HeldMoments() (ownM, ownV, budM, budV []float32, err error)
 	// SetHeldMoments overwrites them and the optimizer's step count.
 	SetHeldMoments(ownM, ownV, budM, budV []float32, step int64) error
