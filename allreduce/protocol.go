@@ -185,28 +185,48 @@ func numChunks(n, chunk int) int { return (n + chunk - 1) / chunk }
 
 // plan is one rank's schedule for one operation. Global step t runs from 0
 // to 2(size-1)-1: steps below size-1 are reduce-scatter, the rest all-gather.
-// At step t the rank sends segment (rank-t) and receives segment (rank-t-1),
-// so the segment it receives at t is the one it sends at t+1.
+// At step t the rank sends segment (rank-t+shift) and receives segment
+// (rank-t-1+shift), so the segment it receives at t is the one it sends at
+// t+1. An operation runs the steps [t0, t1) of that schedule: all of them for
+// an all-reduce, the first size-1 for a reduce-scatter, the last size-1 for an
+// all-gather. shift is 0 for an all-reduce (after its reduce-scatter half
+// rank r holds segment r+1, as always) and -1 for the separate
+// reduce-scatter and all-gather, so that rank r owns segment r (see Slice).
 type plan struct {
 	n, size, rank, chunk int
-	recvStart            []int // recvStart[t]: index of step t's first chunk in receive order
+	t0, t1, shift        int
+	recvStart            []int // recvStart[t-t0]: index of step t's first chunk in receive order
 }
 
 func newPlan(n, size, rank, chunk int) plan {
-	p := plan{n: n, size: size, rank: rank, chunk: chunk}
-	steps := p.steps()
-	p.recvStart = make([]int, steps+1)
-	for t := 0; t < steps; t++ {
+	return newPartPlan(n, size, rank, chunk, 0, 2*(size-1), 0)
+}
+
+func newPartPlan(n, size, rank, chunk, t0, t1, shift int) plan {
+	p := plan{n: n, size: size, rank: rank, chunk: chunk, t0: t0, t1: t1, shift: shift}
+	p.recvStart = make([]int, t1-t0+1)
+	for t := t0; t < t1; t++ {
 		lo, hi := p.recvSeg(t)
-		p.recvStart[t+1] = p.recvStart[t] + numChunks(hi-lo, chunk)
+		p.recvStart[t-t0+1] = p.recvStart[t-t0] + numChunks(hi-lo, chunk)
 	}
 	return p
 }
 
-func (p plan) steps() int { return 2 * (p.size - 1) }
+func (p plan) sendSeg(t int) (lo, hi int) {
+	return segment(p.n, p.size, mod(p.rank-t+p.shift, p.size))
+}
+func (p plan) recvSeg(t int) (lo, hi int) {
+	return segment(p.n, p.size, mod(p.rank-t-1+p.shift, p.size))
+}
 
-func (p plan) sendSeg(t int) (lo, hi int) { return segment(p.n, p.size, mod(p.rank-t, p.size)) }
-func (p plan) recvSeg(t int) (lo, hi int) { return segment(p.n, p.size, mod(p.rank-t-1, p.size)) }
+// stepOf returns the global step of the i-th chunk in receive order.
+func (p plan) stepOf(i int) int {
+	k := 0
+	for k+1 < len(p.recvStart) && p.recvStart[k+1] <= i {
+		k++
+	}
+	return p.t0 + k
+}
 
 // phaseStep maps a global step to its phase and the step within that phase.
 func (p plan) phaseStep(t int) (Phase, int) {
@@ -228,7 +248,7 @@ func (p plan) totalRecv() int { return p.recvStart[len(p.recvStart)-1] }
 // totalSend is the number of chunks sent in the whole operation.
 func (p plan) totalSend() int {
 	n := 0
-	for t := 0; t < p.steps(); t++ {
+	for t := p.t0; t < p.t1; t++ {
 		lo, hi := p.sendSeg(t)
 		n += numChunks(hi-lo, p.chunk)
 	}

@@ -1,6 +1,7 @@
 package allreduce
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -207,6 +208,51 @@ func TestAddF32(t *testing.T) {
 		for i := range dst {
 			if math.Float32bits(dst[i]) != math.Float32bits(want[i]) {
 				t.Fatalf("length %d offset %d element %d: %v, scalar %v", length, off, i, dst[i], want[i])
+			}
+		}
+	}
+}
+
+// TestPartPlansInMemory runs the reduce-scatter (with and without the buddy
+// hop) and all-gather schedules in memory: send and receive counts match
+// between neighbours and the owned slices come out right.
+func TestPartPlansInMemory(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	for n := 1; n <= 6; n++ {
+		for _, length := range []int{0, 1, n + 1, 97, 1000} {
+			for _, k := range []Kind{KindReduceScatter, KindReduceScatterBuddy} {
+				bufs, ref, abs := randomBufs(rng, n, length)
+				plans := make([]plan, n)
+				for r := range plans {
+					plans[r] = opPlan(k, length, n, r, 3)
+				}
+				for r := range plans {
+					if n > 1 && plans[r].totalRecv() != plans[mod(r-1, n)].totalSend() {
+						t.Fatalf("n=%d len=%d %v: rank %d receives %d chunks, left sends %d", n, length, k, r, plans[r].totalRecv(), plans[mod(r-1, n)].totalSend())
+					}
+				}
+				p0 := plans[0]
+				for step := p0.t0; step < p0.t1; step++ {
+					msgs := make([][]float32, n)
+					for r := range n {
+						lo, hi := plans[r].sendSeg(step)
+						msgs[r] = append([]float32(nil), bufs[r][lo:hi]...)
+					}
+					for r := range n {
+						lo, hi := plans[r].recvSeg(step)
+						ph, _ := plans[r].phaseStep(step)
+						s := sink{dst: bufs[r][lo:hi], wire: Float32, add: ph == ReduceScatter}
+						s.write(f32bytes(msgs[mod(r-1, n)]))
+					}
+				}
+				for r := range n {
+					lo, hi := Slice(length, n, r)
+					checkSlice(t, fmt.Sprintf("n=%d len=%d %v rank %d", n, length, k, r), bufs[r], lo, hi, ref, abs, f32tol(n))
+					if k == KindReduceScatterBuddy {
+						lo, hi = Slice(length, n, r-1)
+						checkSlice(t, fmt.Sprintf("n=%d len=%d buddy of rank %d", n, length, r), bufs[r], lo, hi, ref, abs, f32tol(n))
+					}
+				}
 			}
 		}
 	}

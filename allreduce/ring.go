@@ -243,12 +243,95 @@ func (r *Ring) AllReduce(ctx context.Context, buf []float32) error {
 	return op.Wait()
 }
 
+// Kind selects which part of the ring schedule an operation runs.
+type Kind uint8
+
+const (
+	// KindAllReduce sums the buffer over all ranks (Start).
+	KindAllReduce Kind = iota
+	// KindReduceScatter leaves rank r the sum over all ranks of its own
+	// slice, Slice(len(buf), size, r); the rest of buf holds partial sums
+	// and is garbage to the caller. It moves (size-1)/size of the buffer
+	// per rank in the ring's wire format.
+	KindReduceScatter
+	// KindReduceScatterBuddy is KindReduceScatter plus one more hop: rank r
+	// also ends with the sum of its left neighbour's slice,
+	// Slice(len(buf), size, r-1), bit-identical to the neighbour's own
+	// copy. It is what a rank that keeps a buddy copy of its left
+	// neighbour's optimizer state needs; it costs 1/size more bytes.
+	KindReduceScatterBuddy
+	// KindAllGather sends each rank's own slice, Slice(len(buf), size, r),
+	// to every other rank, always in float32 (whatever the ring's Wire), so
+	// every rank ends with bit-identical buffers.
+	KindAllGather
+	// KindAllReduceFloat32 is KindAllReduce in float32 whatever the ring's
+	// Wire: a sum where every element has one non-zero contributor is then
+	// exact (moving state rather than gradients).
+	KindAllReduceFloat32
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindAllReduce:
+		return "all-reduce"
+	case KindReduceScatter:
+		return "reduce-scatter"
+	case KindReduceScatterBuddy:
+		return "reduce-scatter+buddy"
+	case KindAllGather:
+		return "all-gather"
+	case KindAllReduceFloat32:
+		return "all-reduce (float32)"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Slice is the element range [lo, hi) of a buffer of n elements that rank
+// owns in a ring of size ranks under ReduceScatter and AllGather: the ranks
+// split the buffer into size contiguous ranges in rank order, rank r getting
+// [r·n/size, (r+1)·n/size), so sizes differ by at most one element.
+func Slice(n, size, rank int) (lo, hi int) {
+	return segment(n, size, mod(rank, size))
+}
+
+// ReduceScatter sums buf over all ranks and leaves this rank the sum of its
+// own slice (see Slice and KindReduceScatter). It is StartKind followed by
+// Wait.
+func (r *Ring) ReduceScatter(ctx context.Context, buf []float32) error {
+	op, err := r.StartKind(ctx, KindReduceScatter, buf)
+	if err != nil {
+		return err
+	}
+	return op.Wait()
+}
+
+// AllGather spreads every rank's own slice of buf (see Slice) to all ranks,
+// in float32. It is StartKind followed by Wait.
+func (r *Ring) AllGather(ctx context.Context, buf []float32) error {
+	op, err := r.StartKind(ctx, KindAllGather, buf)
+	if err != nil {
+		return err
+	}
+	return op.Wait()
+}
+
 // Start begins an all-reduce of buf and returns at once. Operations run and
 // finish in the order they were started, and every rank must start the same
 // sequence of operations with equal lengths. buf must not be touched until
 // the operation is done. Cancelling ctx, or passing its deadline or the
 // ring's Timeout, breaks the ring.
 func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
+	return r.StartKind(ctx, KindAllReduce, buf)
+}
+
+// StartKind begins an operation of kind k on buf and returns at once; see
+// Start for the rules shared by all kinds. Every rank must start the same
+// kinds in the same order: a rank that runs another kind than its left
+// neighbour fails the ring with an error naming both.
+func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error) {
+	if k > KindAllReduceFloat32 {
+		return nil, fmt.Errorf("allreduce: %s: unknown operation kind %d", r.who(), k)
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("allreduce: %s: start: %w", r.who(), err)
 	}
@@ -266,7 +349,10 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 	if r.leftGone {
 		return nil, fmt.Errorf("allreduce: %s: left neighbour %s closed the ring; form a new generation", r.who(), r.peer(r.left))
 	}
-	op := &Op{r: r, seq: r.nextSeq, buf: buf, done: make(chan struct{}), progress: make(chan struct{})}
+	op := &Op{r: r, seq: r.nextSeq, kind: k, wire: r.cfg.Wire, buf: buf, done: make(chan struct{}), progress: make(chan struct{})}
+	if k == KindAllGather || k == KindAllReduceFloat32 {
+		op.wire = Float32
+	}
 	r.nextSeq++
 	if r.size == 1 {
 		close(op.done)
@@ -275,7 +361,7 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 	if len(r.pending) >= maxInFlight {
 		return nil, fmt.Errorf("allreduce: %s: %d operations already in flight; Wait for some first", r.who(), maxInFlight)
 	}
-	op.plan = newPlan(len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
+	op.plan = opPlan(k, len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
 	op.remaining.Store(int64(op.plan.totalRecv() + op.plan.totalSend() + 1))
 	if len(buf) == 0 {
 		op.remaining.Store(1)
@@ -298,26 +384,46 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 	r.pending[op.seq] = op
 	prev := r.last
 	r.last = op
-	if len(buf) == 0 {
-		// Nothing to move on any rank; it just completes after its
-		// predecessor, keeping completion in start order.
+	if op.plan.totalRecv() == 0 {
+		// Nothing to receive (an empty buffer, or a reduce-scatter or
+		// all-gather whose segments for this rank are all empty): the
+		// receive loop never sees it, so its completion token is dropped
+		// after its predecessor finishes, keeping completion in start order.
 		r.wg.Go(func() {
 			if prev != nil {
 				<-prev.done
 			}
 			op.partDone()
 		})
-		return op, nil
+	} else {
+		r.recvQ <- op
 	}
-	r.sendQ <- op
-	r.recvQ <- op
+	if op.plan.totalSend() > 0 {
+		r.sendQ <- op
+	}
 	return op, nil
 }
 
-// Op is one all-reduce in flight.
+// opPlan is the schedule of one operation of kind k.
+func opPlan(k Kind, n, size, rank, chunk int) plan {
+	half := size - 1
+	switch k {
+	case KindReduceScatter:
+		return newPartPlan(n, size, rank, chunk, 0, half, -1)
+	case KindReduceScatterBuddy:
+		return newPartPlan(n, size, rank, chunk, 0, half+1, -1)
+	case KindAllGather:
+		return newPartPlan(n, size, rank, chunk, half, 2*half, -1)
+	}
+	return newPlan(n, size, rank, chunk)
+}
+
+// Op is one ring operation in flight.
 type Op struct {
 	r    *Ring
 	seq  uint64
+	kind Kind
+	wire Wire // payload format of its messages: the ring's, or Float32 for an all-gather
 	buf  []float32
 	plan plan
 
@@ -360,7 +466,7 @@ func (o *Op) finish(err error) {
 			o.stopCtx()
 		}
 		if err != nil {
-			o.err = fmt.Errorf("allreduce: operation %d (%d floats): %w", o.seq, len(o.buf), err)
+			o.err = fmt.Errorf("allreduce: operation %d (%v of %d floats): %w", o.seq, o.kind, len(o.buf), err)
 		}
 		o.r.mu.Lock()
 		delete(o.r.pending, o.seq)
@@ -381,12 +487,9 @@ func (o *Op) stallErr() error {
 	got := int(o.recvd.Load())
 	where := "after its last chunk (waiting for gRPC to release sent data)"
 	if got < p.totalRecv() {
-		t := 0
-		for t+1 < len(p.recvStart) && p.recvStart[t+1] <= got {
-			t++
-		}
+		t := p.stepOf(got)
 		ph, st := p.phaseStep(t)
-		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, got-p.recvStart[t], r.peer(r.left))
+		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, got-p.recvStart[t-p.t0], r.peer(r.left))
 	}
 	return fmt.Errorf("allreduce: %s: operation %d timed out after %v %s; %d of %d chunks received, %d of %d sent to right neighbour %s; a peer is dead or stalled, form a new generation",
 		r.who(), o.seq, o.limit.Round(time.Millisecond), where, got, p.totalRecv(), o.sent.Load(), p.totalSend(), r.peer(r.right))
@@ -564,18 +667,18 @@ func (g grpcSender) send(op *Op, h *header, a, b int) error {
 
 func (r *Ring) sendOp(tx chunkSender, op *Op) error {
 	p := op.plan
-	for t := 0; t < p.steps(); t++ {
+	for t := p.t0; t < p.t1; t++ {
 		lo, hi := p.sendSeg(t)
 		ph, st := p.phaseStep(t)
 		for c := range numChunks(hi-lo, p.chunk) {
-			if t > 0 {
+			if t > p.t0 {
 				// The chunk we forward at step t is the one received at t-1.
-				if err := op.waitRecv(p.recvStart[t-1] + c + 1); err != nil {
+				if err := op.waitRecv(p.recvStart[t-1-p.t0] + c + 1); err != nil {
 					return err
 				}
 			}
 			a, b := p.chunkRange(lo, hi, c)
-			h := header{Kind: kindData, Wire: r.cfg.Wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
+			h := header{Kind: kindData, Wire: op.wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
 				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
 			op.sent.Add(1)
 			if err := tx.send(op, &h, a, b); err != nil {
@@ -681,20 +784,20 @@ func (c *recvCursor) next() ([]float32, error) {
 	if c.cur == nil {
 		select {
 		case c.cur = <-r.recvQ:
-			c.i, c.t = 0, 0
+			c.i, c.t = 0, c.cur.plan.t0
 		case <-r.dead:
 			return nil, r.err
 		}
 	}
 	p := c.cur.plan
-	for p.recvStart[c.t+1] <= c.i {
+	for p.recvStart[c.t-p.t0+1] <= c.i {
 		c.t++
 	}
-	ch := c.i - p.recvStart[c.t]
+	ch := c.i - p.recvStart[c.t-p.t0]
 	lo, hi := p.recvSeg(c.t)
 	a, b := p.chunkRange(lo, hi, ch)
 	ph, st := p.phaseStep(c.t)
-	c.want = header{Kind: kindData, Wire: r.cfg.Wire, Phase: ph, Gen: r.cfg.Generation, Seq: c.cur.seq,
+	c.want = header{Kind: kindData, Wire: c.cur.wire, Phase: ph, Gen: r.cfg.Generation, Seq: c.cur.seq,
 		From: uint32(r.left), Step: uint32(st), Chunk: uint32(ch), Count: uint32(b - a)}
 	return c.cur.buf[a:b], nil
 }
@@ -702,7 +805,7 @@ func (c *recvCursor) next() ([]float32, error) {
 // applied records that the expected message's payload is in dst.
 func (c *recvCursor) applied(dst []float32) {
 	r := c.r
-	if r.cfg.Wire == BFloat16 && c.want.Phase == ReduceScatter && int(c.want.Step) == r.size-2 {
+	if c.want.Wire == BFloat16 && c.want.Phase == ReduceScatter && int(c.want.Step) == r.size-2 {
 		// This rank owns the segment now; make its copy equal to what
 		// the others will decode from bfloat16.
 		roundBF16(dst)
@@ -749,7 +852,7 @@ func (r *Ring) recvLoop(ss grpc.ServerStream) error {
 		if err != nil {
 			return err
 		}
-		sk = sink{dst: dst, wire: r.cfg.Wire, add: cr.want.Phase == ReduceScatter}
+		sk = sink{dst: dst, wire: cr.want.Wire, add: cr.want.Phase == ReduceScatter}
 		return nil
 	}
 	for {

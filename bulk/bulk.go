@@ -57,6 +57,12 @@ const (
 	// KindCheckpoint is the state in the coordinator's checkpoint of
 	// Request.Step committed steps.
 	KindCheckpoint = "checkpoint"
+	// KindShard is a zero1 node's slice of optimizer block Request.Req
+	// (0: AdamW's first moment, 1: its second) at committed step
+	// Request.Step, as raw little-endian float32: its own slice, or with
+	// Name "buddy" its copy of its left neighbour's. A node assembling the
+	// full state for a checkpoint or a joiner pulls these from its peers.
+	KindShard = "shard"
 )
 
 // Chunk sizes and the default per-chunk deadline.
@@ -82,6 +88,8 @@ func (r Request) String() string {
 	switch r.Kind {
 	case KindState, KindCheckpoint:
 		return fmt.Sprintf("%s of step %d", r.Kind, r.Step)
+	case KindShard:
+		return fmt.Sprintf("shard %q of block %d of step %d", r.Name, r.Req, r.Step)
 	case KindExport:
 		return fmt.Sprintf("export %d file %s", r.Req, r.Name)
 	}
@@ -105,8 +113,12 @@ func (r Request) validate() error {
 		if r.Name == "" {
 			return fmt.Errorf("bulk: %s request without a name", r.Kind)
 		}
+	case KindShard:
+		if r.Step < 0 || r.Req < 0 || r.Req > 1 || (r.Name != "" && r.Name != "buddy") {
+			return fmt.Errorf("bulk: shard request for step %d, block %d, slice %q (want step >= 0, block 0 or 1, slice \"\" or \"buddy\")", r.Step, r.Req, r.Name)
+		}
 	default:
-		return fmt.Errorf("bulk: unknown request kind %q (want state, export, model or checkpoint)", r.Kind)
+		return fmt.Errorf("bulk: unknown request kind %q (want state, export, model, checkpoint or shard)", r.Kind)
 	}
 	return nil
 }

@@ -218,6 +218,10 @@ const (
 	OptimizerAdamW = "adamw"
 	OptimizerSGD   = "sgd"
 
+	// train.shard_optimizer values.
+	ShardNone  = "none"
+	ShardZero1 = "zero1"
+
 	ScheduleConstant = "constant"
 	ScheduleLinear   = "linear"
 	ScheduleCosine   = "cosine"
@@ -284,6 +288,17 @@ type TrainConfig struct {
 
 	// MaxGradNorm clips the global gradient norm; 0 disables clipping.
 	MaxGradNorm float64 `mapstructure:"max_grad_norm"`
+
+	// ShardOptimizer is none (default: every rank holds all of AdamW's
+	// moments) or zero1 (ZeRO-1: rank r of N holds the moments of its
+	// slice of the flat parameter block, plus a buddy copy of its left
+	// neighbour's, 2/N of them; gradients are reduce-scattered, each rank
+	// updates its slices, parameters are all-gathered). zero1 needs adamw.
+	// A new generation re-slices the moments from surviving owners and
+	// buddies; only the loss of two adjacent ranks together loses state
+	// (the run then reloads from the newest checkpoint). Checkpoints hold
+	// the full state either way, so a run resumes under the other mode.
+	ShardOptimizer string `mapstructure:"shard_optimizer"`
 
 	// Seed drives weight initialisation, data order and dropout; the same
 	// seed gives the same run.
@@ -402,19 +417,20 @@ func Default() *Config {
 			MLMProbability: 0.15,
 		},
 		Train: TrainConfig{
-			Epochs:      3,
-			GlobalBatch: 32,
-			MicroBatch:  8,
-			Optimizer:   OptimizerAdamW,
-			LR:          5e-5,
-			Schedule:    ScheduleLinear,
-			WeightDecay: 0.01,
-			Betas:       []float64{0.9, 0.999},
-			Eps:         1e-8,
-			MaxGradNorm: 1.0,
-			Seed:        42,
-			Precision:   PrecisionFP32,
-			DigestEvery: 50,
+			Epochs:         3,
+			GlobalBatch:    32,
+			MicroBatch:     8,
+			Optimizer:      OptimizerAdamW,
+			ShardOptimizer: ShardNone,
+			LR:             5e-5,
+			Schedule:       ScheduleLinear,
+			WeightDecay:    0.01,
+			Betas:          []float64{0.9, 0.999},
+			Eps:            1e-8,
+			MaxGradNorm:    1.0,
+			Seed:           42,
+			Precision:      PrecisionFP32,
+			DigestEvery:    50,
 		},
 		AllReduce: AllReduceConfig{
 			ChunkBytes: 4 << 20,

@@ -88,6 +88,8 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"eps", func(c *Config) { c.Train.Eps = 0 }, "train.eps: must be > 0"},
 		{"momentum", func(c *Config) { c.Train.Momentum = 1 }, "train.momentum: must be in [0, 1), got 1"},
 		{"grad norm", func(c *Config) { c.Train.MaxGradNorm = -1 }, "train.max_grad_norm: must be >= 0 (0 disables clipping), got -1"},
+		{"shard optimizer", func(c *Config) { c.Train.ShardOptimizer = "zero3" }, `train.shard_optimizer: must be one of none, zero1, got "zero3"`},
+		{"zero1 with sgd", func(c *Config) { c.Train.ShardOptimizer, c.Train.Optimizer = ShardZero1, OptimizerSGD }, `train.shard_optimizer: zero1 shards AdamW's moments; train.optimizer is "sgd": use adamw or shard_optimizer: none`},
 		{"precision", func(c *Config) { c.Train.Precision = "fp16" }, `train.precision: must be one of fp32, bf16, got "fp16"`},
 		{"threads", func(c *Config) { c.Train.Threads = -1 }, "train.threads: must be >= 0"},
 		{"eval every", func(c *Config) { c.Train.EvalEvery = -1 }, "train.eval_every: must be >= 0"},

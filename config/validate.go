@@ -164,6 +164,10 @@ func (c *Config) Validate() error {
 	if c.Train.MaxGradNorm < 0 {
 		v.add("train.max_grad_norm", "must be >= 0 (0 disables clipping), got %g", c.Train.MaxGradNorm)
 	}
+	v.oneOf("train.shard_optimizer", c.Train.ShardOptimizer, ShardNone, ShardZero1)
+	if c.Train.ShardOptimizer == ShardZero1 && c.Train.Optimizer != OptimizerAdamW {
+		v.add("train.shard_optimizer", "zero1 shards AdamW's moments; train.optimizer is %q: use adamw or shard_optimizer: none", c.Train.Optimizer)
+	}
 	v.oneOf("train.precision", c.Train.Precision, PrecisionFP32, PrecisionBF16)
 	v.nonNegative("train.threads", c.Train.Threads)
 	v.nonNegative("train.eval_every", c.Train.EvalEvery)

@@ -172,8 +172,10 @@ type TrainSpec struct {
 	Eps         float64   `json:"eps"`
 	Momentum    float64   `json:"momentum"`
 	MaxGradNorm float64   `json:"max_grad_norm"`
-	Precision   string    `json:"precision"`
-	Threads     int       `json:"threads"`
+	// ShardOptimizer is config.ShardNone (or empty) or config.ShardZero1.
+	ShardOptimizer string `json:"shard_optimizer,omitempty"`
+	Precision      string `json:"precision"`
+	Threads        int    `json:"threads"`
 }
 
 // World is one generation as seen by one rank.
@@ -220,6 +222,10 @@ type Reduced struct {
 	ExposedMS    float64 `json:"exposed_ms,omitempty"`
 	Buckets      int     `json:"buckets,omitempty"`
 	ApplyMS      float64 `json:"apply_ms,omitempty"`
+	// OptimizerBytes is the optimizer state the node holds (all of
+	// AdamW's moments under shard_optimizer none, its slices under zero1);
+	// 0 when the node does not say.
+	OptimizerBytes int64 `json:"optimizer_bytes,omitempty"`
 }
 
 // Names of Reduced.Metrics.

@@ -212,7 +212,8 @@ func New(opts Options) (*Coordinator, error) {
 		RunID: fmt.Sprintf("%x", sha256.Sum256([]byte(fmt.Sprint(cfg.Model.Path, t.Seed, time.Now().UnixNano()))))[:16],
 		Task:  cfg.Model.Task, NumLabels: cfg.Model.NumLabels, Labels: cfg.Model.Labels, Init: cfg.Model.Init, Seed: t.Seed,
 		Train: control.TrainSpec{Optimizer: t.Optimizer, LR: t.LR, Schedule: t.Schedule, WarmupSteps: warm, WeightDecay: t.WeightDecay,
-			Betas: t.Betas, Eps: t.Eps, Momentum: t.Momentum, MaxGradNorm: t.MaxGradNorm, Precision: t.Precision, Threads: t.Threads},
+			Betas: t.Betas, Eps: t.Eps, Momentum: t.Momentum, MaxGradNorm: t.MaxGradNorm, Precision: t.Precision, Threads: t.Threads,
+			ShardOptimizer: t.ShardOptimizer},
 		TotalSteps: c.total, Files: c.files, ChunkBytes: cfg.AllReduce.ChunkBytes, Wire: cfg.AllReduce.Wire, TimeoutMS: cfg.AllReduce.Timeout.Milliseconds(),
 		Transport: cfg.AllReduce.Transport, BucketBytes: cfg.AllReduce.BucketBytes, Overlap: cfg.AllReduce.Overlap, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
 	}
@@ -1351,10 +1352,13 @@ func (c *Coordinator) drainDigests(ctx context.Context) error {
 func (c *Coordinator) account(g int) {
 	var loss, n float64
 	samples := 0
-	for _, r := range c.reduced {
+	var optMax int64
+	for id, r := range c.reduced {
 		loss += r.LossSum
 		n += float64(r.Count)
 		samples += r.Samples
+		c.metrics.optimizer(id, r.OptimizerBytes)
+		optMax = max(optMax, r.OptimizerBytes)
 	}
 	c.stats.samples += samples
 	el := time.Since(c.stats.start).Seconds()
@@ -1374,7 +1378,7 @@ func (c *Coordinator) account(g int) {
 	ph := phasesOf(c.reduced)
 	c.metrics.stepPhases(ph)
 	c.log.Debug("step committed", "step", g, "loss", mean, "comm_ms", ph.CommMS, "overlapped_comm_ms", ph.OverlappedMS,
-		"exposed_comm_ms", ph.ExposedMS, "apply_ms", ph.ApplyMS, "buckets", ph.Buckets)
+		"exposed_comm_ms", ph.ExposedMS, "apply_ms", ph.ApplyMS, "buckets", ph.Buckets, "optimizer_bytes_max", optMax)
 }
 
 func (c *Coordinator) afterCommit(ctx context.Context, epochDone bool) error {

@@ -32,7 +32,8 @@ type metrics struct {
 	nodes *prometheus.GaugeVec
 	// phases are the last committed step's communication and apply times
 	// (the slowest rank's), in milliseconds, by phase.
-	phases *prometheus.GaugeVec
+	phases   *prometheus.GaugeVec
+	optBytes *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -59,6 +60,9 @@ func newMetrics() *metrics {
 	m.losses = ct("nodes_lost_total", "Nodes lost (session broken, gossip dead, or silent).")
 	m.evals = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "eval", Help: "Last evaluation metrics."}, []string{"metric"})
 	m.reg.MustRegister(m.evals)
+	m.optBytes = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "optimizer_bytes",
+		Help: "Optimizer state held per node at its last reduced step (train.shard_optimizer zero1 holds 2/N of it)."}, []string{"node"})
+	m.reg.MustRegister(m.optBytes)
 	m.nodes = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "ringtune", Name: "node_last_step",
 		Help: "What each rank measured of its last step, by metric: compute_ms, exposed_comm_ms, apply_ms (of the step before), rss_mb, and any other a node reports."},
 		[]string{"node", "metric"})
@@ -95,6 +99,13 @@ func (m *metrics) stepPhases(p stepPhases) {
 		m.phases.WithLabelValues("overlapped").Set(p.OverlappedMS)
 		m.phases.WithLabelValues("exposed").Set(p.ExposedMS)
 		m.phases.WithLabelValues("apply").Set(p.ApplyMS)
+	}
+}
+
+// optimizer records the optimizer state node holds.
+func (m *metrics) optimizer(node string, bytes int64) {
+	if m != nil && bytes > 0 {
+		m.optBytes.WithLabelValues(node).Set(float64(bytes))
 	}
 }
 

@@ -30,13 +30,20 @@ type Trainer struct {
 	// segment.
 	segs []bucket.Segment
 	seg  []int
+	// zero1 (train.shard_optimizer): the model holds moments of own and
+	// buddy only; params is the CUDA host copy of the parameters for the
+	// all-gather.
+	zero1       bool
+	own, buddy  torch.Range
+	params      []float32
+	maxGradNorm float64
 }
 
 // NewTrainer returns an empty trainer; Setup builds it. It is an
 // agent.Factory.
 func NewTrainer() (agent.Trainer, error) { return &Trainer{}, nil }
 
-var _ agent.Trainer = (*Trainer)(nil)
+var _ agent.ShardTrainer = (*Trainer)(nil)
 
 // Setup implements agent.Trainer.
 func (t *Trainer) Setup(job agent.Job) (int, error) {
@@ -73,7 +80,16 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 	if oc.Name == "" {
 		oc.Name = config.OptimizerAdamW
 	}
-	if err := m.SetOptimizer(oc); err != nil {
+	t.job, t.m = job, m
+	t.zero1 = tr.ShardOptimizer == config.ShardZero1
+	t.maxGradNorm = oc.MaxGradNorm
+	if t.zero1 {
+		t.own, t.buddy = shardSlices(m.NumParams(), job.Rank, job.WorldSize)
+		err = m.SetShardedOptimizer(oc, []torch.Range{t.own, t.buddy})
+	} else {
+		err = m.SetOptimizer(oc)
+	}
+	if err != nil {
 		m.Close()
 		return 0, err
 	}
@@ -93,6 +109,9 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 	t.segs, t.seg = m.GradSegments()
 	if dev.IsCUDA() {
 		t.host = host
+		if t.zero1 {
+			t.params = make([]float32, m.NumParams())
+		}
 	}
 	return int(m.NumParams()), nil
 }
@@ -134,6 +153,9 @@ func (t *Trainer) Gradients() ([]float32, error) {
 
 // Apply implements agent.Trainer.
 func (t *Trainer) Apply(step, globalCount int) error {
+	if t.zero1 {
+		return fmt.Errorf("apply step %d: train.shard_optimizer is zero1: the step is applied by the sharded path (agent.ShardedApply)", step)
+	}
 	if globalCount <= 0 {
 		return fmt.Errorf("apply step %d: global count %d is not positive", step, globalCount)
 	}
@@ -168,6 +190,9 @@ func (t *Trainer) Digest() ([]byte, error) {
 // (hf.Model.HostStateBlocks), so streaming a 1.5 GB state allocates
 // nothing of its size; on CUDA each block is copied to the host first.
 func (t *Trainer) WriteState(w io.Writer) error {
+	if t.zero1 {
+		return t.writeShardState(w)
+	}
 	blocks, step, ok, err := t.m.HostStateBlocks()
 	if err != nil {
 		return err
@@ -212,6 +237,9 @@ func (t *Trainer) ReadState(r io.Reader) error {
 		return fmt.Errorf("read state: %w", err)
 	}
 	n := int(t.m.NumParams())
+	if t.zero1 {
+		return t.readShardState(r, np, no, steps)
+	}
 	blocks, step, ok, err := t.m.HostStateBlocks()
 	if err != nil {
 		return err

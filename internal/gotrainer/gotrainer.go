@@ -403,3 +403,7 @@ func (t *Trainer) Export(dir string) error {
 
 // Close implements agent.Trainer.
 func (t *Trainer) Close() error { return nil }
+
+// OptimizerBytes is the optimizer state held (the agent reports it with
+// every reduced step).
+func (t *Trainer) OptimizerBytes() int64 { return 4 * int64(len(t.m)+len(t.v)) }

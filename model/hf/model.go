@@ -80,6 +80,7 @@ type Model struct {
 	// watch reports ready gradients during backward (WatchGrads); nil
 	// until asked for.
 	watch *torch.GradWatch
+	shard *torch.ShardedAdamW // train.shard_optimizer zero1, instead of optim
 }
 
 // Load builds a model from a Hugging Face model directory.
@@ -197,6 +198,10 @@ func (m *Model) Close() {
 		}
 		m.watch.Free() // before the parameters it hooks
 		m.watch = nil
+		if m.shard != nil {
+			m.shard.Free()
+			m.shard = nil
+		}
 		m.ropeCos.Free()
 		m.ropeSin.Free()
 		if m.scope != nil {

@@ -88,6 +88,10 @@ func (m *Model) SetOptimizer(o OptimConfig) error {
 			m.optim.Free()
 			m.optim = nil
 		}
+		if m.shard != nil {
+			m.shard.Free()
+			m.shard = nil
+		}
 		switch o.Name {
 		case config.OptimizerAdamW, "":
 			a, err := torch.NewAdamW(m.params, torch.AdamWConfig{Beta1: o.Beta1, Beta2: o.Beta2, Eps: o.Eps, WeightDecay: o.WeightDecay})

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <exception>
 #include <initializer_list>
+#include <stdexcept>
 #include <vector>
 
 #include <ATen/Parallel.h>
@@ -259,6 +260,85 @@ char *rt_adamw_step(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tenso
       }
       *grad_sumsq = total;
     }
+  });
+}
+
+char *rt_sumsq_slice(rt_tensor grad, int64_t lo, int64_t n, double gscale, double *out) {
+  return guard([&] {
+    at::NoGradGuard no_grad;
+    at::Tensor &g = T(grad);
+    if (lo < 0 || n < 0 || lo + n > g.numel()) {
+      throw std::runtime_error("sumsq slice out of range");
+    }
+    if (n == 0) {
+      *out = 0;
+      return;
+    }
+    if (!fusable({&g}, g.numel())) {
+      *out = g.narrow(0, lo, n).mul(gscale).pow(2).sum(at::kDouble).item<double>();
+      return;
+    }
+    *out = sumsq_blocks(g.data_ptr<float>() + lo, n, static_cast<float>(gscale));
+  });
+}
+
+char *rt_adamw_slice(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tensor exp_avg_sq,
+                     int64_t lo, int64_t decay_numel, double gscale, double clip, double lr,
+                     double beta1, double beta2, double eps, double weight_decay, int64_t step) {
+  return guard([&] {
+    at::NoGradGuard no_grad;
+    at::Tensor &p = T(param), &g = T(grad), &m = T(exp_avg), &v = T(exp_avg_sq);
+    const int64_t n = m.numel();
+    if (lo < 0 || lo + n > p.numel() || v.numel() != n || g.numel() != p.numel()) {
+      throw std::runtime_error("adamw slice out of range");
+    }
+    if (n == 0) {
+      return;
+    }
+    const double bc1 = 1 - std::pow(beta1, static_cast<double>(step));
+    const double bc2 = 1 - std::pow(beta2, static_cast<double>(step));
+    const bool decay = weight_decay != 0 && decay_numel > lo;
+    // The decayed part of the slice, relative to lo.
+    const int64_t dmid = decay ? std::min(decay_numel - lo, n) : 0;
+    if (!fusable({&p, &g}, p.numel()) || !fusable({&m, &v}, n)) {
+      at::Tensor ps = p.narrow(0, lo, n), gs = g.narrow(0, lo, n);
+      gs.mul_(gscale);
+      if (clip != 1) {
+        gs.mul_(clip);
+      }
+      if (dmid > 0) {
+        ps.narrow(0, 0, dmid).mul_(1 - lr * weight_decay);
+      }
+      m.mul_(beta1).add_(gs, 1 - beta1);
+      v.mul_(beta2).addcmul_(gs, gs, 1 - beta2);
+      at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(eps);
+      ps.addcdiv_(m, denom, -lr / bc1);
+      gs.zero_();
+      return;
+    }
+    float *pp = p.data_ptr<float>() + lo, *gp = g.data_ptr<float>() + lo,
+          *mp = m.data_ptr<float>(), *vp = v.data_ptr<float>();
+    const float fscale = static_cast<float>(gscale), fclip = static_cast<float>(clip),
+                decay_mul = decay ? static_cast<float>(1 - lr * weight_decay) : 1.0f,
+                b1 = static_cast<float>(beta1), omb1 = static_cast<float>(1 - beta1),
+                b2 = static_cast<float>(beta2), omb2 = static_cast<float>(1 - beta2),
+                bc2s = static_cast<float>(std::sqrt(bc2)), feps = static_cast<float>(eps),
+                nss = static_cast<float>(-lr / bc1);
+    const int64_t nblocks = (n + kBlock - 1) / kBlock;
+    at::parallel_for(0, nblocks, 1, [&](int64_t blo, int64_t bhi) {
+      for (int64_t b = blo; b < bhi; b++) {
+        const int64_t a = b * kBlock, e = std::min(n, a + kBlock);
+        const int64_t mid = std::min(std::max(dmid, a), e);
+        if (mid > a) {
+          rt_fused::adamw(pp + a, gp + a, mp + a, vp + a, mid - a, fscale, fclip, decay_mul, b1,
+                          omb1, b2, omb2, bc2s, feps, nss);
+        }
+        if (e > mid) {
+          rt_fused::adamw(pp + mid, gp + mid, mp + mid, vp + mid, e - mid, fscale, fclip, 1.0f, b1,
+                          omb1, b2, omb2, bc2s, feps, nss);
+        }
+      }
+    });
   });
 }
 

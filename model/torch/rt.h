@@ -44,6 +44,18 @@ char *rt_adamw_step(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tenso
                     int64_t decay_numel, double gscale, double max_norm, double lr, double beta1,
                     double beta2, double eps, double weight_decay, int64_t step,
                     double *grad_sumsq);
+// The slice form of rt_adamw_step for a sharded optimizer (ZeRO-1): the
+// update of the elements [lo, lo+n) of param and grad, n being the length
+// of exp_avg and exp_avg_sq (which hold that slice's moments only), with the
+// clipping coefficient clip (min(1, max_norm/(norm+1e-6)), or 1) already
+// computed from the global norm. decay_numel stays an index of the whole
+// block. grad[lo, lo+n) is zeroed; the rest of grad is left alone.
+char *rt_adamw_slice(rt_tensor param, rt_tensor grad, rt_tensor exp_avg, rt_tensor exp_avg_sq,
+                     int64_t lo, int64_t decay_numel, double gscale, double clip, double lr,
+                     double beta1, double beta2, double eps, double weight_decay, int64_t step);
+// Sum of squares of grad[lo, lo+n)*gscale, in double, in fixed blocks from
+// lo (independent of the thread count).
+char *rt_sumsq_slice(rt_tensor grad, int64_t lo, int64_t n, double gscale, double *out);
 // SGD with torch.optim.SGD's semantics (momentum, dampening 0, coupled
 // weight decay on the first decay_numel elements, optional Nesterov).
 char *rt_sgd(rt_tensor param, rt_tensor grad, rt_tensor momentum_buf, int64_t decay_numel,

@@ -31,6 +31,7 @@ import (
 	"github.com/ringtune/ringtune/auth"
 	"github.com/ringtune/ringtune/bucket"
 	"github.com/ringtune/ringtune/bulk"
+	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
 )
@@ -436,6 +437,10 @@ type session struct {
 	// applyMS is the duration of the last optimizer step, reported with the
 	// next step's reduced.
 	applyMS float64
+	// shard is the trainer under train.shard_optimizer zero1 (nil under
+	// none) and z what it holds (see zero1.go).
+	shard ShardTrainer
+	z     zeroState
 }
 
 func (s *session) send(m *control.Msg) error {
@@ -787,13 +792,16 @@ func (s *session) handle(m *control.Msg) error {
 		}
 		s.inStep = false
 		s.tm.commit = time.Now()
+		if s.shard != nil {
+			return s.applyShard(m)
+		}
 		if err := s.tr.Apply(m.Step, m.Count); err != nil {
 			return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
 		}
 		s.applied = m.Step + 1
 		s.tm.applied = time.Now()
 		s.applyMS = ms(s.tm.applied.Sub(s.tm.commit))
-		s.tm.log(s.a.log, m.Step)
+		s.tm.log(s.a.log, m.Step, s.optimizerBytes())
 		return s.digest(m.Gen, m.Step, m.Digest)
 	case control.TypeAbort:
 		// An abort may name an older generation: the coordinator aborts a
@@ -944,10 +952,17 @@ func (s *session) setupTrainer() error {
 	}
 	s.params = n
 	s.applied = 0
+	if j.Train.ShardOptimizer == config.ShardZero1 {
+		st, ok := tr.(ShardTrainer)
+		if !ok {
+			return fmt.Errorf("agent: train.shard_optimizer is zero1 but this node's trainer (%T) cannot shard the optimizer", tr)
+		}
+		s.shard = st
+	}
 	if err := s.planBuckets(); err != nil {
 		return err
 	}
-	s.a.log.Info("trainer ready", "params", n)
+	s.a.log.Info("trainer ready", "params", n, "shard_optimizer", j.Train.ShardOptimizer)
 	if lr, ok := tr.(LoadReporter); ok {
 		if rep := lr.LoadReport(); rep != "" {
 			s.a.log.Info("pretrained weights", "report", rep)
@@ -1013,6 +1028,9 @@ func (s *session) onGen(m *control.Msg) error {
 	}
 	s.ring, s.gen, s.world = r, w.Generation, w
 	s.a.log.Info("generation", "gen", w.Generation, "rank", w.Rank, "size", len(w.Peers), "transport", transport.String())
+	if s.shard != nil {
+		s.reslice(w)
+	}
 	if err := s.send(&control.Msg{Type: control.TypeReady, Gen: s.gen, Ready: &control.Ready{Params: s.params, Applied: s.applied}}); err != nil {
 		return err
 	}
@@ -1032,7 +1050,16 @@ func (s *session) onStep(m *control.Msg) error {
 	// reductions, which may start during the last micro-batch.
 	ctx := s.watch.begin(m.Gen, m.Step)
 	defer s.watch.end()
-	res, err := RunStep(ctx, StepSpec{Trainer: s.tr, Plan: s.plan, Overlap: s.ov != nil, Ring: s.ring}, m.Batches)
+	spec := StepSpec{Trainer: s.tr, Plan: s.plan, Overlap: s.ov != nil, Ring: s.ring}
+	if s.shard != nil {
+		// zero1: the reduce-scatter (with the buddy's copy) and the
+		// gradient's sum of squares, after backward.
+		spec.Reduce = func(ctx context.Context, grads []float32) (err error) {
+			s.z.sumsq, err = ShardedReduce(ctx, s.ring, s.shard, grads)
+			return err
+		}
+	}
+	res, err := RunStep(ctx, spec, m.Batches)
 	if err != nil {
 		return fmt.Errorf("agent: step %d: %w", m.Step, err)
 	}
@@ -1048,6 +1075,7 @@ func (s *session) onStep(m *control.Msg) error {
 	}
 	red := res.Reduced
 	red.ApplyMS = s.applyMS
+	red.OptimizerBytes = s.optimizerBytes()
 	s.stepDone = time.Now()
 	s.tm.reduced = s.stepDone
 	red.Metrics = s.tm.report()
@@ -1064,6 +1092,11 @@ type StepSpec struct {
 	// Trainer must then implement Overlapper.
 	Overlap bool
 	Ring    bucket.Starter
+	// Reduce, when set, replaces the buckets: the whole gradient is
+	// handed to it after the last backward (zero1's reduce-scatter with
+	// its buddy hop, which does not split into buckets), and Overlap is
+	// ignored.
+	Reduce func(ctx context.Context, grads []float32) error
 }
 
 // StepResult is one step's outcome on a node.
@@ -1091,7 +1124,7 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 	start := time.Now()
 	red := &res.Reduced
 	var ov Overlapper
-	if sp.Overlap {
+	if sp.Overlap && sp.Reduce == nil {
 		var ok bool
 		if ov, ok = sp.Trainer.(Overlapper); !ok {
 			return res, errors.New("overlap asked of a trainer that cannot report ready gradients")
@@ -1124,6 +1157,19 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 		red.Tokens += b.Tokens
 	}
 	res.Computed = time.Now()
+	if sp.Reduce != nil {
+		grads, err := sp.Trainer.Gradients()
+		if err != nil {
+			return res, fmt.Errorf("gradients: %w", err)
+		}
+		err = sp.Reduce(ctx, grads)
+		took := time.Since(res.Computed)
+		res.Comm = bucket.Stats{Comm: took, Exposed: took, Buckets: 1}
+		res.RingErr = err
+		red.Seconds = time.Since(start).Seconds()
+		red.CommMS, red.ExposedMS, red.Buckets = ms(took), ms(took), 1
+		return res, nil
+	}
 	if op == nil {
 		// No overlap (or no micro-batch): the same buckets, all started
 		// now.
@@ -1214,6 +1260,9 @@ type stepTiming struct {
 	// first one.
 	prevApply time.Duration
 	comm      bucket.Stats
+	// updated: zero1 only, the end of the slices' update; apply_ms then
+	// splits into update_ms and the parameters' all-gather, gather_ms.
+	updated time.Time
 }
 
 // report is the step's control.Reduced.Metrics: its phases so far, the
@@ -1257,7 +1306,8 @@ func residentBytes() (int64, bool) {
 // log writes the step's phases at debug level and starts the next step's
 // idle clock. idle_ms is the time between applying the previous step and
 // starting this one: the node had nothing to do.
-func (t *stepTiming) log(l *slog.Logger, step int) {
+// optBytes is the optimizer state held on this node (-1: not reported).
+func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	ms := func(a, b time.Time) float64 { return float64(b.Sub(a).Microseconds()) / 1000 }
 	msOf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	idle := 0.0
@@ -1267,7 +1317,10 @@ func (t *stepTiming) log(l *slog.Logger, step int) {
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "exposed_comm_ms", msOf(t.comm.Exposed), "overlapped_comm_ms", msOf(t.comm.Overlapped),
 		"comm_ms", msOf(t.comm.Comm), "buckets", t.comm.Buckets,
-		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied))
+		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied), "optimizer_bytes", optBytes)
+	if !t.updated.IsZero() {
+		l.Debug("zero1 apply", "step", step, "update_ms", ms(t.commit, t.updated), "gather_ms", ms(t.updated, t.applied))
+	}
 	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit)}
 }
 

@@ -39,6 +39,10 @@ type hub struct {
 type stateReq struct {
 	step int
 	w    *io.PipeWriter
+	// shard is a KindShard request (zero1): block (0, 1) and whether the
+	// buddy slice is asked for; block is -1 for a whole state.
+	block int
+	buddy bool
 }
 
 func newHub() *hub { return &hub{states: make(chan stateReq)} }
@@ -46,10 +50,14 @@ func newHub() *hub { return &hub{states: make(chan stateReq)} }
 // source is the bulk.Source of a node.
 func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error) {
 	switch r.Kind {
-	case bulk.KindState:
+	case bulk.KindState, bulk.KindShard:
 		pr, pw := io.Pipe()
+		sr := stateReq{step: r.Step, w: pw, block: -1}
+		if r.Kind == bulk.KindShard {
+			sr.block, sr.buddy = r.Req, r.Name == "buddy"
+		}
 		select {
-		case h.states <- stateReq{step: r.Step, w: pw}:
+		case h.states <- sr:
 			return pr, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -96,6 +104,14 @@ func (s *session) serveState(r stateReq) {
 		return
 	case s.applied != r.step:
 		err = fmt.Errorf("this node holds the state of step %d, not %d", s.applied, r.step)
+	case r.block >= 0:
+		err = s.serveShard(r)
+	case s.shard != nil:
+		start := time.Now()
+		err = s.writeAssembled(r.w)
+		if err == nil {
+			s.a.log.Info("assembled zero1 state served", "applied", s.applied, "seconds", time.Since(start).Seconds())
+		}
 	default:
 		start := time.Now()
 		err = s.tr.WriteState(r.w)
@@ -193,10 +209,15 @@ func (s *session) onPull(m *control.Msg) error {
 	err := s.pullState(p)
 	if err != nil {
 		s.applied = -1
+		s.z.valid = false
 		s.a.log.Warn("state pull failed", "from", p.Addr, "kind", p.Kind, "step", p.Step, "err", err)
 		return s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Req: m.Req, Step: p.Step, Error: err.Error()})
 	}
 	s.applied = p.Step
+	if s.shard != nil {
+		// ReadState kept this rank's slices of the current layout.
+		s.z = zeroState{valid: true, gen: s.gen, rank: s.world.Rank, size: len(s.world.Peers)}
+	}
 	s.a.log.Info("state loaded", "applied", s.applied, "from", p.Addr, "kind", p.Kind, "seconds", time.Since(start).Seconds())
 	// The answer echoes the pull's request id: the coordinator matches it.
 	if err := s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Req: m.Req, Step: p.Step}); err != nil {

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # scripts/bench.sh big [--steps 4] [--warmup 2] [--checkpoint] [--export-timeout 300]
 #                      [--overlap both|on|off]
+#                      [--nodes 2] [--shard none|zero1]
 #
 # GPT-2 124M (n_embd 768, 12 layers, 12 heads, vocab 50257), random init,
-# causal LM, 2 `node join` processes with 1 thread each, global batch 8,
-# micro-batch 4, sequence 128, AdamW, clipping 1.0, against PyTorch DDP
+# causal LM, --nodes `node join` processes (default 2) with 1 thread each,
+# global batch 4 per node, micro-batch 4, sequence 128, train.shard_optimizer
+# --shard (default none; zero1 shards AdamW's moments over the ranks), AdamW, clipping 1.0, against PyTorch DDP
 # (gloo) running the same model in plain torch (scripts/bench/ddp_big.py),
 # in the same run, one after the other; with --checkpoint, DDP's window
 # holds the same saves (torch.save of the checkpoints and the model). The text is synthetic: lines of
@@ -32,7 +34,12 @@
 # overlap=off run's (there every byte is reduced after backward):
 # exposed_ratio = exposed_comm_ms / noover_allreduce_ms.
 #
-#   bench: big n=2 overlap=off|on params=… samples_per_s=… ddp_samples_per_s=… ratio=…
+#   bench: big n=N shard=none|zero1 overlap=off|on params=… optimizer_mb=… samples_per_s=… ddp_samples_per_s=… ratio=…
+# optimizer_mb is the optimizer state a node holds (the largest over the
+# nodes; the nodes' step log's optimizer_bytes): 8 bytes per parameter
+# under none, (2/N)·8 under zero1 (own slice and buddy copy).
+#
+#   bench: big n=N shard=none|zero1 params=… optimizer_mb=… samples_per_s=… ddp_samples_per_s=… ratio=…
 #     peak_rss_mb=… ddp_peak_rss_mb=… rss_ratio=… train_peak_rss_mb=… apply_ms=… torch_adamw_ms=…
 #     apply_ratio=… checkpoint_s=… export_s=… checkpoints=on|off window=…
 #     exposed_comm_ms=… overlapped_comm_ms=… comm_ms=… buckets=… [noover_allreduce_ms=… exposed_ratio=…]
@@ -44,8 +51,12 @@ warmup=2
 ckpt=0
 export_timeout=300
 overlap_modes=both
+nodes=2
+shard=none
 while [ $# -gt 0 ]; do
   case "$1" in
+    --nodes) nodes=$2; shift ;;
+    --shard) shard=$2; shift ;;
     --steps) steps=$2; shift ;;
     --warmup) warmup=$2; shift ;;
     --checkpoint) ckpt=1 ;;
@@ -60,6 +71,9 @@ case "$overlap_modes" in
   on|off) ;;
   *) echo "bench big: --overlap $overlap_modes: want both, on or off" >&2; exit 2 ;;
 esac
+case "$shard" in none|zero1) ;; *) echo "bench big: --shard $shard: want none or zero1" >&2; exit 2 ;; esac
+[ "$nodes" -ge 1 ] 2>/dev/null || { echo "bench big: --nodes $nodes: want a positive count" >&2; exit 2; }
+gbatch=$((4 * nodes))
 /usr/bin/python3 -c 'import torch' 2>/dev/null || { echo "bench big: /usr/bin/python3 lacks torch: scripts/setup.sh installs python3-torch" >&2; exit 2; }
 tok=$root/.data/tokenizers/gpt2
 if [ ! -f "$tok/vocab.json" ] || [ ! -f "$tok/merges.txt" ]; then
@@ -76,6 +90,8 @@ work=$(mktemp -d /tmp/ringtune-bench-big.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # BENCH_LOGS=DIR keeps the coordinator's and nodes' logs.
+  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && cp "$work"/run/*.log "$BENCH_LOGS"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -118,8 +134,8 @@ cluster:
   bind: 127.0.0.1:0
   grpc: 127.0.0.1:0
   key_file: $work/cluster.key
-  min_nodes: 2
-  max_nodes: 2
+  min_nodes: $nodes
+  max_nodes: $nodes
   settle: 500ms
   label: bench-big
 model:
@@ -133,13 +149,14 @@ data:
 train:
   epochs: 1
   max_steps: $((steps + warmup))
-  global_batch: 8
+  global_batch: $gbatch
   micro_batch: 4
   optimizer: adamw
   lr: 1.0e-4
   weight_decay: 0.01
   schedule: constant
   max_grad_norm: 1.0
+  shard_optimizer: $shard
   seed: 1234
   threads: 1
   digest_every: 1000
@@ -163,7 +180,7 @@ for _ in $(seq 300); do
 done
 [ -n "$gossip" ] || { echo "bench big: coordinator did not start:" >&2; cat "$dir/coord.log" >&2; exit 1; }
 npids=()
-for k in 1 2; do
+for k in $(seq "$nodes"); do
   .build/node join --coordinator "$gossip" --key-file "$work/cluster.key" --label bench-big --log-level debug \
     --bind 127.0.0.1:0 --name "big-$k" --cache-dir "$dir/cache" > "$dir/node$k.log" 2>&1 &
   npids+=("$!")
@@ -221,18 +238,19 @@ done
 
 ddp_ckpt=()
 [ "$ckpt" = 1 ] && ddp_ckpt=(--checkpoint)
-/usr/bin/python3 scripts/bench/ddp_big.py "$work/model" "$work/ddp.json" --world 2 --batch 4 --seq 128 \
+/usr/bin/python3 scripts/bench/ddp_big.py "$work/model" "$work/ddp.json" --world "$nodes" --batch 4 --seq 128 \
   --steps "$steps" --warmup "$warmup" --max-norm 1.0 "${ddp_ckpt[@]}" > "$work/ddp.log" 2>&1 || { cat "$work/ddp.log" >&2; exit 1; }
 
 noover=""
 for mode in $overlap_modes; do
 dir=$work/run-$mode
 read -r hwm train_hwm status < "$dir/result"
-/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" > "$dir/line" <<'PY'
+/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" "$nodes" "$shard" > "$dir/line" <<'PY'
 import datetime, json, re, statistics, sys
 d, warm, hwm_kb, tadam, ddp_path, ckpt, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", sys.argv[7]
 train_kb = int(sys.argv[8])
 mode, noover = sys.argv[9], sys.argv[10]
+nodes, shard = int(sys.argv[11]), sys.argv[12]
 
 def ts(line):
     m = re.search(r'time=(\S+)', line)
@@ -251,8 +269,8 @@ for line in open(d + "/coord.log"):
     m = re.search(r'params=(\d+)', line)
     if m and params is None:
         params = int(m.group(1))
-apply, phases = [], {"exposed_comm_ms": [], "overlapped_comm_ms": [], "comm_ms": [], "allreduce_ms": [], "buckets": []}
-for k in (1, 2):
+apply, optb, phases = [], 0, {"exposed_comm_ms": [], "overlapped_comm_ms": [], "comm_ms": [], "allreduce_ms": [], "buckets": []}
+for k in range(1, nodes + 1):
     for line in open("%s/node%d.log" % (d, k)):
         m = re.search(r'msg="step timing".* step=(\d+) .*apply_ms=([0-9.]+)', line)
         if m and int(m.group(1)) >= warm:
@@ -261,9 +279,12 @@ for k in (1, 2):
                 v = re.search(r' ' + key + r'=([0-9.]+)', line)
                 if v:
                     phases[key].append(float(v.group(1)))
+        m = re.search(r'msg="step timing".* optimizer_bytes=(\d+)', line)
+        if m:
+            optb = max(optb, int(m.group(1)))
 med = {k: (statistics.median(v) if v else float("nan")) for k, v in phases.items()}
 last, first = max(commits), warm - 1
-samples = 8 * (last - first)
+samples = 4 * nodes * (last - first)
 if written is not None:
     window, end = "steps+checkpoints+export", written
 else:
@@ -287,9 +308,9 @@ am = statistics.median(apply) if apply else float("nan")
 extra = ""
 if mode == "on" and noover:
     extra = " noover_allreduce_ms=%.0f exposed_ratio=%.3f" % (float(noover), med["exposed_comm_ms"] / float(noover))
-print("bench: big n=2 overlap=%s params=%s samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
+print("bench: big n=%d shard=%s overlap=%s params=%s optimizer_mb=%.0f samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
       "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f%s" % (
-          mode, params or ddp["params"], sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
+          nodes, shard, mode, params or ddp["params"], optb / 2**20, sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
           rss / ddp["peak_rss_mb"], train_kb / 1024, am, tadam, am / tadam, ck_s, ex_s, "on" if ckpt else "off",
           window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], extra))
 PY

@@ -1,0 +1,533 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"time"
+
+	"github.com/ringtune/ringtune/allreduce"
+	"github.com/ringtune/ringtune/bulk"
+	"github.com/ringtune/ringtune/control"
+)
+
+// ShardTrainer is a Trainer that can shard AdamW's moments over the ring
+// (train.shard_optimizer zero1, ZeRO-1). Rank r of a ring of size ranks
+// owns the slice allreduce.Slice(n, size, r) of the flat block: it keeps
+// that slice's moments, and a buddy copy of its left neighbour's
+// (allreduce.Slice(n, size, r-1)), so each slice lives on two ranks.
+//
+// A step then runs: Accumulate; a reduce-scatter with the buddy hop of
+// Gradients() (KindReduceScatterBuddy: this rank ends with the summed
+// gradient of both slices it holds); at the commit SliceSumSq, an exchange
+// of the slices' sums of squares for the global norm, ApplyShard, and an
+// all-gather of Params() in float32 (ShardedApply does all of it).
+type ShardTrainer interface {
+	Trainer
+	// Reshard sets the ring layout: this rank's slices for rank of size.
+	// The moments of the new slices start at zero.
+	Reshard(rank, size int) error
+	// SliceSumSq is Σ (g/globalCount)² over this rank's own slice of the
+	// reduced gradient.
+	SliceSumSq(globalCount int) (float64, error)
+	// ApplyShard updates both slices this rank holds, like Apply, with the
+	// gradient clipped to the global norm sqrt(sumsq).
+	ApplyShard(step, globalCount int, sumsq float64) error
+	// Params is the flat parameter block for the all-gather: it must stay
+	// valid until ParamsGathered; ParamsGathered makes the gathered values
+	// the model's (a no-op where Params aliases the model's memory).
+	Params() ([]float32, error)
+	ParamsGathered() error
+	// OptimizerBytes is the memory the optimizer's state holds on this rank.
+	OptimizerBytes() int64
+	// Layout is the element ranges [lo, hi) of the own and buddy slices
+	// (empty before the first Reshard).
+	Layout() (own, buddy [2]int)
+	// HeldMoments returns both slices' first and second moments, as
+	// copies or as views of the trainer's memory valid until the next
+	// Reshard or SetHeldMoments (read them only).
+	HeldMoments() (ownM, ownV, budM, budV []float32, err error)
+	// SetHeldMoments overwrites them and the optimizer's step count.
+	SetHeldMoments(ownM, ownV, budM, budV []float32, step int64) error
+	// NumParams is the length of the flat block.
+	NumParams() int
+	// WriteHeld writes moment block (0 first, 1 second) of the own (or
+	// buddy) slice to w as little-endian float32, without a copy of its
+	// size where the device allows.
+	WriteHeld(w io.Writer, buddy bool, block int) error
+}
+
+// GlobalSumSq adds the ranks' sums of squares of their own slices, the same
+// value on every rank: each rank puts its value as two float32 (the
+// rounded value and its remainder, so nothing of the float64 is lost
+// beyond 2^-48 relative) into its own slot, an all-gather in float32
+// spreads the slots, and every rank adds them in rank order in float64.
+func GlobalSumSq(ctx context.Context, ring *allreduce.Ring, own float64) (float64, error) {
+	n := ring.Size()
+	buf := make([]float32, 2*n)
+	lo, _ := allreduce.Slice(2*n, n, ring.Rank())
+	hi := float32(own)
+	buf[lo], buf[lo+1] = hi, float32(own-float64(hi))
+	if err := ring.AllGather(ctx, buf); err != nil {
+		return 0, fmt.Errorf("global gradient norm: %w", err)
+	}
+	var sum float64
+	for r := range n {
+		lo, _ := allreduce.Slice(2*n, n, r)
+		sum += float64(buf[lo]) + float64(buf[lo+1])
+	}
+	if math.IsNaN(sum) || sum < 0 {
+		return sum, fmt.Errorf("global gradient norm: sum of squares %v", sum)
+	}
+	return sum, nil
+}
+
+// ShardedReduce is the communication of a zero1 step before its commit:
+// the reduce-scatter, with the buddy hop, of grads (this rank ends with the
+// summed gradient of its own slice and of its buddy's), then the global sum
+// of squares of the summed gradient, unscaled, from the ranks' own slices.
+// Both happen before the rank reports the step reduced, so that after the
+// commit only the all-gather of the parameters is left to fail.
+func ShardedReduce(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, grads []float32) (sumsq float64, err error) {
+	op, err := ring.StartKind(ctx, allreduce.KindReduceScatterBuddy, grads)
+	if err != nil {
+		return 0, err
+	}
+	if err := op.Wait(); err != nil {
+		return 0, err
+	}
+	own, err := tr.SliceSumSq(1)
+	if err != nil {
+		return 0, err
+	}
+	return GlobalSumSq(ctx, ring, own)
+}
+
+// ErrGather marks a failed all-gather of the parameters after a committed
+// zero1 update: this rank's own and buddy slices (parameters and moments)
+// hold the committed step, the rest of its parameters may not. The state is
+// whole again once a new generation has re-sliced it (see reslice).
+var ErrGather = errors.New("all-gather of the parameters failed after the update")
+
+// ShardedApply is a committed zero1 step on this rank: the update of this
+// rank's slices with the gradient clipped to the global norm (sumsq from
+// ShardedReduce, scaled here by 1/globalCount²), then the all-gather of the
+// parameters. A failed all-gather is an ErrGather.
+func ShardedApply(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, step, globalCount int, sumsq float64) error {
+	_, err := shardedApply(ctx, ring, tr, step, globalCount, sumsq)
+	return err
+}
+
+// shardedApply is ShardedApply; it also returns when the update ended and
+// the all-gather began.
+func shardedApply(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, step, globalCount int, sumsq float64) (updated time.Time, err error) {
+	if globalCount <= 0 {
+		return updated, fmt.Errorf("apply step %d: global count %d is not positive", step, globalCount)
+	}
+	c := float64(globalCount)
+	if err := tr.ApplyShard(step, globalCount, sumsq/(c*c)); err != nil {
+		return updated, err
+	}
+	updated = time.Now()
+	p, err := tr.Params()
+	if err != nil {
+		return updated, err
+	}
+	if err := ring.AllGather(ctx, p); err != nil {
+		return updated, fmt.Errorf("step %d: %w: %w", step, ErrGather, err)
+	}
+	return updated, tr.ParamsGathered()
+}
+
+// ShardInfo is what one rank of a new generation says, in the re-slice,
+// about the zero1 state it holds.
+type ShardInfo struct {
+	// Valid: it holds its own and buddy slices (parameters and moments) of
+	// committed step Applied, in the layout of rank Rank of Size in
+	// generation Gen.
+	Valid      bool
+	Gen        uint64
+	Rank, Size int
+	Applied    int
+	// Dirty: the rest of its parameters may be stale (ErrGather).
+	Dirty bool
+}
+
+const shardInfoLen = 7 // float32 words per rank, each a uint32's bits
+
+func (in ShardInfo) encode(dst []float32) {
+	b := func(v bool) uint32 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	for i, v := range []uint32{b(in.Valid), uint32(in.Gen), uint32(in.Gen >> 32), uint32(in.Rank), uint32(in.Size), uint32(int32(in.Applied)), b(in.Dirty)} {
+		dst[i] = math.Float32frombits(v)
+	}
+}
+
+func decodeShardInfo(src []float32) ShardInfo {
+	u := func(i int) uint32 { return math.Float32bits(src[i]) }
+	return ShardInfo{Valid: u(0) == 1, Gen: uint64(u(1)) | uint64(u(2))<<32, Rank: int(u(3)), Size: int(u(4)),
+		Applied: int(int32(u(5))), Dirty: u(6) == 1}
+}
+
+// LostError says that a slice of the optimizer state had both its holders
+// (its owner and its buddy, adjacent ranks) lost together.
+type LostError struct {
+	Gen            uint64
+	Rank, Size     int // the old owner of the lost slice and the old ring size
+	Applied        int
+	Holders, Ranks int
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("zero1: ranks %d and %d of generation %d (of %d) were both lost: they held the only copies (owner and buddy) of optimizer slice %d of step %d; the state is dropped on every rank and the run reloads from the newest checkpoint",
+		e.Rank, (e.Rank+1)%e.Size, e.Gen, e.Size, e.Rank, e.Applied)
+}
+
+// reslicePiece is how many floats of a state block move per ring operation
+// in Reslice: it bounds the extra memory to 16 MiB.
+const reslicePiece = 1 << 22
+
+// Reslice brings the zero1 state into the layout of ring, a new generation,
+// from the layout the ranks held it in. Every rank of the new ring calls it
+// with what it holds (mine); joiners and ranks without state pass an
+// invalid ShardInfo. The ranks first all-gather their ShardInfo. The
+// holders are the valid ranks of the newest committed step; each old slice
+// is taken from its owner when the owner survived, else from its buddy (the
+// old owner's right neighbour). Parameters and moments then move in pieces
+// by float32 all-reduces in which every element has one contributor (so
+// the sums are exact), and every rank keeps the parameters and the moments
+// of its new slices: a single loss never resets or rolls back the state,
+// and joiners get it too. It returns the committed step every rank now
+// holds. When an old slice has no holder (two adjacent ranks died) it drops
+// the state (fresh zeroed slices) and returns a *LostError. When the ring
+// fails midway, a holder still holds its old slices (only the rest of its
+// parameters may have changed: call it again with Dirty set).
+//
+// This moves all of the state, not only what changed hands: simple and
+// exact, at a cost of three all-reduces of the parameter block per
+// generation change.
+func Reslice(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine ShardInfo) (int, error) {
+	n, me := ring.Size(), ring.Rank()
+	infos := make([]float32, shardInfoLen*n)
+	mine.encode(infos[shardInfoLen*me:])
+	if err := ring.AllGather(ctx, infos); err != nil {
+		return mine.Applied, fmt.Errorf("zero1 re-slice: exchanging what each rank holds: %w", err)
+	}
+	all := make([]ShardInfo, n)
+	best := ShardInfo{Applied: -1}
+	for r := range n {
+		all[r] = decodeShardInfo(infos[shardInfoLen*r:])
+		if in := all[r]; in.Valid && (in.Applied > best.Applied || (in.Applied == best.Applied && in.Gen > best.Gen)) {
+			best = in
+		}
+	}
+	holder := func(in ShardInfo) bool {
+		return in.Valid && in.Applied == best.Applied && in.Gen == best.Gen && in.Size == best.Size
+	}
+	if best.Applied < 0 {
+		// Nobody holds a committed state: fresh slices (step 0, or a pull
+		// from a checkpoint follows).
+		return mine.Applied, tr.Reshard(me, n)
+	}
+	same := true
+	for r, in := range all {
+		same = same && holder(in) && in.Size == n && in.Rank == r && !in.Dirty
+	}
+	if same {
+		return best.Applied, nil
+	}
+	// src[k] is the new rank that contributes old slice k.
+	S := best.Size
+	src := make([]int, S)
+	for k := range S {
+		src[k] = -1
+		for pass, want := range []int{k, (k + 1) % S} {
+			for r, in := range all {
+				if src[k] < 0 && holder(in) && in.Rank == want && (pass == 0 || S > 1) {
+					src[k] = r
+				}
+			}
+		}
+		if src[k] < 0 {
+			if err := tr.Reshard(me, n); err != nil {
+				return -1, err
+			}
+			return -1, &LostError{Gen: best.Gen, Rank: k, Size: S, Applied: best.Applied}
+		}
+	}
+	np := tr.NumParams()
+	params, err := tr.Params()
+	if err != nil {
+		return mine.Applied, err
+	}
+	// What this rank contributes: old slices it was chosen for, with the
+	// host copies of their moments.
+	type part struct {
+		lo, hi int
+		m, v   []float32
+	}
+	var parts []part
+	if holder(mine) {
+		ownM, ownV, budM, budV, err := tr.HeldMoments()
+		if err != nil {
+			return mine.Applied, err
+		}
+		own, bud := tr.Layout()
+		if src[mine.Rank] == me {
+			parts = append(parts, part{own[0], own[1], ownM, ownV})
+		}
+		if k := mod(mine.Rank-1, S); S > 1 && src[k] == me {
+			parts = append(parts, part{bud[0], bud[1], budM, budV})
+		}
+	}
+	nlo, nhi := allreduce.Slice(np, n, me)
+	blo, bhi := allreduce.Slice(np, n, me-1)
+	if n == 1 {
+		blo, bhi = 0, 0
+	}
+	newM := [2][]float32{make([]float32, nhi-nlo), make([]float32, bhi-blo)}
+	newV := [2][]float32{make([]float32, nhi-nlo), make([]float32, bhi-blo)}
+	newR := [2][2]int{{nlo, nhi}, {blo, bhi}}
+	piece := make([]float32, min(np, reslicePiece))
+	for block := range 3 {
+		for off := 0; off < np; off += len(piece) {
+			pc := piece[:min(len(piece), np-off)]
+			clear(pc)
+			for _, p := range parts {
+				lo, hi := max(p.lo, off), min(p.hi, off+len(pc))
+				if lo >= hi {
+					continue
+				}
+				switch block {
+				case 0:
+					copy(pc[lo-off:hi-off], params[lo:hi])
+				case 1:
+					copy(pc[lo-off:hi-off], p.m[lo-p.lo:hi-p.lo])
+				case 2:
+					copy(pc[lo-off:hi-off], p.v[lo-p.lo:hi-p.lo])
+				}
+			}
+			op, err := ring.StartKind(ctx, allreduce.KindAllReduceFloat32, pc)
+			if err == nil {
+				err = op.Wait()
+			}
+			if err != nil {
+				return mine.Applied, fmt.Errorf("zero1 re-slice: moving state block %d at %d: %w", block, off, err)
+			}
+			if block == 0 {
+				copy(params[off:], pc)
+				continue
+			}
+			dst := newM
+			if block == 2 {
+				dst = newV
+			}
+			for i, r := range newR {
+				lo, hi := max(r[0], off), min(r[1], off+len(pc))
+				if lo < hi {
+					copy(dst[i][lo-r[0]:hi-r[0]], pc[lo-off:hi-off])
+				}
+			}
+		}
+	}
+	if err := tr.ParamsGathered(); err != nil {
+		return mine.Applied, err
+	}
+	if err := tr.Reshard(me, n); err != nil {
+		return mine.Applied, err
+	}
+	if err := tr.SetHeldMoments(newM[0], newV[0], newM[1], newV[1], int64(best.Applied)); err != nil {
+		return mine.Applied, err
+	}
+	return best.Applied, nil
+}
+
+func mod(a, m int) int { return ((a % m) + m) % m }
+
+// zeroState is what a zero1 session holds besides the trainer.
+type zeroState struct {
+	// valid: the trainer holds its slices of committed step applied, in
+	// the layout of rank rank of size in generation gen.
+	valid      bool
+	gen        uint64
+	rank, size int
+	// dirty: an all-gather of the parameters failed after an update; the
+	// parameters outside this rank's slices may be stale until a re-slice.
+	dirty bool
+	sumsq float64 // global Σg² of the step in flight (ShardedReduce)
+}
+
+// optimizerBytes is the optimizer state this node holds, -1 when the
+// trainer does not say.
+func (s *session) optimizerBytes() int64 {
+	if ob, ok := s.tr.(interface{ OptimizerBytes() int64 }); ok {
+		return ob.OptimizerBytes()
+	}
+	return -1
+}
+
+// reslice runs Reslice at the start of generation w and records the result.
+// A lost slice (two adjacent ranks died) drops the state: the node then
+// holds no committed step, and the coordinator has it pull one (from a
+// live replica, or the checkpoint it resumed from) or stops, naming the
+// checkpoint to resume from.
+func (s *session) reslice(w *control.World) {
+	mine := ShardInfo{Valid: s.z.valid && s.applied >= 0, Gen: s.z.gen, Rank: s.z.rank, Size: s.z.size, Applied: s.applied, Dirty: s.z.dirty}
+	start := time.Now()
+	applied, err := Reslice(context.Background(), s.ring, s.shard, mine)
+	var lost *LostError
+	switch {
+	case errors.As(err, &lost):
+		s.a.log.Error("optimizer state lost; reloading from the newest checkpoint", "err", err)
+		s.applied, s.z = -1, zeroState{}
+	case err != nil:
+		// The new ring broke (another node lost): what this node held is
+		// intact, except possibly its parameters outside its slices.
+		s.a.log.Warn("zero1 re-slice failed; retrying with the next generation", "gen", w.Generation, "err", err)
+		s.z.dirty = s.z.dirty || s.z.valid
+	default:
+		was := s.applied
+		s.applied = applied
+		s.z = zeroState{valid: applied >= 0, gen: w.Generation, rank: w.Rank, size: len(w.Peers)}
+		s.a.log.Info("zero1 optimizer slices", "gen", w.Generation, "rank", w.Rank, "size", len(w.Peers), "applied", applied,
+			"was_applied", was, "optimizer_bytes", s.optimizerBytes(), "seconds", time.Since(start).Seconds())
+	}
+}
+
+// applyShard applies committed step m under zero1 (ShardedApply). A failed
+// all-gather of the parameters is not fatal: the node holds the step in
+// its slices, and the re-slice of the next generation makes its parameters
+// whole again.
+func (s *session) applyShard(m *control.Msg) error {
+	updated, err := shardedApply(context.Background(), s.ring, s.shard, m.Step, m.Count, s.z.sumsq)
+	s.tm.updated = updated
+	if err != nil && !errors.Is(err, ErrGather) {
+		return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
+	}
+	s.applied = m.Step + 1
+	s.tm.applied = time.Now()
+	s.tm.log(s.a.log, m.Step, s.optimizerBytes())
+	if err != nil {
+		s.a.log.Warn("zero1: parameters not gathered after the update; a new generation re-slices them", "step", m.Step, "err", err)
+		s.z.dirty = true
+		return nil
+	}
+	return s.digest(m.Gen, m.Step, m.Digest)
+}
+
+// serveShard answers a KindShard request: one moment block of the own or
+// buddy slice, of the committed step the node holds.
+func (s *session) serveShard(r stateReq) error {
+	if s.shard == nil {
+		return errors.New("this node does not shard the optimizer (train.shard_optimizer is none)")
+	}
+	if !s.z.valid || s.z.gen != s.gen {
+		return fmt.Errorf("this node holds no zero1 slices of generation %d", s.gen)
+	}
+	return s.shard.WriteHeld(r.w, r.buddy, r.block)
+}
+
+// writeAssembled writes the full training state of the committed step this
+// zero1 node holds in control.EncodeState's layout, as WriteState does
+// under none: the header, the parameters (every rank holds them whole),
+// then each moment block assembled slice by slice in rank order: this
+// node's own slice from its trainer, the others' fetched on the bulk plane
+// from their owners, or from their buddies when an owner does not answer.
+// So a checkpoint (or a joiner's state) written under zero1 is the same
+// bytes as under none and loads under either.
+func (s *session) writeAssembled(w io.Writer) error {
+	if !s.z.valid || s.z.dirty || s.z.gen != s.gen || s.world == nil {
+		return fmt.Errorf("zero1: this node holds no whole state of step %d in generation %d (its slices are being re-sliced); ask another node", s.applied, s.gen)
+	}
+	n := s.shard.NumParams()
+	if err := control.WriteStateHeader(w, n, 2*n, s.applied); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	p, err := s.shard.Params()
+	if err != nil {
+		return err
+	}
+	if err := control.WriteFloat32s(w, p); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	size, me := len(s.world.Peers), s.world.Rank
+	for block := range 2 {
+		for k := range size {
+			if k == me {
+				if err := s.shard.WriteHeld(w, false, block); err != nil {
+					return fmt.Errorf("write state: %w", err)
+				}
+				continue
+			}
+			lo, hi := allreduce.Slice(n, size, k)
+			if err := s.fetchSlice(w, block, k, hi-lo); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fetchSlice streams rank k's slice of moment block (count floats) into w,
+// from k itself or else from its buddy, k+1. The bytes go straight through
+// (no copy of the slice); the buddy is asked only when the owner failed
+// before sending anything, since w cannot take back what it got (a
+// transfer that breaks midway fails the whole state, and the consumer
+// discards it and asks another node).
+func (s *session) fetchSlice(w io.Writer, block, k, count int) error {
+	size := len(s.world.Peers)
+	var errs []error
+	for _, src := range []struct {
+		rank  int
+		buddy bool
+	}{{k, false}, {(k + 1) % size, true}} {
+		if src.rank == s.world.Rank {
+			return s.shard.WriteHeld(w, true, block)
+		}
+		cw := &countWriter{w: w}
+		err := s.fetchShard(cw, s.world.Peers[src.rank], block, src.buddy)
+		if err == nil && cw.n != int64(4*count) {
+			err = fmt.Errorf("got %d bytes, want %d", cw.n, 4*count)
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("rank %d (%s, buddy copy %v): %w", src.rank, s.world.Peers[src.rank], src.buddy, err))
+		if cw.n > 0 {
+			break
+		}
+	}
+	return fmt.Errorf("zero1: assembling the state of step %d: moment block %d of rank %d's slice: %w", s.applied, block, k, errors.Join(errs...))
+}
+
+// countWriter counts what passes through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (s *session) fetchShard(w io.Writer, addr string, block int, buddy bool) error {
+	cc, err := bulk.Dial(addr, s.a.cfg.Key, s.clientTLS)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	name := ""
+	if buddy {
+		name = "buddy"
+	}
+	_, err = bulk.Fetch(context.Background(), cc, bulk.Request{Kind: bulk.KindShard, Step: s.applied, Req: block, Name: name, ChunkBytes: s.bulkChunk()}, w, s.bulkTimeout(), "")
+	return err
+}
