@@ -846,9 +846,14 @@ func (s *session) onJob(j *control.Job) error {
 	}
 	if k := s.kept; k != nil {
 		s.kept = nil
-		if sameRun(k.job, j) {
+		// A zero1 trainer holds only its slices of the optimizer state, cut
+		// for a world that is gone: it sets up afresh and loads the state.
+		if sameRun(k.job, j) && j.Train.ShardOptimizer != config.ShardZero1 {
 			s.job, s.tr, s.params, s.applied, s.modelDir = j, k.tr, k.params, k.applied, k.modelDir
 			s.bulkSrv.SetChunkTimeout(s.bulkTimeout())
+			if err := s.planBuckets(); err != nil {
+				return err
+			}
 			s.a.log.Info("job of the same run: keeping the trainer state", "run", j.RunID, "applied", s.applied)
 			return s.send(&control.Msg{Type: control.TypeReady, Ready: &control.Ready{Params: s.params, Applied: s.applied}})
 		}
