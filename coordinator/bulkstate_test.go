@@ -87,16 +87,7 @@ func TestBigStateThroughSmallPlane(t *testing.T) {
 	defer cancel()
 	f := adamFixture(t, fmt.Sprintf("big-%d", os.Getpid()), 2, 2)
 
-	ref := runCluster(t, ctx, f, 2, nil, smallPlane...)
-	if code := ref.Coord.Wait(t, 90*time.Second); code != 0 {
-		t.Fatalf("uninterrupted run: exit %d", code)
-	}
-	wantW, wantB := readModel(t, filepath.Join(f.Dir, "out"))
-	for _, d := range []string{"out", "ckpt"} {
-		if err := os.RemoveAll(filepath.Join(f.Dir, d)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	wantW, wantB := uninterrupted(t, ctx, f, 2, smallPlane...)
 
 	// Two ranks and a spare; slow steps so that the kills land mid-run.
 	slow := []string{"GONODE_STEP_DELAY=40ms"}

@@ -90,6 +90,28 @@ func runCluster(t *testing.T, ctx context.Context, f *clustertest.Fixture, n int
 	return clustertest.RunCluster(t, ctx, f, coordBin, nodeBin, n, nodeEnv, coordArgs...)
 }
 
+// uninterrupted runs f to the end on n nodes (coordinator flags args) and
+// returns the exported weights and bias, the reference a disturbed run of
+// the same fixture must reproduce; it then clears the run's out/ and ckpt/
+// for that run.
+func uninterrupted(t *testing.T, ctx context.Context, f *clustertest.Fixture, n int, args ...string) (w, b []float32) {
+	t.Helper()
+	c := runCluster(t, ctx, f, n, nil, args...)
+	if code := c.Coord.Wait(t, 90*time.Second); code != 0 {
+		t.Fatalf("uninterrupted run: exit %d", code)
+	}
+	for _, p := range c.Nodes {
+		p.Wait(t, 10*time.Second)
+	}
+	w, b = readModel(t, filepath.Join(f.Dir, "out"))
+	for _, d := range []string{"out", "ckpt"} {
+		if err := os.RemoveAll(filepath.Join(f.Dir, d)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w, b
+}
+
 func readModel(t *testing.T, dir string) (w, b []float32) {
 	t.Helper()
 	f, err := safetensors.Open(filepath.Join(dir, "model.safetensors"))
@@ -322,22 +344,11 @@ func TestResumeFromCheckpoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	f := newFixture(t, fmt.Sprintf("res-%d", os.Getpid()), 1, 1, "")
-	c := runCluster(t, ctx, f, 1, nil)
-	if code := c.Coord.Wait(t, 60*time.Second); code != 0 {
-		t.Fatalf("uninterrupted run: exit %d", code)
-	}
-	c.Nodes[0].Wait(t, 10*time.Second)
-	wantW, wantB := readModel(t, filepath.Join(f.Dir, "out"))
-	if err := os.RemoveAll(filepath.Join(f.Dir, "out")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.RemoveAll(filepath.Join(f.Dir, "ckpt")); err != nil {
-		t.Fatal(err)
-	}
+	wantW, wantB := uninterrupted(t, ctx, f, 1)
 
 	// The node tries to rejoin its lost coordinator for 2 s, then fails.
 	f.NodeArgs = []string{"--rejoin-timeout", "2s"}
-	c = runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=20ms"})
+	c := runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=20ms"})
 	f.NodeArgs = nil
 	c.Coord.WaitFor(t, `checkpoint written" path=\S+ applied=10`, 60*time.Second)
 	_ = c.Coord.Cmd.Process.Signal(syscall.SIGKILL)

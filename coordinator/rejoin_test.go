@@ -24,16 +24,7 @@ func TestCoordinatorRestartUnderLiveNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	f := adamFixture(t, fmt.Sprintf("crestart-%d", os.Getpid()), 3, 3)
-	ref := runCluster(t, ctx, f, 3, nil, smallPlane...)
-	if code := ref.Coord.Wait(t, 90*time.Second); code != 0 {
-		t.Fatalf("uninterrupted run: exit %d", code)
-	}
-	wantW, wantB := readModel(t, filepath.Join(f.Dir, "out"))
-	for _, d := range []string{"out", "ckpt"} {
-		if err := os.RemoveAll(filepath.Join(f.Dir, d)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	wantW, wantB := uninterrupted(t, ctx, f, 3, smallPlane...)
 
 	c := runCluster(t, ctx, f, 3, []string{"GONODE_STEP_DELAY=40ms"}, smallPlane...)
 	c.Coord.WaitFor(t, `checkpoint written" path=\S+ applied=10 `, 90*time.Second)

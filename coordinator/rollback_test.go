@@ -22,19 +22,9 @@ func TestWholeWorldLostReloadsCheckpoint(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	f := newFixture(t, fmt.Sprintf("rb-%d", os.Getpid()), 1, 1, "")
-	c := runCluster(t, ctx, f, 1, nil)
-	if code := c.Coord.Wait(t, 60*time.Second); code != 0 {
-		t.Fatalf("uninterrupted run: exit %d", code)
-	}
-	c.Nodes[0].Wait(t, 10*time.Second)
-	wantW, wantB := readModel(t, filepath.Join(f.Dir, "out"))
-	for _, d := range []string{"out", "ckpt"} {
-		if err := os.RemoveAll(filepath.Join(f.Dir, d)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	wantW, wantB := uninterrupted(t, ctx, f, 1)
 
-	c = runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=40ms"}, "--cluster.wait_timeout", "60s")
+	c := runCluster(t, ctx, f, 1, []string{"GONODE_STEP_DELAY=40ms"}, "--cluster.wait_timeout", "60s")
 	c.Coord.WaitFor(t, `checkpoint written" path=\S+ applied=10 `, 60*time.Second)
 	c.Coord.WaitFor(t, `replicas identical" applied=13 `, 60*time.Second)
 	if err := c.Nodes[0].Cmd.Process.Signal(syscall.SIGKILL); err != nil {
