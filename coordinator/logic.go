@@ -260,19 +260,12 @@ func (s *Schedule) Begin(g int) (data.StepBatch, error) {
 		if err != nil {
 			return data.StepBatch{}, err
 		}
-		s.epoch, s.ledger = ep, data.NewLedger(s.N)
-		for k := 0; k < st; k++ { // resumed mid-epoch: earlier steps are done
-			b, err := ep.Batch(k)
-			if err != nil {
-				return data.StepBatch{}, err
-			}
-			if err := s.ledger.Assign(k, b.Fresh()); err != nil {
-				return data.StepBatch{}, err
-			}
-			if err := s.ledger.Commit(k); err != nil {
-				return data.StepBatch{}, err
-			}
+		// Resumed or rolled back mid-epoch: the earlier steps are done.
+		l, err := data.LedgerFrom(ep, s.N, st)
+		if err != nil {
+			return data.StepBatch{}, err
 		}
+		s.epoch, s.ledger = ep, l
 	}
 	b, err := s.epoch.Batch(st)
 	if err != nil {

@@ -116,3 +116,23 @@ func (l *Ledger) Missing() []int {
 	}
 	return out
 }
+
+// LedgerFrom is the ledger of epoch ep as of its step st: the samples of
+// steps 0..st-1 committed. A run resumed, or rolled back, in the middle of
+// an epoch starts its ledger this way.
+func LedgerFrom(ep *Epoch, n, st int) (*Ledger, error) {
+	l := NewLedger(n)
+	for k := 0; k < st; k++ {
+		b, err := ep.Batch(k)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.Assign(k, b.Fresh()); err != nil {
+			return nil, err
+		}
+		if err := l.Commit(k); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}

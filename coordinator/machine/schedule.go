@@ -48,19 +48,11 @@ func (s *schedule) begin(g int) (data.StepBatch, error) {
 		if err != nil {
 			return data.StepBatch{}, err
 		}
-		s.epoch, s.ledger = ep, data.NewLedger(s.n)
-		for k := 0; k < st; k++ {
-			b, err := ep.Batch(k)
-			if err != nil {
-				return data.StepBatch{}, err
-			}
-			if err := s.ledger.Assign(k, b.Fresh()); err != nil {
-				return data.StepBatch{}, err
-			}
-			if err := s.ledger.Commit(k); err != nil {
-				return data.StepBatch{}, err
-			}
+		l, err := data.LedgerFrom(ep, s.n, st)
+		if err != nil {
+			return data.StepBatch{}, err
 		}
+		s.epoch, s.ledger = ep, l
 	}
 	b, err := s.epoch.Batch(st)
 	if err != nil {
