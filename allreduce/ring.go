@@ -362,6 +362,7 @@ func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error
 		return nil, fmt.Errorf("allreduce: %s: %d operations already in flight; Wait for some first", r.who(), maxInFlight)
 	}
 	op.plan = opPlan(k, len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
+	op.stepRecvd = make([]atomic.Int32, len(op.plan.recvN))
 	op.remaining.Store(int64(op.plan.totalRecv() + op.plan.totalSend() + 1))
 	if len(buf) == 0 {
 		op.remaining.Store(1)
@@ -431,8 +432,9 @@ type Op struct {
 	// released by gRPC, and one token the receive loop drops after the
 	// operation's last chunk (which keeps completion in start order).
 	remaining atomic.Int64
-	recvd     atomic.Int64 // chunks received and applied, in receive order
-	sent      atomic.Int64 // chunks handed to gRPC
+	recvd     atomic.Int64   // chunks received and applied, in receive order
+	stepRecvd []atomic.Int32 // per step t0+i: chunks received and applied (in chunk order)
+	sent      atomic.Int64   // chunks handed to gRPC
 	progMu    sync.Mutex
 	progress  chan struct{} // closed and replaced when recvd grows
 
@@ -487,21 +489,26 @@ func (o *Op) stallErr() error {
 	got := int(o.recvd.Load())
 	where := "after its last chunk (waiting for gRPC to release sent data)"
 	if got < p.totalRecv() {
-		t := p.stepOf(got)
+		// Replay the receive order to name the chunk it is waiting for.
+		ord := p.recvOrder()
+		for range got {
+			ord.next()
+		}
+		t, c := ord.next()
 		ph, st := p.phaseStep(t)
-		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, got-p.recvStart[t-p.t0], r.peer(r.left))
+		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, c, r.peer(r.left))
 	}
 	return fmt.Errorf("allreduce: %s: operation %d timed out after %v %s; %d of %d chunks received, %d of %d sent to right neighbour %s; a peer is dead or stalled, form a new generation",
 		r.who(), o.seq, o.limit.Round(time.Millisecond), where, got, p.totalRecv(), o.sent.Load(), p.totalSend(), r.peer(r.right))
 }
 
-// waitRecv blocks until at least n chunks of o have been received.
-func (o *Op) waitRecv(n int) error {
+// waitChunk blocks until chunk c of step t0+i of o has been received.
+func (o *Op) waitChunk(i, c int) error {
 	for {
 		o.progMu.Lock()
 		ch := o.progress
 		o.progMu.Unlock()
-		if int(o.recvd.Load()) >= n {
+		if int(o.stepRecvd[i].Load()) > c {
 			return nil
 		}
 		select {
@@ -512,7 +519,9 @@ func (o *Op) waitRecv(n int) error {
 	}
 }
 
-func (o *Op) advance() {
+// advance records that the next chunk of step t0+i has been applied.
+func (o *Op) advance(i int) {
+	o.stepRecvd[i].Add(1)
 	o.recvd.Add(1)
 	o.progMu.Lock()
 	close(o.progress)
@@ -667,23 +676,22 @@ func (g grpcSender) send(op *Op, h *header, a, b int) error {
 
 func (r *Ring) sendOp(tx chunkSender, op *Op) error {
 	p := op.plan
-	for t := p.t0; t < p.t1; t++ {
-		lo, hi := p.sendSeg(t)
-		ph, st := p.phaseStep(t)
-		for c := range numChunks(hi-lo, p.chunk) {
-			if t > p.t0 {
-				// The chunk we forward at step t is the one received at t-1.
-				if err := op.waitRecv(p.recvStart[t-1-p.t0] + c + 1); err != nil {
-					return err
-				}
-			}
-			a, b := p.chunkRange(lo, hi, c)
-			h := header{Kind: kindData, Wire: op.wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
-				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
-			op.sent.Add(1)
-			if err := tx.send(op, &h, a, b); err != nil {
+	for ord := p.sendOrder(); ord.left > 0; {
+		t, c := ord.next()
+		if t > p.t0 {
+			// The chunk we forward at step t is the one received at t-1.
+			if err := op.waitChunk(t-1-p.t0, c); err != nil {
 				return err
 			}
+		}
+		lo, hi := p.sendSeg(t)
+		a, b := p.chunkRange(lo, hi, c)
+		ph, st := p.phaseStep(t)
+		h := header{Kind: kindData, Wire: op.wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
+			From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
+		op.sent.Add(1)
+		if err := tx.send(op, &h, a, b); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -773,7 +781,8 @@ func (r *Ring) serveLeftTCP(ss grpc.ServerStream) error {
 type recvCursor struct {
 	r    *Ring
 	cur  *Op
-	i, t int    // chunk index of cur in receive order, and its step
+	ord  order  // cur's receive order
+	t    int    // step of the expected message
 	want header // the message expected next
 }
 
@@ -784,19 +793,17 @@ func (c *recvCursor) next() ([]float32, error) {
 	if c.cur == nil {
 		select {
 		case c.cur = <-r.recvQ:
-			c.i, c.t = 0, c.cur.plan.t0
+			c.ord = c.cur.plan.recvOrder()
 		case <-r.dead:
 			return nil, r.err
 		}
 	}
 	p := c.cur.plan
-	for p.recvStart[c.t-p.t0+1] <= c.i {
-		c.t++
-	}
-	ch := c.i - p.recvStart[c.t-p.t0]
-	lo, hi := p.recvSeg(c.t)
+	t, ch := c.ord.next()
+	c.t = t
+	lo, hi := p.recvSeg(t)
 	a, b := p.chunkRange(lo, hi, ch)
-	ph, st := p.phaseStep(c.t)
+	ph, st := p.phaseStep(t)
 	c.want = header{Kind: kindData, Wire: c.cur.wire, Phase: ph, Gen: r.cfg.Generation, Seq: c.cur.seq,
 		From: uint32(r.left), Step: uint32(st), Chunk: uint32(ch), Count: uint32(b - a)}
 	return c.cur.buf[a:b], nil
@@ -810,9 +817,9 @@ func (c *recvCursor) applied(dst []float32) {
 		// the others will decode from bfloat16.
 		roundBF16(dst)
 	}
-	c.cur.advance()
+	c.cur.advance(c.t - c.cur.plan.t0)
 	c.cur.partDone()
-	if c.i++; c.i == c.cur.plan.totalRecv() {
+	if c.ord.left == 0 {
 		c.cur.partDone() // in-order completion token
 		c.cur = nil
 	}
