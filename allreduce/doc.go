@@ -12,11 +12,7 @@
 // more steps the owners' final bytes are forwarded and copied. Each rank sends
 // and receives 2(N-1)/N of the buffer. Segments are cut into chunks
 // (Config.ChunkBytes) and each chunk is forwarded as soon as it has been
-// received and added, so sending, receiving and adding overlap. Chunks go out
-// in wavefront order rather than step by step: chunk c of step t follows
-// chunk c of step t-1 by a few MiB of traffic (see plan), so the bytes a
-// rank forwards are the ones it has just added, still in cache, and several
-// chunks of several steps are in flight on each link at once.
+// received and added, so sending, receiving and adding overlap.
 //
 // Every rank ends with bit-identical results: a segment's sum is formed in
 // one place (along the ring, always in the same order) and the all-gather

@@ -59,7 +59,7 @@ const (
 
 const (
 	headerMagic   = 0x52415452 // "RTAR" little-endian
-	headerVersion = 2          // 2: chunks in wavefront order (plan.order)
+	headerVersion = 1
 	headerLen     = 44
 )
 
@@ -67,7 +67,7 @@ const (
 //
 //	off size field
 //	  0    4 magic "RTAR"
-//	  4    1 version (2)
+//	  4    1 version (1)
 //	  5    1 kind (1 hello, 2 data, 3 offer)
 //	  6    1 wire format (0 float32, 1 bfloat16)
 //	  7    1 phase (0 reduce-scatter, 1 all-gather)
@@ -192,26 +192,11 @@ func numChunks(n, chunk int) int { return (n + chunk - 1) / chunk }
 // all-gather. shift is 0 for an all-reduce (after its reduce-scatter half
 // rank r holds segment r+1, as always) and -1 for the separate
 // reduce-scatter and all-gather, so that rank r owns segment r (see Slice).
-//
-// Chunks travel in wavefront order (see order), not step by step: chunk c of
-// step t goes out lag chunks of every step after chunk c of step t-1 came in,
-// so a chunk is forwarded while the bytes just added into it are still in the
-// cache, instead of a whole segment later.
 type plan struct {
 	n, size, rank, chunk int
 	t0, t1, shift        int
-	lag                  int   // wavefront lag in chunks (see order)
-	sendN, recvN         []int // chunks sent / received at step t0+i
-	nSend, nRecv         int   // their totals
+	recvStart            []int // recvStart[t-t0]: index of step t's first chunk in receive order
 }
-
-// lagBytes is the wavefront's target distance, in bytes of one link's
-// traffic, between receiving a chunk and forwarding it: enough chunks in
-// flight that a sender rarely waits for its left neighbour, few enough that
-// the bytes it forwards (just added or copied by the receiver) are still in
-// the shared cache when the kernel copies them into the socket. Measured
-// with ringbench on 2 cores (see README "Benchmarks").
-const lagBytes = 4 << 20
 
 func newPlan(n, size, rank, chunk int) plan {
 	return newPartPlan(n, size, rank, chunk, 0, 2*(size-1), 0)
@@ -219,69 +204,12 @@ func newPlan(n, size, rank, chunk int) plan {
 
 func newPartPlan(n, size, rank, chunk, t0, t1, shift int) plan {
 	p := plan{n: n, size: size, rank: rank, chunk: chunk, t0: t0, t1: t1, shift: shift}
-	p.sendN = make([]int, t1-t0)
-	p.recvN = make([]int, t1-t0)
+	p.recvStart = make([]int, t1-t0+1)
 	for t := t0; t < t1; t++ {
-		lo, hi := p.sendSeg(t)
-		p.sendN[t-t0] = numChunks(hi-lo, chunk)
-		p.nSend += p.sendN[t-t0]
-		lo, hi = p.recvSeg(t)
-		p.recvN[t-t0] = numChunks(hi-lo, chunk)
-		p.nRecv += p.recvN[t-t0]
+		lo, hi := p.recvSeg(t)
+		p.recvStart[t-t0+1] = p.recvStart[t-t0] + numChunks(hi-lo, chunk)
 	}
-	// Every rank derives the same lag from the ring-wide chunk size and
-	// step count, so its send order is its right neighbour's receive order.
-	p.lag = min(max(1, lagBytes/max(1, 4*chunk*max(1, t1-t0))), 1<<24)
 	return p
-}
-
-// order walks the chunks of one operation in wavefront order: diagonal k
-// holds chunk c = k - i·lag of step t0+i for every step i (in step order),
-// so chunk c of step t comes lag diagonals after chunk c of step t-1, which
-// it depends on (a rank forwards at step t what it received at t-1). A
-// rank's send order and its right neighbour's receive order are the same
-// walk over the same segments. It cannot deadlock: a receiver never waits
-// for its sender, and a sender waits only for a chunk that its left
-// neighbour sends earlier in the same order.
-type order struct {
-	n    []int // chunks per step
-	t0   int
-	lag  int
-	k, i int // current diagonal and step index within it
-	left int // chunks not yet walked
-}
-
-func (p plan) sendOrder() order { return order{n: p.sendN, t0: p.t0, lag: p.lag, left: p.nSend} }
-func (p plan) recvOrder() order { return order{n: p.recvN, t0: p.t0, lag: p.lag, left: p.nRecv} }
-
-// next returns the next chunk (step t, chunk c); call it only while left > 0.
-func (o *order) next() (t, c int) {
-	for {
-		for o.i < len(o.n) {
-			i := o.i
-			o.i++
-			c := o.k - i*o.lag
-			if c < 0 {
-				break // later steps are further behind on this diagonal
-			}
-			if c < o.n[i] {
-				o.left--
-				return o.t0 + i, c
-			}
-		}
-		// Jump to the next diagonal that holds a chunk: step i fills
-		// diagonals [i·lag, i·lag+n[i]), and with a lag longer than a
-		// step's chunk count most diagonals in between are empty.
-		nk := -1
-		for i, n := range o.n {
-			if lo, hi := i*o.lag, i*o.lag+n; o.k+1 < hi {
-				if d := max(o.k+1, lo); nk < 0 || d < nk {
-					nk = d
-				}
-			}
-		}
-		o.k, o.i = nk, 0
-	}
 }
 
 func (p plan) sendSeg(t int) (lo, hi int) {
@@ -289,6 +217,15 @@ func (p plan) sendSeg(t int) (lo, hi int) {
 }
 func (p plan) recvSeg(t int) (lo, hi int) {
 	return segment(p.n, p.size, mod(p.rank-t-1+p.shift, p.size))
+}
+
+// stepOf returns the global step of the i-th chunk in receive order.
+func (p plan) stepOf(i int) int {
+	k := 0
+	for k+1 < len(p.recvStart) && p.recvStart[k+1] <= i {
+		k++
+	}
+	return p.t0 + k
 }
 
 // phaseStep maps a global step to its phase and the step within that phase.
@@ -306,10 +243,17 @@ func (p plan) chunkRange(lo, hi, c int) (int, int) {
 }
 
 // totalRecv is the number of chunks received in the whole operation.
-func (p plan) totalRecv() int { return p.nRecv }
+func (p plan) totalRecv() int { return p.recvStart[len(p.recvStart)-1] }
 
 // totalSend is the number of chunks sent in the whole operation.
-func (p plan) totalSend() int { return p.nSend }
+func (p plan) totalSend() int {
+	n := 0
+	for t := p.t0; t < p.t1; t++ {
+		lo, hi := p.sendSeg(t)
+		n += numChunks(hi-lo, p.chunk)
+	}
+	return n
+}
 
 // --- payload arithmetic ------------------------------------------------------
 

@@ -362,7 +362,6 @@ func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error
 		return nil, fmt.Errorf("allreduce: %s: %d operations already in flight; Wait for some first", r.who(), maxInFlight)
 	}
 	op.plan = opPlan(k, len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
-	op.stepRecvd = make([]atomic.Int32, len(op.plan.recvN))
 	op.remaining.Store(int64(op.plan.totalRecv() + op.plan.totalSend() + 1))
 	if len(buf) == 0 {
 		op.remaining.Store(1)
@@ -432,9 +431,8 @@ type Op struct {
 	// released by gRPC, and one token the receive loop drops after the
 	// operation's last chunk (which keeps completion in start order).
 	remaining atomic.Int64
-	recvd     atomic.Int64   // chunks received and applied, in receive order
-	stepRecvd []atomic.Int32 // per step t0+i: chunks received and applied (in chunk order)
-	sent      atomic.Int64   // chunks handed to gRPC
+	recvd     atomic.Int64 // chunks received and applied, in receive order
+	sent      atomic.Int64 // chunks handed to gRPC
 	progMu    sync.Mutex
 	progress  chan struct{} // closed and replaced when recvd grows
 
@@ -489,26 +487,21 @@ func (o *Op) stallErr() error {
 	got := int(o.recvd.Load())
 	where := "after its last chunk (waiting for gRPC to release sent data)"
 	if got < p.totalRecv() {
-		// Replay the receive order to name the chunk it is waiting for.
-		ord := p.recvOrder()
-		for range got {
-			ord.next()
-		}
-		t, c := ord.next()
+		t := p.stepOf(got)
 		ph, st := p.phaseStep(t)
-		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, c, r.peer(r.left))
+		where = fmt.Sprintf("waiting for %v step %d chunk %d from left neighbour %s", ph, st, got-p.recvStart[t-p.t0], r.peer(r.left))
 	}
 	return fmt.Errorf("allreduce: %s: operation %d timed out after %v %s; %d of %d chunks received, %d of %d sent to right neighbour %s; a peer is dead or stalled, form a new generation",
 		r.who(), o.seq, o.limit.Round(time.Millisecond), where, got, p.totalRecv(), o.sent.Load(), p.totalSend(), r.peer(r.right))
 }
 
-// waitChunk blocks until chunk c of step t0+i of o has been received.
-func (o *Op) waitChunk(i, c int) error {
+// waitRecv blocks until at least n chunks of o have been received.
+func (o *Op) waitRecv(n int) error {
 	for {
 		o.progMu.Lock()
 		ch := o.progress
 		o.progMu.Unlock()
-		if int(o.stepRecvd[i].Load()) > c {
+		if int(o.recvd.Load()) >= n {
 			return nil
 		}
 		select {
@@ -519,9 +512,7 @@ func (o *Op) waitChunk(i, c int) error {
 	}
 }
 
-// advance records that the next chunk of step t0+i has been applied.
-func (o *Op) advance(i int) {
-	o.stepRecvd[i].Add(1)
+func (o *Op) advance() {
 	o.recvd.Add(1)
 	o.progMu.Lock()
 	close(o.progress)
@@ -676,22 +667,23 @@ func (g grpcSender) send(op *Op, h *header, a, b int) error {
 
 func (r *Ring) sendOp(tx chunkSender, op *Op) error {
 	p := op.plan
-	for ord := p.sendOrder(); ord.left > 0; {
-		t, c := ord.next()
-		if t > p.t0 {
-			// The chunk we forward at step t is the one received at t-1.
-			if err := op.waitChunk(t-1-p.t0, c); err != nil {
+	for t := p.t0; t < p.t1; t++ {
+		lo, hi := p.sendSeg(t)
+		ph, st := p.phaseStep(t)
+		for c := range numChunks(hi-lo, p.chunk) {
+			if t > p.t0 {
+				// The chunk we forward at step t is the one received at t-1.
+				if err := op.waitRecv(p.recvStart[t-1-p.t0] + c + 1); err != nil {
+					return err
+				}
+			}
+			a, b := p.chunkRange(lo, hi, c)
+			h := header{Kind: kindData, Wire: op.wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
+				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
+			op.sent.Add(1)
+			if err := tx.send(op, &h, a, b); err != nil {
 				return err
 			}
-		}
-		lo, hi := p.sendSeg(t)
-		a, b := p.chunkRange(lo, hi, c)
-		ph, st := p.phaseStep(t)
-		h := header{Kind: kindData, Wire: op.wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
-			From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
-		op.sent.Add(1)
-		if err := tx.send(op, &h, a, b); err != nil {
-			return err
 		}
 	}
 	return nil
@@ -781,8 +773,7 @@ func (r *Ring) serveLeftTCP(ss grpc.ServerStream) error {
 type recvCursor struct {
 	r    *Ring
 	cur  *Op
-	ord  order  // cur's receive order
-	t    int    // step of the expected message
+	i, t int    // chunk index of cur in receive order, and its step
 	want header // the message expected next
 }
 
@@ -793,17 +784,19 @@ func (c *recvCursor) next() ([]float32, error) {
 	if c.cur == nil {
 		select {
 		case c.cur = <-r.recvQ:
-			c.ord = c.cur.plan.recvOrder()
+			c.i, c.t = 0, c.cur.plan.t0
 		case <-r.dead:
 			return nil, r.err
 		}
 	}
 	p := c.cur.plan
-	t, ch := c.ord.next()
-	c.t = t
-	lo, hi := p.recvSeg(t)
+	for p.recvStart[c.t-p.t0+1] <= c.i {
+		c.t++
+	}
+	ch := c.i - p.recvStart[c.t-p.t0]
+	lo, hi := p.recvSeg(c.t)
 	a, b := p.chunkRange(lo, hi, ch)
-	ph, st := p.phaseStep(t)
+	ph, st := p.phaseStep(c.t)
 	c.want = header{Kind: kindData, Wire: c.cur.wire, Phase: ph, Gen: r.cfg.Generation, Seq: c.cur.seq,
 		From: uint32(r.left), Step: uint32(st), Chunk: uint32(ch), Count: uint32(b - a)}
 	return c.cur.buf[a:b], nil
@@ -817,9 +810,9 @@ func (c *recvCursor) applied(dst []float32) {
 		// the others will decode from bfloat16.
 		roundBF16(dst)
 	}
-	c.cur.advance(c.t - c.cur.plan.t0)
+	c.cur.advance()
 	c.cur.partDone()
-	if c.ord.left == 0 {
+	if c.i++; c.i == c.cur.plan.totalRecv() {
 		c.cur.partDone() // in-order completion token
 		c.cur = nil
 	}
