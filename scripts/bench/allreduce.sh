@@ -6,9 +6,10 @@
 # usage: scripts/bench.sh allreduce [--quick] [--repeats R] [--sizes-mib 1,16,64,256] [--n 2,3,4]
 #                                   [--transport default|tcp|grpc]
 #
-# ringbench and gloo are interleaved repeat by repeat (A/B/A/B) so that the
-# machine's speed drift and foreign load hit both alike. Prints one line per
-# (n, size), for the transport given (default: the package default, TCP):
+# ringbench and gloo are interleaved world size by world size within each
+# repeat (A/B/A/B) so that the machine's speed drift and foreign load hit
+# both alike. Prints one line per (n, size), for the transport given
+# (default: the package default, TCP):
 #   bench: allreduce n=N bytes=B busbw_gbps=X gloo_busbw_gbps=Y ratio=X/Y tcp_gbps=Z
 # busbw = bytes/time * 2(n-1)/n (nccl-tests), GB = 1e9 B, medians over repeats.
 set -euo pipefail
@@ -39,14 +40,18 @@ elif ! /usr/bin/python3 -c 'import torch.distributed' 2>/dev/null; then
   echo "allreduce.sh: /usr/bin/python3 has no torch (apt-get install python3-torch); gloo columns will be NA" >&2; have_gloo=0
 fi
 
+# Interleaved per world size, not per whole pass: on a shared machine the load
+# changes within minutes, and a pass over every n takes several.
 for rep in $(seq 1 "$repeats"); do
-  echo "# repeat $rep/$repeats: ringbench"
-  timeout 900 "$tmp/ringbench" -n "$ns" -sizes-mib "$sizes" -iters-scale "$scale" -transport "$transport" -json "$tmp/ring_$rep.json"
-  if [ $have_gloo = 1 ]; then
-    echo "# repeat $rep/$repeats: gloo"
-    timeout 900 /usr/bin/python3 "$gloo" --world-sizes "$ns" --sizes-mib "$sizes" --repeats 1 \
-      --iters-scale "$scale" --out "$tmp/gloo_$rep.json" | grep -v '^$' | tail -n +2 || echo "allreduce.sh: gloo run $rep failed" >&2
-  fi
+  for n in ${ns//,/ }; do
+    echo "# repeat $rep/$repeats n=$n: ringbench"
+    timeout 900 "$tmp/ringbench" -n "$n" -sizes-mib "$sizes" -iters-scale "$scale" -transport "$transport" -json "$tmp/ring_${rep}_$n.json"
+    if [ $have_gloo = 1 ]; then
+      echo "# repeat $rep/$repeats n=$n: gloo"
+      timeout 900 /usr/bin/python3 "$gloo" --world-sizes "$n" --sizes-mib "$sizes" --repeats 1 \
+        --iters-scale "$scale" --out "$tmp/gloo_${rep}_$n.json" | grep -v '^$' | tail -n +2 || echo "allreduce.sh: gloo run $rep n=$n failed" >&2
+    fi
+  done
 done
 
 tcp_json=""
