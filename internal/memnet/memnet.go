@@ -75,9 +75,9 @@ type Net struct {
 	now   int64
 	q     queue
 	seq   int
-	next  uint64            // session ids
-	last  map[uint64]int64  // last delivery tick per session and direction
-	byS   map[uint64]*Node  // live sessions
+	next  uint64           // session ids
+	last  map[uint64]int64 // last delivery tick per session and direction
+	byS   map[uint64]*Node // live sessions
 	rings map[[2]uint64][]*Node
 	// reduced records the reduced reports delivered to the coordinator,
 	// by (generation, request).
