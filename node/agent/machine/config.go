@@ -12,7 +12,8 @@ type Config struct {
 	CommitTicks int64
 	// LeaveTicks bounds the wait, after SIGTERM, for the coordinator to
 	// release the node (stop); past it the node leaves at the next step
-	// boundary on its own. 0: CommitTicks.
+	// boundary on its own. 0: the commit deadline in force (CommitTicks,
+	// or the job's raise of it).
 	LeaveTicks int64
 	// RejoinTicks bounds how long a node whose established session was
 	// lost keeps trying to join again, its trainer kept (agent
@@ -22,19 +23,12 @@ type Config struct {
 	RejoinTicks int64
 }
 
-func (c Config) withDefaults() Config {
-	if c.LeaveTicks == 0 {
-		c.LeaveTicks = c.CommitTicks
-	}
-	return c
-}
-
 func (c Config) validate() error {
 	switch {
 	case c.CommitTicks <= 0:
 		return fmt.Errorf("agent machine: CommitTicks is %d; the wait for a commit needs a deadline > 0", c.CommitTicks)
-	case c.LeaveTicks <= 0:
-		return fmt.Errorf("agent machine: LeaveTicks is %d; want > 0 (0 takes CommitTicks)", c.LeaveTicks)
+	case c.LeaveTicks < 0:
+		return fmt.Errorf("agent machine: LeaveTicks is %d; want > 0 (0 takes the commit deadline)", c.LeaveTicks)
 	case c.RejoinTicks == 0:
 		return fmt.Errorf("agent machine: RejoinTicks is 0; want > 0, or < 0 to never rejoin")
 	}

@@ -53,7 +53,6 @@ type Machine struct {
 // New returns a machine in phase Connecting: the driver opens the first
 // session and steps Open (or ConnectFailed).
 func New(cfg Config) (*Machine, error) {
-	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -276,16 +275,15 @@ func (m *Machine) onLost(why string) {
 	m.inStep, m.stepFailed, m.cancelled, m.step = false, false, false, -1
 	m.work, m.inbox = 0, nil
 	m.jobSeen, m.setUp, m.gen, m.rank, m.world = false, false, 0, -1, 0
-	switch {
-	case m.leaving || m.cfg.RejoinTicks < 0:
-		m.finish(Failure, why)
+	if m.leaving || m.cfg.RejoinTicks < 0 {
+		m.finish(SessionLost, why)
 		return
 	}
 	m.lostWhy = why
 	m.rejoinBy = m.now + m.cfg.RejoinTicks
 	m.phase = Rejoining
 	m.note("session with the coordinator lost (%s); joining again within %d ticks, keeping %d committed steps", why, m.cfg.RejoinTicks, m.held)
-	m.instant(Work{Kind: Connect, Applied: m.held})
+	m.instant(Work{Kind: Connect, Applied: m.held, Why: why})
 }
 
 // failNode tells the coordinator that the request in hand failed on this
@@ -313,9 +311,17 @@ func (m *Machine) onTerm() {
 		// meanwhile: the leave aborts no step (issue 11, defect 9).
 		m.reply(Msg{Kind: Leave, Gen: m.gen})
 		m.leaveSent = true
-		m.leaveBy = m.now + m.cfg.LeaveTicks
+		m.leaveBy = m.now + m.leaveTicks()
 		m.note("asked the coordinator to release this node at a step boundary (gen %d, %d committed steps)", m.gen, m.held)
 	}
+}
+
+// leaveTicks is how long a leaving rank waits for its release.
+func (m *Machine) leaveTicks() int64 {
+	if m.cfg.LeaveTicks > 0 {
+		return m.cfg.LeaveTicks
+	}
+	return m.commitTicks
 }
 
 func (m *Machine) onTick() {
@@ -327,7 +333,7 @@ func (m *Machine) onTick() {
 		m.giveUpRejoin("the deadline passed")
 	}
 	if m.leaving && m.leaveBy > 0 && m.now >= m.leaveBy && m.phase != Done {
-		m.note("the coordinator did not release this node within %d ticks; leaving at a step boundary", m.cfg.LeaveTicks)
+		m.note("the coordinator did not release this node within %d ticks; leaving at a step boundary", m.leaveTicks())
 		m.leaveBy = 0
 	}
 }
@@ -411,6 +417,11 @@ func (m *Machine) handle(msg Msg) {
 		}
 	}
 }
+
+// Check reports whether the node would take msg now, and why not; it
+// changes nothing. (While work is busy a message is queued, and checked
+// when its turn comes.)
+func (m *Machine) Check(msg Msg) error { return m.expect(msg) }
 
 // expect checks, before anything changes, that msg is what the node can
 // take now: its kind against the phase, its generation against the current

@@ -239,7 +239,7 @@ func TestNoRejoin(t *testing.T) {
 	x := newH(t, Config{CommitTicks: 5, RejoinTicks: -1})
 	x.step(Event{Kind: Open})
 	x.step(Event{Kind: Lost, Error: "EOF"})
-	if o, why := x.m.Outcome(); o != Failure || why != "EOF" {
+	if o, why := x.m.Outcome(); o != SessionLost || why != "EOF" {
 		t.Fatalf("outcome %v %q", o, why)
 	}
 	x = newH(t, cfg)

@@ -260,6 +260,8 @@ type Work struct {
 	PullStep int
 	// Applied is what the hello of a Connect announces.
 	Applied int
+	// Why is what ended the session (Connect).
+	Why     string
 	Payload any
 }
 
@@ -293,8 +295,11 @@ const (
 	// Left: the node left after SIGTERM (released, or on its own).
 	Left
 	// Failure: the run failed (Err): the coordinator stopped it with an
-	// error, the node failed, or the session was lost for good.
+	// error, the node failed, or it could not rejoin in time.
 	Failure
+	// SessionLost: the session broke (Err) and the node does not rejoin:
+	// it was leaving, or RejoinTicks < 0.
+	SessionLost
 )
 
 // Ready is what the machine decided since the last Advance. The driver
