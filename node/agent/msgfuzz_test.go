@@ -106,6 +106,9 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 	}
 	s := &session{a: a, st: st, ringSrv: srv, hub: h, bulkSrv: bs, applied: -1, watch: newRingWatch()}
 	t.Cleanup(func() { s.release(nil) })
+	if err := s.startMachine(); err != nil {
+		t.Fatal(err)
+	}
 	sum := sha256.Sum256(modelFile)
 	hash := hex.EncodeToString(sum[:])
 	// The model file is in the cache, so the job sets the trainer up
@@ -138,8 +141,10 @@ type discardW struct{}
 func (discardW) Write(b []byte) (int, error) { return len(b), nil }
 
 func (s *session) snapshot(st *countStream, tr *countTrainer) string {
-	return fmt.Sprintf("job=%v tr=%v params=%d applied=%d gen=%d ring=%v inStep=%v pending=%d stateWaits=%d sent=%v calls=%v",
-		s.job != nil, s.tr != nil, s.params, s.applied, s.gen, s.ring != nil, s.inStep, s.pending, len(s.stateWaits), st.sent, tr.calls)
+	step, inStep := s.m.InStep()
+	mgen, _ := s.m.Generation()
+	return fmt.Sprintf("job=%v tr=%v params=%d applied=%d gen=%d ring=%v inStep=%v pending=%d stateWaits=%d sent=%v calls=%v phase=%s held=%d mgen=%d",
+		s.job != nil, s.tr != nil, s.params, s.applied, s.gen, s.ring != nil, inStep, step, len(s.stateWaits), st.sent, tr.calls, s.m.Phase(), s.m.Held(), mgen)
 }
 
 // fuzzMsg decodes 5 bytes into a message that passes Validate, or nil.
