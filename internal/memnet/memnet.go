@@ -84,6 +84,7 @@ type Net struct {
 	reduced map[[2]uint64]map[string]bool
 	batches map[int][]int // step → its batch (the same in every message)
 	aborts  map[[2]uint64]bool
+	inc     int                       // the coordinator's incarnation
 	genInst map[uint64]map[string]int // generation → rank → the process incarnation it was sent to
 
 	// Lineage is the committed steps, in order (a rollback cuts it).
@@ -180,7 +181,7 @@ func (n *Net) Kill(id string) {
 	n.logf("kill %s", id)
 	s, ring := nd.Session, n.ring(nd)
 	n.exit(nd)
-	n.later(n.delay(5, 15), func() { n.coord(cm.Event{Kind: cm.Lost, Node: id, Ring: ring}) })
+	n.coordAt(n.delay(5, 15), cm.Event{Kind: cm.Lost, Node: id, Ring: ring})
 	_ = s
 }
 
@@ -190,7 +191,7 @@ func (n *Net) exit(nd *Node) {
 	nd.Alive, nd.Session, nd.work = false, 0, 0
 	delete(n.byS, s)
 	if s != 0 {
-		n.later(n.delay(0, 2), func() { n.coord(cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s}) })
+		n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
 	}
 }
 
@@ -221,7 +222,7 @@ func (n *Net) endSession(nd *Node, s uint64, why string) {
 	}
 	delete(n.byS, s)
 	nd.Session = 0
-	n.later(n.delay(0, 2), func() { n.coord(cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s}) })
+	n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
 	inst := nd.Inst
 	n.later(n.delay(0, 2), func() {
 		if nd.Alive && nd.Inst == inst {
@@ -276,6 +277,64 @@ func (n *Net) ids() []string {
 }
 
 func (n *Net) delay(lo, hi int) int64 { return n.now + int64(lo+n.rnd.IntN(hi-lo+1)) }
+
+// coordAt feeds ev to the coordinator at tick t, unless it was restarted
+// meanwhile: what the old process was told dies with it.
+func (n *Net) coordAt(t int64, ev cm.Event) {
+	inc := n.inc
+	n.later(t, func() {
+		if n.inc == inc {
+			n.coord(ev)
+		}
+	})
+}
+
+// RestartCoordinator kills the coordinator and starts it again with
+// --resume from the newest checkpoint, under the live nodes: their
+// sessions break, and they join again with the state their trainers hold
+// (issue 11, defect 10). The steps committed after the checkpoint are
+// undone.
+func (n *Net) RestartCoordinator() error {
+	newest := -1
+	for k := range n.Disk {
+		newest = max(newest, k)
+	}
+	if newest < 0 {
+		return fmt.Errorf("memnet: no checkpoint to resume from")
+	}
+	cfg := n.Cfg
+	cfg.Resumed = newest
+	c, err := cm.New(cfg)
+	if err != nil {
+		return fmt.Errorf("memnet: restart with --resume from step %d: %w", newest, err)
+	}
+	n.logf("coordinator restarts from the checkpoint of step %d", newest)
+	n.inc++
+	n.Coord = c
+	if newest > len(n.Lineage) {
+		return fmt.Errorf("memnet: checkpoint of step %d beyond the %d committed steps", newest, len(n.Lineage))
+	}
+	n.Lineage = n.Lineage[:newest]
+	// Generations and request ids start again.
+	n.reduced = map[[2]uint64]map[string]bool{}
+	n.rings = map[[2]uint64][]*Node{}
+	n.genInst = map[uint64]map[string]int{}
+	for _, id := range n.ids() {
+		nd := n.Nodes[id]
+		if !nd.Alive || nd.Session == 0 {
+			continue
+		}
+		delete(n.byS, nd.Session)
+		nd.Session = 0
+		inst := nd.Inst
+		n.later(n.delay(0, 2), func() {
+			if nd.Alive && nd.Inst == inst {
+				n.agent(nd, am.Event{Kind: am.Lost, Error: "the coordinator closed the session"})
+			}
+		})
+	}
+	return nil
+}
 
 // later runs f at tick t.
 func (n *Net) later(t int64, f func()) {
@@ -375,7 +434,12 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 			n.fail("%v", err)
 			continue
 		}
-		n.inOrder(s, 1, n.delay(0, 3), func() { n.coord(ev) })
+		inc := n.inc
+		n.inOrder(s, 1, n.delay(0, 3), func() {
+			if n.inc == inc {
+				n.coord(ev)
+			}
+		})
 	}
 	for _, w := range rd.Work {
 		n.do(nd, w)
@@ -527,9 +591,12 @@ func (n *Net) action(a cm.Action) {
 			inst = src.Inst
 		}
 		tries := 0
+		inc := n.inc
 		var read func()
 		read = func() {
 			switch {
+			case n.inc != inc:
+				// The coordinator died before the file was complete.
 			case src == nil || !src.Alive || src.Inst != inst || src.held > a.Step:
 				n.coord(cm.Event{Kind: cm.ActionDone, Req: a.Req, Error: "source lost or moved on"})
 			case src.held < a.Step && tries < 20:
@@ -544,7 +611,7 @@ func (n *Net) action(a cm.Action) {
 		}
 		n.later(n.delay(1, 6), read)
 	case cm.WriteExport:
-		n.later(n.delay(1, 6), func() { n.coord(cm.Event{Kind: cm.ActionDone, Req: a.Req}) })
+		n.coordAt(n.delay(1, 6), cm.Event{Kind: cm.ActionDone, Req: a.Req})
 	case cm.Drop:
 		if nd := n.Nodes[a.Node]; nd != nil {
 			n.endSession(nd, a.Session, "the coordinator dropped the session")

@@ -105,8 +105,9 @@ func checkRun(t *testing.T, n *Net) {
 
 // TestPairScripted runs the real coordinator machine with four real agent
 // machines through a join, steps, a kill mid-step, a restart, a late
-// joiner, a SIGTERM leave and a false suspicion, and checks the
-// invariants after every event and at the end.
+// joiner, a SIGTERM leave, a false suspicion and a coordinator restart
+// with --resume under the live nodes, and checks the invariants after
+// every event and at the end.
 func TestPairScripted(t *testing.T) {
 	n := newNet(t, 1, coordCfg())
 	for _, id := range []string{"n0", "n1", "n2"} {
@@ -123,6 +124,7 @@ func TestPairScripted(t *testing.T) {
 		return func() bool { return n.Coord.Applied() >= step && n.Coord.Phase() == cm.Training }
 	}
 	abortsAtTerm, abortsAtLeft := -1, -1
+	inst := map[string]int{}
 	killAborts := 0
 	script := []*once{
 		// kill -9 of a rank mid-step: the step aborts, the run goes on.
@@ -135,6 +137,14 @@ func TestPairScripted(t *testing.T) {
 		{when: training(10), do: func() { abortsAtTerm = n.Aborts(); n.Term("n2") }},
 		// false suspicion: n0's session is dropped, it rejoins with its state.
 		{when: training(15), do: func() { n.Suspect("n0") }},
+		// coordinator kill -9 and --resume under the live nodes: they
+		// re-attach without restarting their processes.
+		{when: training(19), do: func() {
+			for _, id := range []string{"n0", "n1", "n3"} {
+				inst[id] = n.Nodes[id].Inst
+			}
+			must(t, n.RestartCoordinator())
+		}},
 	}
 	err := n.Run(20000, func() {
 		if abortsAtTerm >= 0 && abortsAtLeft < 0 && !n.Nodes["n2"].Alive {
@@ -172,15 +182,22 @@ func TestPairScripted(t *testing.T) {
 		if o, why := n.Nodes[id].M.Outcome(); o != am.Finished {
 			t.Fatalf("%s ended with outcome %d (%s), want finished", id, o, why)
 		}
+		if n.Nodes[id].Inst != inst[id] {
+			t.Fatalf("%s was restarted after the coordinator's restart; it should have re-attached", id)
+		}
 	}
 }
 
 // TestPairRandom runs the two machines together over many seeds with
-// random kills, restarts, leaves and false suspicions, checking the same
-// invariants; a run may also end with exit 4 when every node is gone.
+// random kills, restarts, leaves, false suspicions and at most one
+// coordinator restart with --resume under the live nodes, checking the
+// same invariants; a run may also end with exit 4 when every node is gone.
 func TestPairRandom(t *testing.T) {
 	outcomes := map[int]int{}
-	defer func() { t.Logf("%d seeds, outcomes %v (exit code: runs)", *seeds, outcomes) }()
+	restarts := 0
+	defer func() {
+		t.Logf("%d seeds, outcomes %v (exit code: runs), %d coordinator restarts", *seeds, outcomes, restarts)
+	}()
 	for seed := uint64(1); seed <= uint64(*seeds); seed++ {
 		c := coordCfg()
 		rnd := rand.New(rand.NewPCG(seed, 1))
@@ -191,6 +208,7 @@ func TestPairRandom(t *testing.T) {
 			must(t, n.Start(fmt.Sprintf("n%d", i)))
 		}
 		faults := 0
+		restarted := false
 		err := n.Run(40000, func() {
 			if faults >= 6 {
 				// The faults are over: the processes that ended come
@@ -206,6 +224,12 @@ func TestPairRandom(t *testing.T) {
 				return
 			}
 			faults++
+			if !restarted && len(n.Disk) > 0 && rnd.IntN(6) == 0 {
+				restarted = true
+				restarts++
+				must(t, n.RestartCoordinator())
+				return
+			}
 			id := fmt.Sprintf("n%d", rnd.IntN(nodes))
 			nd := n.Nodes[id]
 			switch {
