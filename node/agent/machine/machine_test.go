@@ -325,3 +325,58 @@ func TestConfigValidated(t *testing.T) {
 		}
 	}
 }
+
+// snapshot is the machine's whole state but its output and clock.
+func snapshot(m *Machine) string {
+	return fmt.Sprintf("%s est=%v held=%d setUp=%v job=%v gen=%d/%d/%d/%d step=%v/%d/%d/%d/%v/%v work=%d/%s inbox=%d leave=%v/%d/%v out=%d/%s",
+		m.phase, m.established, m.held, m.setUp, m.jobSeen, m.gen, m.rank, m.world, m.genFrom, m.inStep, m.stepGen, m.stepReq, m.step,
+		m.stepFailed, m.cancelled, m.work, m.workKind, len(m.inbox), m.leaving, m.leaveBy, m.leaveSent, m.outcome, m.err)
+}
+
+// TestRandomMessagesRejectedUntouched: in every phase a node reaches, a
+// request that Check refuses changes nothing when it arrives, and no
+// sequence of requests panics or leaves a busy phase without its work.
+func TestRandomMessagesRejectedUntouched(t *testing.T) {
+	kinds := []Kind{Job, Gen, Pull, Step, Commit, Abort, Eval, Export, SetUp, Reduced, Digest}
+	for seed := range 300 {
+		x := rank0(t)
+		r := seed
+		next := func(n int) int { r = (r*1103515245 + 12345) & 0x7fffffff; return r % n }
+		var busy Ready
+		for range 40 {
+			if x.m.Phase() == Done {
+				break
+			}
+			if x.m.Phase().busy() {
+				// Finish the busy work (a step sometimes with a ring error).
+				ev := Event{Applied: x.m.Held(), Payload: "p", Sum: "s"}
+				if next(4) == 0 {
+					ev.Error = "ring broke"
+				}
+				busy = x.done(busy, ev)
+				continue
+			}
+			msg := Msg{Kind: kinds[next(len(kinds))], Gen: uint64(next(4)), Req: uint64(next(4)), Step: next(3) - 1,
+				Rank: next(2), World: 1 + next(2), Count: 4, PullStep: next(3) - 1, Digest: next(2) == 0}
+			err := x.m.Check(msg)
+			before := snapshot(x.m)
+			rd := x.msg(msg)
+			if err != nil {
+				if after := snapshot(x.m); after != before || len(rd.Replies) > 0 || len(rd.Work) > 0 {
+					t.Fatalf("seed %d: refused %s (%v) changed the machine:\n%s\n%s\n%s", seed, msg, err, before, after, render(rd))
+				}
+				continue
+			}
+			busy = rd
+			if x.m.Phase().busy() {
+				found := false
+				for _, w := range rd.Work {
+					found = found || w.ID > 0
+				}
+				if !found {
+					t.Fatalf("seed %d: busy in %s after %s with no work: %s", seed, x.m.Phase(), msg, render(rd))
+				}
+			}
+		}
+	}
+}
