@@ -241,55 +241,74 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	bulkSrv.Register(gs)
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 
-	// One session per connection to a coordinator. When an established
-	// session is lost (not ended by the coordinator, by a signal or by a
-	// local failure), the node keeps its trainer and joins again until
-	// RejoinTimeout has passed since the loss.
+	// One session per connection to a coordinator, and one protocol
+	// machine for the node's life: when an established session is lost
+	// (not ended by the coordinator, by a signal or by a local failure),
+	// the machine keeps the trainer's state and asks to join again, until
+	// its rejoin deadline (--rejoin-timeout after the loss) has passed.
+	mach, t0, err := a.newMachine()
+	if err != nil {
+		return err
+	}
 	var keep *carried
-	var lostAt time.Time
 	var lastLoss error
-	rejoining := false
+	var lostAt time.Time
 	for {
-		if rejoining {
-			coord, err = a.join(ctx, ml, time.Until(lostAt.Add(c.RejoinTimeout)))
-			if err != nil {
-				keep.close()
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
-			}
-			if coord.TLS != tlsMode {
-				keep.close()
-				return fmt.Errorf("agent: the coordinator came back with TLS mode %q, but this node serves its ring with %q; restart the node", coord.TLS, tlsMode)
-			}
-		}
 		s, err := a.connect(coord.GRPC, clientTLS, ringSrv, h, bulkSrv, keep)
 		if err == nil {
-			if rejoining {
+			s.m, s.t0 = mach, t0
+			if mach.Phase() == am.Rejoining {
 				a.log.Info("reconnected to the coordinator", "coordinator", coord.GRPC, "applied", s.applied, "after", time.Since(lostAt).Round(time.Millisecond))
 			}
 			err = s.run(ctx)
-			if s.established {
-				rejoining, lostAt = true, time.Now()
-			}
 			keep = s.release(err)
 		}
-		if ctx.Err() != nil || !rejoining || !IsSessionLost(err) || c.RejoinTimeout < 0 {
+		opened := s != nil && s.established
+		switch ph := mach.Phase(); {
+		case !opened && (ph == am.Connecting || ph == am.Rejoining):
+			// No session opened: the dial or the handshake failed.
+			stepClock(mach, t0)
+			mach.Step(am.Event{Kind: am.ConnectFailed, Error: err.Error()})
+		case opened && ph != am.Done && ph != am.Rejoining && IsSessionLost(err):
+			// The session broke outside the machine's sight (a send
+			// failed): the machine decides whether to rejoin.
+			stepClock(mach, t0)
+			mach.Step(am.Event{Kind: am.Lost, Error: err.Error()})
+		}
+		if opened {
+			lostAt, lastLoss = time.Now(), err
+		}
+		for _, n := range mach.Ready().Notes {
+			a.log.Debug(n)
+		}
+		mach.Advance() // release dropped the step in flight and closed the session
+		if mach.Phase() != am.Rejoining || ctx.Err() != nil {
 			keep.close()
+			if o, _ := mach.Outcome(); o == am.Failure && lastLoss != nil && IsSessionLost(err) {
+				return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
+			}
 			return err
 		}
-		if time.Since(lostAt) > c.RejoinTimeout {
-			keep.close()
-			return fmt.Errorf("agent: lost the session with the coordinator and could not rejoin within --rejoin-timeout %s: %w", c.RejoinTimeout, err)
-		}
-		lastLoss = err
-		a.log.Warn("session with the coordinator lost; joining again, keeping the trainer state", "err", err, "applied", keep.appliedOr(-1), "gives_up_in", (c.RejoinTimeout - time.Since(lostAt)).Round(time.Second))
+		dl, _ := mach.Deadline()
+		until := time.Until(t0.Add(time.Duration(dl) * tick))
+		a.log.Warn("session with the coordinator lost; joining again, keeping the trainer state", "err", err, "applied", keep.appliedOr(-1), "gives_up_in", until.Round(time.Second))
 		select {
 		case <-ctx.Done():
 			keep.close()
 			return ctx.Err()
 		case <-time.After(500 * time.Millisecond):
+		}
+		coord, err = a.join(ctx, ml, time.Until(t0.Add(time.Duration(dl)*tick)))
+		if err != nil {
+			keep.close()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
+		}
+		if coord.TLS != tlsMode {
+			keep.close()
+			return fmt.Errorf("agent: the coordinator came back with TLS mode %q, but this node serves its ring with %q; restart the node", coord.TLS, tlsMode)
 		}
 	}
 }

@@ -26,32 +26,46 @@ const tick = 100 * time.Millisecond
 // ticksOf converts d to whole ticks, rounding up, at least one.
 func ticksOf(d time.Duration) int64 { return max(1, int64((d+tick-1)/tick)) }
 
-// startMachine creates the session's protocol machine and opens it: the
-// handshake passed. The session's end (and the rejoin with the trainer
-// kept) is Run's: the machine's Connect work ends the session with a
-// session-loss error.
-func (s *session) startMachine() error {
+// newMachine is the node's protocol machine and its tick 0. It lives
+// across sessions: a lost session's trainer state stays in it, and its
+// rejoin deadline bounds the joins that follow (Run).
+func (a *Agent) newMachine() (*am.Machine, time.Time, error) {
 	rejoin := int64(-1)
-	if s.a.cfg.RejoinTimeout >= 0 {
-		rejoin = ticksOf(s.a.cfg.RejoinTimeout)
+	if a.cfg.RejoinTimeout >= 0 {
+		rejoin = ticksOf(a.cfg.RejoinTimeout)
 	}
-	m, err := am.New(am.Config{CommitTicks: ticksOf(s.commitTimeout()), RejoinTicks: rejoin})
+	m, err := am.New(am.Config{CommitTicks: ticksOf(a.cfg.CommitTimeout), RejoinTicks: rejoin})
 	if err != nil {
-		return fmt.Errorf("agent: %w", err)
+		return nil, time.Time{}, fmt.Errorf("agent: %w", err)
 	}
-	s.m, s.t0 = m, time.Now()
-	m.Step(am.Event{Kind: am.Open})
+	return m, time.Now(), nil
+}
+
+// startMachine opens the session in the node's machine (a new one when
+// the session has none, as in tests): the handshake passed.
+func (s *session) startMachine() error {
+	if s.m == nil {
+		m, t0, err := s.a.newMachine()
+		if err != nil {
+			return err
+		}
+		s.m, s.t0 = m, t0
+	}
+	s.clock()
+	s.m.Step(am.Event{Kind: am.Open})
 	return s.flush()
 }
 
-// clock steps the machine's ticks up to the wall clock (a tick missed
-// while work ran inline is stepped now).
-func (s *session) clock() {
-	due := int64(time.Since(s.t0) / tick)
-	for s.m.Now() < due && s.m.Phase() != am.Done {
-		s.m.Step(am.Event{Kind: am.Tick})
+// stepClock steps m's ticks up to the wall clock since t0 (ticks missed
+// while work ran inline, or between sessions, are stepped now).
+func stepClock(m *am.Machine, t0 time.Time) {
+	due := int64(time.Since(t0) / tick)
+	for m.Now() < due && m.Phase() != am.Done {
+		m.Step(am.Event{Kind: am.Tick})
 	}
 }
+
+func (s *session) clock() { stepClock(s.m, s.t0) }
 
 // deliver hands one coordinator message to the machine and carries out
 // what it decides. The error is the end of the session (the run's outcome,
