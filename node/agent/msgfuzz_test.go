@@ -116,7 +116,7 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 	if err := os.WriteFile(filepath.Join(a.cfg.CacheDir, hash), modelFile, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	job := &control.Job{Files: []control.FileInfo{{Name: "config.json", Size: int64(len(modelFile)), SHA256: hash}}, TimeoutMS: 5000}
+	job := fuzzJob()
 	if phase >= phaseSetUp {
 		if err := s.handle(&control.Msg{Type: control.TypeJob, Job: job}); err != nil {
 			t.Fatal(err)
@@ -134,6 +134,12 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 		}
 	}
 	return s, st, tr
+}
+
+// fuzzJob is a job whose one model file fuzzSession put in the cache.
+func fuzzJob() *control.Job {
+	sum := sha256.Sum256(modelFile)
+	return &control.Job{Files: []control.FileInfo{{Name: "config.json", Size: int64(len(modelFile)), SHA256: hex.EncodeToString(sum[:])}}, TimeoutMS: 5000}
 }
 
 type discardW struct{}
