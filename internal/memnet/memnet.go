@@ -179,10 +179,9 @@ func (n *Net) Kill(id string) {
 		return
 	}
 	n.logf("kill %s", id)
-	s, ring := nd.Session, n.ring(nd)
+	ring := n.ring(nd)
 	n.exit(nd)
 	n.coordAt(n.delay(5, 15), cm.Event{Kind: cm.Lost, Node: id, Ring: ring})
-	_ = s
 }
 
 // exit ends nd's process: its session ends on the coordinator's side.
