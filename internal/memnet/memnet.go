@@ -9,8 +9,9 @@
 // A fake trainer's state is a hash chain of the steps it applied (the step
 // and its batch's indices), so a replica's state says exactly which steps
 // it applied; Net checks after every event that each replica holds the
-// canonical state of the step count it claims, and that every committed
-// step had every rank's reduced report.
+// canonical state of the step count it claims, that every committed step
+// had every rank's reduced report, and that every timed wait of either
+// machine has its deadline ahead.
 package memnet
 
 import (
@@ -51,7 +52,11 @@ type Node struct {
 	batch   []int
 	ringKey [2]uint64
 	work    uint64 // the busy work's id
-	workAt  int64
+	// frozen: the process is stopped (SIGSTOP) until this tick; missed
+	// counts the ticks it did not see meanwhile.
+	frozen  int64
+	missed  int64
+	stopped bool // frozen, and not yet resumed
 }
 
 // State is the trainer's state and the committed steps it holds.
@@ -153,6 +158,7 @@ func (n *Net) Start(id string) error {
 	}
 	nd.Inst++
 	nd.M, nd.Alive, nd.state, nd.held, nd.work, nd.Sessions = m, true, 0, -1, 0, 0
+	nd.frozen, nd.missed, nd.stopped = 0, 0, false
 	n.connect(nd)
 	return nil
 }
@@ -191,6 +197,30 @@ func (n *Net) exit(nd *Node) {
 	if s != 0 {
 		n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
 	}
+}
+
+// Freeze stops node id's process for ticks (SIGSTOP, then SIGCONT): its
+// session stays up, it answers nothing, and when it resumes it takes what
+// arrived meanwhile, in order, and then the ticks it missed at once (as
+// the real driver steps its machine up to the wall clock).
+func (n *Net) Freeze(id string, ticks int64) {
+	nd := n.Nodes[id]
+	if nd == nil || !nd.Alive || nd.stopped {
+		return
+	}
+	n.logf("freeze %s for %d ticks", id, ticks)
+	nd.frozen, nd.stopped = n.now+ticks, true
+	inst := nd.Inst
+	n.later(nd.frozen+1, func() {
+		if nd.Inst != inst {
+			return
+		}
+		nd.stopped = false
+		n.logf("%s resumes, %d ticks late", id, nd.missed)
+		for ; nd.missed > 0 && nd.Alive; nd.missed-- {
+			n.agent(nd, am.Event{Kind: am.Tick})
+		}
+	})
 }
 
 // Term sends node id SIGTERM.
@@ -320,6 +350,12 @@ func (n *Net) coord(ev cm.Event) {
 	for _, s := range rd.Notes {
 		n.logf("coordinator: %s", s)
 	}
+	if n.Coord.Phase() != cm.Done {
+		// Every wait of the coordinator has a deadline ahead of it.
+		if dl, ok := n.Coord.Deadline(); !ok || dl <= n.Coord.Now() {
+			n.fail("coordinator phase %s waits without a deadline (deadline %d, tick %d)", n.Coord.Phase(), dl, n.Coord.Now())
+		}
+	}
 	for _, a := range rd.Actions {
 		n.action(a)
 	}
@@ -368,7 +404,29 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 	if n.err != nil || !nd.Alive || nd.M.Phase() == am.Done {
 		return
 	}
+	if nd.frozen > n.now {
+		// A stopped process sees nothing until it resumes; then it sees
+		// everything that arrived, in order, and its clock jumps.
+		if ev.Kind == am.Tick {
+			nd.missed++
+			return
+		}
+		inst := nd.Inst
+		n.later(nd.frozen, func() {
+			if nd.Inst == inst {
+				n.agent(nd, ev)
+			}
+		})
+		return
+	}
+	before := nd.M.Phase()
 	nd.M.Step(ev)
+	if ev.Kind == am.Tick && before == am.AwaitCommit && nd.M.Phase() != am.AwaitCommit {
+		// The timeouts are ordered so that the coordinator always decides
+		// a step (commit, or abort on its step deadline) before a node
+		// gives up waiting for it.
+		n.fail("%s gave up waiting for a commit before the coordinator decided", nd.ID)
+	}
 	rd := nd.M.Ready()
 	nd.M.Advance()
 	for _, s := range rd.Notes {
@@ -394,6 +452,12 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 	}
 	for _, w := range rd.Work {
 		n.do(nd, w)
+	}
+	if p := nd.M.Phase(); p == am.AwaitCommit || p == am.Rejoining {
+		// A node's timed waits have their deadline ahead of them.
+		if dl, ok := nd.M.Deadline(); !ok || dl <= nd.M.Now() {
+			n.fail("%s waits in phase %s without a deadline (deadline %d, tick %d)", nd.ID, p, dl, nd.M.Now())
+		}
 	}
 	if nd.M.Phase() == am.Done {
 		o, why := nd.M.Outcome()

@@ -189,7 +189,8 @@ func TestPairScripted(t *testing.T) {
 }
 
 // TestPairRandom runs the two machines together over many seeds with
-// random kills, restarts, leaves, false suspicions and at most one
+// random kills, restarts, leaves, false suspicions, freezes (SIGSTOP for
+// up to 220 ticks, past the coordinator's step deadline) and at most one
 // coordinator restart with --resume under the live nodes, checking the
 // same invariants; a run may also end with exit 4 when every node is gone.
 func TestPairRandom(t *testing.T) {
@@ -239,6 +240,8 @@ func TestPairRandom(t *testing.T) {
 				n.Kill(id)
 			case rnd.IntN(2) == 0:
 				n.Suspect(id)
+			case rnd.IntN(2) == 0:
+				n.Freeze(id, int64(20+rnd.IntN(200)))
 			default:
 				n.Term(id)
 			}
