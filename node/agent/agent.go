@@ -34,6 +34,7 @@ import (
 	"github.com/ringtune/ringtune/config"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/data"
+	am "github.com/ringtune/ringtune/node/agent/machine"
 )
 
 // Version is reported in gossip metadata and the session hello.
@@ -240,55 +241,74 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 	bulkSrv.Register(gs)
 	go func() { defer close(served); _ = gs.Serve(lis) }()
 
-	// One session per connection to a coordinator. When an established
-	// session is lost (not ended by the coordinator, by a signal or by a
-	// local failure), the node keeps its trainer and joins again until
-	// RejoinTimeout has passed since the loss.
+	// One session per connection to a coordinator, and one protocol
+	// machine for the node's life: when an established session is lost
+	// (not ended by the coordinator, by a signal or by a local failure),
+	// the machine keeps the trainer's state and asks to join again, until
+	// its rejoin deadline (--rejoin-timeout after the loss) has passed.
+	mach, t0, err := a.newMachine()
+	if err != nil {
+		return err
+	}
 	var keep *carried
-	var lostAt time.Time
 	var lastLoss error
-	rejoining := false
+	var lostAt time.Time
 	for {
-		if rejoining {
-			coord, err = a.join(ctx, ml, time.Until(lostAt.Add(c.RejoinTimeout)))
-			if err != nil {
-				keep.close()
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
-			}
-			if coord.TLS != tlsMode {
-				keep.close()
-				return fmt.Errorf("agent: the coordinator came back with TLS mode %q, but this node serves its ring with %q; restart the node", coord.TLS, tlsMode)
-			}
-		}
 		s, err := a.connect(coord.GRPC, clientTLS, ringSrv, h, bulkSrv, keep)
 		if err == nil {
-			if rejoining {
+			s.m, s.t0 = mach, t0
+			if mach.Phase() == am.Rejoining {
 				a.log.Info("reconnected to the coordinator", "coordinator", coord.GRPC, "applied", s.applied, "after", time.Since(lostAt).Round(time.Millisecond))
 			}
 			err = s.run(ctx)
-			if s.established {
-				rejoining, lostAt = true, time.Now()
-			}
 			keep = s.release(err)
 		}
-		if ctx.Err() != nil || !rejoining || !IsSessionLost(err) || c.RejoinTimeout < 0 {
+		opened := s != nil && s.established
+		switch ph := mach.Phase(); {
+		case !opened && (ph == am.Connecting || ph == am.Rejoining):
+			// No session opened: the dial or the handshake failed.
+			stepClock(mach, t0)
+			mach.Step(am.Event{Kind: am.ConnectFailed, Error: err.Error()})
+		case opened && ph != am.Done && ph != am.Rejoining && IsSessionLost(err):
+			// The session broke outside the machine's sight (a send
+			// failed): the machine decides whether to rejoin.
+			stepClock(mach, t0)
+			mach.Step(am.Event{Kind: am.Lost, Error: err.Error()})
+		}
+		if opened {
+			lostAt, lastLoss = time.Now(), err
+		}
+		for _, n := range mach.Ready().Notes {
+			a.log.Debug(n)
+		}
+		mach.Advance() // release dropped the step in flight and closed the session
+		if mach.Phase() != am.Rejoining || ctx.Err() != nil {
 			keep.close()
+			if o, _ := mach.Outcome(); o == am.Failure && lastLoss != nil && IsSessionLost(err) {
+				return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
+			}
 			return err
 		}
-		if time.Since(lostAt) > c.RejoinTimeout {
-			keep.close()
-			return fmt.Errorf("agent: lost the session with the coordinator and could not rejoin within --rejoin-timeout %s: %w", c.RejoinTimeout, err)
-		}
-		lastLoss = err
-		a.log.Warn("session with the coordinator lost; joining again, keeping the trainer state", "err", err, "applied", keep.appliedOr(-1), "gives_up_in", (c.RejoinTimeout - time.Since(lostAt)).Round(time.Second))
+		dl, _ := mach.Deadline()
+		until := time.Until(t0.Add(time.Duration(dl) * tick))
+		a.log.Warn("session with the coordinator lost; joining again, keeping the trainer state", "err", err, "applied", keep.appliedOr(-1), "gives_up_in", until.Round(time.Second))
 		select {
 		case <-ctx.Done():
 			keep.close()
 			return ctx.Err()
 		case <-time.After(500 * time.Millisecond):
+		}
+		coord, err = a.join(ctx, ml, time.Until(t0.Add(time.Duration(dl)*tick)))
+		if err != nil {
+			keep.close()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("agent: lost the session with the coordinator (%v) and could not rejoin within --rejoin-timeout %s: %w", lastLoss, c.RejoinTimeout, err)
+		}
+		if coord.TLS != tlsMode {
+			keep.close()
+			return fmt.Errorf("agent: the coordinator came back with TLS mode %q, but this node serves its ring with %q; restart the node", coord.TLS, tlsMode)
 		}
 	}
 }
@@ -403,12 +423,20 @@ type session struct {
 	params  int
 	applied int // committed steps in the trainer's state, -1 before setup
 
-	gen      uint64
-	world    *control.World
-	ring     *allreduce.Ring
-	inStep   bool // reduced sent, commit/abort pending
-	pending  int  // the step in flight while inStep
-	stepDone time.Time
+	gen   uint64
+	world *control.World
+	ring  *allreduce.Ring
+	// m is the session's protocol machine (drive.go): it decides which
+	// message the node takes when, and every deadline; t0 is its tick 0.
+	m  *am.Machine
+	t0 time.Time
+	// ctx is Run's (SIGTERM cancels it); stopReason is the stop's reason;
+	// lostErr the session's loss and fatal this node's failure, for the
+	// run's outcome.
+	ctx        context.Context
+	stopReason string
+	lostErr    error
+	fatal      error
 	// timing of the step in flight, for the debug log that shows where a
 	// step's wall time goes (compute, ring, waiting for the commit, apply,
 	// waiting for the next step's batches).
@@ -571,7 +599,11 @@ func (s *session) run(ctx context.Context) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = &PanicError{Value: p, Stack: debug.Stack()}
-			_ = s.send(&control.Msg{Type: control.TypeFailed, Gen: s.gen, Step: s.pending, Error: err.Error()})
+			step := 0
+			if s.m != nil {
+				step, _ = s.m.InStep()
+			}
+			_ = s.send(&control.Msg{Type: control.TypeFailed, Gen: s.gen, Step: step, Error: err.Error()})
 		}
 	}()
 	c := s.a.cfg
@@ -579,6 +611,10 @@ func (s *session) run(ctx context.Context) (err error) {
 		return lost(fmt.Errorf("agent: %w", err))
 	}
 	s.established = true
+	s.ctx = ctx
+	if err := s.startMachine(); err != nil || s.m.Phase() == am.Done {
+		return err
+	}
 	in := make(chan inbound, 64)
 	quit := make(chan struct{})
 	defer close(quit)
@@ -587,6 +623,8 @@ func (s *session) run(ctx context.Context) (err error) {
 		for {
 			m, err := s.st.Recv()
 			if err == nil && m.Type == control.TypeAbort {
+				// The loop may be inside the step's all-reduce: cancel it
+				// now (the machine also asks for it, when its turn comes).
 				watch.abort(m.Gen, m.Step)
 			}
 			select {
@@ -599,29 +637,16 @@ func (s *session) run(ctx context.Context) (err error) {
 			}
 		}
 	}()
-	// On a signal a node in a generation asks the coordinator to release
-	// it and goes on training until it is: the coordinator forms the next
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	// On a signal the machine asks the coordinator to release the node and
+	// goes on training until it is: the coordinator forms the next
 	// generation without it between two steps, so the leave aborts no
-	// step (issue 11, defect 9). Should no release come within the commit
-	// timeout (an older or stuck coordinator), it leaves at the next step
-	// boundary on its own.
-	stopping := false
-	var leaveBy time.Time
+	// step (issue 11, defect 9).
+	termed := false
 	for {
-		if stopping && !s.inStep && (leaveBy.IsZero() || time.Now().After(leaveBy)) {
-			s.a.log.Info("leaving at a step boundary")
-			return ctx.Err()
-		}
-		var timeout <-chan time.Time
-		if s.inStep {
-			timeout = time.After(time.Until(s.stepDone.Add(s.commitTimeout())))
-		}
-		var leaveTimer <-chan time.Time
-		if !leaveBy.IsZero() && !s.inStep {
-			leaveTimer = time.After(time.Until(leaveBy))
-		}
 		var done <-chan struct{}
-		if !stopping {
+		if !termed {
 			done = ctx.Done()
 		}
 		select {
@@ -629,51 +654,34 @@ func (s *session) run(ctx context.Context) (err error) {
 			s.serveState(r)
 			continue
 		case <-done:
-			stopping = true
-			if s.ring != nil {
-				if err := s.send(&control.Msg{Type: control.TypeLeave, Gen: s.gen}); err != nil {
-					return err
-				}
-				leaveBy = time.Now().Add(s.commitTimeout())
-				s.a.log.Info("asked the coordinator to release this node at a step boundary", "gen", s.gen, "applied", s.applied)
-			}
-		case <-leaveTimer:
-			s.a.log.Warn("the coordinator did not release this node in time; leaving at a step boundary", "waited", s.commitTimeout())
-		case <-timeout:
-			return lost(fmt.Errorf("agent: no commit or abort of step %d from the coordinator within %s", s.pending, s.commitTimeout()))
+			termed = true
+			s.clock()
+			s.m.Step(am.Event{Kind: am.Term})
+		case <-ticker.C:
+			s.clock()
 		case ib := <-in:
 			if ib.err != nil {
+				s.lostErr = lost(fmt.Errorf("agent: session with coordinator: %w", ib.err))
 				if errors.Is(ib.err, io.EOF) {
-					return lost(errors.New("agent: the coordinator closed the session"))
+					s.lostErr = lost(errors.New("agent: the coordinator closed the session"))
 				}
-				return lost(fmt.Errorf("agent: session with coordinator: %w", ib.err))
-			}
-			if ib.m.Type == control.TypeStop {
-				if ib.m.Error != "" {
-					// The run failed on the coordinator: this node's
-					// exit status must say so too.
-					return fmt.Errorf("agent: the coordinator stopped the run: %s", ib.m.Error)
+				s.m.Step(am.Event{Kind: am.Lost, Error: s.lostErr.Error()})
+				if err := s.flush(); err != nil || s.m.Phase() == am.Done {
+					return err
 				}
-				s.a.log.Info("run finished", "reason", ib.m.Reason)
-				if stopping {
-					return ctx.Err() // released after a signal
-				}
-				return nil
+				return s.lostErr
 			}
-			if err := s.expect(ib.m); err != nil {
-				// Out of phase, stale, or not asked for: it must not
-				// touch the trainer or the session's state.
-				s.a.log.Warn("unexpected message from the coordinator dropped", "from", "coordinator", "type", ib.m.Type, "gen", ib.m.Gen, "step", ib.m.Step, "req", ib.m.Req, "err", err)
-				continue
-			}
-			if err := s.handle(ib.m); err != nil {
-				// A local failure: tell the coordinator (it forms a new
-				// generation without us if needed) and leave.
-				_ = s.send(&control.Msg{Type: control.TypeFailed, Gen: s.gen, Step: ib.m.Step, Error: err.Error()})
+			err := s.deliver(ib.m)
+			if err != nil || s.m.Phase() == am.Done {
 				return err
 			}
 			s.servePending()
+			continue
 		}
+		if err := s.flush(); err != nil || s.m.Phase() == am.Done {
+			return err
+		}
+		s.servePending()
 	}
 }
 
@@ -688,156 +696,6 @@ func (s *session) commitTimeout() time.Duration {
 		t = max(t, time.Duration(s.job.StepTimeoutMS)*time.Millisecond+30*time.Second)
 	}
 	return t
-}
-
-// expect checks, before it touches anything, that m is what the node can
-// take now: its kind against the phase (job, model files, set up, in a
-// generation, a step in flight), its generation against the current one,
-// and its step against the one in flight. The error says why it is unexpected;
-// run drops such messages.
-func (s *session) expect(m *control.Msg) error {
-	setUp := func() error {
-		if s.tr == nil {
-			return errors.New("the trainer is not set up yet")
-		}
-		return nil
-	}
-	inGen := func() error {
-		if err := setUp(); err != nil {
-			return err
-		}
-		if s.gen == 0 {
-			return errors.New("no generation yet")
-		}
-		return control.CheckGen("coordinator", s.gen, m.Gen)
-	}
-	switch m.Type {
-	case control.TypeJob:
-		if s.job != nil {
-			return errors.New("a second job on one session")
-		}
-		return nil
-	case control.TypeGen:
-		if err := setUp(); err != nil {
-			return err
-		}
-		if m.Gen <= s.gen {
-			return fmt.Errorf("stale generation %d, current generation is %d", m.Gen, s.gen)
-		}
-		return nil
-	case control.TypePull:
-		if err := inGen(); err != nil {
-			return err
-		}
-		if m.Pull.Step < 0 {
-			return fmt.Errorf("pull of the state of step %d", m.Pull.Step)
-		}
-		if s.inStep {
-			return fmt.Errorf("pull of step %d while step %d awaits its commit", m.Pull.Step, s.pending)
-		}
-		return nil
-	case control.TypeStep:
-		// A step of another generation is answered with failed by
-		// onStep, so the coordinator learns of it; only its phase is
-		// checked here.
-		if err := setUp(); err != nil {
-			return err
-		}
-		if s.ring == nil {
-			return errors.New("step before any generation")
-		}
-		if s.inStep {
-			return fmt.Errorf("step %d while step %d awaits its commit", m.Step, s.pending)
-		}
-		return nil
-	case control.TypeCommit:
-		if err := inGen(); err != nil {
-			return err
-		}
-		if !s.inStep || m.Step != s.pending {
-			return fmt.Errorf("commit of step %d, but no such step is pending", m.Step)
-		}
-		return nil
-	case control.TypeAbort:
-		// An abort may name an older generation: the coordinator aborts a
-		// step and then forms a new one.
-		if !s.inStep || m.Step != s.pending || m.Gen > s.gen {
-			return fmt.Errorf("abort of step %d (generation %d), but no such step is pending", m.Step, m.Gen)
-		}
-		return nil
-	case control.TypeEvalReq, control.TypeExport:
-		return inGen()
-	}
-	return fmt.Errorf("a node does not take %q messages", m.Type)
-}
-
-// handle processes one message that expect accepted; an error is fatal for
-// this node.
-func (s *session) handle(m *control.Msg) error {
-	switch m.Type {
-	case control.TypeJob:
-		return s.onJob(m.Job)
-	case control.TypeGen:
-		return s.onGen(m)
-	case control.TypePull:
-		return s.onPull(m)
-	case control.TypeStep:
-		return s.onStep(m)
-	case control.TypeCommit:
-		if err := control.CheckGen("coordinator", s.gen, m.Gen); err != nil {
-			return err
-		}
-		if !s.inStep {
-			return fmt.Errorf("agent: commit of step %d, but no step is pending", m.Step)
-		}
-		s.inStep = false
-		s.tm.commit = time.Now()
-		if s.shard != nil {
-			return s.applyShard(m)
-		}
-		if err := s.tr.Apply(m.Step, m.Count); err != nil {
-			return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
-		}
-		s.applied = m.Step + 1
-		s.tm.applied = time.Now()
-		s.applyMS = ms(s.tm.applied.Sub(s.tm.commit))
-		s.tm.log(s.a.log, m.Step, s.optimizerBytes())
-		return s.digest(m.Gen, m.Step, m.Digest)
-	case control.TypeAbort:
-		// An abort may name an older generation: the coordinator aborts a
-		// step and then forms a new one.
-		s.inStep = false
-		if s.tr != nil {
-			if err := s.tr.Discard(); err != nil {
-				return fmt.Errorf("agent: discard step %d: %w", m.Step, err)
-			}
-		}
-		return nil
-	case control.TypeEvalReq:
-		var sum control.EvalSums
-		for i, b := range m.Batches {
-			r, err := s.tr.Evaluate(b)
-			if err != nil {
-				return fmt.Errorf("agent: evaluate batch %d: %w", i, err)
-			}
-			sum.Add(r)
-		}
-		return s.send(&control.Msg{Type: control.TypeEval, Gen: s.gen, Req: m.Req, Eval: &sum})
-	case control.TypeExport:
-		return s.onExport(m.Req)
-	}
-	return fmt.Errorf("agent: unexpected %q message from the coordinator", m.Type)
-}
-
-func (s *session) digest(gen uint64, step int, want bool) error {
-	if !want {
-		return nil
-	}
-	d, err := s.tr.Digest()
-	if err != nil {
-		return fmt.Errorf("agent: digest: %w", err)
-	}
-	return s.send(&control.Msg{Type: control.TypeDigest, Gen: gen, Step: s.applied, Sum: hex.EncodeToString(d)})
 }
 
 func (s *session) onJob(j *control.Job) error {
@@ -855,7 +713,7 @@ func (s *session) onJob(j *control.Job) error {
 				return err
 			}
 			s.a.log.Info("job of the same run: keeping the trainer state", "run", j.RunID, "applied", s.applied)
-			return s.send(&control.Msg{Type: control.TypeReady, Ready: &control.Ready{Params: s.params, Applied: s.applied}})
+			return nil
 		}
 		s.a.log.Info("job of another run: setting up afresh", "run", j.RunID, "kept_run", k.job.RunID)
 		k.close()
@@ -973,7 +831,7 @@ func (s *session) setupTrainer() error {
 			s.a.log.Info("pretrained weights", "report", rep)
 		}
 	}
-	return s.send(&control.Msg{Type: control.TypeReady, Ready: &control.Ready{Params: n, Applied: s.applied}})
+	return nil
 }
 
 // planBuckets cuts the gradient into the job's buckets: by parameter when
@@ -1011,12 +869,8 @@ func (s *session) onGen(m *control.Msg) error {
 		_ = s.ring.Close()
 		s.ring = nil
 	}
-	if s.inStep {
-		s.inStep = false
-		if err := s.tr.Discard(); err != nil {
-			return err
-		}
-	}
+	// (The step in flight of the old generation, if any, was discarded:
+	// the machine asks for that before the join.)
 	w := m.World
 	j := s.job
 	wire := allreduce.Float32
@@ -1036,20 +890,12 @@ func (s *session) onGen(m *control.Msg) error {
 	if s.shard != nil {
 		s.reslice(w)
 	}
-	if err := s.send(&control.Msg{Type: control.TypeReady, Gen: s.gen, Ready: &control.Ready{Params: s.params, Applied: s.applied}}); err != nil {
-		return err
-	}
-	return s.digest(m.Gen, 0, m.Digest && s.applied == w.Applied)
+	return nil
 }
 
-func (s *session) onStep(m *control.Msg) error {
-	if err := control.CheckGen("coordinator", s.gen, m.Gen); err != nil {
-		// Not fatal: tell the coordinator and wait for the current world.
-		return s.send(&control.Msg{Type: control.TypeFailed, Gen: m.Gen, Step: m.Step, Error: err.Error()})
-	}
-	if s.applied != m.Step {
-		return fmt.Errorf("agent: step %d requested but the trainer holds %d committed steps", m.Step, s.applied)
-	}
+// onStep runs step m and its all-reduce. A failure of the ring is
+// ringErr (the step is lost, the node is fine); err is this node's own.
+func (s *session) onStep(m *control.Msg) (red *control.Reduced, ringErr, err error) {
 	s.tm.start = time.Now()
 	// The abort of this step (read by the reader goroutine) cancels its
 	// reductions, which may start during the last micro-batch.
@@ -1066,25 +912,40 @@ func (s *session) onStep(m *control.Msg) error {
 	}
 	res, err := RunStep(ctx, spec, m.Batches)
 	if err != nil {
-		return fmt.Errorf("agent: step %d: %w", m.Step, err)
+		return nil, nil, fmt.Errorf("agent: step %d: %w", m.Step, err)
 	}
-	s.inStep, s.pending = true, m.Step
 	s.tm.computed = res.Computed
 	s.tm.comm = res.Comm
 	if res.RingErr != nil {
 		// The ring is broken for good; the coordinator will abort the step
 		// and form a new generation.
 		s.a.log.Warn("all-reduce failed", "step", m.Step, "err", res.RingErr)
-		s.stepDone = time.Now()
-		return s.send(&control.Msg{Type: control.TypeFailed, Gen: m.Gen, Step: m.Step, Error: res.RingErr.Error()})
+		return nil, res.RingErr, nil
 	}
-	red := res.Reduced
-	red.ApplyMS = s.applyMS
-	red.OptimizerBytes = s.optimizerBytes()
-	s.stepDone = time.Now()
-	s.tm.reduced = s.stepDone
-	red.Metrics = s.tm.report()
-	return s.send(&control.Msg{Type: control.TypeReduced, Gen: m.Gen, Step: m.Step, Reduced: &red})
+	r := res.Reduced
+	r.ApplyMS = s.applyMS
+	r.OptimizerBytes = s.optimizerBytes()
+	s.tm.reduced = time.Now()
+	r.Metrics = s.tm.report()
+	return &r, nil, nil
+}
+
+// onCommit applies committed step m. gathered is false when zero1 could
+// not gather the parameters after the update (not fatal: the next
+// generation re-slices them), so no digest can be taken now.
+func (s *session) onCommit(m *control.Msg) (gathered bool, err error) {
+	s.tm.commit = time.Now()
+	if s.shard != nil {
+		return s.applyShard(m)
+	}
+	if err := s.tr.Apply(m.Step, m.Count); err != nil {
+		return false, fmt.Errorf("agent: apply step %d: %w", m.Step, err)
+	}
+	s.applied = m.Step + 1
+	s.tm.applied = time.Now()
+	s.applyMS = ms(s.tm.applied.Sub(s.tm.commit))
+	s.tm.log(s.a.log, m.Step, s.optimizerBytes())
+	return true, nil
 }
 
 // StepSpec is what RunStep needs of a node.
@@ -1205,19 +1066,19 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // onExport writes the model into a fresh directory, which the node's bulk
 // service then serves, and lists its files for the coordinator to pull.
-func (s *session) onExport(req int) error {
+func (s *session) onExport(req int) ([]control.FileInfo, error) {
 	dir, err := os.MkdirTemp("", "ringtune-export-")
 	if err != nil {
-		return fmt.Errorf("agent: export dir: %w", err)
+		return nil, fmt.Errorf("agent: export dir: %w", err)
 	}
 	if err := s.tr.Export(dir); err != nil {
 		_ = os.RemoveAll(dir)
-		return fmt.Errorf("agent: export: %w", err)
+		return nil, fmt.Errorf("agent: export: %w", err)
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		_ = os.RemoveAll(dir)
-		return fmt.Errorf("agent: export: %w", err)
+		return nil, fmt.Errorf("agent: export: %w", err)
 	}
 	var files []control.FileInfo
 	for _, e := range ents {
@@ -1227,12 +1088,12 @@ func (s *session) onExport(req int) error {
 		sum, n, err := hashFile(filepath.Join(dir, e.Name()))
 		if err != nil {
 			_ = os.RemoveAll(dir)
-			return fmt.Errorf("agent: export: %w", err)
+			return nil, fmt.Errorf("agent: export: %w", err)
 		}
 		files = append(files, control.FileInfo{Name: e.Name(), Size: n, SHA256: sum})
 	}
 	s.hub.setExport(req, dir)
-	return s.send(&control.Msg{Type: control.TypeExported, Gen: s.gen, Req: req, Step: s.applied, Files: files})
+	return files, nil
 }
 
 // linkOrCopy makes dst a copy of src: a hard link when both are on one

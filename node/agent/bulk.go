@@ -194,24 +194,17 @@ func (s *session) fetchModelFile(ctx context.Context, sum string) (int64, error)
 }
 
 // onPull loads the committed state from the bulk source the coordinator
-// named, straight into the trainer. It answers TypeLoaded: with the step on
-// success, with the error otherwise (then the node holds no committed
-// state, and the coordinator treats it as stale).
+// named, straight into the trainer. On failure the node holds no committed
+// state (the coordinator treats it as stale); the machine answers loaded
+// with the error.
 func (s *session) onPull(m *control.Msg) error {
-	if err := control.CheckGen("coordinator", s.gen, m.Gen); err != nil {
-		return err
-	}
-	if s.tr == nil {
-		return errors.New("agent: pull before the job was set up")
-	}
 	p := m.Pull
 	start := time.Now()
-	err := s.pullState(p)
-	if err != nil {
+	if err := s.pullState(p); err != nil {
 		s.applied = -1
 		s.z.valid = false
 		s.a.log.Warn("state pull failed", "from", p.Addr, "kind", p.Kind, "step", p.Step, "err", err)
-		return s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Req: m.Req, Step: p.Step, Error: err.Error()})
+		return err
 	}
 	s.applied = p.Step
 	if s.shard != nil {
@@ -219,11 +212,7 @@ func (s *session) onPull(m *control.Msg) error {
 		s.z = zeroState{valid: true, gen: s.gen, rank: s.world.Rank, size: len(s.world.Peers)}
 	}
 	s.a.log.Info("state loaded", "applied", s.applied, "from", p.Addr, "kind", p.Kind, "seconds", time.Since(start).Seconds())
-	// The answer echoes the pull's request id: the coordinator matches it.
-	if err := s.send(&control.Msg{Type: control.TypeLoaded, Gen: m.Gen, Req: m.Req, Step: p.Step}); err != nil {
-		return err
-	}
-	return s.digest(m.Gen, p.Step, m.Digest)
+	return nil
 }
 
 func (s *session) pullState(p *control.Pull) error {

@@ -106,6 +106,9 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 	}
 	s := &session{a: a, st: st, ringSrv: srv, hub: h, bulkSrv: bs, applied: -1, watch: newRingWatch()}
 	t.Cleanup(func() { s.release(nil) })
+	if err := s.startMachine(); err != nil {
+		t.Fatal(err)
+	}
 	sum := sha256.Sum256(modelFile)
 	hash := hex.EncodeToString(sum[:])
 	// The model file is in the cache, so the job sets the trainer up
@@ -113,7 +116,7 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 	if err := os.WriteFile(filepath.Join(a.cfg.CacheDir, hash), modelFile, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	job := &control.Job{Files: []control.FileInfo{{Name: "config.json", Size: int64(len(modelFile)), SHA256: hash}}, TimeoutMS: 5000}
+	job := fuzzJob()
 	if phase >= phaseSetUp {
 		if err := s.handle(&control.Msg{Type: control.TypeJob, Job: job}); err != nil {
 			t.Fatal(err)
@@ -133,13 +136,21 @@ func fuzzSession(t testing.TB, phase int) (*session, *countStream, *countTrainer
 	return s, st, tr
 }
 
+// fuzzJob is a job whose one model file fuzzSession put in the cache.
+func fuzzJob() *control.Job {
+	sum := sha256.Sum256(modelFile)
+	return &control.Job{Files: []control.FileInfo{{Name: "config.json", Size: int64(len(modelFile)), SHA256: hex.EncodeToString(sum[:])}}, TimeoutMS: 5000}
+}
+
 type discardW struct{}
 
 func (discardW) Write(b []byte) (int, error) { return len(b), nil }
 
 func (s *session) snapshot(st *countStream, tr *countTrainer) string {
-	return fmt.Sprintf("job=%v tr=%v params=%d applied=%d gen=%d ring=%v inStep=%v pending=%d stateWaits=%d sent=%v calls=%v",
-		s.job != nil, s.tr != nil, s.params, s.applied, s.gen, s.ring != nil, s.inStep, s.pending, len(s.stateWaits), st.sent, tr.calls)
+	step, inStep := s.m.InStep()
+	mgen, _ := s.m.Generation()
+	return fmt.Sprintf("job=%v tr=%v params=%d applied=%d gen=%d ring=%v inStep=%v pending=%d stateWaits=%d sent=%v calls=%v phase=%s held=%d mgen=%d",
+		s.job != nil, s.tr != nil, s.params, s.applied, s.gen, s.ring != nil, inStep, step, len(s.stateWaits), st.sent, tr.calls, s.m.Phase(), s.m.Held(), mgen)
 }
 
 // fuzzMsg decodes 5 bytes into a message that passes Validate, or nil.

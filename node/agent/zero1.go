@@ -403,12 +403,12 @@ func (s *session) reslice(w *control.World) {
 // applyShard applies committed step m under zero1 (ShardedApply). A failed
 // all-gather of the parameters is not fatal: the node holds the step in
 // its slices, and the re-slice of the next generation makes its parameters
-// whole again.
-func (s *session) applyShard(m *control.Msg) error {
+// whole again; gathered says whether they are whole now.
+func (s *session) applyShard(m *control.Msg) (gathered bool, err error) {
 	updated, err := shardedApply(context.Background(), s.ring, s.shard, m.Step, m.Count, s.z.sumsq)
 	s.tm.updated = updated
 	if err != nil && !errors.Is(err, ErrGather) {
-		return fmt.Errorf("agent: apply step %d: %w", m.Step, err)
+		return false, fmt.Errorf("agent: apply step %d: %w", m.Step, err)
 	}
 	s.applied = m.Step + 1
 	s.tm.applied = time.Now()
@@ -416,9 +416,9 @@ func (s *session) applyShard(m *control.Msg) error {
 	if err != nil {
 		s.a.log.Warn("zero1: parameters not gathered after the update; a new generation re-slices them", "step", m.Step, "err", err)
 		s.z.dirty = true
-		return nil
+		return false, nil
 	}
-	return s.digest(m.Gen, m.Step, m.Digest)
+	return true, nil
 }
 
 // serveShard answers a KindShard request: one moment block of the own or

@@ -1,0 +1,529 @@
+// Package memnet runs the real coordinator machine (coordinator/machine)
+// and real agent machines (node/agent/machine) together over an in-memory
+// transport, with fake trainers, a fake ring and a fake disk, on one
+// logical clock. It is the two machines' wire in tests: what each sends
+// reaches the other in order per session, after a seeded delay, and the
+// work each asks for (set-up, steps, pulls, checkpoints) completes later,
+// so requests queue behind busy work as they do on a real node.
+//
+// A fake trainer's state is a hash chain of the steps it applied (the step
+// and its batch's indices), so a replica's state says exactly which steps
+// it applied; Net checks after every event that each replica holds the
+// canonical state of the step count it claims, that every committed step
+// had every rank's reduced report, and that every timed wait of either
+// machine has its deadline ahead.
+package memnet
+
+import (
+	"container/heap"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+
+	cm "github.com/ringtune/ringtune/coordinator/machine"
+	am "github.com/ringtune/ringtune/node/agent/machine"
+)
+
+// InitState is every fresh trainer's state.
+const InitState = 0x9e3779b97f4a7c15
+
+// StepState is the state after applying step g with its batch's indices
+// to prev.
+func StepState(prev uint64, g int, indices []int) uint64 {
+	h := fnv.New64a()
+	fmt.Fprint(h, prev, g, indices)
+	return h.Sum64()
+}
+
+// Node is one simulated node process: an agent machine and its trainer.
+type Node struct {
+	ID      string
+	M       *am.Machine
+	Inst    int // process incarnation (a restart is a new one)
+	Session uint64
+	Alive   bool
+	// Sessions counts the sessions this process opened.
+	Sessions int
+
+	// the fake trainer
+	state   uint64
+	held    int // committed steps in state, -1: no trainer
+	batch   []int
+	ringKey [2]uint64
+	work    uint64 // the busy work's id
+	// frozen: the process is stopped (SIGSTOP) until this tick; missed
+	// counts the ticks it did not see meanwhile.
+	frozen  int64
+	missed  int64
+	stopped bool // frozen, and not yet resumed
+}
+
+// State is the trainer's state and the committed steps it holds.
+func (n *Node) State() (uint64, int) { return n.state, n.held }
+
+// Commit is one committed step as the coordinator's driver saw it.
+type Commit struct {
+	Step    int
+	Indices []int
+}
+
+// Net is the coordinator machine, the nodes and the wire between them.
+type Net struct {
+	Coord *cm.Machine
+	Cfg   cm.Config
+	Agent am.Config
+	Nodes map[string]*Node
+
+	rnd   *rand.Rand
+	now   int64
+	q     queue
+	seq   int
+	next  uint64           // session ids
+	last  map[uint64]int64 // last delivery tick per session and direction
+	byS   map[uint64]*Node // live sessions
+	rings map[[2]uint64][]*Node
+	// reduced records the reduced reports delivered to the coordinator,
+	// by (generation, request).
+	reduced map[[2]uint64]map[string]bool
+	batches map[int][]int // step → its batch (the same in every message)
+	aborts  map[[2]uint64]bool
+	inc     int                       // the coordinator's incarnation
+	genInst map[uint64]map[string]int // generation → rank → the process incarnation it was sent to
+
+	// Lineage is the committed steps, in order (a rollback cuts it).
+	Lineage []Commit
+	// Disk holds the checkpoints: committed steps → state.
+	Disk map[int]uint64
+	// Log receives every event and decision when set.
+	Log func(format string, args ...any)
+
+	err error
+}
+
+// New returns a net with no node, whose delays come from seed.
+func New(seed uint64, cfg cm.Config, agent am.Config) (*Net, error) {
+	c, err := cm.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Net{Coord: c, Cfg: cfg, Agent: agent, Nodes: map[string]*Node{}, rnd: rand.New(rand.NewPCG(seed, 0x6d656d)),
+		last: map[uint64]int64{}, byS: map[uint64]*Node{}, rings: map[[2]uint64][]*Node{}, reduced: map[[2]uint64]map[string]bool{},
+		batches: map[int][]int{}, aborts: map[[2]uint64]bool{}, genInst: map[uint64]map[string]int{}, Disk: map[int]uint64{}}, nil
+}
+
+// SameProcess reports whether node id is still the process incarnation
+// that generation gen was sent to (it was not killed and restarted since).
+func (n *Net) SameProcess(gen uint64, id string) bool {
+	nd := n.Nodes[id]
+	inst, ok := n.genInst[gen][id]
+	return ok && nd != nil && nd.Inst == inst
+}
+
+// Aborts is the number of steps the coordinator aborted so far.
+func (n *Net) Aborts() int { return len(n.aborts) }
+
+// Now is the logical clock.
+func (n *Net) Now() int64 { return n.now }
+
+// Err is the first broken invariant or wiring error.
+func (n *Net) Err() error { return n.err }
+
+func (n *Net) fail(format string, args ...any) {
+	if n.err == nil {
+		n.err = fmt.Errorf("tick %d: "+format, append([]any{n.now}, args...)...)
+	}
+}
+
+func (n *Net) logf(format string, args ...any) {
+	if n.Log != nil {
+		n.Log("t=%d "+format, append([]any{n.now}, args...)...)
+	}
+}
+
+// Start starts node id's process (again, after a kill: a fresh one with
+// no trainer): it connects at once.
+func (n *Net) Start(id string) error {
+	nd := n.Nodes[id]
+	if nd == nil {
+		nd = &Node{ID: id}
+		n.Nodes[id] = nd
+	}
+	if nd.Alive {
+		return fmt.Errorf("memnet: node %s is running", id)
+	}
+	m, err := am.New(n.Agent)
+	if err != nil {
+		return err
+	}
+	nd.Inst++
+	nd.M, nd.Alive, nd.state, nd.held, nd.work, nd.Sessions = m, true, 0, -1, 0, 0
+	nd.frozen, nd.missed, nd.stopped = 0, 0, false
+	n.connect(nd)
+	return nil
+}
+
+func (n *Net) ring(nd *Node) string { return fmt.Sprintf("%s.i%d", nd.ID, nd.Inst) }
+
+// connect opens a session for nd: the coordinator sees it join with the
+// state the trainer holds, the agent sees it open.
+func (n *Net) connect(nd *Node) {
+	n.next++
+	s := n.next
+	nd.Session, nd.Sessions = s, nd.Sessions+1
+	n.byS[s] = nd
+	n.agent(nd, am.Event{Kind: am.Open})
+	n.coord(cm.Event{Kind: cm.Join, Node: nd.ID, Session: s, Ring: n.ring(nd), Applied: nd.held})
+}
+
+// Kill ends node id's process (kill -9): its session breaks at once and
+// gossip reports it dead a few ticks later.
+func (n *Net) Kill(id string) {
+	nd := n.Nodes[id]
+	if nd == nil || !nd.Alive {
+		return
+	}
+	n.logf("kill %s", id)
+	ring := n.ring(nd)
+	n.exit(nd)
+	n.coordAt(n.delay(5, 15), cm.Event{Kind: cm.Lost, Node: id, Ring: ring})
+}
+
+// exit ends nd's process: its session ends on the coordinator's side.
+func (n *Net) exit(nd *Node) {
+	s := nd.Session
+	nd.Alive, nd.Session, nd.work = false, 0, 0
+	delete(n.byS, s)
+	if s != 0 {
+		n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
+	}
+}
+
+// Freeze stops node id's process for ticks (SIGSTOP, then SIGCONT): its
+// session stays up, it answers nothing, and when it resumes it takes what
+// arrived meanwhile, in order, and then the ticks it missed at once (as
+// the real driver steps its machine up to the wall clock).
+func (n *Net) Freeze(id string, ticks int64) {
+	nd := n.Nodes[id]
+	if nd == nil || !nd.Alive || nd.stopped {
+		return
+	}
+	n.logf("freeze %s for %d ticks", id, ticks)
+	nd.frozen, nd.stopped = n.now+ticks, true
+	inst := nd.Inst
+	n.later(nd.frozen+1, func() {
+		if nd.Inst != inst {
+			return
+		}
+		nd.stopped = false
+		n.logf("%s resumes, %d ticks late", id, nd.missed)
+		for ; nd.missed > 0 && nd.Alive; nd.missed-- {
+			n.agent(nd, am.Event{Kind: am.Tick})
+		}
+	})
+}
+
+// Term sends node id SIGTERM.
+func (n *Net) Term(id string) {
+	if nd := n.Nodes[id]; nd != nil && nd.Alive {
+		n.logf("term %s", id)
+		n.agent(nd, am.Event{Kind: am.Term})
+	}
+}
+
+// Suspect has the coordinator drop node id's live session while the
+// process lives on (a false suspicion by gossip): the node notices and
+// joins again with its trainer.
+func (n *Net) Suspect(id string) {
+	nd := n.Nodes[id]
+	if nd == nil || !nd.Alive || nd.Session == 0 {
+		return
+	}
+	n.logf("suspect %s", id)
+	n.endSession(nd, nd.Session, "the coordinator closed the session")
+}
+
+// endSession ends session s of nd on both sides.
+func (n *Net) endSession(nd *Node, s uint64, why string) {
+	if nd == nil || s == 0 || nd.Session != s {
+		return
+	}
+	delete(n.byS, s)
+	nd.Session = 0
+	n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
+	inst := nd.Inst
+	n.later(n.delay(0, 2), func() {
+		if nd.Alive && nd.Inst == inst {
+			n.agent(nd, am.Event{Kind: am.Lost, Error: why})
+		}
+	})
+}
+
+// Run advances the net until done() holds, the coordinator is done, or
+// limit ticks pass; hook runs after every event and tick (to inject
+// faults).
+func (n *Net) Run(limit int64, hook func()) error {
+	for n.err == nil && n.Coord.Phase() != cm.Done {
+		if n.now > limit {
+			return fmt.Errorf("memnet: the run did not end within %d ticks (coordinator %s, %d of %d steps)", limit, n.Coord.Phase(), n.Coord.Applied(), n.Coord.Total())
+		}
+		if len(n.q) > 0 && n.q[0].at <= n.now {
+			it := heap.Pop(&n.q).(*item)
+			it.do()
+			if hook != nil {
+				hook()
+			}
+			continue
+		}
+		n.now++
+		n.coord(cm.Event{Kind: cm.Tick})
+		for _, id := range n.ids() {
+			if nd := n.Nodes[id]; nd.Alive {
+				n.agent(nd, am.Event{Kind: am.Tick})
+			}
+		}
+		if hook != nil {
+			hook()
+		}
+	}
+	// What the coordinator sent last (the stops) still reaches the nodes.
+	for n.err == nil && len(n.q) > 0 {
+		it := heap.Pop(&n.q).(*item)
+		n.now = max(n.now, it.at)
+		it.do()
+	}
+	return n.err
+}
+
+func (n *Net) ids() []string {
+	ids := make([]string, 0, len(n.Nodes))
+	for id := range n.Nodes {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+func (n *Net) delay(lo, hi int) int64 { return n.now + int64(lo+n.rnd.IntN(hi-lo+1)) }
+
+// coordAt feeds ev to the coordinator at tick t, unless it was restarted
+// meanwhile: what the old process was told dies with it.
+func (n *Net) coordAt(t int64, ev cm.Event) {
+	inc := n.inc
+	n.later(t, func() {
+		if n.inc == inc {
+			n.coord(ev)
+		}
+	})
+}
+
+// later runs f at tick t.
+func (n *Net) later(t int64, f func()) {
+	n.seq++
+	heap.Push(&n.q, &item{at: t, seq: n.seq, do: f})
+}
+
+// inOrder runs f at tick t, but not before anything sent earlier on the
+// same stream (session s, direction dir): gRPC streams are ordered.
+func (n *Net) inOrder(s uint64, dir uint64, t int64, f func()) {
+	k := s<<1 | dir
+	t = max(t, n.last[k])
+	n.last[k] = t
+	n.later(t, f)
+}
+
+// coord steps the coordinator machine and carries out its Ready.
+func (n *Net) coord(ev cm.Event) {
+	if n.err != nil || n.Coord.Phase() == cm.Done {
+		return
+	}
+	if ev.Kind == cm.Message && ev.Msg.Kind == cm.Reduced {
+		k := [2]uint64{ev.Msg.Gen, ev.Msg.Req}
+		if n.reduced[k] == nil {
+			n.reduced[k] = map[string]bool{}
+		}
+		n.reduced[k][ev.Msg.Node] = true
+	}
+	n.Coord.Step(ev)
+	rd := n.Coord.Ready()
+	n.Coord.Advance()
+	for _, s := range rd.Notes {
+		n.logf("coordinator: %s", s)
+	}
+	if n.Coord.Phase() != cm.Done {
+		// Every wait of the coordinator has a deadline ahead of it.
+		if dl, ok := n.Coord.Deadline(); !ok || dl <= n.Coord.Now() {
+			n.fail("coordinator phase %s waits without a deadline (deadline %d, tick %d)", n.Coord.Phase(), dl, n.Coord.Now())
+		}
+	}
+	for _, a := range rd.Actions {
+		n.action(a)
+	}
+	for _, msg := range rd.Msgs {
+		if msg.Kind == cm.Abort {
+			n.aborts[[2]uint64{msg.Gen, msg.Req}] = true
+		}
+		n.logf("coordinator → %s", msg)
+		n.toNode(msg)
+	}
+}
+
+// toNode carries a coordinator message to its session's agent.
+func (n *Net) toNode(msg cm.Msg) {
+	nd := n.byS[msg.Session]
+	if nd == nil || nd.ID != msg.Node {
+		return // the session is gone
+	}
+	in, err := ToAgent(msg)
+	if err != nil {
+		n.fail("%v", err)
+		return
+	}
+	if msg.Kind == cm.Gen {
+		if n.genInst[msg.Gen] == nil {
+			n.genInst[msg.Gen] = map[string]int{}
+		}
+		n.genInst[msg.Gen][nd.ID] = nd.Inst
+	}
+	if msg.Kind == cm.Step {
+		if b, ok := n.batches[msg.Step]; ok && !slices.Equal(b, msg.Indices) {
+			n.fail("step %d sent with batch %v, earlier with %v", msg.Step, msg.Indices, b)
+		}
+		n.batches[msg.Step] = msg.Indices
+	}
+	s := msg.Session
+	n.inOrder(s, 0, n.delay(0, 2), func() {
+		if nd.Session == s && nd.Alive {
+			n.agent(nd, am.Event{Kind: am.Message, Msg: &in})
+		}
+	})
+}
+
+// agent steps nd's machine and carries out its Ready.
+func (n *Net) agent(nd *Node, ev am.Event) {
+	if n.err != nil || !nd.Alive || nd.M.Phase() == am.Done {
+		return
+	}
+	if nd.frozen > n.now {
+		// A stopped process sees nothing until it resumes; then it sees
+		// everything that arrived, in order, and its clock jumps.
+		if ev.Kind == am.Tick {
+			nd.missed++
+			return
+		}
+		inst := nd.Inst
+		n.later(nd.frozen, func() {
+			if nd.Inst == inst {
+				n.agent(nd, ev)
+			}
+		})
+		return
+	}
+	before := nd.M.Phase()
+	nd.M.Step(ev)
+	if ev.Kind == am.Tick && before == am.AwaitCommit && nd.M.Phase() != am.AwaitCommit {
+		// The timeouts are ordered so that the coordinator always decides
+		// a step (commit, or abort on its step deadline) before a node
+		// gives up waiting for it.
+		n.fail("%s gave up waiting for a commit before the coordinator decided", nd.ID)
+	}
+	rd := nd.M.Ready()
+	nd.M.Advance()
+	for _, s := range rd.Notes {
+		n.logf("%s: %s", nd.ID, s)
+	}
+	s := nd.Session
+	for _, r := range rd.Replies {
+		n.logf("%s → %s", nd.ID, r)
+		if s == 0 {
+			continue
+		}
+		ev, err := ToCoordinator(nd.ID, s, r)
+		if err != nil {
+			n.fail("%v", err)
+			continue
+		}
+		inc := n.inc
+		n.inOrder(s, 1, n.delay(0, 3), func() {
+			if n.inc == inc {
+				n.coord(ev)
+			}
+		})
+	}
+	for _, w := range rd.Work {
+		n.do(nd, w)
+	}
+	if p := nd.M.Phase(); p == am.AwaitCommit || p == am.Rejoining {
+		// A node's timed waits have their deadline ahead of them.
+		if dl, ok := nd.M.Deadline(); !ok || dl <= nd.M.Now() {
+			n.fail("%s waits in phase %s without a deadline (deadline %d, tick %d)", nd.ID, p, dl, nd.M.Now())
+		}
+	}
+	if nd.M.Phase() == am.Done {
+		o, why := nd.M.Outcome()
+		n.logf("%s exits: outcome %d %s", nd.ID, o, why)
+		n.exit(nd)
+	}
+	n.check(nd)
+}
+
+// Canonical is the state after the first k steps of the run, from the
+// batches the coordinator sent.
+func (n *Net) Canonical(k int) (uint64, bool) {
+	st := uint64(InitState)
+	for g := 0; g < k; g++ {
+		b, ok := n.batches[g]
+		if !ok {
+			return 0, false
+		}
+		st = StepState(st, g, b)
+	}
+	return st, true
+}
+
+// check: the node's replica holds the canonical state of the step count
+// it claims.
+func (n *Net) check(nd *Node) {
+	if !nd.Alive || nd.held < 0 {
+		return
+	}
+	want, ok := n.Canonical(nd.held)
+	if !ok || nd.state != want {
+		n.fail("node %s holds %d committed steps but not their state", nd.ID, nd.held)
+	}
+}
+
+func share(count, world, rank int) int {
+	if world <= 0 {
+		return 0
+	}
+	c := count / world
+	if rank < count%world {
+		c++
+	}
+	return c
+}
+
+type item struct {
+	at  int64
+	seq int
+	do  func()
+}
+
+type queue []*item
+
+func (q queue) Len() int { return len(q) }
+func (q queue) Less(i, j int) bool {
+	if q[i].at != q[j].at {
+		return q[i].at < q[j].at
+	}
+	return q[i].seq < q[j].seq
+}
+func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *queue) Push(x any)   { *q = append(*q, x.(*item)) }
+func (q *queue) Pop() any {
+	old := *q
+	it := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return it
+}

@@ -1,0 +1,276 @@
+package memnet
+
+import (
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+
+	cm "github.com/ringtune/ringtune/coordinator/machine"
+	"github.com/ringtune/ringtune/data"
+	am "github.com/ringtune/ringtune/node/agent/machine"
+)
+
+var (
+	trace = flag.Bool("memnet.trace", false, "print every event and decision")
+	seeds = flag.Int("memnet.seeds", 50, "TestPairRandom: number of seeds")
+)
+
+func coordCfg() cm.Config {
+	return cm.Config{MinNodes: 2, Samples: 48, GlobalBatch: 4, Seed: 7, Epochs: 2, DigestEvery: 2, HasEval: true, EvalEvery: 6,
+		CheckpointEvery: 5, Resumed: -1, MaxAborts: 20, SettleTicks: 2, WaitTicks: 2000, FormTicks: 60, SyncTicks: 60,
+		StepTicks: 80, EvalTicks: 60, CheckpointTicks: 60, ExportTicks: 60, DrainTicks: 30}
+}
+
+// agentCfg orders the timeouts as the real ones are: a node waits for a
+// commit longer than the coordinator waits for a step.
+var agentCfg = am.Config{CommitTicks: 150, RejoinTicks: 400}
+
+func newNet(t *testing.T, seed uint64, c cm.Config) *Net {
+	t.Helper()
+	n, err := New(seed, c, agentCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *trace {
+		n.Log = func(f string, a ...any) { fmt.Printf(f+"\n", a...) }
+	}
+	return n
+}
+
+// checkRun checks the finished run: exit 0, every step committed, every
+// sample of each epoch in exactly one committed step, and every live
+// replica of the last world holding the canonical final state.
+func checkRun(t *testing.T, n *Net) {
+	t.Helper()
+	if code, err := n.Coord.Outcome(); code != cm.ExitOK {
+		t.Fatalf("run ended with exit %d: %v", code, err)
+	}
+	c := n.Cfg
+	total := n.Coord.Total()
+	if len(n.Lineage) != total {
+		t.Fatalf("%d of %d steps committed", len(n.Lineage), total)
+	}
+	per := c.Samples / c.GlobalBatch
+	for e := 0; e < c.Epochs; e++ {
+		seen := map[int]int{}
+		for _, cmt := range n.Lineage[e*per : (e+1)*per] {
+			for _, i := range cmt.Indices {
+				if prev, dup := seen[i]; dup {
+					t.Fatalf("sample %d of epoch %d in committed steps %d and %d", i, e, prev, cmt.Step)
+				}
+				seen[i] = cmt.Step
+			}
+		}
+		if len(seen) != c.Samples {
+			t.Fatalf("epoch %d: %d of %d samples committed", e, len(seen), c.Samples)
+		}
+		// And they are the epoch's own batches, in order.
+		ep, err := data.NewEpoch(c.Seed, e, c.Samples, c.GlobalBatch, c.DropLast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; k < per; k++ {
+			b, _ := ep.Batch(k)
+			got := n.Lineage[e*per+k].Indices
+			if fmt.Sprint(b.Fresh()) != fmt.Sprint(got) {
+				t.Fatalf("step %d committed samples %v, the epoch's batch is %v", e*per+k, got, b.Fresh())
+			}
+		}
+	}
+	want, ok := n.Canonical(total)
+	if !ok {
+		t.Fatal("no canonical final state")
+	}
+	gen, ids := n.Coord.Generation()
+	if len(ids) == 0 {
+		t.Fatal("no world at the end")
+	}
+	same := 0
+	for _, id := range ids {
+		if !n.SameProcess(gen, id) {
+			continue // killed after the world formed: its process is gone
+		}
+		same++
+		nd := n.Nodes[id]
+		st, held := nd.State()
+		if held != total || st != want {
+			t.Fatalf("rank %s holds %d steps, state %x; want %d, %x", id, held, st, total, want)
+		}
+	}
+	if same == 0 {
+		t.Fatal("no rank of the last world outlived it")
+	}
+}
+
+// TestPairScripted runs the real coordinator machine with four real agent
+// machines through a join, steps, a kill mid-step, a restart, a late
+// joiner, a SIGTERM leave, a false suspicion and a coordinator restart
+// with --resume under the live nodes, and checks the invariants after
+// every event and at the end.
+func TestPairScripted(t *testing.T) {
+	n := newNet(t, 1, coordCfg())
+	for _, id := range []string{"n0", "n1", "n2"} {
+		if err := n.Start(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type once struct {
+		when func() bool
+		do   func()
+		done bool
+	}
+	training := func(step int) func() bool {
+		return func() bool { return n.Coord.Applied() >= step && n.Coord.Phase() == cm.Training }
+	}
+	abortsAtTerm, abortsAtLeft := -1, -1
+	inst := map[string]int{}
+	killAborts := 0
+	script := []*once{
+		// kill -9 of a rank mid-step: the step aborts, the run goes on.
+		{when: training(3), do: func() { killAborts = n.Aborts(); n.Kill("n1") }},
+		// it comes back as a fresh process and re-enters with a pull.
+		{when: training(5), do: func() { must(t, n.Start("n1")) }},
+		// a late joiner enters at a step boundary.
+		{when: training(7), do: func() { must(t, n.Start("n3")) }},
+		// SIGTERM: n2 leaves at a step boundary, aborting no step.
+		{when: training(10), do: func() { abortsAtTerm = n.Aborts(); n.Term("n2") }},
+		// false suspicion: n0's session is dropped, it rejoins with its state.
+		{when: training(15), do: func() { n.Suspect("n0") }},
+		// coordinator kill -9 and --resume under the live nodes: they
+		// re-attach without restarting their processes.
+		{when: training(19), do: func() {
+			for _, id := range []string{"n0", "n1", "n3"} {
+				inst[id] = n.Nodes[id].Inst
+			}
+			must(t, n.RestartCoordinator())
+		}},
+	}
+	err := n.Run(20000, func() {
+		if abortsAtTerm >= 0 && abortsAtLeft < 0 && !n.Nodes["n2"].Alive {
+			abortsAtLeft = n.Aborts()
+		}
+		for _, s := range script {
+			if !s.done && s.when() {
+				s.done = true
+				s.do()
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range script {
+		if !s.done {
+			t.Fatal("a scripted fault never happened")
+		}
+	}
+	if n.Aborts() <= killAborts {
+		t.Fatal("killing a rank mid-step aborted no step")
+	}
+	if abortsAtLeft != abortsAtTerm {
+		t.Fatalf("the SIGTERM leave aborted %d steps, want none", abortsAtLeft-abortsAtTerm)
+	}
+	checkRun(t, n)
+	if o, _ := n.Nodes["n2"].M.Outcome(); o != am.Left {
+		t.Fatalf("n2 (SIGTERM) ended with outcome %d, want left", o)
+	}
+	if n.Nodes["n0"].Sessions < 2 {
+		t.Fatalf("n0 opened %d sessions; the suspicion should have made it rejoin", n.Nodes["n0"].Sessions)
+	}
+	for _, id := range []string{"n0", "n1", "n3"} {
+		if o, why := n.Nodes[id].M.Outcome(); o != am.Finished {
+			t.Fatalf("%s ended with outcome %d (%s), want finished", id, o, why)
+		}
+		if n.Nodes[id].Inst != inst[id] {
+			t.Fatalf("%s was restarted after the coordinator's restart; it should have re-attached", id)
+		}
+	}
+}
+
+// TestPairRandom runs the two machines together over many seeds with
+// random kills, restarts, leaves, false suspicions, freezes (SIGSTOP for
+// up to 220 ticks, past the coordinator's step deadline) and at most one
+// coordinator restart with --resume under the live nodes, checking the
+// same invariants; a run may also end with exit 4 when every node is gone.
+func TestPairRandom(t *testing.T) {
+	outcomes := map[int]int{}
+	restarts := 0
+	defer func() {
+		t.Logf("%d seeds, outcomes %v (exit code: runs), %d coordinator restarts", *seeds, outcomes, restarts)
+	}()
+	for seed := uint64(1); seed <= uint64(*seeds); seed++ {
+		c := coordCfg()
+		rnd := rand.New(rand.NewPCG(seed, 1))
+		c.MinNodes = 1 + rnd.IntN(2)
+		n := newNet(t, seed, c)
+		nodes := 2 + rnd.IntN(4)
+		for i := range nodes {
+			must(t, n.Start(fmt.Sprintf("n%d", i)))
+		}
+		faults := 0
+		restarted := false
+		err := n.Run(40000, func() {
+			if faults >= 6 {
+				// The faults are over: the processes that ended come
+				// back (each a fresh one), so that the run can finish.
+				for i := range nodes {
+					if id := fmt.Sprintf("n%d", i); !n.Nodes[id].Alive {
+						must(t, n.Start(id))
+					}
+				}
+				return
+			}
+			if rnd.IntN(60) != 0 {
+				return
+			}
+			faults++
+			if !restarted && len(n.Disk) > 0 && rnd.IntN(6) == 0 {
+				restarted = true
+				restarts++
+				must(t, n.RestartCoordinator())
+				return
+			}
+			id := fmt.Sprintf("n%d", rnd.IntN(nodes))
+			nd := n.Nodes[id]
+			switch {
+			case !nd.Alive:
+				must(t, n.Start(id))
+			case rnd.IntN(3) == 0:
+				n.Kill(id)
+			case rnd.IntN(2) == 0:
+				n.Suspect(id)
+			case rnd.IntN(2) == 0:
+				n.Freeze(id, int64(20+rnd.IntN(200)))
+			default:
+				n.Term(id)
+			}
+		})
+		if err != nil {
+			t.Fatalf("seed %d: %v\nreplay: go test ./internal/memnet -run 'TestPairRandom' -memnet.seeds=%d -memnet.trace", seed, err, seed)
+		}
+		code, cerr := n.Coord.Outcome()
+		outcomes[code]++
+		if code == cm.ExitNoNodes {
+			// Documented only when the nodes were gone for the whole wait.
+			alive := 0
+			for _, nd := range n.Nodes {
+				if nd.Alive {
+					alive++
+				}
+			}
+			if alive >= c.MinNodes {
+				t.Fatalf("seed %d: exit 4 with %d node processes alive (min_nodes %d): %v", seed, alive, c.MinNodes, cerr)
+			}
+			continue
+		}
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { checkRun(t, n) })
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
