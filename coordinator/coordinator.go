@@ -93,6 +93,10 @@ type Options struct {
 	Progress io.Writer
 	// MaxAborts bounds consecutive aborts of one step (default 10).
 	MaxAborts int
+	// Engine picks the implementation of the protocol: EngineLoop (the
+	// default, "" too) or EngineMachine (coordinator/machine driven by
+	// driver.go). Validated by New.
+	Engine string
 }
 
 // Coordinator is one training run.
@@ -180,6 +184,13 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	if opts.MaxAborts <= 0 {
 		opts.MaxAborts = 10
+	}
+	switch opts.Engine {
+	case "":
+		opts.Engine = EngineLoop
+	case EngineLoop, EngineMachine:
+	default:
+		return nil, badInput(fmt.Errorf("--engine: %q is not an engine; want %s or %s", opts.Engine, EngineLoop, EngineMachine))
 	}
 	c := &Coordinator{cfg: cfg, opts: opts, log: opts.Log, task: data.Task(cfg.Model.Task)}
 	if cfg.Cluster.KeyFile == "" {
@@ -442,6 +453,9 @@ func (c *Coordinator) safeTrain(ctx context.Context) (err error) {
 			err = PanicError(p)
 		}
 	}()
+	if c.opts.Engine == EngineMachine {
+		return c.drive(ctx)
+	}
 	return c.train1(ctx)
 }
 
@@ -1421,6 +1435,13 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	for _, m := range answers {
 		sum.Add(*m.Eval)
 	}
+	c.reportEval(sum)
+	return nil
+}
+
+// reportEval logs, shows and exports the evaluation sums of every rank
+// after c.applied committed steps.
+func (c *Coordinator) reportEval(sum control.EvalSums) {
 	res := Metrics(c.task, c.cfg.Model.NumLabels, sum)
 	c.stats.lastEval = fmt.Sprint(c.applied)
 	keys := make([]string, 0, len(res))
@@ -1447,7 +1468,6 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	c.log.Info("evaluation", args...)
 	c.dash.Eval(c.applied, res)
 	c.progress.note(line.String())
-	return nil
 }
 
 // export asks rank 0 to write the model and pulls its files on the bulk
