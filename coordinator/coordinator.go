@@ -93,9 +93,9 @@ type Options struct {
 	Progress io.Writer
 	// MaxAborts bounds consecutive aborts of one step (default 10).
 	MaxAborts int
-	// Engine picks the implementation of the protocol: EngineLoop (the
-	// default, "" too) or EngineMachine (coordinator/machine driven by
-	// driver.go). Validated by New.
+	// Engine picks the implementation of the protocol: EngineMachine
+	// (the default, "" too: coordinator/machine driven by driver.go) or
+	// EngineLoop (the event loop of this file). Validated by New.
 	Engine string
 }
 
@@ -187,7 +187,7 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	switch opts.Engine {
 	case "":
-		opts.Engine = EngineLoop
+		opts.Engine = EngineMachine
 	case EngineLoop, EngineMachine:
 	default:
 		return nil, badInput(fmt.Errorf("--engine: %q is not an engine; want %s or %s", opts.Engine, EngineLoop, EngineMachine))

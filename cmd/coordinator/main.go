@@ -90,11 +90,11 @@ func run(args []string) (code int) {
 	root.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file (required)")
 	root.Flags().BoolVar(&resume, "resume", false, "restart from the newest valid checkpoint in checkpoint.dir")
 	root.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	// Hidden while the machine's driver is proven: the protocol as the
-	// event loop (loop) or as coordinator/machine (machine). The default
-	// comes from RINGTUNE_ENGINE, so that a test suite runs every
+	// Hidden, for the transition: the protocol as coordinator/machine
+	// (machine, the default) or as the former event loop (loop). The
+	// default comes from RINGTUNE_ENGINE, so that a test suite runs every
 	// coordinator it starts with either engine.
-	root.Flags().StringVar(&engine, "engine", envOr("RINGTUNE_ENGINE", coordinator.EngineLoop), "protocol engine: loop or machine")
+	root.Flags().StringVar(&engine, "engine", envOr("RINGTUNE_ENGINE", coordinator.EngineMachine), "protocol engine: loop or machine")
 	_ = root.Flags().MarkHidden("engine")
 	config.RegisterFlags(root.Flags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
