@@ -82,9 +82,38 @@ type dsess struct {
 // drive runs the training protocol with coordinator/machine until the run
 // is over; it returns what train1 would.
 func (c *Coordinator) drive(ctx context.Context) error {
-	m, err := machine.New(c.machineConfig())
+	d, err := newDriver(ctx, c)
 	if err != nil {
 		return err
+	}
+	defer d.stopTransfers()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		if d.fatal != nil {
+			return d.fatal
+		}
+		if d.m.Phase() == machine.Done {
+			return d.outcome()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case now := <-t.C:
+			d.tickTo(now)
+		case ev := <-c.events:
+			d.handle(ev)
+		case r := <-d.done:
+			d.finished(r)
+		}
+	}
+}
+
+// newDriver starts the machine of c's run.
+func newDriver(ctx context.Context, c *Coordinator) (*driver, error) {
+	m, err := machine.New(c.machineConfig())
+	if err != nil {
+		return nil, err
 	}
 	d := &driver{c: c, m: m, ctx: ctx, live: map[string]*dsess{}, bySid: map[uint64]*dsess{}, of: map[*session]*dsess{},
 		sums: map[int]string{}, paths: map[int]string{}, xfer: map[string]*transfer{}, done: make(chan result, 4),
@@ -92,33 +121,17 @@ func (c *Coordinator) drive(ctx context.Context) error {
 	if c.resumed != nil {
 		d.paths[c.resumed.Applied] = c.resumed.Path
 	}
-	defer d.stopTransfers()
-	t := time.NewTicker(tick)
-	defer t.Stop()
 	d.logWaiting()
 	d.flush()
-	for {
-		if d.fatal != nil {
-			return d.fatal
-		}
-		if m.Phase() == machine.Done {
-			return d.outcome()
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case now := <-t.C:
-			// Ticks follow the wall clock, not the ticker's deliveries,
-			// which a loaded machine drops.
-			for due := int64(now.Sub(d.t0) / tick); d.ticked < due && m.Phase() != machine.Done; {
-				d.ticked++
-				d.step(machine.Event{Kind: machine.Tick})
-			}
-		case ev := <-c.events:
-			d.handle(ev)
-		case r := <-d.done:
-			d.finished(r)
-		}
+	return d, nil
+}
+
+// tickTo feeds the machine the ticks due by now. They follow the wall
+// clock, not the ticker's deliveries, which a loaded machine drops.
+func (d *driver) tickTo(now time.Time) {
+	for due := int64(now.Sub(d.t0) / tick); d.ticked < due && d.m.Phase() != machine.Done; {
+		d.ticked++
+		d.step(machine.Event{Kind: machine.Tick})
 	}
 }
 
