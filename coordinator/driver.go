@@ -7,21 +7,18 @@ import (
 	"github.com/ringtune/ringtune/coordinator/machine"
 )
 
-// The coordinator's engines: the protocol as an event loop (coordinator.go,
-// the default while the machine's driver is proven), or as the pure
-// machine of coordinator/machine run by the driver below.
-const (
-	EngineLoop    = "loop"
-	EngineMachine = "machine"
-)
-
 // tick is the length of the machine's unit of logical time. Every timeout
 // is converted to ticks once (machineConfig); the machine never reads a
 // clock. 50 ms is far below every deadline and costs nothing while idle.
 const tick = 50 * time.Millisecond
 
-// The deadlines the event loop had no configuration key for.
+// The deadlines that have no configuration key.
 const (
+	// pullTimeout bounds the wait for stale ranks to load a state, and a
+	// checkpoint's transfer. The bulk plane's per-chunk deadline is what
+	// detects a stalled transfer; this only caps one that keeps moving,
+	// and is far above any real one.
+	pullTimeout   = 2 * time.Hour
 	formTimeout   = 60 * time.Second // every rank answers a new generation
 	exportTimeout = 30 * time.Minute // rank 0 writes the model and the transfer ends
 	drainTimeout  = 30 * time.Second // the last digests arrive
@@ -80,7 +77,7 @@ type dsess struct {
 }
 
 // drive runs the training protocol with coordinator/machine until the run
-// is over; it returns what train1 would.
+// is over: nil, or an error that carries the exit code.
 func (c *Coordinator) drive(ctx context.Context) error {
 	d, err := newDriver(ctx, c)
 	if err != nil {

@@ -143,6 +143,11 @@ func (d *driver) stop(kind string) {
 
 // stopTransfers ends every transfer when the run is over.
 func (d *driver) stopTransfers() {
+	select {
+	case <-d.quit:
+		return // stopped already
+	default:
+	}
 	close(d.quit)
 	for kind, x := range d.xfer {
 		x.cancel()

@@ -8,6 +8,7 @@ package coordinator
 import (
 	"context"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -228,5 +229,72 @@ func TestDriverRefusesBadExportNames(t *testing.T) {
 	d.handle(event{s: a, m: &control.Msg{Type: control.TypeExported, Gen: 1, Req: 1, Files: []control.FileInfo{{Name: "../escape"}}}})
 	if len(d.xfer) != 0 || !strings.Contains(log.String(), `bad message from node" node=a type=exported`) {
 		t.Fatalf("bad export name not refused:\n%s", log.String())
+	}
+}
+
+// wireTypes are the message types a fuzzed node sends, valid and not.
+var wireTypes = []string{
+	control.TypeHello, control.TypeAuth, control.TypeReady, control.TypeReduced, control.TypeFailed,
+	control.TypeDigest, control.TypeEval, control.TypeLoaded, control.TypeExported, control.TypeLeave,
+	control.TypeJob, control.TypeGen, control.TypeStep, control.TypeCommit, control.TypeAbort, control.TypeStop, "nope",
+}
+
+// TestDriverRandomMessages sends random messages (every type, payloads
+// present or not, generations, steps and request ids near the current
+// ones) from the ranks and a spare of a training run, with ticks and
+// gossip deaths between them. The driver must not panic, and every
+// message it sends a node must be well-formed (control.Msg.Validate),
+// whatever the machine made of the input.
+func TestDriverRandomMessages(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		randomMessages(t, seed)
+	}
+}
+
+// FuzzDriverMessages: go test -run '^$' -fuzz FuzzDriverMessages ./coordinator/
+// explores TestDriverRandomMessages' runs by seed.
+func FuzzDriverMessages(f *testing.F) {
+	f.Add(uint64(1))
+	f.Fuzz(func(t *testing.T, seed uint64) { randomMessages(t, seed) })
+}
+
+// randomMessages is one run of TestDriverRandomMessages.
+func randomMessages(t *testing.T, seed uint64) {
+	r := rand.New(rand.NewPCG(seed, 7))
+	d, _ := testDriver(t, 2)
+	defer d.stopTransfers()
+	ss := []*session{open(t, d, "a", "a:1"), open(t, d, "b", "b:1"), open(t, d, "x", "x:1")}
+	for _, s := range ss {
+		d.handle(event{s: s, m: &control.Msg{Type: control.TypeReady, Ready: &control.Ready{Applied: 0}}})
+	}
+	d.ticksFor(2)
+	for i := 0; i < 400 && d.m.Phase() != machine.Done; i++ {
+		s := ss[r.IntN(len(ss))]
+		switch r.IntN(20) {
+		case 0:
+			d.ticksFor(r.IntN(50))
+		case 1:
+			d.handle(event{dead: s.id, deadRing: []string{"", s.ring, "old:1"}[r.IntN(3)]})
+		default:
+			m := &control.Msg{Type: wireTypes[r.IntN(len(wireTypes))], Gen: uint64(r.IntN(4)), Step: r.IntN(4) - 1, Req: r.IntN(12)}
+			if r.IntN(4) > 0 {
+				m.Ready = &control.Ready{Applied: r.IntN(4) - 1}
+				m.Reduced = &control.Reduced{Count: r.IntN(3)}
+				m.Eval = &control.EvalSums{Count: float64(r.IntN(3))}
+				m.Sum = []string{"aa", "bb"}[r.IntN(2)]
+				m.Files = []control.FileInfo{{Name: []string{"model.safetensors", "../x", ""}[r.IntN(3)]}}
+			}
+			if r.IntN(5) == 0 {
+				m.Error = "boom"
+			}
+			d.handle(event{s: s, m: m})
+		}
+		for _, s := range ss {
+			for len(s.out) > 0 {
+				if err := (<-s.out).Validate(); err != nil {
+					t.Fatalf("seed %d: the driver sent %s a malformed message: %v", seed, s.id, err)
+				}
+			}
+		}
 	}
 }

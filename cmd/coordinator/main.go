@@ -51,7 +51,6 @@ func run(args []string) (code int) {
 	}()
 	var cfgPath, logLevel string
 	var resume bool
-	var engine string
 	root := &cobra.Command{
 		Use:           "coordinator",
 		Short:         "Coordinate a ringtune data-parallel training run",
@@ -71,7 +70,7 @@ func run(args []string) (code int) {
 				return usageErr(fmt.Errorf("--log-level: %w", err))
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-			c, err := coordinator.New(coordinator.Options{Config: cfg, Resume: resume, Log: log, Progress: os.Stdout, Engine: engine})
+			c, err := coordinator.New(coordinator.Options{Config: cfg, Resume: resume, Log: log, Progress: os.Stdout})
 			if err != nil {
 				return err
 			}
@@ -90,12 +89,6 @@ func run(args []string) (code int) {
 	root.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file (required)")
 	root.Flags().BoolVar(&resume, "resume", false, "restart from the newest valid checkpoint in checkpoint.dir")
 	root.Flags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
-	// Hidden, for the transition: the protocol as coordinator/machine
-	// (machine, the default) or as the former event loop (loop). The
-	// default comes from RINGTUNE_ENGINE, so that a test suite runs every
-	// coordinator it starts with either engine.
-	root.Flags().StringVar(&engine, "engine", envOr("RINGTUNE_ENGINE", coordinator.EngineMachine), "protocol engine: loop or machine")
-	_ = root.Flags().MarkHidden("engine")
 	config.RegisterFlags(root.Flags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr(err) })
 
@@ -133,14 +126,6 @@ func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 		}
 		return nil
 	}
-}
-
-// envOr is the environment variable name, or def when it is unset or empty.
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
 }
 
 func usageErr(err error) error {
