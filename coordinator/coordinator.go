@@ -5,9 +5,14 @@
 // by aborting the step and forming a new generation from the survivors,
 // compares parameter digests, evaluates, checkpoints and exports the model.
 //
-// The protocol rules (world formation, the commit rule, the ledger) live in
-// logic.go and are tested without a network; this file is the thin event
-// loop around them.
+// The protocol's rules (who forms a generation, where the state comes from,
+// when a step commits or aborts, every deadline) are the pure state machine
+// of coordinator/machine, tested without a network. This package is its
+// driver (driver*.go: sessions, gossip, clock, disk, displays) and what
+// the machine needs around it: the inputs checked once (New, pin.go,
+// dirlock.go), the data cut into micro-batches (logic.go, tasks.go), the
+// servers (this file: control and bulk planes, metrics.go, dashboard.go)
+// and the checkpoint files (checkpoint.go).
 package coordinator
 
 import (
@@ -90,7 +95,8 @@ type Options struct {
 	// Progress receives the progress display: a bar when it is a terminal,
 	// plain lines otherwise (nil: none).
 	Progress io.Writer
-	// MaxAborts bounds consecutive aborts of one step (default 10).
+	// MaxAborts bounds consecutive failed attempts: aborted steps, failed
+	// generations, evaluations or transfers (default 10).
 	MaxAborts int
 }
 
@@ -142,11 +148,10 @@ type Coordinator struct {
 	ml      *memberlist.Memberlist
 }
 
+// stats are what the throughput shown counts from.
 type stats struct {
-	lossSum, count float64
-	samples        int
-	start          time.Time
-	lastEval       string
+	samples int       // trained on since start
+	start   time.Time // the first step
 }
 
 // New validates the inputs: the key file, the model directory, the dataset
@@ -567,7 +572,7 @@ func (c *Coordinator) stopAll(failure error) {
 }
 
 // testHookCommitted, when set (by tests only), runs after each commit on
-// the run loop, e.g. to inject a panic.
+// Run's goroutine, e.g. to inject a panic.
 var testHookCommitted func(step int)
 
 // clientTLS is the TLS configuration for dialing nodes' servers (the bulk
@@ -625,7 +630,6 @@ func (c *Coordinator) account(g int) {
 // after c.applied committed steps.
 func (c *Coordinator) reportEval(sum control.EvalSums) {
 	res := Metrics(c.task, c.cfg.Model.NumLabels, sum)
-	c.stats.lastEval = fmt.Sprint(c.applied)
 	keys := make([]string, 0, len(res))
 	for k := range res {
 		keys = append(keys, k)

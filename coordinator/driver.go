@@ -285,7 +285,7 @@ func (d *driver) release(ds *dsess) {
 }
 
 // outcome is the run's result as Run returns it: the machine's exit code
-// and error, with the advice the event loop gave.
+// and error, with the advice an operator needs (see noNodes).
 func (d *driver) outcome() error {
 	code, err := d.m.Outcome()
 	if code == machine.ExitOK {

@@ -41,7 +41,6 @@ func (d *driver) act(a machine.Action) {
 		d.committed(a)
 	case machine.Evaluated:
 		c.applied = a.Step
-		c.stats.lastEval = fmt.Sprint(a.Step)
 		if a.Eval != nil {
 			c.reportEval(*a.Eval)
 		}

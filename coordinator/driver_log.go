@@ -11,7 +11,7 @@ import (
 )
 
 // The driver's log: the machine explains its decisions in notes, and the
-// driver shows them as the event loop's log lines, which operators, tests
+// driver shows them as the log lines that operators, tests
 // and docs/errors.md know (a note the driver does not know is logged as
 // is). Phase changes (transitions) update the metrics and the dashboard.
 
@@ -139,7 +139,7 @@ func (d *driver) readyNodes() int {
 	return n
 }
 
-// noNodes words the machine's exit-4 error as the event loop did: the
+// noNodes words the machine's exit-4 error for the operator: the
 // setting that ran out, and which checkpoint to resume from.
 func (d *driver) noNodes(err error) error {
 	c := d.c
