@@ -49,8 +49,9 @@ type driver struct {
 	done  chan result          // finished transfers
 	quit  chan struct{}        // closed when the driver returns
 	fatal error                // a driver-side failure that ends the run
+	batch stepBatch            // the step in flight's samples
 
-	// What the log and displays last showed (transitions.go).
+	// What the log and displays last showed (driver_log.go).
 	phase    machine.Phase
 	gen      uint64
 	ids      []string

@@ -7,6 +7,7 @@ import (
 	"github.com/ringtune/ringtune/bulk"
 	"github.com/ringtune/ringtune/control"
 	"github.com/ringtune/ringtune/coordinator/machine"
+	"github.com/ringtune/ringtune/data"
 )
 
 // The wire mapping between control.Msg (protocol v3) and machine.Msg.
@@ -131,12 +132,16 @@ func (d *driver) send(msg machine.Msg) {
 				c.progress.start = c.stats.start
 			}
 		}
-		enc, pos, err := c.stepSamples(msg.Step, msg.Indices)
-		if err != nil {
-			d.fatal = err
-			return
+		if d.batch.req != msg.Req {
+			// Once per step, not per rank: masking costs O(batch).
+			enc, pos, err := c.stepSamples(msg.Step, msg.Indices)
+			if err != nil {
+				d.fatal = err
+				return
+			}
+			d.batch = stepBatch{req: msg.Req, enc: enc, pos: pos}
 		}
-		bs, err := RankBatches(enc, pos, msg.World, msg.Rank, c.cfg.Train.MicroBatch, c.task, c.pad)
+		bs, err := RankBatches(d.batch.enc, d.batch.pos, msg.World, msg.Rank, c.cfg.Train.MicroBatch, c.task, c.pad)
 		if err != nil {
 			d.fatal = fmt.Errorf("step %d, rank %d: %w", msg.Step, msg.Rank, err)
 			return
@@ -178,6 +183,14 @@ func (d *driver) send(msg machine.Msg) {
 		return
 	}
 	ds.s.send(cm)
+}
+
+// stepBatch is the step in flight's samples (masked for masked LM), cut
+// into every rank's micro-batches.
+type stepBatch struct {
+	req uint64
+	enc []data.Encoded
+	pos []int
 }
 
 // pullFrom is the bulk source a stale rank loads the committed state from.
