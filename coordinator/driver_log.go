@@ -51,9 +51,10 @@ func (d *driver) note(n string) {
 	case strings.HasPrefix(n, "run failed: "), strings.HasPrefix(n, "run done after "),
 		strings.HasPrefix(n, "duplicate node id "), strings.HasPrefix(n, "generation "),
 		strings.HasPrefix(n, "node ") && (strings.HasSuffix(n, " lost") || strings.HasSuffix(n, " left")),
-		strings.HasPrefix(n, "no node holds the state of step "):
+		strings.HasPrefix(n, "no node holds the state of step "),
+		strings.HasPrefix(n, "checkpoint of step ") && strings.Contains(n, " written from "):
 		// Logged by the driver where it acts on them (outcome, handle,
-		// transitions, release, rollback).
+		// transitions, release, rollback, finished).
 		c.log.Debug("protocol", "note", n)
 		return
 	}
