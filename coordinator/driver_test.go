@@ -265,9 +265,22 @@ func randomMessages(t *testing.T, seed uint64) {
 	defer d.stopTransfers()
 	ss := []*session{open(t, d, "a", "a:1"), open(t, d, "b", "b:1"), open(t, d, "x", "x:1")}
 	for _, s := range ss {
+		next(t, s, control.TypeJob)
 		d.handle(event{s: s, m: &control.Msg{Type: control.TypeReady, Ready: &control.Ready{Applied: 0}}})
 	}
 	d.ticksFor(2)
+	// Half the runs start from a training world, the others from the
+	// forming one.
+	if seed%2 == 0 {
+		for _, s := range ss {
+			g := next(t, s, control.TypeGen)
+			d.handle(event{s: s, m: &control.Msg{Type: control.TypeReady, Gen: g.Gen, Ready: &control.Ready{Applied: 0}}})
+			d.handle(event{s: s, m: &control.Msg{Type: control.TypeDigest, Gen: g.Gen, Sum: "aa"}})
+		}
+		if d.m.Phase() != machine.Training {
+			t.Fatalf("seed %d: phase %s after every rank joined, want training", seed, d.m.Phase())
+		}
+	}
 	for i := 0; i < 400 && d.m.Phase() != machine.Done; i++ {
 		s := ss[r.IntN(len(ss))]
 		switch r.IntN(20) {
