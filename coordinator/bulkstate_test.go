@@ -155,6 +155,10 @@ func TestStaleRankAfterResumeGetsLiveState(t *testing.T) {
 	slow := []string{"GONODE_STEP_DELAY=40ms"}
 	r := runCluster(t, ctx, f, 2, slow, append([]string{"--resume"}, smallPlane...)...)
 	spare := f.Label + "-spare"
+	// The spare comes once the resumed world formed: started with the
+	// others, it could set up first on a loaded machine and enter the
+	// first generation, which loads the checkpoint by design.
+	r.Coord.WaitFor(t, `generation formed" gen=1 `, 60*time.Second)
 	r.StartNode(t, ctx, f, func() string { _, n := build(t); return n }(), spare, slow)
 	r.Coord.WaitFor(t, `node ready" node=`+spare, 60*time.Second)
 	r.Coord.WaitFor(t, `replicas identical" applied=13 `, 90*time.Second)

@@ -7,14 +7,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/ringtune/ringtune/bulk"
 )
@@ -299,69 +297,6 @@ func (c *Coordinator) loadCheckpoint() error {
 	}
 	c.log.Info("resuming", "checkpoint", ck.Path, "applied", ck.Applied, "bytes", ck.Bytes)
 	return nil
-}
-
-// checkpoint pulls the committed state from a rank on the bulk plane and
-// writes it to disk as it arrives. Rank 0 is asked first; when a transfer
-// fails (the rank dies mid-transfer, stalls, or sends a corrupt stream) the
-// next rank holding the committed step is asked. When none can deliver it,
-// this checkpoint is skipped with a warning and the run goes on: a
-// checkpoint is either complete and verified on disk, or absent. Only a
-// local disk error fails the run.
-func (c *Coordinator) checkpoint(ctx context.Context) error {
-	if len(c.world) == 0 {
-		return errors.New("checkpoint without a world")
-	}
-	var lastErr error
-	tried := 0
-	for _, s := range c.world {
-		if s.gone || s.applied != c.applied {
-			continue
-		}
-		tried++
-		start := time.Now()
-		c.log.Info("pulling checkpoint", "node", s.id, "applied", c.applied)
-		path, diskErr, err := c.pullCheckpoint(ctx, s)
-		if diskErr != nil {
-			return fmt.Errorf("checkpoint.dir: %w", diskErr)
-		}
-		if err == nil {
-			c.lastCkpt = path
-			c.log.Info("checkpoint written", "path", path, "applied", c.applied, "from", s.id, "seconds", time.Since(start).Seconds())
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		c.log.Warn("checkpoint transfer failed; trying another replica", "node", s.id, "applied", c.applied, "err", err)
-		lastErr = err
-	}
-	c.log.Warn("checkpoint skipped: no replica could deliver it; the run goes on", "applied", c.applied, "tried", tried, "err", lastErr)
-	return nil
-}
-
-// pullCheckpoint streams s's state of step c.applied into a checkpoint file.
-func (c *Coordinator) pullCheckpoint(ctx context.Context, s *session) (path string, diskErr, err error) {
-	cfg := c.cfg
-	applied := c.applied
-	err = c.transfer(ctx, s, func(tctx context.Context) error {
-		cc, err := bulk.Dial(s.ring, c.key, c.clientTLS())
-		if err != nil {
-			return err
-		}
-		defer cc.Close()
-		var fetchErr error
-		path, err = WriteCheckpointFrom(cfg.Checkpoint.Dir, applied, cfg.Train.Seed, c.pin, cfg.Checkpoint.Keep, func(w io.Writer) error {
-			_, fetchErr = bulk.Fetch(tctx, cc, bulk.Request{Kind: bulk.KindState, Step: applied, ChunkBytes: cfg.Cluster.BulkChunkBytes}, w, cfg.Cluster.BulkTimeout, "")
-			return fetchErr
-		})
-		if err != nil && fetchErr == nil {
-			diskErr = err
-			return nil
-		}
-		return err
-	})
-	return path, diskErr, err
 }
 
 // resumeAdvice says what to do when the run cannot go on: which

@@ -5,9 +5,14 @@
 // by aborting the step and forming a new generation from the survivors,
 // compares parameter digests, evaluates, checkpoints and exports the model.
 //
-// The protocol rules (world formation, the commit rule, the ledger) live in
-// logic.go and are tested without a network; this file is the thin event
-// loop around them.
+// The protocol's rules (who forms a generation, where the state comes from,
+// when a step commits or aborts, every deadline) are the pure state machine
+// of coordinator/machine, tested without a network. This package is its
+// driver (driver*.go: sessions, gossip, clock, disk, displays) and what
+// the machine needs around it: the inputs checked once (New, pin.go,
+// dirlock.go), the data cut into micro-batches (logic.go, tasks.go), the
+// servers (this file: control and bulk planes, metrics.go, dashboard.go)
+// and the checkpoint files (checkpoint.go).
 package coordinator
 
 import (
@@ -26,7 +31,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -91,7 +95,8 @@ type Options struct {
 	// Progress receives the progress display: a bar when it is a terminal,
 	// plain lines otherwise (nil: none).
 	Progress io.Writer
-	// MaxAborts bounds consecutive aborts of one step (default 10).
+	// MaxAborts bounds consecutive failed attempts: aborted steps, failed
+	// generations, evaluations or transfers (default 10).
 	MaxAborts int
 }
 
@@ -117,29 +122,14 @@ type Coordinator struct {
 	total   int
 	job     *control.Job
 
-	// loop state, touched only by Run's goroutine
+	// Run's state, touched only by Run's goroutine (the driver's): the
+	// relays' events, the live sessions (for the final stop), and what
+	// the displays show of the run.
 	events   chan event
 	sessions map[string]*session
-	changed  time.Time // last membership change
-	gen      uint64
-	world    []*session
-	applied  int
-	round    *Round
-	reduced  map[string]*control.Reduced
-	digests  map[int]map[string]string
-	fatal    error
-	req      int
-	answers  map[string]*control.Msg // per-request answers (eval)
-	loaded   map[string]*control.Msg // answers to pull, by node
-	// pulling holds the ranks the outstanding pull (request pullReq) went
-	// to: only they may answer it, once each.
-	pulling  map[string]bool
-	pullReq  int
-	exported *control.Msg // answer to the export request c.req
-	// exportFrom is the session the export request is outstanding with
-	// (nil when none): answers from others are dropped.
-	exportFrom *session
-	resumed    *Checkpoint // the checkpoint --resume started from, or the run rolled back to
+	applied  int                         // committed steps
+	reduced  map[string]*control.Reduced // the last step's reports, by node
+	resumed  *Checkpoint                 // the checkpoint --resume started from, or the run rolled back to
 	// served is the checkpoint the bulk plane serves (resumed), for the
 	// gRPC handlers' goroutines.
 	served   atomic.Pointer[Checkpoint]
@@ -155,20 +145,13 @@ type Coordinator struct {
 	params  int64  // parameters the model config implies (hfspec)
 	cfgHash string // SHA-256 of config.json
 	locks   []*dirLock
-	// setupFailed holds the nodes that failed to set up the model before the
-	// first generation, with their errors: when every node fails, the model
-	// or job is bad and waiting for more nodes is pointless.
-	setupFailed map[string]string
-
-	mu sync.Mutex // guards sessions for the gRPC handlers
-	ml *memberlist.Memberlist
+	ml      *memberlist.Memberlist
 }
 
+// stats are what the throughput shown counts from.
 type stats struct {
-	lossSum, count float64
-	samples        int
-	start          time.Time
-	lastEval       string
+	samples int       // trained on since start
+	start   time.Time // the first step
 }
 
 // New validates the inputs: the key file, the model directory, the dataset
@@ -317,16 +300,11 @@ type event struct {
 // session is the coordinator's view of one node.
 type session struct {
 	id      string
-	ring    string
+	ring    string // the node's ring (and bulk) address, from gossip
 	out     chan *control.Msg
 	cancel  context.CancelFunc
-	ready   bool // trainer set up
-	applied int
-	gone    bool
-	rank    int
-	// leaving: the node asked to leave (SIGTERM); it gets no new
-	// generation and is released at the next step boundary.
-	leaving bool
+	applied int  // committed steps the node's process holds (hello), -1: none
+	gone    bool // the driver closed or released it
 }
 
 func (s *session) send(m *control.Msg) {
@@ -346,7 +324,6 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	cfg := c.cfg.Cluster
 	c.events = make(chan event, 1024)
 	c.sessions = map[string]*session{}
-	c.digests = map[int]map[string]string{}
 	c.stats.start = time.Now()
 	c.progress = newProgress(c.opts.Progress, c.total)
 
@@ -433,7 +410,7 @@ func (c *Coordinator) Run(ctx context.Context) (err error) {
 	return err
 }
 
-// safeTrain is train1 with a panic turned into an ExitPanic error, so that
+// safeTrain is drive with a panic turned into an ExitPanic error, so that
 // the deferred stop still tells every node that the run failed (a panic
 // must never read as a finished run on the nodes).
 func (c *Coordinator) safeTrain(ctx context.Context) (err error) {
@@ -442,7 +419,7 @@ func (c *Coordinator) safeTrain(ctx context.Context) (err error) {
 			err = PanicError(p)
 		}
 	}()
-	return c.train1(ctx)
+	return c.drive(ctx)
 }
 
 // PanicError turns a recovered panic value into an error carrying
@@ -525,7 +502,7 @@ func (c *Coordinator) serveSession(st control.Stream) (err error) {
 	}
 	ctx, cancel := context.WithCancel(st.Context())
 	defer cancel()
-	s := &session{id: h.ID, ring: ring, out: make(chan *control.Msg, c.cfg.Cluster.QueueDepth), cancel: cancel, applied: h.Applied, rank: -1}
+	s := &session{id: h.ID, ring: ring, out: make(chan *control.Msg, c.cfg.Cluster.QueueDepth), cancel: cancel, applied: h.Applied}
 	c.events <- event{s: s, open: true}
 	recvErr := make(chan error, 1)
 	go func() {
@@ -595,277 +572,8 @@ func (c *Coordinator) stopAll(failure error) {
 }
 
 // testHookCommitted, when set (by tests only), runs after each commit on
-// the run loop, e.g. to inject a panic.
+// Run's goroutine, e.g. to inject a panic.
 var testHookCommitted func(step int)
-
-// errBroken means the current world lost a rank; the caller forms a new
-// generation.
-var errBroken = errors.New("world broken")
-
-// pump handles events until done() is true, the world breaks (if watch),
-// the deadline passes (returns the silent-node error), or ctx ends.
-func (c *Coordinator) pump(ctx context.Context, timeout time.Duration, watch bool, done func() bool) error {
-	var deadline <-chan time.Time
-	if timeout > 0 {
-		t := time.NewTimer(timeout)
-		defer t.Stop()
-		deadline = t.C
-	}
-	for {
-		if c.fatal != nil {
-			return c.fatal
-		}
-		if done() {
-			return nil
-		}
-		if watch && c.worldBroken() {
-			return errBroken
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline:
-			return errTimeout
-		case ev := <-c.events:
-			c.handle(ev)
-		}
-	}
-}
-
-var errTimeout = errors.New("deadline passed")
-
-func (c *Coordinator) worldBroken() bool {
-	for _, s := range c.world {
-		if s.gone {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *Coordinator) handle(ev event) {
-	switch {
-	case ev.open:
-		if old, ok := c.sessions[ev.s.id]; ok && !old.gone {
-			c.log.Warn("duplicate node id refused", "node", ev.s.id)
-			ev.s.cancel()
-			return
-		}
-		c.sessions[ev.s.id] = ev.s
-		c.changed = time.Now()
-		c.log.Info("node connected", "node", ev.s.id, "ring", ev.s.ring)
-		ev.s.send(&control.Msg{Type: control.TypeJob, Job: c.job})
-		c.dash.Connected(ev.s.id)
-	case ev.dead != "":
-		s, ok := c.sessions[ev.dead]
-		switch {
-		case !ok || s.gone:
-		case ev.deadRing != "" && ev.deadRing != s.ring:
-			// The death of an earlier instance of this name, reported
-			// after a restarted node opened its session: the live session
-			// stays (issue 11, defect 13).
-			c.log.Info("gossip reports an earlier instance dead; its restarted session stays", "node", ev.dead, "dead_ring", ev.deadRing, "ring", s.ring)
-		default:
-			c.log.Warn("gossip reports node dead", "node", ev.dead)
-			c.lose(s)
-		}
-	case ev.err != nil:
-		if c.sessions[ev.s.id] == ev.s && !ev.s.gone {
-			c.log.Warn("session ended", "node", ev.s.id, "err", ev.err)
-			c.lose(ev.s)
-		}
-	case ev.m != nil:
-		if c.sessions[ev.s.id] != ev.s || ev.s.gone {
-			return
-		}
-		if err := c.onMsg(ev.s, ev.m); err != nil {
-			c.log.Warn("bad message from node", "node", ev.s.id, "type", ev.m.Type, "err", err)
-		}
-	}
-}
-
-func (c *Coordinator) lose(s *session) {
-	s.gone = true
-	s.cancel()
-	delete(c.sessions, s.id)
-	c.changed = time.Now()
-	if r := c.round; r != nil {
-		r.Lost(s.id)
-		// A step in flight cannot commit without this rank: tell the
-		// others now, so that they cancel their all-reduce instead of
-		// waiting for the ring's own deadline (issue 11, defect 12).
-		if r.Kind == StepRound && r.Gen == c.gen && !r.AbortSent && r.rank(s.id) >= 0 {
-			r.AbortSent = true
-			for _, o := range c.world {
-				if !o.gone {
-					o.send(&control.Msg{Type: control.TypeAbort, Gen: r.Gen, Step: r.Step})
-				}
-			}
-		}
-	}
-	c.metrics.lost(s.id)
-	c.dash.Lost(s.id)
-}
-
-// onMsg applies one message of session s. Every message is checked against
-// what the coordinator expects now (the phase, the outstanding request and
-// its id, the sender's place in the current generation, the generation)
-// before it touches any state: a message that fails a check changes nothing
-// and comes back as an error, which handle logs with the sender and drops.
-func (c *Coordinator) onMsg(s *session, m *control.Msg) error {
-	switch m.Type {
-	case control.TypeLeave:
-		if s.leaving {
-			return errors.New("a second leave on one session")
-		}
-		s.leaving = true
-		c.log.Info("node asks to leave", "node", s.id, "in_world", slices.Contains(c.world, s))
-		if !slices.Contains(c.world, s) {
-			c.release(s) // a spare or a node setting up: nothing to wait for
-		}
-	case control.TypeReady:
-		if m.Gen == 0 {
-			if s.ready {
-				return errors.New("a second ready (set up) message on one session")
-			}
-			s.ready = true
-			s.applied = m.Ready.Applied
-			c.changed = time.Now()
-			c.log.Info("node ready", "node", s.id, "params", m.Ready.Params)
-			return nil
-		}
-		if c.round == nil || c.round.Kind != ReadyRound {
-			return fmt.Errorf("ready for generation %d while no generation is forming", m.Gen)
-		}
-		if err := c.round.ReportReady(s.id, m.Gen); err != nil {
-			return err
-		}
-		s.applied = m.Ready.Applied
-	case control.TypeReduced, control.TypeFailed:
-		if m.Type == control.TypeFailed && m.Gen == 0 {
-			// The node could not set up or failed outside a generation.
-			c.log.Error("node failed", "node", s.id, "err", m.Error)
-			c.onSetupFailed(s, m.Error)
-			return nil
-		}
-		if c.round == nil {
-			return fmt.Errorf("%s for step %d with no step in flight", m.Type, m.Step)
-		}
-		failure := m.Error
-		if m.Type == control.TypeFailed && failure == "" {
-			// An empty reason must not read as success.
-			failure = "failed (no reason given)"
-		}
-		if m.Type == control.TypeReduced && c.round.Kind == ReadyRound {
-			return fmt.Errorf("reduced for step %d while generation %d is forming", m.Step, c.round.Gen)
-		}
-		if err := c.round.Report(s.id, m.Gen, m.Step, failure); err != nil {
-			return err
-		}
-		if m.Reduced != nil && c.reduced != nil {
-			c.reduced[s.id] = m.Reduced
-		}
-	case control.TypeDigest:
-		if err := control.CheckGen(s.id, c.gen, m.Gen); err != nil {
-			return err
-		}
-		if !slices.Contains(c.world, s) {
-			return fmt.Errorf("digest from %s, which is not a rank of generation %d", s.id, c.gen)
-		}
-		if m.Step < 0 || m.Step > c.applied {
-			return fmt.Errorf("digest after step %d, but %d steps are committed", m.Step, c.applied)
-		}
-		if c.digests[m.Step][s.id] != "" {
-			return fmt.Errorf("second digest after step %d", m.Step)
-		}
-		d := c.digests[m.Step]
-		if d == nil {
-			d = map[string]string{}
-			c.digests[m.Step] = d
-		}
-		d[s.id] = m.Sum
-		ids := c.worldIDs()
-		if len(d) == len(ids) {
-			delete(c.digests, m.Step)
-			if err := CompareDigests(m.Step, ids, d); err != nil {
-				c.fatal = &Error{Code: ExitDiverged, Err: err}
-				return err
-			}
-			c.log.Info("replicas identical", "applied", m.Step, "digest", m.Sum[:min(16, len(m.Sum))])
-		}
-	case control.TypeEval:
-		if c.answers == nil {
-			return errors.New("evaluation result with no evaluation in flight")
-		}
-		if err := c.checkAnswer(s, m, c.req); err != nil {
-			return err
-		}
-		if c.answers[s.id] != nil {
-			return fmt.Errorf("second evaluation result for request %d", m.Req)
-		}
-		c.answers[s.id] = m
-	case control.TypeLoaded:
-		if m.Gen != c.gen || c.loaded == nil {
-			return nil // the answer to a pull of an older generation
-		}
-		if !slices.Contains(c.world, s) {
-			return fmt.Errorf("pull answer from %s, which is not a rank of generation %d", s.id, c.gen)
-		}
-		// An answer from a rank that was not asked, or a second one, would
-		// let the wait end without a stale rank's answer (issue 11,
-		// defect 4). Agents older than the request id send Req 0.
-		if !c.pulling[s.id] {
-			return fmt.Errorf("pull answer from %s, which was not asked to pull", s.id)
-		}
-		if c.loaded[s.id] != nil {
-			return fmt.Errorf("second pull answer from %s", s.id)
-		}
-		if m.Req != 0 && m.Req != c.pullReq {
-			return fmt.Errorf("pull answer from %s to request %d, the outstanding pull is request %d", s.id, m.Req, c.pullReq)
-		}
-		c.loaded[s.id] = m
-	case control.TypeExported:
-		if c.exportFrom != s {
-			return errors.New("export answer that was not requested from this node")
-		}
-		if err := c.checkAnswer(s, m, c.req); err != nil {
-			return err
-		}
-		c.exported = m
-	default:
-		return fmt.Errorf("unexpected message type %q", m.Type)
-	}
-	return nil
-}
-
-// onSetupFailed records a node's failure to set up the model. Before the
-// first generation, once min_nodes nodes have failed and no connected node
-// is left that might still succeed, the run ends as bad input (exit 2): the
-// nodes all received the same model and job, so they would all fail again.
-func (c *Coordinator) onSetupFailed(s *session, why string) {
-	if c.gen > 0 {
-		return
-	}
-	if c.setupFailed == nil {
-		c.setupFailed = map[string]string{}
-	}
-	c.setupFailed[s.id] = why
-	if len(c.setupFailed) < c.cfg.Cluster.MinNodes {
-		return
-	}
-	for id, o := range c.sessions {
-		if _, failed := c.setupFailed[id]; !failed && !o.gone {
-			return
-		}
-	}
-	ids := make([]string, 0, len(c.setupFailed))
-	for id := range c.setupFailed {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	c.fatal = badInput(fmt.Errorf("every node failed to set up the model (%d: %s); check model.path and the job settings. Node %s: %s",
-		len(ids), strings.Join(ids, ", "), ids[0], c.setupFailed[ids[0]]))
-}
 
 // clientTLS is the TLS configuration for dialing nodes' servers (the bulk
 // plane), nil when cluster.tls.enabled is false.
@@ -876,20 +584,6 @@ func (c *Coordinator) clientTLS() *tls.Config {
 	return c.tls.Client
 }
 
-// checkAnswer checks that m answers request req of the current generation.
-func (c *Coordinator) checkAnswer(s *session, m *control.Msg, req int) error {
-	if m.Req != req {
-		return fmt.Errorf("answer to request %d, the outstanding request is %d", m.Req, req)
-	}
-	if err := control.CheckGen(s.id, c.gen, m.Gen); err != nil {
-		return err
-	}
-	if !slices.Contains(c.world, s) {
-		return fmt.Errorf("answer from %s, which is not a rank of generation %d", s.id, c.gen)
-	}
-	return nil
-}
-
 func checkExportName(n string) error {
 	if n == "" || n != filepath.Base(n) || n[0] == '.' {
 		return fmt.Errorf("export file name %q is not a plain file name", n)
@@ -897,457 +591,8 @@ func checkExportName(n string) error {
 	return nil
 }
 
-func (c *Coordinator) worldIDs() []string {
-	ids := make([]string, len(c.world))
-	for i, s := range c.world {
-		ids[i] = s.id
-	}
-	return ids
-}
-
-// formWorld waits for enough set-up nodes and a quiet membership, then
-// freezes a new generation, and brings every rank to the committed state.
-func (c *Coordinator) formWorld(ctx context.Context) error {
-	for attempt := 0; ; attempt++ {
-		if attempt >= c.opts.MaxAborts {
-			return fmt.Errorf("could not form a working generation in %d attempts", attempt)
-		}
-		need := c.cfg.Cluster.MinNodes
-		if c.gen > 0 {
-			need = 1 // survivors carry on; min_nodes gates only the first world
-		}
-		c.world = nil
-		c.metrics.world(0, c.gen)
-		c.dash.World(c.gen, nil)
-		c.log.Info("waiting for nodes", "need", need, "settle", c.cfg.Cluster.Settle, "wait_timeout", c.cfg.Cluster.WaitTimeout)
-		tick := time.NewTicker(50 * time.Millisecond)
-		giveUp := time.Now().Add(c.cfg.Cluster.WaitTimeout)
-		enough := func() bool {
-			return len(c.readyCandidates()) >= need && time.Since(c.changed) >= c.cfg.Cluster.Settle
-		}
-		err := c.pumpTick(ctx, tick, func() bool { return enough() || time.Now().After(giveUp) })
-		tick.Stop()
-		if err != nil {
-			return err
-		}
-		if !enough() {
-			return &Error{Code: ExitNoNodes, Err: fmt.Errorf("waited cluster.wait_timeout (%s) for %d ready node(s), have %d; %s", c.cfg.Cluster.WaitTimeout, need, len(c.readyCandidates()), c.resumeAdvice())}
-		}
-		members, spares := FormWorld(c.readyCandidates(), c.cfg.Cluster.MaxNodes)
-		c.gen++
-		// Digests still awaited from the broken generation can never
-		// complete: keeping them would make the end of the run wait out
-		// drainDigests' deadline.
-		clear(c.digests)
-		c.world = nil
-		peers := make([]string, len(members))
-		ids := make([]string, len(members))
-		for i, m := range members {
-			peers[i], ids[i] = m.Ring, m.ID
-			s := c.sessions[m.ID]
-			s.rank = i
-			c.world = append(c.world, s)
-		}
-		firstCheck := c.applied == 0 && c.gen == 1 && c.cfg.Train.DigestEvery > 0
-		for i, s := range c.world {
-			s.send(&control.Msg{Type: control.TypeGen, Gen: c.gen, Digest: firstCheck, World: &control.World{Generation: c.gen, Rank: i, Peers: peers, IDs: ids, Applied: c.applied}})
-		}
-		c.round = NewReadyRound(c.gen, ids)
-		err = c.pump(ctx, 60*time.Second, true, c.round.Answered)
-		c.round = nil
-		if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {
-			c.log.Warn("generation failed to form", "gen", c.gen, "err", err)
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		c.log.Info("generation formed", "gen", c.gen, "size", len(ids), "nodes", ids, "spares", len(spares), "applied", c.applied)
-		c.metrics.world(len(ids), c.gen)
-		c.dash.World(c.gen, ids)
-		if err := c.syncState(ctx); err != nil {
-			if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {
-				continue
-			}
-			return err
-		}
-		return nil
-	}
-}
-
-// pumpTick is pump with a ticker so that time-based conditions are
-// re-evaluated without events.
-func (c *Coordinator) pumpTick(ctx context.Context, t *time.Ticker, done func() bool) error {
-	for {
-		if c.fatal != nil {
-			return c.fatal
-		}
-		if done() {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		case ev := <-c.events:
-			c.handle(ev)
-		}
-	}
-}
-
-func (c *Coordinator) readyCandidates() []Candidate {
-	var out []Candidate
-	for _, s := range c.sessions {
-		if s.ready && !s.gone && !s.leaving {
-			out = append(out, Candidate{ID: s.id, Ring: s.ring})
-		}
-	}
-	return out
-}
-
-// pullTimeout bounds the wait for stale ranks to load a state. The bulk
-// plane's per-chunk deadline is what detects a stalled transfer; this only
-// caps a transfer that keeps moving, and is far above any real one.
-const pullTimeout = 2 * time.Hour
-
-// syncState brings ranks that lack the committed state up to date. The
-// coordinator never holds the state: it names a source and each stale rank
-// pulls from it on the bulk plane. The source is a live rank that holds the
-// committed step when there is one (so after --resume, once ranks have
-// trained past the checkpoint, a new rank gets the current state and not
-// the checkpoint's), else the checkpoint --resume loaded, served by the
-// coordinator.
-func (c *Coordinator) syncState(ctx context.Context) error {
-	var stale []*session
-	var source *session
-	for _, s := range c.world {
-		if s.applied == c.applied {
-			if source == nil {
-				source = s
-			}
-		} else {
-			stale = append(stale, s)
-		}
-	}
-	if len(stale) == 0 {
-		return nil
-	}
-	var pull control.Pull
-	switch {
-	case source != nil:
-		pull = control.Pull{Addr: source.ring, Kind: bulk.KindState, Step: c.applied}
-	case c.resumed != nil && c.resumed.Applied == c.applied:
-		pull = control.Pull{Addr: c.grpcAddr, Kind: bulk.KindCheckpoint, Step: c.applied, SHA256: c.resumed.SHA256}
-	default:
-		if c.rollback(stale) {
-			// Once: the rolled-back state now has a source.
-			return c.syncState(ctx)
-		}
-		return &Error{Code: ExitNoNodes, Err: fmt.Errorf("no node holds the state of step %d (every node that did is gone) and no checkpoint of it was loaded; %s", c.applied, c.resumeAdvice())}
-	}
-	c.loaded = map[string]*control.Msg{}
-	c.req++
-	c.pullReq = c.req
-	c.pulling = map[string]bool{}
-	defer func() { c.loaded, c.pulling = nil, nil }()
-	for _, s := range stale {
-		c.log.Info("node pulls state", "node", s.id, "applied", c.applied, "from", pull.Addr, "kind", pull.Kind)
-		pm := pull
-		c.pulling[s.id] = true
-		s.send(&control.Msg{Type: control.TypePull, Gen: c.gen, Step: c.applied, Req: c.pullReq, Pull: &pm})
-	}
-	err := c.pump(ctx, pullTimeout, true, func() bool { return len(c.loaded) == len(stale) })
-	if err != nil {
-		return err
-	}
-	var failed []string
-	for _, s := range stale {
-		m := c.loaded[s.id]
-		if m.Error != "" {
-			s.applied = -1
-			failed = append(failed, fmt.Sprintf("%s: %s", s.id, m.Error))
-			continue
-		}
-		s.applied = c.applied
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%w: state pull failed on %s", errBroken, strings.Join(failed, "; "))
-	}
-	return nil
-}
-
-// rollback is the run's answer to losing every replica of the committed
-// state (issue 11, defect 11): the run goes back to the newest checkpoint
-// this run wrote or resumed from, which the stale ranks then load; without
-// one, to the initial state when a rank holds it (a fresh node's is a
-// function of the job). The steps after it are undone: their samples
-// return to the schedule and are trained again. It reports false when
-// there is nothing to go back to.
-func (c *Coordinator) rollback(stale []*session) bool {
-	if c.lastCkpt != "" {
-		ck, err := VerifyCheckpoint(c.lastCkpt)
-		if err != nil {
-			c.log.Warn("no node holds the committed state and the newest checkpoint is unreadable", "checkpoint", c.lastCkpt, "err", err)
-			return false
-		}
-		if ck.Applied > c.applied {
-			return false
-		}
-		// A checkpoint of the committed step itself undoes nothing.
-		c.log.Warn("no node holds the committed state: rolling back to the newest checkpoint", "checkpoint", ck.Path, "applied", ck.Applied, "undone", c.applied-ck.Applied)
-		c.applied, c.resumed = ck.Applied, ck
-		c.served.Store(ck)
-		c.sched.Reset()
-		return true
-	}
-	for _, s := range stale {
-		if s.applied == 0 && c.applied > 0 {
-			c.log.Warn("no node holds the committed state and no checkpoint was written: starting again from the initial state", "undone", c.applied)
-			c.applied = 0
-			c.sched.Reset()
-			return true
-		}
-	}
-	return false
-}
-
-// transfer runs f, a bulk transfer, in a goroutine while the event loop
-// goes on (gossip, sessions, digests). When src (if not nil) is lost
-// meanwhile, f's context is cancelled and transfer returns an error that
-// names it. f must not touch the loop's state.
-func (c *Coordinator) transfer(ctx context.Context, src *session, f func(ctx context.Context) error) error {
-	tctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- f(tctx) }()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case ev := <-c.events:
-			c.handle(ev)
-			if src != nil && src.gone {
-				cancel()
-				err := <-done
-				return fmt.Errorf("node %s was lost during the transfer: %w", src.id, err)
-			}
-		case <-ctx.Done():
-			cancel()
-			<-done
-			return ctx.Err()
-		}
-	}
-}
-
-// someoneLeaving reports whether a rank of the world asked to leave.
-func (c *Coordinator) someoneLeaving() bool {
-	for _, s := range c.world {
-		if s.leaving && !s.gone {
-			return true
-		}
-	}
-	return false
-}
-
-// release lets a node that asked to leave go: it is told the run is over
-// for it (a clean exit) and drops out of the coordinator's sessions, as a
-// lost node would, but without counting as a loss. Its stream closes when
-// the node hangs up, or after a grace period.
-func (c *Coordinator) release(s *session) {
-	s.gone = true
-	delete(c.sessions, s.id)
-	c.changed = time.Now()
-	s.send(&control.Msg{Type: control.TypeStop, Reason: "left on request"})
-	time.AfterFunc(10*time.Second, s.cancel)
-	c.log.Info("node left", "node", s.id)
-}
-
-// releaseLeavers releases every node that asked to leave. Called between
-// two steps only: the next generation is formed without them.
-func (c *Coordinator) releaseLeavers() {
-	for _, s := range c.sessions {
-		if s.leaving {
-			c.release(s)
-		}
-	}
-}
-
-// canGrow reports whether a ready node outside the world could enter it:
-// the world is below cluster.max_nodes and membership has been quiet for
-// cluster.settle, so that a burst of joins enters as one generation.
-func (c *Coordinator) canGrow() bool {
-	max := c.cfg.Cluster.MaxNodes
-	return len(c.readyCandidates()) > len(c.world) && (max <= 0 || len(c.world) < max) &&
-		time.Since(c.changed) >= c.cfg.Cluster.Settle
-}
-
 // stepTimeout bounds one step: computing plus the ring's own deadline.
 func (c *Coordinator) stepTimeout() time.Duration { return 2*c.cfg.AllReduce.Timeout + 30*time.Second }
-
-// train1 is the run: world, steps, evaluation, checkpoints, export.
-func (c *Coordinator) train1(ctx context.Context) error {
-	if err := c.formWorld(ctx); err != nil {
-		return err
-	}
-	// Throughput and ETA count from the first step, not from the wait.
-	c.stats.start = time.Now()
-	if c.progress != nil {
-		c.progress.start = c.stats.start
-	}
-	pad := c.pad
-	aborts := 0
-	for c.applied < c.total {
-		switch {
-		case c.someoneLeaving():
-			// A node leaving on a signal leaves here, between two steps:
-			// its leave costs no aborted step (issue 11, defect 9).
-			c.log.Info("shrinking the world at a step boundary: a node leaves", "gen", c.gen, "size", len(c.world), "applied", c.applied)
-			c.releaseLeavers()
-			if err := c.formWorld(ctx); err != nil {
-				return err
-			}
-		case c.worldBroken():
-			// A rank was lost between steps (during a checkpoint, say):
-			// form the next generation now rather than wait for the
-			// step to time out on the lost rank.
-			c.log.Warn("world lost a rank between steps", "gen", c.gen, "applied", c.applied)
-			if err := c.formWorld(ctx); err != nil {
-				return err
-			}
-		case c.canGrow():
-			// A node that joined (or a spare, once there is room) enters
-			// at this step boundary, with the state from a live replica.
-			c.log.Info("growing the world at a step boundary", "gen", c.gen, "size", len(c.world), "ready", len(c.readyCandidates()), "applied", c.applied)
-			if err := c.formWorld(ctx); err != nil {
-				return err
-			}
-		}
-		g := c.applied
-		sb, err := c.sched.Begin(g)
-		if err != nil {
-			return err
-		}
-		enc, indices, err := c.stepSamples(g, sb.Indices)
-		if err != nil {
-			return err
-		}
-		count := GlobalCount(c.task, enc, indices)
-		ids := c.worldIDs()
-		c.round = NewRound(c.gen, g, ids)
-		c.reduced = map[string]*control.Reduced{}
-		for r, s := range c.world {
-			bs, err := RankBatches(enc, indices, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
-			if err != nil {
-				return err
-			}
-			s.send(&control.Msg{Type: control.TypeStep, Gen: c.gen, Step: g, Batches: bs, Count: count})
-		}
-		err = c.pump(ctx, c.stepTimeout(), false, c.round.Answered)
-		if err != nil && !errors.Is(err, errTimeout) {
-			return err
-		}
-		round := c.round
-		c.round = nil
-		if err == nil && round.Committable() {
-			if err := checkCount(g, count, c.reduced); err != nil {
-				return err
-			}
-			aborts = 0
-			epochDone, err := c.sched.Commit(g)
-			if err != nil {
-				return err
-			}
-			if epochDone {
-				l := c.sched.Ledger()
-				c.log.Info("epoch complete", "epoch", c.sched.epoch.Index, "committed", l.Committed(), "missing", len(l.Missing()), "samples", c.sched.N)
-			}
-			digest := c.cfg.Train.DigestEvery > 0 && (g+1)%c.cfg.Train.DigestEvery == 0
-			for _, s := range c.world {
-				s.send(&control.Msg{Type: control.TypeCommit, Gen: c.gen, Step: g, Count: count, Digest: digest})
-				// The node applies it on receipt; a state request for
-				// g+1 that overtakes the commit waits for it there.
-				s.applied = g + 1
-			}
-			c.applied = g + 1
-			if testHookCommitted != nil {
-				testHookCommitted(g)
-			}
-			c.account(g)
-			if err := c.afterCommit(ctx, epochDone); err != nil {
-				return err
-			}
-			continue
-		}
-		// Abort: put the samples back, drop the ranks that failed to
-		// answer, and form a new generation from the survivors.
-		aborts++
-		why := round.Failed()
-		if errors.Is(err, errTimeout) {
-			why += fmt.Sprintf("; silent past %s: %v", c.stepTimeout(), round.Silent())
-			for _, id := range round.Silent() {
-				if s, ok := c.sessions[id]; ok {
-					c.lose(s)
-				}
-			}
-		}
-		c.log.Warn("step aborted", "step", g, "gen", c.gen, "why", why)
-		c.metrics.abort()
-		c.dash.Abort()
-		if err := c.sched.Abort(g); err != nil {
-			return err
-		}
-		for _, s := range c.world {
-			if !s.gone && !round.AbortSent {
-				s.send(&control.Msg{Type: control.TypeAbort, Gen: c.gen, Step: g})
-			}
-		}
-		if aborts >= c.opts.MaxAborts {
-			return fmt.Errorf("step %d aborted %d times in a row, last: %s", g, aborts, why)
-		}
-		if err := c.formWorld(ctx); err != nil {
-			return err
-		}
-	}
-	if err := c.drainDigests(ctx); err != nil {
-		return err
-	}
-	if len(c.eval) > 0 && c.stats.lastEval != fmt.Sprint(c.applied) {
-		if err := c.withWorld(ctx, c.evaluate); err != nil {
-			return err
-		}
-	}
-	if err := c.withWorld(ctx, c.checkpoint); err != nil {
-		return err
-	}
-	return c.withWorld(ctx, c.export)
-}
-
-// withWorld runs f, forming a new generation and retrying when the world
-// breaks under it.
-func (c *Coordinator) withWorld(ctx context.Context, f func(context.Context) error) error {
-	for i := 0; ; i++ {
-		err := f(ctx)
-		if !errors.Is(err, errBroken) && !errors.Is(err, errTimeout) {
-			return err
-		}
-		if i >= c.opts.MaxAborts {
-			return fmt.Errorf("gave up after %d new generations: %w", i, err)
-		}
-		if err := c.formWorld(ctx); err != nil {
-			return err
-		}
-	}
-}
-
-// drainDigests waits for digests that are due, so that a divergence in the
-// last steps is not missed.
-func (c *Coordinator) drainDigests(ctx context.Context) error {
-	err := c.pump(ctx, 30*time.Second, true, func() bool { return len(c.digests) == 0 })
-	if errors.Is(err, errBroken) || errors.Is(err, errTimeout) {
-		return nil // the world changed; the digests of a broken world are moot
-	}
-	return err
-}
 
 func (c *Coordinator) account(g int) {
 	var loss, n float64
@@ -1381,48 +626,10 @@ func (c *Coordinator) account(g int) {
 		"exposed_comm_ms", ph.ExposedMS, "apply_ms", ph.ApplyMS, "buckets", ph.Buckets, "optimizer_bytes_max", optMax)
 }
 
-func (c *Coordinator) afterCommit(ctx context.Context, epochDone bool) error {
-	t := c.cfg.Train
-	if len(c.eval) > 0 && ((t.EvalEvery > 0 && c.applied%t.EvalEvery == 0) || (t.EvalEvery == 0 && epochDone)) {
-		if err := c.withWorld(ctx, c.evaluate); err != nil {
-			return err
-		}
-	}
-	if ce := c.cfg.Checkpoint.Every; ce > 0 && c.applied%ce == 0 && c.applied < c.total {
-		if err := c.withWorld(ctx, c.checkpoint); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// evaluate shards the eval set over the world and adds the ranks' sums.
-func (c *Coordinator) evaluate(ctx context.Context) error {
-	idx := make([]int, len(c.eval))
-	for i := range idx {
-		idx[i] = i
-	}
-	c.req++
-	c.answers = map[string]*control.Msg{}
-	answers := c.answers
-	defer func() { c.answers = nil }()
-	pad := c.pad
-	for r, s := range c.world {
-		bs, err := RankBatches(c.eval, idx, len(c.world), r, c.cfg.Train.MicroBatch, c.task, pad)
-		if err != nil {
-			return err
-		}
-		s.send(&control.Msg{Type: control.TypeEvalReq, Gen: c.gen, Req: c.req, Batches: bs})
-	}
-	if err := c.pump(ctx, c.stepTimeout(), true, func() bool { return len(c.answers) == len(c.world) }); err != nil {
-		return err
-	}
-	var sum control.EvalSums
-	for _, m := range answers {
-		sum.Add(*m.Eval)
-	}
+// reportEval logs, shows and exports the evaluation sums of every rank
+// after c.applied committed steps.
+func (c *Coordinator) reportEval(sum control.EvalSums) {
 	res := Metrics(c.task, c.cfg.Model.NumLabels, sum)
-	c.stats.lastEval = fmt.Sprint(c.applied)
 	keys := make([]string, 0, len(res))
 	for k := range res {
 		keys = append(keys, k)
@@ -1447,43 +654,6 @@ func (c *Coordinator) evaluate(ctx context.Context) error {
 	c.log.Info("evaluation", args...)
 	c.dash.Eval(c.applied, res)
 	c.progress.note(line.String())
-	return nil
-}
-
-// export asks rank 0 to write the model and pulls its files on the bulk
-// plane straight into a temporary directory next to output.dir, renamed
-// into place once every file is complete and verified.
-func (c *Coordinator) export(ctx context.Context) error {
-	c.req++
-	c.exported = nil
-	src := c.world[0]
-	c.exportFrom = src
-	defer func() { c.exportFrom = nil }()
-	src.send(&control.Msg{Type: control.TypeExport, Gen: c.gen, Req: c.req})
-	if err := c.pump(ctx, 10*time.Minute, true, func() bool { return c.exported != nil }); err != nil {
-		return err
-	}
-	files, req := c.exported.Files, c.req
-	c.exported = nil
-	var diskErr error
-	err := c.transfer(ctx, src, func(tctx context.Context) error {
-		var err error
-		diskErr, err = pullDir(tctx, c.cfg.Output.Dir, src.ring, c.key, c.clientTLS(), req, files, c.cfg.Cluster.BulkChunkBytes, c.cfg.Cluster.BulkTimeout)
-		return err
-	})
-	if diskErr != nil {
-		return fmt.Errorf("output.dir: %w", diskErr)
-	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// Another generation (or the same nodes again) retries it.
-		c.log.Warn("export transfer failed", "node", src.id, "err", err)
-		return fmt.Errorf("%w: export from %s: %v", errBroken, src.id, err)
-	}
-	c.log.Info("model written", "dir", c.cfg.Output.Dir, "files", len(files))
-	return nil
 }
 
 // pullDir fetches files of export req from the node at addr into a fresh

@@ -43,7 +43,9 @@ func (m *Machine) onLost(ev Event) {
 func (m *Machine) lose(n *node, react bool) {
 	delete(m.nodes, n.id)
 	m.changed = m.now
-	delete(m.setupFailed, n.id)
+	// A node that failed to set up stays counted after its session ends
+	// (the agent exits on the failure): the next node's failure then
+	// still ends the run.
 	if n.rank < 0 {
 		if m.gen == 0 {
 			m.checkSetupFailures()

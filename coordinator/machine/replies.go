@@ -23,6 +23,8 @@ func (m *Machine) onMsg(msg *Msg) {
 func (m *Machine) apply(n *node, msg *Msg) error {
 	switch msg.Kind {
 	case SetUp:
+		// Restarted under its name after a failed set-up, it set up.
+		delete(m.setupFailed, n.id)
 		if n.ready {
 			return errors.New("a second set-up message on one session")
 		}

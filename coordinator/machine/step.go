@@ -41,5 +41,9 @@ func (m *Machine) abortStep(why string) {
 		return
 	}
 	m.broken = true
+	// A failed rank's ring broke under the others too: its loss (or
+	// theirs) is usually on its way. Settle before the next generation
+	// rather than form one with a rank about to be lost.
+	m.changed = m.now
 	m.next()
 }

@@ -87,6 +87,7 @@ func (m *Machine) phaseFailed(why string) {
 		m.fail(ExitFailure, "gave up after %d failed attempts in a row, last: %s failed: %s", m.fails, m.phase, why)
 		return
 	}
+	m.changed = m.now // settle first, as after an aborted step
 	m.enterWaiting()
 }
 
