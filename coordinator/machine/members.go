@@ -43,6 +43,12 @@ func (m *Machine) onLost(ev Event) {
 func (m *Machine) lose(n *node, react bool) {
 	delete(m.nodes, n.id)
 	m.changed = m.now
+	if n.ready && !n.leaving {
+		m.nReady--
+	}
+	if n.leaving {
+		m.nLeaving--
+	}
 	delete(m.setupFailed, n.id)
 	if n.rank < 0 {
 		if m.gen == 0 {
@@ -52,6 +58,7 @@ func (m *Machine) lose(n *node, react bool) {
 	}
 	k := n.rank
 	n.rank = -1
+	m.nRanked--
 	m.broken = true
 	if m.round != nil {
 		m.round.failRank(k, "lost")
@@ -95,7 +102,11 @@ func (m *Machine) onLeave(ev Event) {
 	}
 	// A rank leaves at the next step boundary: the step in flight
 	// finishes with it, so leaving costs no aborted step (defect 9).
-	n.leaving = true
+	if !n.leaving {
+		n.leaving = true
+		m.nReady-- // a rank is set up
+		m.nLeaving++
+	}
 	m.note("rank %d (%s) leaves at the next step boundary", n.rank, n.id)
 }
 
