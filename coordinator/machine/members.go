@@ -2,6 +2,7 @@ package machine
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -113,18 +114,21 @@ func (m *Machine) onLeave(ev Event) {
 // candidates lists the set-up nodes that may enter a world, the holders of
 // the committed state first, then by id.
 func (m *Machine) candidates() []*node {
-	var out []*node
+	out := make([]*node, 0, m.nReady)
 	for _, n := range m.nodes {
 		if n.ready && !n.leaving {
 			out = append(out, n)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		hi, hj := out[i].applied == m.applied, out[j].applied == m.applied
-		if hi != hj {
-			return hi
+	slices.SortFunc(out, func(a, b *node) int {
+		ha, hb := a.applied == m.applied, b.applied == m.applied
+		if ha != hb {
+			if ha {
+				return -1
+			}
+			return 1
 		}
-		return out[i].id < out[j].id
+		return strings.Compare(a.id, b.id)
 	})
 	return out
 }

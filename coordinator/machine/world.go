@@ -2,6 +2,7 @@ package machine
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -43,7 +44,7 @@ func (m *Machine) tryForm() {
 	if max := m.cfg.MaxNodes; max > 0 && len(c) > max {
 		c = c[:max]
 	}
-	sort.Slice(c, func(i, j int) bool { return c[i].id < c[j].id })
+	slices.SortFunc(c, func(a, b *node) int { return strings.Compare(a.id, b.id) })
 	m.form(c)
 }
 
