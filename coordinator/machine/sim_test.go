@@ -74,8 +74,9 @@ func TestSim(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	start := time.Now()
 	results := make([]simResult, len(seeds))
-	var next atomic.Int64
-	var firstFail atomic.Int64 // index of the lowest failing seed so far
+	var next, done atomic.Int64
+	every := int64(max(1000, len(seeds)/10)) // progress lines of a long run (-v)
+	var firstFail atomic.Int64               // index of the lowest failing seed so far
 	firstFail.Store(int64(len(seeds)))
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
@@ -90,6 +91,9 @@ func TestSim(t *testing.T) {
 					return
 				}
 				results[i] = runSeed(seeds[i])
+				if d := done.Add(1); testing.Verbose() && d%every == 0 {
+					t.Logf("sim: %d of %d seeds run, %s", d, len(seeds), time.Since(start).Round(time.Second))
+				}
 				if results[i].err != nil {
 					for f := firstFail.Load(); i < f && !firstFail.CompareAndSwap(f, i); f = firstFail.Load() {
 					}
@@ -340,7 +344,9 @@ func (r *simRun) exec(it *simItem) {
 		// it but the pointers inside (Reduced, Files), so one buffer
 		// serves every delivery.
 		r.buf = it.msg
-	case simToNode, simBackward:
+	case simToNode:
+		nd.inbox = append(nd.inbox, it.msg)
+	case simBackward:
 		r.buf = it.msg
 	}
 	*it = simItem{}
@@ -354,7 +360,6 @@ func (r *simRun) exec(it *simItem) {
 			r.feed(Event{Kind: Message, Msg: &r.buf})
 		}
 	case simToNode:
-		nd.inbox = append(nd.inbox, r.buf)
 		r.pump(nd)
 	case simBackward:
 		r.backward(nd, r.buf)
@@ -910,9 +915,19 @@ func (r *simRun) see(c simCommit) error {
 		seen = map[int]int{}
 		r.seen[e] = seen
 	}
+	// Check, then add: a refused commit leaves the samples seen as they
+	// were.
 	for _, i := range c.indices {
 		if prev, dup := seen[i]; dup {
 			return fmt.Errorf("sample %d of epoch %d is in committed steps %d and %d", i, e, prev, c.step)
+		}
+	}
+	for k, i := range c.indices {
+		if _, dup := seen[i]; dup {
+			for _, j := range c.indices[:k] {
+				delete(seen, j)
+			}
+			return fmt.Errorf("sample %d of epoch %d is twice in committed step %d", i, e, c.step)
 		}
 		seen[i] = c.step
 	}
@@ -1025,4 +1040,89 @@ func (r *simRun) run() error {
 		return fmt.Errorf("run ended with exit %d: %v", code, err)
 	}
 	return nil
+}
+
+// TestSimChecksCatch: the simulator's incremental checks fail on what they
+// guard: a commit without a rank's reduced report, a sample committed twice
+// in an epoch (and not after the lineage gave it back), an epoch left
+// incomplete, and a drifted node count of the machine.
+func TestSimChecksCatch(t *testing.T) {
+	r := newSimRun(1, 3, 4) // 4 steps, one epoch
+	b0, b1 := r.batches[0], r.batches[1]
+	r.reduced[[2]uint64{1, 7}] = map[string]bool{"n00": true}
+	r.action(Action{Kind: Committed, Gen: 1, Req: 7, Step: 0, IDs: []string{"n00", "n01"}, Indices: b0})
+	if r.err == nil || !strings.Contains(r.err.Error(), "without rank n01's reduced report") {
+		t.Fatalf("commit without a rank's report: %v", r.err)
+	}
+
+	r = newSimRun(1, 3, 4)
+	if err := r.see(simCommit{step: 0, indices: b0}); err != nil {
+		t.Fatal(err)
+	}
+	r.lineage = append(r.lineage, simCommit{step: 0, indices: b0})
+	if err := r.see(simCommit{step: 1, indices: []int{b1[0], b0[0]}}); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("sample %d of epoch 0 is in committed steps 0 and 1", b0[0])) {
+		t.Fatalf("a sample committed twice: %v", err)
+	}
+	// A rollback gives step 0's samples back: committing them again is
+	// no double commit.
+	r.truncate(0)
+	if err := r.see(simCommit{step: 0, indices: b0}); err != nil {
+		t.Fatalf("after a rollback: %v", err)
+	}
+	r.lineage = append(r.lineage, simCommit{step: 0, indices: b0})
+	for g := 1; g < 4; g++ {
+		c := simCommit{step: g, indices: r.batches[g]}
+		if g == 3 {
+			c.indices = c.indices[1:] // one sample never committed
+		}
+		if err := r.see(c); err != nil {
+			t.Fatal(err)
+		}
+		r.lineage = append(r.lineage, c)
+	}
+	if err := r.checkEpochs(); err == nil || !strings.Contains(err.Error(), "epoch 0 ended with") {
+		t.Fatalf("an incomplete epoch: %v", err)
+	}
+
+	r = newSimRun(1, 3, 4)
+	if err := r.checkCounts(); err != nil {
+		t.Fatal(err)
+	}
+	r.m.nReady++
+	if err := r.checkCounts(); err == nil || !strings.Contains(err.Error(), "the machine counts 1 set-up") {
+		t.Fatalf("a drifted count: %v", err)
+	}
+}
+
+// TestSimSeedsIndependent: a seed's run is the same whether it runs alone
+// or next to others on parallel workers (no state shared between runs),
+// which is what lets TestSim run seeds in parallel and replay one alone.
+func TestSimSeedsIndependent(t *testing.T) {
+	const n = 40
+	alone := make([]simResult, n)
+	for i := range alone {
+		alone[i] = runSeed(int64(i + 1))
+	}
+	together := make([]simResult, n)
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 4 {
+				together[i] = runSeed(int64(i + 1))
+			}
+		}()
+	}
+	wg.Wait()
+	for i := range alone {
+		a, b := alone[i], together[i]
+		if a.err != nil || b.err != nil {
+			t.Fatalf("seed %d: %v / %v", i+1, a.err, b.err)
+		}
+		if a.events != b.events || a.faults != b.faults || a.code != b.code || a.restarted != b.restarted || a.n != b.n {
+			t.Errorf("seed %d alone: %d events, %d faults, exit %d; next to others: %d events, %d faults, exit %d",
+				i+1, a.events, a.faults, a.code, b.events, b.faults, b.code)
+		}
+	}
 }
