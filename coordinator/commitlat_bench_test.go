@@ -1,13 +1,19 @@
 package coordinator_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,9 +43,10 @@ const (
 // steps (and the 90th percentile).
 //
 // The peer, measured in the same run: the raw round trip of the same
-// messages on a control session over loopback gRPC, with the cluster's
-// authentication and TLS, a server that answers every reduced with a commit
-// at once: the floor under the commit latency. One op is the whole run:
+// messages on a control session over loopback gRPC between two processes,
+// with the cluster's authentication and TLS, a server that answers every
+// reduced with a commit at once: the floor under the commit latency, which
+// crosses between processes twice too. One op is the whole run:
 // use -benchtime 1x.
 func BenchmarkCommitLatency(b *testing.B) {
 	for i := 0; i < b.N; i++ {
@@ -110,11 +117,14 @@ func commitLatencies(b *testing.B) []float64 {
 }
 
 // rawRoundTrips measures n round trips on a control session over loopback
-// gRPC (the cluster's authentication and derived TLS): the client sends a
-// reduced, the server answers with a commit. It returns them in ms.
+// gRPC between this process and another (the cluster's authentication and
+// derived TLS): this process sends a reduced, the other, the test binary
+// running TestRawRoundTripServer, answers with a commit. It returns them in
+// ms.
 func rawRoundTrips(b *testing.B, n int) []float64 {
 	b.Helper()
-	key, err := auth.GenerateKey()
+	keyFile := filepath.Join(b.TempDir(), "cluster.key")
+	key, err := auth.WriteKeyFile(keyFile)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -122,37 +132,41 @@ func rawRoundTrips(b *testing.B, n int) []float64 {
 	if err != nil {
 		b.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	srv := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestRawRoundTripServer$")
+	srv.Env = append(os.Environ(), rttKeyEnv+"="+keyFile)
+	stdin, err := srv.StdinPipe()
 	if err != nil {
 		b.Fatal(err)
 	}
-	gs := grpc.NewServer(control.ServerOptions(key, tc.Server)...)
-	control.Register(gs, func(st control.Stream) error {
-		for {
-			m, err := st.Recv()
-			if err != nil {
-				return nil // the client hung up
-			}
-			if err := st.Send(&control.Msg{V: control.Version, Type: control.TypeCommit, Gen: m.Gen, Step: m.Step, Count: 3}); err != nil {
-				return err
-			}
-		}
-	})
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(lis) }()
+	stdout, err := srv.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
 	defer func() {
-		gs.Stop()
-		if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			b.Errorf("raw round trip server: %v", err)
+		_ = stdin.Close() // the server's cue to stop
+		if err := srv.Wait(); err != nil {
+			b.Logf("raw round trip server: %v", err)
 		}
 	}()
-	cc, err := control.Dial(lis.Addr().String(), key, tc.Client)
+	addr := ""
+	sc := bufio.NewScanner(stdout)
+	for addr == "" && sc.Scan() {
+		addr, _ = strings.CutPrefix(sc.Text(), "rtt-server ")
+	}
+	if addr == "" {
+		b.Fatalf("the raw round trip server printed no address (%v)", sc.Err())
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	cc, err := control.Dial(addr, key, tc.Client)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
 	st, err := control.OpenSession(ctx, cc)
 	if err != nil {
 		b.Fatal(err)
@@ -175,6 +189,52 @@ func rawRoundTrips(b *testing.B, n int) []float64 {
 		}
 	}
 	return out
+}
+
+// rttKeyEnv names the key file of the raw round trip server.
+const rttKeyEnv = "RINGTUNE_RTT_SERVER_KEY"
+
+// TestRawRoundTripServer is the other process of BenchmarkCommitLatency's
+// raw round trip (skipped unless that benchmark starts it): a control
+// server on loopback that answers every reduced with a commit at once. It
+// prints its address and serves until its stdin closes.
+func TestRawRoundTripServer(t *testing.T) {
+	keyFile := os.Getenv(rttKeyEnv)
+	if keyFile == "" {
+		t.Skip("the helper process of BenchmarkCommitLatency")
+	}
+	key, err := auth.LoadKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := auth.DerivedTLS(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(control.ServerOptions(key, tc.Server)...)
+	control.Register(gs, func(st control.Stream) error {
+		for {
+			m, err := st.Recv()
+			if err != nil {
+				return nil // the client hung up
+			}
+			if err := st.Send(&control.Msg{V: control.Version, Type: control.TypeCommit, Gen: m.Gen, Step: m.Step, Count: 3}); err != nil {
+				return err
+			}
+		}
+	})
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	fmt.Printf("rtt-server %s\n", lis.Addr())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	gs.Stop()
+	if err := <-served; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		t.Fatalf("raw round trip server: %v", err)
+	}
 }
 
 // quantile is the q-quantile of xs (nearest rank).

@@ -15,8 +15,9 @@
 # node's commit (the reduced's way up, the coordinator's handling, the
 # commit's way down). Median and 90th percentile over 200 steps, against the
 # raw round trip of the same messages on a control session over loopback
-# gRPC (authentication and TLS as the cluster's), measured in the same run
-# (coordinator/commitlat_bench_test.go):
+# gRPC between two processes (authentication and TLS as the cluster's),
+# measured in the same run (coordinator/commitlat_bench_test.go). Needs the
+# demo data (scripts/fetch-data.sh):
 #   bench: control commit_latency_ms=M commit_latency_p90_ms=P raw_rtt_ms=R raw_rtt_p90_ms=Q ratio=M/R steps=200
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -37,4 +38,4 @@ done
 c=$(go test -count=1 -run '^$' -bench 'BenchmarkCommitLatency$' -benchtime 1x ./coordinator)
 echo "$c" | grep '^Benchmark' >&2
 one() { awk -v u="$1" '/^BenchmarkCommitLatency/ { for (i = 2; i < NF; i++) if ($(i+1) == u) print $i }' <<<"$c"; }
-echo "bench: control commit_latency_ms=$(one commit-ms) commit_latency_p90_ms=$(one commit-p90-ms) raw_rtt_ms=$(one rtt-ms) raw_rtt_p90_ms=$(one rtt-p90-ms) ratio=$(one ratio) steps=$(one steps)"
+echo "bench: control commit_latency_ms=$(one commit-ms) commit_latency_p90_ms=$(one commit-p90-ms) raw_rtt_ms=$(one rtt-ms) raw_rtt_p90_ms=$(one rtt-p90-ms) ratio=$(one ratio) steps=$(printf %.0f "$(one steps)")"
