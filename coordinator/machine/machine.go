@@ -31,6 +31,12 @@ type Machine struct {
 
 	nodes   map[string]*node
 	changed int64 // tick of the last membership change
+	// Counts kept as nodes change, so that deciding whether a world can
+	// form or must change is O(1) per event, not a scan of every node
+	// (the simulator checks them against a recount at every commit).
+	nReady   int // set-up nodes not leaving
+	nLeaving int // ranks leaving at the next boundary
+	nRanked  int // nodes with a rank in the current world
 
 	gen    uint64
 	world  []*node

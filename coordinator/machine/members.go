@@ -2,6 +2,7 @@ package machine
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -43,6 +44,12 @@ func (m *Machine) onLost(ev Event) {
 func (m *Machine) lose(n *node, react bool) {
 	delete(m.nodes, n.id)
 	m.changed = m.now
+	if n.ready && !n.leaving {
+		m.nReady--
+	}
+	if n.leaving {
+		m.nLeaving--
+	}
 	// A node that failed to set up stays counted after its session ends
 	// (the agent exits on the failure): the next node's failure then
 	// still ends the run.
@@ -54,6 +61,7 @@ func (m *Machine) lose(n *node, react bool) {
 	}
 	k := n.rank
 	n.rank = -1
+	m.nRanked--
 	m.broken = true
 	if m.round != nil {
 		m.round.failRank(k, "lost")
@@ -97,25 +105,32 @@ func (m *Machine) onLeave(ev Event) {
 	}
 	// A rank leaves at the next step boundary: the step in flight
 	// finishes with it, so leaving costs no aborted step (defect 9).
-	n.leaving = true
+	if !n.leaving {
+		n.leaving = true
+		m.nReady-- // a rank is set up
+		m.nLeaving++
+	}
 	m.note("rank %d (%s) leaves at the next step boundary", n.rank, n.id)
 }
 
 // candidates lists the set-up nodes that may enter a world, the holders of
 // the committed state first, then by id.
 func (m *Machine) candidates() []*node {
-	var out []*node
+	out := make([]*node, 0, m.nReady)
 	for _, n := range m.nodes {
 		if n.ready && !n.leaving {
 			out = append(out, n)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		hi, hj := out[i].applied == m.applied, out[j].applied == m.applied
-		if hi != hj {
-			return hi
+	slices.SortFunc(out, func(a, b *node) int {
+		ha, hb := a.applied == m.applied, b.applied == m.applied
+		if ha != hb {
+			if ha {
+				return -1
+			}
+			return 1
 		}
-		return out[i].id < out[j].id
+		return strings.Compare(a.id, b.id)
 	})
 	return out
 }

@@ -29,6 +29,7 @@ func (m *Machine) apply(n *node, msg *Msg) error {
 			return errors.New("a second set-up message on one session")
 		}
 		n.ready, n.applied = true, msg.Applied
+		m.nReady++ // a node leaves only once it has a rank
 		m.changed = m.now
 		return nil
 	case Failed:

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -12,15 +13,14 @@ func (m *Machine) enterWaiting() {
 	for _, n := range m.world {
 		n.rank = -1
 	}
+	m.nRanked = 0
 	m.world, m.ids, m.broken, m.round, m.action, m.actNode, m.drain = nil, nil, false, nil, 0, "", false
 	// Digests still owed by the dissolved generation can never complete.
 	clear(m.pending)
-	for _, id := range m.nodeIDs() {
-		if n := m.nodes[id]; n.leaving {
-			m.note("node %s left", id)
-			m.send(Msg{Kind: Stop, Node: id})
-			m.lose(n, false)
-		}
+	for _, id := range m.leavingIDs() {
+		m.note("node %s left", id)
+		m.send(Msg{Kind: Stop, Node: id})
+		m.lose(m.nodes[id], false)
 	}
 	m.setPhase(Waiting, m.cfg.WaitTicks)
 }
@@ -35,21 +35,16 @@ func (m *Machine) tryForm() {
 	if m.now-m.changed < m.cfg.SettleTicks {
 		return
 	}
-	// Count before sorting: this runs on every event while waiting.
-	n := 0
-	for _, nd := range m.nodes {
-		if nd.ready && !nd.leaving {
-			n++
-		}
-	}
-	if n < need {
+	// This runs on every event while waiting: the count is kept, not
+	// recounted.
+	if m.nReady < need {
 		return
 	}
 	c := m.candidates()
 	if max := m.cfg.MaxNodes; max > 0 && len(c) > max {
 		c = c[:max]
 	}
-	sort.Slice(c, func(i, j int) bool { return c[i].id < c[j].id })
+	slices.SortFunc(c, func(a, b *node) int { return strings.Compare(a.id, b.id) })
 	m.form(c)
 }
 
@@ -58,6 +53,7 @@ func (m *Machine) tryForm() {
 func (m *Machine) form(members []*node) {
 	m.gen++
 	m.world = members
+	m.nRanked = len(members)
 	m.ids = make([]string, len(members))
 	rings := make([]string, len(members))
 	for k, n := range members {
@@ -97,10 +93,8 @@ func (m *Machine) needReform() bool {
 	if m.gen == 0 || m.broken || len(m.world) == 0 {
 		return true
 	}
-	for _, n := range m.world {
-		if n.leaving {
-			return true
-		}
+	if m.nLeaving > 0 {
+		return true // only ranks leave (onLeave)
 	}
 	if max := m.cfg.MaxNodes; max > 0 && len(m.world) >= max {
 		return false
@@ -108,12 +102,26 @@ func (m *Machine) needReform() bool {
 	if m.now-m.changed < m.cfg.SettleTicks {
 		return false
 	}
-	for _, n := range m.nodes {
-		if n.ready && !n.leaving && n.rank < 0 {
-			return true // a late joiner enters at the step boundary
+	// A set-up node outside the world, a late joiner, enters at the step
+	// boundary. Every rank is set up, and none is leaving here, so the
+	// set-up nodes outside the world are nReady - nRanked.
+	return m.nReady > m.nRanked
+}
+
+// leavingIDs lists the leaving nodes, sorted (deterministic output); it
+// scans the nodes only when one is leaving.
+func (m *Machine) leavingIDs() []string {
+	if m.nLeaving == 0 {
+		return nil
+	}
+	var ids []string
+	for id, n := range m.nodes {
+		if n.leaving {
+			ids = append(ids, id)
 		}
 	}
-	return false
+	sort.Strings(ids)
+	return ids
 }
 
 // next decides what to do at a boundary: between steps, or after a

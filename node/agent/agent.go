@@ -1183,7 +1183,12 @@ func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "exposed_comm_ms", msOf(t.comm.Exposed), "overlapped_comm_ms", msOf(t.comm.Overlapped),
 		"comm_ms", msOf(t.comm.Comm), "buckets", t.comm.Buckets,
-		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied), "optimizer_bytes", optBytes)
+		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied), "optimizer_bytes", optBytes,
+		// The wall clock of sending reduced and of taking the commit: on
+		// one host, the nodes' moments line up, so the commit latency
+		// (the last rank's reduced to every node's commit) can be read
+		// off the logs (scripts/bench.sh control).
+		"reduced_at_us", t.reduced.UnixMicro(), "commit_at_us", t.commit.UnixMicro())
 	if !t.updated.IsZero() {
 		l.Debug("zero1 apply", "step", step, "update_ms", ms(t.commit, t.updated), "gather_ms", ms(t.updated, t.applied))
 	}
