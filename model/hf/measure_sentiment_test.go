@@ -47,7 +47,7 @@ func TestMeasureSentiment(t *testing.T) {
 		if r, ok := strings.CutPrefix(d, "random:"); ok {
 			init, d = config.InitRandom, r
 		}
-		ev, fit := finetuneSentiment(t, d, init, b, nil)
+		ev, fit := finetuneSentiment(t, d, init, b)
 		t.Logf("measured: sentiment from %s (%s), lr %g, warm-up %g, %d tokens, %d epochs: held-out accuracy %.3f, training set %.3f",
 			d, init, b.LR, b.WarmupRatio, b.MaxLen, b.Epochs, ev.Accuracy, fit.Accuracy)
 	}

@@ -3,7 +3,6 @@ package hf_test
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -48,8 +47,8 @@ func readSentiment(t *testing.T, tok *data.Tokenizer, name string, maxLen int) [
 // weights (init pretrained: the encoder loads, the pooler and classifier
 // are new; init random: dir's config from the seed) on budget b, and
 // evaluates on the 306 held-out sentences; it returns that and the fit on
-// the training set. edit, when set, changes the loaded model first.
-func finetuneSentiment(t *testing.T, dir, init string, b sentimentBudget, edit func(*hf.Model)) (eval, fit hf.Metrics) {
+// the training set.
+func finetuneSentiment(t *testing.T, dir, init string, b sentimentBudget) (eval, fit hf.Metrics) {
 	t.Helper()
 	_, tokPath := corpusDir(t)
 	tok, err := data.LoadTokenizer(tokPath)
@@ -64,9 +63,6 @@ func finetuneSentiment(t *testing.T, dir, init string, b sentimentBudget, edit f
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if edit != nil {
-		edit(m)
-	}
 	if err := m.SetOptimizer(adamW(b.LR, steps, int(float64(steps)*b.WarmupRatio))); err != nil {
 		t.Fatal(err)
 	}
@@ -79,70 +75,31 @@ func finetuneSentiment(t *testing.T, dir, init string, b sentimentBudget, edit f
 	return met, fit
 }
 
-// redrawAttention returns an edit that replaces the attention query and
-// key weights and biases of every layer of a loaded model with a fresh
-// Hugging Face initialisation (those of dir's config drawn from seed 3),
-// keeping every other pre-trained tensor: the attention patterns are
-// forgotten, the embeddings, values and feed-forward layers kept.
-func redrawAttention(t *testing.T, dir string) func(*hf.Model) {
-	return func(m *hf.Model) {
-		t.Helper()
-		fresh, err := hf.Load(dir, hf.Options{Task: m.Task(), NumLabels: m.NumLabels(), Init: config.InitRandom, Seed: 3})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer fresh.Close()
-		p, f := m.Params(), fresh.Params()
-		have, draw := make([]float32, p.Numel), make([]float32, f.Numel)
-		if err := m.CopyParamsTo(have); err != nil {
-			t.Fatal(err)
-		}
-		if err := fresh.CopyParamsTo(draw); err != nil {
-			t.Fatal(err)
-		}
-		n := 0
-		for i, sp := range p.Specs {
-			if !strings.Contains(sp.Name, ".attention.self.query.") && !strings.Contains(sp.Name, ".attention.self.key.") {
-				continue
-			}
-			if f.Specs[i].Name != sp.Name {
-				t.Fatalf("parameter %d is %s in the pre-trained model, %s in the fresh one", i, sp.Name, f.Specs[i].Name)
-			}
-			size := int64(1)
-			for _, d := range sp.Shape {
-				size *= d
-			}
-			copy(have[p.Offsets[i]:p.Offsets[i]+size], draw[f.Offsets[i]:f.Offsets[i]+size])
-			n++
-		}
-		if n != 4*m.Config().Layers {
-			t.Fatalf("re-drew %d query/key tensors, want 4 per layer (%d layers)", n, m.Config().Layers)
-		}
-		if err := m.SetParams(have); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
-// sentimentGap is the least gain in held-out accuracy that re-drawing the
-// attention query and key must bring the pre-trained start. Measured on
-// this machine (README, "Why the checkpoint loses on sentiment"): 0.660
-// from the checkpoint, 0.820 with its query and key re-drawn, 0.846 from
-// random weights; training-set accuracy 0.73, 0.97 and 0.97.
-const sentimentGap = 0.08
+// sentimentGap is the least gain in held-out accuracy that drawing the
+// attention query and key afresh must bring the pre-trained start, and
+// sentimentNoise how far below random init it may then stay (9 of the 306
+// held-out sentences). Measured on this machine (README, "Why the
+// checkpoint loses on sentiment"): 0.660 from the checkpoint as loaded by
+// from_pretrained, 0.837 with its query and key re-drawn, 0.846 from
+// random weights; training-set accuracy 0.75, 0.97 and 0.98.
+const (
+	sentimentGap   = 0.08
+	sentimentNoise = 0.03
+)
 
 // TestPretrainedSentimentLossIsAttention is issue 14's sentiment finding as
-// a test: a masked-LM checkpoint fine-tuned on the demo's sentiment budget
-// underfits (it cannot even fit the training set) because its attention
+// a test. A masked-LM checkpoint fine-tuned on the demo's sentiment budget
+// under-fits (it cannot even fit the training set) because its attention
 // heads are sharp and positional, so [CLS], which the classifier reads,
-// attends to itself and [SEP] instead of the words
-// (scripts/cls-attention.py DIR shows it); the masked LM computes no loss
-// at [CLS] and has no sentence-level objective to train it. Re-drawing
-// only the query and key tensors (every other pre-trained tensor kept)
-// must restore the fit and most of the accuracy. The checkpoint is
-// RINGTUNE_PRETRAINED (e.g. scripts/pretrain.sh --print-dir) or, unset,
-// posRecipe pre-trained in process (13 minutes or more). Opt-in:
-// RINGTUNE_PRETRAIN_SENTIMENT=1.
+// attends to itself and [SEP] instead of the words (scripts/cls-attention.py
+// DIR shows it); the masked LM computes no loss at [CLS] and has no
+// sentence-level objective to train it. With the query and key drawn
+// afresh (hf.SequenceHeadRedrawKey, which scripts/pretrain.sh writes into
+// its checkpoints; every other pre-trained tensor kept) the fit must come
+// back and the accuracy be that of random init within the noise. The
+// checkpoint is RINGTUNE_PRETRAINED (e.g. scripts/pretrain.sh --print-dir)
+// or, unset, posRecipe pre-trained in process (13 minutes or more).
+// Opt-in: RINGTUNE_PRETRAIN_SENTIMENT=1.
 func TestPretrainedSentimentLossIsAttention(t *testing.T) {
 	if os.Getenv("RINGTUNE_PRETRAIN_SENTIMENT") != "1" {
 		t.Skip("set RINGTUNE_PRETRAIN_SENTIMENT=1 (and optionally RINGTUNE_PRETRAINED=DIR) to run the sentiment diagnosis")
@@ -151,16 +108,21 @@ func TestPretrainedSentimentLossIsAttention(t *testing.T) {
 	if pre == "" {
 		pre, _, _, _ = pretrainMLM(t, posRecipe, os.Getenv("RINGTUNE_PRETRAIN_OUT"))
 	}
-	r, rf := finetuneSentiment(t, pre, config.InitRandom, demoSentiment, nil)
-	p, pf := finetuneSentiment(t, pre, config.InitPretrained, demoSentiment, nil)
-	q, qf := finetuneSentiment(t, pre, config.InitPretrained, demoSentiment, redrawAttention(t, pre))
-	t.Logf("held-out accuracy (training set): random %.3f (%.3f), pre-trained %.3f (%.3f), pre-trained with query and key re-drawn %.3f (%.3f)",
+	plain := withConfigKey(t, pre, hf.SequenceHeadRedrawKey, nil)
+	marked := withConfigKey(t, pre, hf.SequenceHeadRedrawKey, []any{".attention.self.query.", ".attention.self.key."})
+	r, rf := finetuneSentiment(t, plain, config.InitRandom, demoSentiment)
+	p, pf := finetuneSentiment(t, plain, config.InitPretrained, demoSentiment)
+	q, qf := finetuneSentiment(t, marked, config.InitPretrained, demoSentiment)
+	t.Logf("held-out accuracy (training set): random %.3f (%.3f), pre-trained %.3f (%.3f), pre-trained with query and key drawn afresh %.3f (%.3f)",
 		r.Accuracy, rf.Accuracy, p.Accuracy, pf.Accuracy, q.Accuracy, qf.Accuracy)
 	if qf.Accuracy < 0.9 {
-		t.Errorf("with the attention query and key re-drawn the pre-trained start fits only %.3f of the training set; want 0.9 (random init fits %.3f)", qf.Accuracy, rf.Accuracy)
+		t.Errorf("with the attention query and key drawn afresh the pre-trained start fits only %.3f of the training set; want 0.9 (random init fits %.3f)", qf.Accuracy, rf.Accuracy)
+	}
+	if q.Accuracy < r.Accuracy-sentimentNoise {
+		t.Errorf("with the attention query and key drawn afresh the pre-trained start reaches %.3f held-out accuracy, random init %.3f; want at most %.2f below", q.Accuracy, r.Accuracy, sentimentNoise)
 	}
 	if q.Accuracy-p.Accuracy < sentimentGap {
-		t.Errorf("re-drawing the attention query and key moved held-out accuracy %.3f -> %.3f; want a gain of %.2f: if the checkpoint no longer underfits (training-set accuracy %.3f), its [CLS] attention is no longer the problem and the README's diagnosis needs re-measuring",
+		t.Errorf("drawing the attention query and key afresh moved held-out accuracy %.3f -> %.3f; want a gain of %.2f: if the checkpoint no longer under-fits (training-set accuracy %.3f), its [CLS] attention is no longer the problem and the README's diagnosis needs re-measuring",
 			p.Accuracy, q.Accuracy, sentimentGap, pf.Accuracy)
 	}
 }

@@ -171,7 +171,8 @@ func TestTokenEvalMetrics(t *testing.T) {
 
 func sorted(v []string) []string { v = slices.Clone(v); slices.Sort(v); return v }
 
-// withConfigKey copies checkpoint dir with config.json's key set to v.
+// withConfigKey copies checkpoint dir with config.json's key set to v (or
+// removed, v nil).
 func withConfigKey(t *testing.T, dir, key string, v any) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "ckpt")
@@ -189,6 +190,9 @@ func withConfigKey(t *testing.T, dir, key string, v any) string {
 				t.Fatal(err)
 			}
 			cfg[key] = v
+			if v == nil {
+				delete(cfg, key)
+			}
 			if raw, err = json.Marshal(cfg); err != nil {
 				t.Fatal(err)
 			}
