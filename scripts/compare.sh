@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     --pos-steps) pos=$2; shift ;;
     --nodes) nodes=$2; shift ;;
     --skip-sentiment) tasks=(pos) ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "compare: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
