@@ -91,6 +91,7 @@ func (m *Model) loadWeights() error {
 			return err
 		}
 		m.NewlyInitialized = append(append([]string(nil), match.Missing...), redraw...)
+		m.Redrawn = redraw
 	}
 	return nil
 }

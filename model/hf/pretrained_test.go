@@ -241,6 +241,9 @@ func TestSequenceHeadRedraw(t *testing.T) {
 		t.Errorf("newly initialised %v, want %v", m.NewlyInitialized, want)
 	}
 	rep := m.LoadReport()
+	if !slices.Equal(sorted(m.Redrawn), sorted(redrawn)) || !strings.Contains(rep, "4 of them in the checkpoint but drawn afresh") || !strings.Contains(rep, hf.SequenceHeadRedrawKey) {
+		t.Errorf("redrawn %v, load report %q: want %v, counted and with the key named", m.Redrawn, rep, redrawn)
+	}
 	for _, n := range redrawn {
 		if slices.Contains(m.Loaded, n) || !strings.Contains(rep, n) {
 			t.Errorf("%s: listed as loaded, or not named in the load report %q", n, rep)
