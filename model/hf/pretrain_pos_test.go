@@ -52,11 +52,6 @@ type mlmRecipe struct {
 	Sample int
 	// Every logs held-out perplexity every this many steps (0: at the end).
 	Every int
-	// Heads is the number of attention heads (0: 2, the demo's BERT);
-	// AttnDropout the attention dropout (0: 0.1); MaskProb the masking
-	// probability (0: 0.15).
-	Heads                 int
-	AttnDropout, MaskProb float64
 }
 
 // posBudget is a fine-tuning budget for part-of-speech tagging: Steps
@@ -211,19 +206,6 @@ func pretrainMLM(t *testing.T, r mlmRecipe, out string) (saved, base string, bef
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Training may mask at another rate; the held-out slice is always
-	// masked at 15%, so that perplexities compare.
-	trainMask := mc
-	if r.MaskProb > 0 {
-		trainMask.Prob = r.MaskProb
-	}
-	heads, attnDrop := r.Heads, r.AttnDropout
-	if heads == 0 {
-		heads = 2
-	}
-	if attnDrop == 0 {
-		attnDrop = 0.1
-	}
 	idx := make([]int, len(heldEnc))
 	for i := range idx {
 		idx[i] = i
@@ -232,8 +214,8 @@ func pretrainMLM(t *testing.T, r mlmRecipe, out string) (saved, base string, bef
 
 	base = t.TempDir()
 	cfg := map[string]any{"model_type": "bert", "architectures": []string{"BertForMaskedLM"}, "vocab_size": tok.VocabSize(),
-		"hidden_size": r.Hidden, "num_hidden_layers": 2, "num_attention_heads": heads, "intermediate_size": 4 * r.Hidden,
-		"max_position_embeddings": 512, "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": attnDrop}
+		"hidden_size": r.Hidden, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 4 * r.Hidden,
+		"max_position_embeddings": 512, "type_vocab_size": 2, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
 	raw, _ := json.Marshal(cfg)
 	if err := os.WriteFile(filepath.Join(base, "config.json"), raw, 0o644); err != nil {
 		t.Fatal(err)
@@ -253,7 +235,7 @@ func pretrainMLM(t *testing.T, r mlmRecipe, out string) (saved, base string, bef
 		every = r.Steps
 	}
 	for s := 0; s < r.Steps; s += every {
-		trainSteps(t, mlm, enc, data.MaskedLM, tok.PAD, s, min(s+every, r.Steps), r.Batch, &trainMask)
+		trainSteps(t, mlm, enc, data.MaskedLM, tok.PAD, s, min(s+every, r.Steps), r.Batch, &mc)
 		after = evaluate(t, mlm, heldMasked, data.MaskedLM, tok.PAD).Perplexity
 		t.Logf("masked LM step %d: held-out perplexity %.1f (%s)", min(s+every, r.Steps), after, time.Since(start).Round(time.Second))
 	}
