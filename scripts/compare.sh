@@ -12,7 +12,10 @@
 # sentences cut to 32 tokens; evaluation on all of pos_eval.jsonl.
 # --pretrained DIR compares against any masked-LM checkpoint of the demo's
 # architecture instead (e.g. one TestPretrainedBeatsRandomOnPOS wrote). Logs
-# are in runs/compare-TASK-INIT.
+# are in runs/compare-TASK-INIT. Both makers mark their checkpoints so that
+# sentiment fine-tuning draws the attention query and key afresh
+# (config.json ringtune_sequence_head_redraw; README, "Why the checkpoint
+# loses on sentiment"); an unmarked checkpoint loads them, and under-fits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
     --pos-steps) pos=$2; shift ;;
     --nodes) nodes=$2; shift ;;
     --skip-sentiment) tasks=(pos) ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "compare: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift

@@ -22,7 +22,12 @@
 # directory is reused, not retrained; fine-tune it with
 #   --model.path DIR --model.init pretrained
 # (the encoder loads, the new head is initialised; the node logs report
-# which tensors were loaded, initialised and ignored).
+# which tensors were loaded, initialised and ignored). Its config.json
+# names the attention query and key under ringtune_sequence_head_redraw:
+# fine-tuned for sequence classification or regression, those start
+# afresh (the masked LM's positional heads leave [CLS] blind to the words;
+# README, "Why the checkpoint loses on sentiment"); every other task loads
+# them.
 #
 # Progress, loss, samples/s and ETA are printed as it runs, and held-out
 # perplexity every EVAL_EVERY steps. Interrupted (Ctrl-C, a crash), it
@@ -49,7 +54,7 @@ while [ $# -gt 0 ]; do
     --corpus) corpus_set=$2; shift ;;
     --no-setup) setup=0 ;;
     --print-dir) print_dir=1 ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "pretrain: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -123,7 +128,23 @@ if [ "$print_dir" = 1 ]; then
   echo "$out"
   exit 0
 fi
+# mark_redraw DIR: name in DIR/config.json the tensors a sequence-level
+# fine-tuning draws afresh (model/hf SequenceHeadRedrawKey). It decides no
+# weight, so it is outside the hash, and a directory cached before it is
+# marked when reused.
+mark_redraw() {
+  python3 - "$1/config.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+c = json.load(open(p))
+c["ringtune_sequence_head_redraw"] = [".attention.self.query.", ".attention.self.key."]
+json.dump(c, open(p + ".tmp", "w"), indent=2)
+open(p + ".tmp", "a").write("\n")
+PY
+  mv "$1/config.json.tmp" "$1/config.json"
+}
 if [ -s "$out/model.safetensors" ] && [ -s "$out/config.json" ]; then
+  mark_redraw "$out"
   echo "pretrain: $out is already pre-trained with these settings (delete it to train again)"
   exit 0
 fi
@@ -201,6 +222,7 @@ secs=$(( $(date +%s) - start ))
 mkdir -p "$(dirname "$out")"
 rm -rf "$out.tmp"
 cp -r "$run/model" "$out.tmp"
+mark_redraw "$out.tmp"
 ppl=$(grep -o 'perplexity[ =][0-9.e+-]*' "$run/coordinator.log" | tail -1 | grep -o '[0-9.e+-]*$' || true)
 cat > "$out.tmp/pretrain.json" <<JSON
 {"steps": $steps, "nodes": $nodes, "global_batch": $batch, "corpus": "$corpus_set", "seconds": $secs, "heldout_perplexity": "${ppl:-unknown}", "hash": "$hash"}

@@ -71,6 +71,10 @@ type Model struct {
 	// head's, tied copies, buffers), as from_pretrained reports them; see
 	// LoadReport.
 	Loaded, Ignored []string
+	// Redrawn lists the parameters among NewlyInitialized that the
+	// checkpoint held but config.json's SequenceHeadRedrawKey asked to draw
+	// afresh for this sequence-level head.
+	Redrawn []string
 
 	ropeLen          int64
 	ropeCos, ropeSin torch.Tensor // owned, cached for ropeLen positions

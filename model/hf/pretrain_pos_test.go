@@ -246,7 +246,32 @@ func pretrainMLM(t *testing.T, r mlmRecipe, out string) (saved, base string, bef
 	if err := mlm.Save(saved); err != nil {
 		t.Fatal(err)
 	}
+	// Marked as scripts/pretrain.sh marks its checkpoints, so that one
+	// kept with RINGTUNE_PRETRAIN_OUT fine-tunes the same way.
+	markRedraw(t, saved)
 	return saved, base, before, after
+}
+
+// markRedraw sets hf.SequenceHeadRedrawKey in dir's config.json to the
+// attention query and key, as scripts/pretrain.sh does.
+func markRedraw(t *testing.T, dir string) {
+	t.Helper()
+	p := filepath.Join(dir, "config.json")
+	raw, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := map[string]any{}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatalf("%s: %v", p, err)
+	}
+	cfg[hf.SequenceHeadRedrawKey] = []any{".attention.self.query.", ".attention.self.key."}
+	if raw, err = json.MarshalIndent(cfg, "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // finetunePOS fine-tunes token classification (the coarse Brown tag set)

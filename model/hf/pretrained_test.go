@@ -1,7 +1,9 @@
 package hf_test
 
 import (
+	"encoding/json"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -168,3 +170,146 @@ func TestTokenEvalMetrics(t *testing.T) {
 }
 
 func sorted(v []string) []string { v = slices.Clone(v); slices.Sort(v); return v }
+
+// withConfigKey copies checkpoint dir with config.json's key set to v (or
+// removed, v nil).
+func withConfigKey(t *testing.T, dir, key string, v any) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "ckpt")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"config.json", safetensors.SingleFileName} {
+		raw, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if name == "config.json" {
+			cfg := map[string]any{}
+			if err := json.Unmarshal(raw, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			cfg[key] = v
+			if v == nil {
+				delete(cfg, key)
+			}
+			if raw, err = json.Marshal(cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(out, name), raw, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// TestSequenceHeadRedraw loads a masked-LM checkpoint whose config.json
+// carries hf.SequenceHeadRedrawKey (as scripts/pretrain.sh writes it): into
+// a sequence classifier the named attention tensors are drawn afresh
+// (reported as newly initialised, the same on every load with the seed, as
+// data-parallel replicas need), every other tensor bit-identical to the
+// file; into token classification and the masked LM everything loads; a
+// saved fine-tuned model drops the key; a malformed key is an error naming
+// it.
+func TestSequenceHeadRedraw(t *testing.T) {
+	plain := trainedCheckpoint(t, data.MaskedLM, 0)
+	qk := []any{".attention.self.query.", ".attention.self.key."}
+	ckpt := withConfigKey(t, plain, hf.SequenceHeadRedrawKey, qk)
+	f, err := safetensors.Open(filepath.Join(ckpt, safetensors.SingleFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	load := func(task data.Task, labels int) (*hf.Model, map[string][]float32) {
+		m, err := hf.Load(ckpt, hf.Options{Task: task, NumLabels: labels, Init: config.InitPretrained, Seed: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(m.Close)
+		flat := make([]float32, m.NumParams())
+		if err := m.CopyParamsTo(flat); err != nil {
+			t.Fatal(err)
+		}
+		return m, paramsByName(m, flat)
+	}
+	redrawn := []string{"bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.attention.self.query.bias",
+		"bert.encoder.layer.0.attention.self.key.weight", "bert.encoder.layer.0.attention.self.key.bias"}
+	m, got := load(data.Classification, 2)
+	want := append([]string{"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}, redrawn...)
+	if !slices.Equal(sorted(m.NewlyInitialized), sorted(want)) {
+		t.Errorf("newly initialised %v, want %v", m.NewlyInitialized, want)
+	}
+	rep := m.LoadReport()
+	if !slices.Equal(sorted(m.Redrawn), sorted(redrawn)) || !strings.Contains(rep, "4 of them in the checkpoint but drawn afresh") || !strings.Contains(rep, hf.SequenceHeadRedrawKey) {
+		t.Errorf("redrawn %v, load report %q: want %v, counted and with the key named", m.Redrawn, rep, redrawn)
+	}
+	for _, n := range redrawn {
+		if slices.Contains(m.Loaded, n) || !strings.Contains(rep, n) {
+			t.Errorf("%s: listed as loaded, or not named in the load report %q", n, rep)
+		}
+		file, err := f.Float32s(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasSuffix(n, ".weight") && slices.Equal(got[n], file) {
+			t.Errorf("%s equals the checkpoint's: not drawn afresh", n)
+		}
+		if strings.HasSuffix(n, ".bias") && slices.ContainsFunc(got[n], func(v float32) bool { return v != 0 }) {
+			t.Errorf("%s = %v: a fresh bias is zero", n, got[n])
+		}
+	}
+	for _, n := range m.Loaded {
+		file, err := f.Float32s(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, v := range got[n] {
+			if math.Float32bits(v) != math.Float32bits(file[i]) {
+				t.Fatalf("%s[%d] = %v after loading, file has %v: not bit-identical", n, i, v, file[i])
+			}
+		}
+	}
+	if len(m.Loaded)+len(m.NewlyInitialized) != len(m.Params().Specs) {
+		t.Errorf("%d loaded + %d new != %d parameters", len(m.Loaded), len(m.NewlyInitialized), len(m.Params().Specs))
+	}
+	_, again := load(data.Classification, 2)
+	for _, n := range redrawn {
+		if !slices.Equal(got[n], again[n]) {
+			t.Errorf("%s differs between two loads with seed 1: replicas would disagree", n)
+		}
+	}
+	// Regression reads [CLS] too; token classification and the masked LM
+	// load the attention as it is.
+	if r, _ := load(data.Regression, 1); !slices.Contains(r.NewlyInitialized, redrawn[0]) {
+		t.Errorf("regression: newly initialised %v lacks %s", r.NewlyInitialized, redrawn[0])
+	}
+	for _, task := range []data.Task{data.TokenClassification, data.MaskedLM} {
+		tm, tg := load(task, 5)
+		if slices.Contains(tm.NewlyInitialized, redrawn[0]) {
+			t.Errorf("%s: %s re-drawn; only sequence-level tasks re-draw", task, redrawn[0])
+		}
+		file, _ := f.Float32s(redrawn[0])
+		if !slices.Equal(tg[redrawn[0]], file) {
+			t.Errorf("%s: %s not loaded from the file", task, redrawn[0])
+		}
+	}
+	// A model fine-tuned from it keeps its own attention.
+	out := filepath.Join(t.TempDir(), "tuned")
+	if err := m.Save(out); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(raw), hf.SequenceHeadRedrawKey) {
+		t.Errorf("saved config.json keeps %s: %s", hf.SequenceHeadRedrawKey, raw)
+	}
+	for _, bad := range []any{"query", []any{}, []any{""}, []any{3}, []any{"no.such.tensor"}} {
+		_, err := hf.Load(withConfigKey(t, plain, hf.SequenceHeadRedrawKey, bad), hf.Options{Task: data.Classification, NumLabels: 2, Init: config.InitPretrained, Seed: 1})
+		if err == nil || !strings.Contains(err.Error(), hf.SequenceHeadRedrawKey) || !strings.Contains(err.Error(), "config.json") {
+			t.Errorf("%s = %v: error %v, want one naming config.json and the key", hf.SequenceHeadRedrawKey, bad, err)
+		}
+	}
+}

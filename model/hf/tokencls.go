@@ -93,6 +93,9 @@ func (m *Model) LoadReport() string {
 	r := fmt.Sprintf("%s from %s: %d tensors loaded", m.lay.Class, m.dir, len(m.Loaded))
 	if len(m.NewlyInitialized) > 0 {
 		r += fmt.Sprintf("; newly initialised (train before use): %v", m.NewlyInitialized)
+		if len(m.Redrawn) > 0 {
+			r += fmt.Sprintf(" (%d of them in the checkpoint but drawn afresh, as its config.json %s asks for a sequence head)", len(m.Redrawn), SequenceHeadRedrawKey)
+		}
 	}
 	if len(m.Ignored) > 0 {
 		r += fmt.Sprintf("; ignored (not used by %s): %v", m.lay.Class, m.Ignored)

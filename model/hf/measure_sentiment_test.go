@@ -1,0 +1,54 @@
+package hf_test
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/ringtune/ringtune/config"
+)
+
+// TestMeasureSentiment drives the rows of the README's table "Why the
+// checkpoint loses on sentiment": it fine-tunes the demo's sentiment budget
+// (demoSentiment, with RINGTUNE_SENTIMENT_LR, _MAX_LEN, _WARMUP, _EPOCHS
+// replacing its fields) from each directory of RINGTUNE_SENTIMENT_FROM
+// (comma-separated; random:DIR starts from DIR's config with random
+// weights) and logs held-out and training-set accuracy. It is a
+// measurement, not a check: its assertions are
+// TestPretrainedSentimentLossIsAttention's. Opt-in: set
+// RINGTUNE_SENTIMENT_FROM. E.g., for the row with query and key re-drawn:
+//
+//	scripts/ckpt-redraw.py DIR /tmp/qk --redraw .attention.self.query --redraw .attention.self.key
+//	RINGTUNE_SENTIMENT_FROM=/tmp/qk go test -count=1 -timeout 0 -v -run TestMeasureSentiment ./model/hf
+func TestMeasureSentiment(t *testing.T) {
+	from := os.Getenv("RINGTUNE_SENTIMENT_FROM")
+	if from == "" {
+		t.Skip("set RINGTUNE_SENTIMENT_FROM=DIR[,random:DIR...] to measure sentiment fine-tuning")
+	}
+	b := demoSentiment
+	num := func(name string, dst *float64) {
+		if v := os.Getenv(name); v != "" {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s=%q: want a number", name, v)
+			}
+			*dst = f
+		}
+	}
+	maxLen, epochs := float64(b.MaxLen), float64(b.Epochs)
+	num("RINGTUNE_SENTIMENT_LR", &b.LR)
+	num("RINGTUNE_SENTIMENT_WARMUP", &b.WarmupRatio)
+	num("RINGTUNE_SENTIMENT_MAX_LEN", &maxLen)
+	num("RINGTUNE_SENTIMENT_EPOCHS", &epochs)
+	b.MaxLen, b.Epochs = int(maxLen), int(epochs)
+	for _, d := range strings.Split(from, ",") {
+		init := config.InitPretrained
+		if r, ok := strings.CutPrefix(d, "random:"); ok {
+			init, d = config.InitRandom, r
+		}
+		ev, fit := finetuneSentiment(t, d, init, b)
+		t.Logf("measured: sentiment from %s (%s), lr %g, warm-up %g, %d tokens, %d epochs: held-out accuracy %.3f, training set %.3f",
+			d, init, b.LR, b.WarmupRatio, b.MaxLen, b.Epochs, ev.Accuracy, fit.Accuracy)
+	}
+}
