@@ -16,7 +16,7 @@ import (
 )
 
 // corpusDir is .data/corpus, written by scripts/fetch-data.sh.
-func corpusDir(t *testing.T) (corpus, tokenizer string) {
+func corpusDir(t testing.TB) (corpus, tokenizer string) {
 	t.Helper()
 	d, err := data.DataDir()
 	if err != nil {
@@ -102,7 +102,7 @@ func adamW(lr float64, steps, warmup int) hf.OptimConfig {
 // per step, wrapping around), dividing the summed gradient by the labelled
 // count as the cluster does; mask, when set, masks each sample afresh for
 // each pass over enc.
-func trainSteps(t *testing.T, m *hf.Model, enc []data.Encoded, task data.Task, pad, from, to, batch int, mask *data.MaskConfig) {
+func trainSteps(t testing.TB, m *hf.Model, enc []data.Encoded, task data.Task, pad, from, to, batch int, mask *data.MaskConfig) {
 	t.Helper()
 	perm := data.Permutation(11, 0, len(enc))
 	for s := from; s < to; s++ {
@@ -137,7 +137,7 @@ func trainSteps(t *testing.T, m *hf.Model, enc []data.Encoded, task data.Task, p
 	}
 }
 
-func evaluate(t *testing.T, m *hf.Model, enc []data.Encoded, task data.Task, pad int) hf.Metrics {
+func evaluate(t testing.TB, m *hf.Model, enc []data.Encoded, task data.Task, pad int) hf.Metrics {
 	t.Helper()
 	e := m.NewEval()
 	for i := 0; i < len(enc); i += 32 {

@@ -26,7 +26,7 @@ var demoSentiment = sentimentBudget{Epochs: 3, Batch: 32, MaxLen: 64, LR: 1e-3, 
 
 // readSentiment encodes .data/sentiment/NAME (written by
 // scripts/fetch-data.sh) cut to maxLen tokens.
-func readSentiment(t *testing.T, tok *data.Tokenizer, name string, maxLen int) []data.Encoded {
+func readSentiment(t testing.TB, tok *data.Tokenizer, name string, maxLen int) []data.Encoded {
 	t.Helper()
 	d, err := data.DataDir()
 	if err != nil {
@@ -48,7 +48,7 @@ func readSentiment(t *testing.T, tok *data.Tokenizer, name string, maxLen int) [
 // are new; init random: dir's config from the seed) on budget b, and
 // evaluates on the 306 held-out sentences; it returns that and the fit on
 // the training set.
-func finetuneSentiment(t *testing.T, dir, init string, b sentimentBudget) (eval, fit hf.Metrics) {
+func finetuneSentiment(t testing.TB, dir, init string, b sentimentBudget) (eval, fit hf.Metrics) {
 	t.Helper()
 	_, tokPath := corpusDir(t)
 	tok, err := data.LoadTokenizer(tokPath)
