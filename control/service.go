@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/ringtune/ringtune/auth"
 )
@@ -96,12 +98,35 @@ func Register(reg grpc.ServiceRegistrar, h SessionHandler) {
 	reg.RegisterService(&serviceDesc, handlerFunc(h))
 }
 
+// KeepaliveTime is how long a control connection may stay silent before
+// either side pings the other, and KeepaliveTimeout how long a ping may go
+// unanswered before the connection is closed. A spare or an idle node gets
+// no message for as long as the world runs without it, so without pings a
+// coordinator that froze (SIGSTOP, a hung host) or vanished behind a
+// network partition would leave it waiting forever; with them its session
+// ends within KeepaliveTime+KeepaliveTimeout and it rejoins until its
+// --rejoin-timeout, as after any lost session. The coordinator pings too,
+// so a frozen idle node's session ends even when gossip is slow to say so.
+// gRPC's client will not ping more often than every 10 s.
+const (
+	KeepaliveTime    = 10 * time.Second
+	KeepaliveTimeout = 10 * time.Second
+)
+
+// keepaliveMinTime is the shortest ping interval the server tolerates
+// from a node (gRPC's default of 5 minutes would make the server close
+// every node's connection with "too many pings").
+const keepaliveMinTime = 5 * time.Second
+
 // ServerOptions are the options of the coordinator's control server:
 // single-use token authentication with key (as the ring's), TLS with
-// tlsConf when it is not nil (see auth.DerivedTLS), and the raised message
-// limit. Every service registered on the server inherits them.
+// tlsConf when it is not nil (see auth.DerivedTLS), the raised message
+// limit and the keepalive. Every service registered on the server inherits
+// them.
 func ServerOptions(key auth.Key, tlsConf *tls.Config) []grpc.ServerOption {
-	return append(auth.ServerOptions(key, tlsConf), grpc.MaxRecvMsgSize(MaxMsg), grpc.MaxSendMsgSize(MaxMsg))
+	return append(auth.ServerOptions(key, tlsConf), grpc.MaxRecvMsgSize(MaxMsg), grpc.MaxSendMsgSize(MaxMsg),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime, PermitWithoutStream: true}))
 }
 
 // Dial connects to the coordinator's control server at addr with key, over
@@ -109,6 +134,7 @@ func ServerOptions(key auth.Key, tlsConf *tls.Config) []grpc.ServerOption {
 func Dial(addr string, key auth.Key, tlsConf *tls.Config) (*grpc.ClientConn, error) {
 	opts := append(auth.DialOptions(key, tlsConf),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsg), grpc.MaxCallSendMsgSize(MaxMsg), grpc.CallContentSubtype(CodecName)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout, PermitWithoutStream: true}),
 	)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {

@@ -27,7 +27,7 @@
 //	Connecting  the first session is being opened (the driver's join deadline)
 //	AwaitJob    the session is open; the job comes next
 //	SettingUp   the trainer is being set up (or a kept one adopted)
-//	Spare       set up, in no generation (no deadline: the protocol has no keepalive; the session's end is the signal)
+//	Spare       set up, in no generation (no deadline of its own: the control connection's keepalive ends a session whose coordinator froze or vanished, and that end is the signal)
 //	Joining     joining a generation (ring, zero1 re-slice)
 //	Idle        a rank of a generation, between requests
 //	Computing   running a step (forward, backward, all-reduce)
