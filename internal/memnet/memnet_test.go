@@ -13,7 +13,9 @@ import (
 
 var (
 	trace = flag.Bool("memnet.trace", false, "print every event and decision")
-	seeds = flag.Int("memnet.seeds", 50, "TestPairRandom: number of seeds")
+	seeds = flag.Int("memnet.seeds", 200, "TestPairRandom: number of seeds (seeds 1..n)")
+	seed1 = flag.Uint64("memnet.seed", 0, "TestPairRandom: run only this seed (a failure prints it)")
+	nodeN = flag.Int("memnet.nodes", 0, "TestPairRandom: nodes per run; 0 picks 2..16 per seed")
 )
 
 func coordCfg() cm.Config {
@@ -199,12 +201,19 @@ func TestPairRandom(t *testing.T) {
 	defer func() {
 		t.Logf("%d seeds, outcomes %v (exit code: runs), %d coordinator restarts", *seeds, outcomes, restarts)
 	}()
-	for seed := uint64(1); seed <= uint64(*seeds); seed++ {
+	first, last := uint64(1), uint64(*seeds)
+	if *seed1 != 0 {
+		first, last = *seed1, *seed1
+	}
+	for seed := first; seed <= last; seed++ {
 		c := coordCfg()
 		rnd := rand.New(rand.NewPCG(seed, 1))
 		c.MinNodes = 1 + rnd.IntN(2)
 		n := newNet(t, seed, c)
-		nodes := 2 + rnd.IntN(4)
+		nodes := 2 + rnd.IntN(15)
+		if *nodeN > 0 {
+			nodes = *nodeN
+		}
 		for i := range nodes {
 			must(t, n.Start(fmt.Sprintf("n%d", i)))
 		}
@@ -247,7 +256,7 @@ func TestPairRandom(t *testing.T) {
 			}
 		})
 		if err != nil {
-			t.Fatalf("seed %d: %v\nreplay: go test ./internal/memnet -run 'TestPairRandom' -memnet.seeds=%d -memnet.trace", seed, err, seed)
+			t.Fatalf("seed %d: %v\nreplay: go test ./internal/memnet -run 'TestPairRandom' -memnet.seed=%d -memnet.nodes=%d -memnet.trace", seed, err, seed, nodes)
 		}
 		code, cerr := n.Coord.Outcome()
 		outcomes[code]++
