@@ -170,7 +170,7 @@ type Reduce struct {
 	overlap bool
 
 	mu        sync.Mutex
-	appended  bool // Append was called
+	appended  bool  // Append was called
 	left      []int // per bucket: segments not yet ready
 	next      int   // the next bucket to start
 	starts    []time.Time
