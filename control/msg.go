@@ -176,6 +176,12 @@ type TrainSpec struct {
 	ShardOptimizer string `json:"shard_optimizer,omitempty"`
 	Precision      string `json:"precision"`
 	Threads        int    `json:"threads"`
+	// SparseEmbedding is allreduce.sparse_embedding: a tied embedding's
+	// output projection is reduced during backward and its lookups' rows
+	// after it (node/agent.RowSplitter). It travels here, with the
+	// trainer's settings, because the trainer builds its graph and its
+	// gradient segments from it. Absent (an older coordinator): off.
+	SparseEmbedding bool `json:"sparse_embedding,omitempty"`
 }
 
 // World is one generation as seen by one rank.
