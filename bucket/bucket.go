@@ -49,6 +49,13 @@ type Segment struct {
 	// also holds a block's parameters that could have been reduced
 	// earlier.
 	Group int
+	// Skip leaves the segment out of every bucket: its gradient is zero
+	// on every rank, because the step reduces it some other way (an
+	// untied input embedding whose lookups read a copy of their rows; see
+	// model/hf's rows.go), so reducing it would sum zeros. Its Ready calls
+	// are ignored. With one bucket of the whole gradient (bucketBytes 0)
+	// it stays in that bucket.
+	Skip bool
 }
 
 // Bucket is a contiguous range [Lo, Hi) of the flat gradient, reduced by
@@ -101,6 +108,10 @@ func NewPlan(n int, segs []Segment, bucketBytes int) (*Plan, error) {
 	var cur *Bucket
 	group := 0
 	for i, s := range segs {
+		if s.Skip {
+			p.seg[i] = -1
+			continue
+		}
 		if cur != nil && s.Group == group && cur.Hi-cur.Lo+s.Len <= limit && (s.Off+s.Len == cur.Lo || s.Off == cur.Hi) {
 			cur.Lo, cur.Hi = min(cur.Lo, s.Off), max(cur.Hi, s.Off+s.Len)
 			cur.Segs = append(cur.Segs, i)
@@ -231,7 +242,7 @@ func (r *Reduce) Ready(i int) {
 		return
 	}
 	k := r.plan.seg[i]
-	if r.left[k] == 0 {
+	if k < 0 || r.left[k] == 0 {
 		return
 	}
 	r.left[k]--

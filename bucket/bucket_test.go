@@ -504,3 +504,69 @@ func TestAppendTwiceRefused(t *testing.T) {
 		t.Errorf("a step with a refused append reported success")
 	}
 }
+
+// TestSkipSegment: a skipped segment is in no bucket (with buckets), its
+// Ready is ignored, and a step leaves its range as each rank had it; with
+// one bucket of the whole gradient it stays in that bucket.
+func TestSkipSegment(t *testing.T) {
+	segs := []Segment{{Off: 300, Len: 100, Order: 1}, {Off: 100, Len: 200, Order: 2}, {Off: 0, Len: 100, Order: 3, Group: 1, Skip: true}}
+	plan, err := NewPlan(400, segs, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range plan.Buckets {
+		if b.Lo < 100 || slices.Contains(b.Segs, 2) {
+			t.Fatalf("bucket %+v holds the skipped segment", b)
+		}
+	}
+	whole, err := NewPlan(400, segs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(whole.Buckets) != 1 || whole.Buckets[0].Lo != 0 || whole.Buckets[0].Hi != 400 {
+		t.Fatalf("one bucket of the whole gradient: %+v", whole.Buckets)
+	}
+	rings := newRings(t, allreduce.TCP, 2)
+	bufs := [][]float32{make([]float32, 400), make([]float32, 400)}
+	for r := range bufs {
+		for i := range bufs[r] {
+			bufs[r][i] = float32(r + 1)
+		}
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			red, err := plan.Begin(context.Background(), rings[r], bufs[r], true)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			for i := range segs {
+				red.Ready(i)
+			}
+			red.Ready(2) // again: ignored
+			if err := red.BackwardDone(); err != nil {
+				errs[r] = err
+			}
+			if _, err := red.Wait(); err != nil && errs[r] == nil {
+				errs[r] = err
+			}
+		})
+	}
+	wg.Wait()
+	for r := range 2 {
+		if errs[r] != nil {
+			t.Fatalf("rank %d: %v", r, errs[r])
+		}
+		for i, v := range bufs[r] {
+			want := float32(3)
+			if i < 100 {
+				want = float32(r + 1) // skipped: not reduced
+			}
+			if v != want {
+				t.Fatalf("rank %d element %d: %v, want %v", r, i, v, want)
+			}
+		}
+	}
+}

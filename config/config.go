@@ -358,17 +358,19 @@ type AllReduceConfig struct {
 	// weights are bit-identical either way.
 	Overlap bool `mapstructure:"overlap"`
 
-	// SparseEmbedding splits a tied embedding's gradient (GPT-2's wte, a
-	// tied Llama's embed_tokens, BERT masked-LM's word embeddings) into
-	// the output projection's part, reduced first during backward, and
-	// the input lookups' part, of which only the rows the step's tokens
-	// used on some rank are reduced, after backward (one extra small
-	// reduction before the first forward agrees on those rows). The sum
-	// is the same gradient up to the order of the float additions; overlap
-	// on and off still give bit-identical weights. Default true: at GPT-2
-	// 124M it cuts the exposed comm after backward from 0.42 of the
-	// non-overlapped all-reduce to the figure in README "Benchmarks". Has
-	// no effect on untied models or under train.shard_optimizer zero1.
+	// SparseEmbedding reduces the input embedding's gradient by rows: the
+	// step's lookups read a copy of the rows its tokens use, and only
+	// those rows (the union over the ranks, agreed by one small reduction
+	// before the first forward) are reduced, after backward. A tied
+	// embedding (GPT-2's wte, a tied Llama's embed_tokens, BERT
+	// masked-LM's word embeddings) keeps the output layer's dense part,
+	// which is then final at the start of backward and reduced during it;
+	// an untied one (BERT's word embeddings for classification, an untied
+	// Llama's) then has no dense part and is not reduced at all. The sum is
+	// the same gradient up to the order of the float additions; overlap on
+	// and off still give bit-identical weights. Default true: at GPT-2 124M
+	// it cuts the comm left after backward (README "Benchmarks", big).
+	// No effect under train.shard_optimizer zero1.
 	SparseEmbedding bool `mapstructure:"sparse_embedding"`
 }
 

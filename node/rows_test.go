@@ -193,6 +193,44 @@ func bytesEqual(a, b []float32) bool {
 	return true
 }
 
+// TestSplitUntiedEmbedding: BERT classification's word embeddings are
+// untied, so split, their matrix gets no gradient and its segment is in no
+// bucket; only the rows are reduced. Overlap on and off give bit-identical
+// weights (both transports, N = 3, two micro-batches), and those differ
+// from the unsplit reduction's by float rounding only: every rank holds
+// the same weights, which the digests check.
+func TestSplitUntiedEmbedding(t *testing.T) {
+	skipped := 0
+	for _, sg := range overlapTrainersSplit(t, 1, true)[0].GradSegments() {
+		if sg.Skip {
+			skipped++
+		}
+	}
+	if skipped != 1 {
+		t.Fatalf("%d segments skipped with the split on, want the word embeddings'", skipped)
+	}
+	for _, tr := range []allreduce.Transport{allreduce.TCP, allreduce.GRPC} {
+		t.Run(tr.String(), func(t *testing.T) {
+			off, roff, _ := runStepsSplit(t, tr, allreduce.Float32, 3, 3, 2, 8<<10, false, true)
+			on, ron, pon := runStepsSplit(t, tr, allreduce.Float32, 3, 3, 2, 8<<10, true, true)
+			if !bytes.Equal(off, on) {
+				t.Fatalf("split untied embedding: overlap on and off give different weights")
+			}
+			_, rplain, pplain := runStepsSplit(t, tr, allreduce.Float32, 3, 3, 2, 8<<10, true, false)
+			if d := relDiff(pon, pplain); d > 1e-5 {
+				t.Errorf("split and unsplit weights differ by %.3g (relative L2)", d)
+			} else {
+				t.Logf("split vs unsplit: relative L2 difference %.3g", d)
+			}
+			// The matrix's bucket is gone and the rows are one operation.
+			if ron[0].Reduced.Buckets != roff[0].Reduced.Buckets || ron[0].Reduced.Buckets > rplain[0].Reduced.Buckets {
+				t.Errorf("%d operations split (on), %d split (off), %d unsplit", ron[0].Reduced.Buckets, roff[0].Reduced.Buckets, rplain[0].Reduced.Buckets)
+			}
+			t.Logf("rank 0, last step: split on %+v; unsplit on %+v", ron[0].Comm, rplain[0].Comm)
+		})
+	}
+}
+
 // TestSplitEmbeddingPeerDiesAgreeing: a rank dies as the step starts,
 // right after starting the agreement on the rows (the step's first
 // operation). Every rank's step

@@ -86,10 +86,11 @@ type Model struct {
 	// its own (SetSplitEmbedding; "" when off); rows and rowIDs are the
 	// step's (BeginRows), remap maps a token id to its row in rows (-1:
 	// none). See rows.go.
-	split  string
-	rows   *torch.Rows
-	rowIDs []int64
-	remap  []int32
+	split     string
+	splitTied bool
+	rows      *torch.Rows
+	rowIDs    []int64
+	remap     []int32
 }
 
 // Load builds a model from a Hugging Face model directory.

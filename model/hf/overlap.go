@@ -32,7 +32,7 @@ import (
 // makes the first block's parameters wait for them. The exception is a
 // split tied embedding (SetSplitEmbedding): its gradient is then only the
 // output projection's, finished first, so it is listed first, in a group
-// of its own.
+// of its own; a split untied one has none and is skipped.
 func (m *Model) GradSegments() (segs []bucket.Segment, seg []int) {
 	decl := make(map[string]int, len(m.lay.specs))
 	firstBlock := len(m.lay.specs)
@@ -56,11 +56,16 @@ func (m *Model) GradSegments() (segs []bucket.Segment, seg []int) {
 				Order: len(m.lay.specs) - decl[sp.Name],
 				Group: boolInt(decl[sp.Name] < firstBlock),
 			}
-			if sp.Name == m.split {
+			switch {
+			case sp.Name == m.split && m.splitTied:
 				// Split (rows.go): only the output projection adds into
 				// it, and that is the first thing backward does. A group
 				// of its own keeps it out of every other bucket.
 				sg.Order, sg.Group = 0, 2
+			case sp.Name == m.split:
+				// Split and untied: nothing adds into it; its rows are
+				// reduced instead.
+				sg.Skip = true
 			}
 			segs = append(segs, sg)
 		}

@@ -10,6 +10,11 @@ import (
 
 // The split embedding (allreduce.sparse_embedding).
 //
+// An untied input embedding (BERT's for classification, an untied Llama's)
+// has only the lookups' gradient: split, its matrix gets none, and its
+// segment is left out of the buckets (bucket.Segment.Skip), so that only
+// its rows are reduced.
+//
 // A tied embedding — GPT-2's wte, a tied Llama's embed_tokens, the BERT
 // masked-LM decoder's word embeddings — gets two gradients in one backward:
 // the output projection's, which is dense and ready at the very start of
@@ -30,35 +35,36 @@ import (
 // before the optimizer step. The matrix itself never changes shape or name:
 // checkpoints, the export and the optimizer see one tied parameter.
 
-// SplitEmbedding names the parameter the split applies to: the input
-// embedding when the output projection shares it (the model is tied), else
-// "" (nothing to split).
-func (m *Model) SplitEmbedding() string {
-	switch {
-	case m.cfg.Family == GPT2 && m.cfg.Tied && m.task == data.CausalLM:
-		return "transformer.wte.weight"
-	case m.cfg.Family == Llama && m.cfg.Tied && m.task == data.CausalLM:
-		return "model.embed_tokens.weight"
-	case m.cfg.Family == BERT && m.task == data.MaskedLM:
-		return "bert.embeddings.word_embeddings.weight"
+// SplitEmbedding names the word-embedding matrix the split applies to,
+// and whether the output projection shares it (tied). An untied input
+// embedding is split too: its gradient is then all lookup, so with the
+// split it is zero in the matrix on every rank and only its rows are
+// reduced (GradSegments marks its segment Skip).
+func (m *Model) SplitEmbedding() (name string, tied bool) {
+	switch m.cfg.Family {
+	case GPT2:
+		return "transformer.wte.weight", m.cfg.Tied && m.task == data.CausalLM
+	case Llama:
+		return "model.embed_tokens.weight", m.cfg.Tied && m.task == data.CausalLM
+	case BERT:
+		return "bert.embeddings.word_embeddings.weight", m.task == data.MaskedLM
 	}
-	return ""
+	return "", false
 }
 
 // SetSplitEmbedding turns the split on (or off) and returns the number of
-// rows of the split matrix (the vocabulary; 0 when the model has no tied
-// embedding, and then nothing changes). Call it before GradSegments and
-// outside a step.
+// rows of the split matrix (the vocabulary; 0 when off). Call it before
+// GradSegments and outside a step.
 func (m *Model) SetSplitEmbedding(on bool) (rows int, err error) {
 	if m.rows != nil {
 		return 0, errors.New("split embedding: a step's rows are in use (FoldRows or DropRows first)")
 	}
-	name := m.SplitEmbedding()
+	name, tied := m.SplitEmbedding()
 	if !on || name == "" {
-		m.split, m.remap = "", nil
+		m.split, m.splitTied, m.remap = "", false, nil
 		return 0, nil
 	}
-	m.split = name
+	m.split, m.splitTied = name, tied
 	m.remap = make([]int32, m.cfg.Vocab)
 	for i := range m.remap {
 		m.remap[i] = -1

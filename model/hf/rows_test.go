@@ -16,15 +16,19 @@ import (
 // TestSplitEmbeddingMatchesPyTorch: with the tied embedding split
 // (allreduce.sparse_embedding), the output projection's gradient lands in
 // the matrix and the lookups' in the step's rows; folded together they are
-// PyTorch's gradient of the tied model, for GPT-2 and BERT masked LM (with
-// a padding row), over two micro-batches, with rows no token of this rank
-// used (other ranks' rows) left at zero. An untied model has nothing to
-// split.
+// PyTorch's gradient, for GPT-2 and BERT masked LM (tied, with a padding
+// row) and BERT classification and Llama (untied: the matrix gets no
+// gradient of its own), over two micro-batches, with rows no token of this
+// rank used (other ranks' rows) left at zero.
 func TestSplitEmbeddingMatchesPyTorch(t *testing.T) {
-	for _, tc := range []struct{ family, task, name string }{
-		{"gpt2", "causal_lm", "transformer.wte.weight"},
-		{"bert", "masked_lm", "bert.embeddings.word_embeddings.weight"},
-		{"llama", "causal_lm", ""},
+	for _, tc := range []struct {
+		family, task, name string
+		tied               bool
+	}{
+		{"gpt2", "causal_lm", "transformer.wte.weight", true},
+		{"bert", "masked_lm", "bert.embeddings.word_embeddings.weight", true},
+		{"bert", "classification", "bert.embeddings.word_embeddings.weight", false},
+		{"llama", "causal_lm", "model.embed_tokens.weight", false},
 	} {
 		t.Run(tc.family+"_"+tc.task, func(t *testing.T) {
 			dir := t.TempDir()
@@ -40,35 +44,34 @@ func TestSplitEmbeddingMatchesPyTorch(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer m.Close()
-			if got := m.SplitEmbedding(); got != tc.name {
-				t.Fatalf("split embedding %q, want %q", got, tc.name)
+			if got, tied := m.SplitEmbedding(); got != tc.name || tied != tc.tied {
+				t.Fatalf("split embedding %q (tied %v), want %q (%v)", got, tied, tc.name, tc.tied)
+			}
+			if n, err := m.SetSplitEmbedding(false); err != nil || n != 0 {
+				t.Fatalf("split off: %d rows, %v", n, err)
+			}
+			if err := m.BeginRows([]int64{1}); err == nil {
+				t.Errorf("rows begun without a split")
 			}
 			vocab, err := m.SetSplitEmbedding(true)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tc.name == "" {
-				if vocab != 0 {
-					t.Fatalf("untied model split into %d rows", vocab)
-				}
-				if err := m.BeginRows([]int64{1}); err == nil {
-					t.Errorf("rows begun without a split")
-				}
-				return
-			}
 			if vocab != m.Config().Vocab {
 				t.Fatalf("split rows %d, vocabulary %d", vocab, m.Config().Vocab)
 			}
-			// The split matrix is the first segment backward finishes, in
-			// a bucket group of its own.
+			// A tied split matrix is the first segment backward finishes,
+			// in a bucket group of its own; an untied one is skipped.
 			segs, seg := m.GradSegments()
 			for i, sp := range m.Params().Specs {
 				s := segs[seg[i]]
-				if sp.Name == tc.name && (s.Order != 0 || s.Group != 2) {
-					t.Errorf("segment of %s: order %d group %d, want 0 and 2", sp.Name, s.Order, s.Group)
-				}
-				if sp.Name != tc.name && (s.Order <= 0 || s.Group == 2) {
-					t.Errorf("segment of %s: order %d group %d", sp.Name, s.Order, s.Group)
+				switch {
+				case sp.Name == tc.name && tc.tied && (s.Order != 0 || s.Group != 2 || s.Skip):
+					t.Errorf("segment of %s: order %d group %d skip %v, want 0, 2, false", sp.Name, s.Order, s.Group, s.Skip)
+				case sp.Name == tc.name && !tc.tied && !s.Skip:
+					t.Errorf("segment of untied %s not skipped", sp.Name)
+				case sp.Name != tc.name && (s.Order <= 0 || s.Group == 2 || s.Skip):
+					t.Errorf("segment of %s: order %d group %d skip %v", sp.Name, s.Order, s.Group, s.Skip)
 				}
 			}
 
@@ -114,6 +117,9 @@ func TestSplitEmbeddingMatchesPyTorch(t *testing.T) {
 			}
 			if e := relErr(head, whole); e < 1e-3 {
 				t.Fatalf("before the fold %s already holds its whole gradient (relative error %.3g): the lookups did not use the rows", tc.name, e)
+			}
+			if !tc.tied && slices.ContainsFunc(head, func(v float32) bool { return v != 0 }) {
+				t.Fatalf("untied %s got a gradient of its own: the lookups did not use the rows", tc.name)
 			}
 			if err := m.FoldRows(); err != nil {
 				t.Fatal(err)
