@@ -268,17 +268,30 @@ func TestOverlapBF16Wire(t *testing.T) {
 }
 
 // dyingRing is rank 2's ring, which dies right after starting its first
-// bucket of the step: mid-bucket, mid-backward.
+// bucket of the step: mid-bucket, mid-backward. A later bucket's start
+// waits until the ring is closed, so that the step fails however late the
+// closing goroutine runs on a loaded machine (it once ran after the whole
+// step had succeeded).
 type dyingRing struct {
 	*allreduce.Ring
-	armed bool
-	once  sync.Once
+	armed  bool
+	once   sync.Once
+	closed chan struct{} // closed once the ring is; set by the first start
 }
 
 func (d *dyingRing) Start(ctx context.Context, buf []float32) (*allreduce.Op, error) {
+	if d.armed && d.closed != nil {
+		<-d.closed
+	}
 	op, err := d.Ring.Start(ctx, buf)
 	if d.armed {
-		d.once.Do(func() { go d.Ring.Close() })
+		d.once.Do(func() {
+			d.closed = make(chan struct{})
+			go func() {
+				_ = d.Ring.Close()
+				close(d.closed)
+			}()
+		})
 	}
 	return op, err
 }
