@@ -49,6 +49,13 @@ type Segment struct {
 	// also holds a block's parameters that could have been reduced
 	// earlier.
 	Group int
+	// Skip leaves the segment out of every bucket: its gradient is zero
+	// on every rank, because the step reduces it some other way (an
+	// untied input embedding whose lookups read a copy of their rows; see
+	// model/hf's rows.go), so reducing it would sum zeros. Its Ready calls
+	// are ignored. With one bucket of the whole gradient (bucketBytes 0)
+	// it stays in that bucket.
+	Skip bool
 }
 
 // Bucket is a contiguous range [Lo, Hi) of the flat gradient, reduced by
@@ -101,6 +108,10 @@ func NewPlan(n int, segs []Segment, bucketBytes int) (*Plan, error) {
 	var cur *Bucket
 	group := 0
 	for i, s := range segs {
+		if s.Skip {
+			p.seg[i] = -1
+			continue
+		}
 		if cur != nil && s.Group == group && cur.Hi-cur.Lo+s.Len <= limit && (s.Off+s.Len == cur.Lo || s.Off == cur.Hi) {
 			cur.Lo, cur.Hi = min(cur.Lo, s.Off), max(cur.Hi, s.Off+s.Len)
 			cur.Segs = append(cur.Segs, i)
@@ -170,6 +181,7 @@ type Reduce struct {
 	overlap bool
 
 	mu        sync.Mutex
+	appended  bool  // Append was called
 	left      []int // per bucket: segments not yet ready
 	next      int   // the next bucket to start
 	starts    []time.Time
@@ -190,7 +202,7 @@ func (p *Plan) Begin(ctx context.Context, ring Starter, buf []float32, overlap b
 		return nil, fmt.Errorf("bucket: gradient has %d elements, the plan %d", len(buf), p.N)
 	}
 	r := &Reduce{plan: p, ring: ring, ctx: ctx, buf: buf, overlap: overlap,
-		left: make([]int, len(p.Buckets)), ops: make(chan *allreduce.Op, len(p.Buckets)),
+		left: make([]int, len(p.Buckets)), ops: make(chan *allreduce.Op, len(p.Buckets)+1),
 		timerDone: make(chan struct{})}
 	for k, b := range p.Buckets {
 		r.left[k] = len(b.Segs)
@@ -230,7 +242,7 @@ func (r *Reduce) Ready(i int) {
 		return
 	}
 	k := r.plan.seg[i]
-	if r.left[k] == 0 {
+	if k < 0 || r.left[k] == 0 {
 		return
 	}
 	r.left[k]--
@@ -277,6 +289,39 @@ func (r *Reduce) BackwardDone() error {
 		}
 	}
 	return r.err
+}
+
+// Append starts one more operation, on buf, after every bucket of the plan
+// has started (call it after BackwardDone): a part of the gradient that is
+// reduced apart from the plan's block and is final only when backward
+// ends (the rows of a split embedding the step's lookups used; see
+// model/hf's rows.go). It is timed, waited for and failed with the
+// buckets. At most one per step (the timing goroutine's queue has room for
+// exactly one more, so that starting never blocks while holding the lock).
+func (r *Reduce) Append(buf []float32) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.err != nil:
+		return r.err
+	case r.closed:
+		return errors.New("bucket: append after Wait or Abandon")
+	case r.appended:
+		r.err = errors.New("bucket: a second appended operation in one step")
+		return r.err
+	case r.next < len(r.plan.Buckets):
+		r.err = fmt.Errorf("bucket: append with %d of %d buckets not started (call BackwardDone first)", len(r.plan.Buckets)-r.next, len(r.plan.Buckets))
+		return r.err
+	}
+	r.appended = true
+	op, err := r.ring.Start(r.ctx, buf)
+	if err != nil {
+		r.err = fmt.Errorf("bucket: appended operation of %d elements: %w", len(buf), err)
+		return r.err
+	}
+	r.starts = append(r.starts, time.Now())
+	r.ops <- op
+	return nil
 }
 
 // Wait waits for every started operation and returns the step's first
@@ -326,6 +371,9 @@ func (r *Reduce) Abandon() {
 // the timing goroutine ended.
 func (r *Reduce) stats() Stats {
 	st := Stats{Buckets: len(r.plan.Buckets)}
+	if r.appended {
+		st.Buckets++
+	}
 	var busyEnd time.Time
 	last := r.backEnd
 	for k := range min(len(r.starts), len(r.dones)) {

@@ -396,3 +396,177 @@ func TestBeginChecksLength(t *testing.T) {
 		t.Errorf("short buffer accepted")
 	}
 }
+
+// TestAppend: an operation appended after the plan's buckets (a split
+// embedding's rows) is reduced on the same ring, in the same step, summed
+// like the buckets, counted in the step's stats and waited for by Wait;
+// appending before every bucket started, or twice, is refused with an
+// error that says so, and fails the step.
+func TestAppend(t *testing.T) {
+	for _, tr := range []allreduce.Transport{allreduce.TCP, allreduce.GRPC} {
+		t.Run(tr.String(), func(t *testing.T) {
+			const n = 3
+			rng := rand.New(rand.NewPCG(3, 3))
+			total, segs := layout(rng, 30)
+			plan, err := NewPlan(total, segs, 16<<10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rings := newRings(t, tr, n)
+			grads, extra := make([][]float32, n), make([][]float32, n)
+			for r := range n {
+				grads[r] = make([]float32, total)
+				extra[r] = make([]float32, 777)
+				for i := range grads[r] {
+					grads[r][i] = float32(rng.NormFloat64())
+				}
+				for i := range extra[r] {
+					extra[r][i] = float32(r*1000 + i)
+				}
+			}
+			stats := make([]Stats, n)
+			errs := make([]error, n)
+			var wg sync.WaitGroup
+			for r := range n {
+				wg.Go(func() {
+					red, err := plan.Begin(context.Background(), rings[r], grads[r], true)
+					if err != nil {
+						errs[r] = err
+						return
+					}
+					for i := range segs {
+						red.Ready(i)
+					}
+					if err := red.BackwardDone(); err != nil {
+						errs[r] = err
+					} else if err := red.Append(extra[r]); err != nil {
+						errs[r] = err
+					}
+					st, err := red.Wait()
+					stats[r] = st
+					if errs[r] == nil {
+						errs[r] = err
+					}
+				})
+			}
+			wg.Wait()
+			for r := range n {
+				if errs[r] != nil {
+					t.Fatalf("rank %d: %v", r, errs[r])
+				}
+				if stats[r].Buckets != len(plan.Buckets)+1 {
+					t.Errorf("rank %d: stats count %d operations, want %d", r, stats[r].Buckets, len(plan.Buckets)+1)
+				}
+				for i, v := range extra[r] {
+					if want := float32(3*i + 3000); v != want {
+						t.Fatalf("rank %d: appended element %d is %v, want %v", r, i, v, want)
+					}
+				}
+			}
+
+			// Misuse: before BackwardDone, and a second append.
+			red, err := plan.Begin(context.Background(), rings[0], grads[0], false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := red.Append(extra[0]); err == nil || !strings.Contains(err.Error(), "BackwardDone") {
+				t.Errorf("append before the buckets started: %v", err)
+			}
+			if _, err := red.Wait(); err == nil {
+				t.Errorf("a step with a refused append reported success")
+			}
+		})
+	}
+}
+
+// TestAppendTwiceRefused: one appended operation per step.
+func TestAppendTwiceRefused(t *testing.T) {
+	rings := newRings(t, allreduce.TCP, 1)
+	plan, err := NewPlan(8, []Segment{{Off: 0, Len: 8}}, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	red, err := plan.Begin(context.Background(), rings[0], make([]float32, 8), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	red.Ready(0)
+	if err := red.BackwardDone(); err != nil {
+		t.Fatal(err)
+	}
+	if err := red.Append(make([]float32, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := red.Append(make([]float32, 4)); err == nil || !strings.Contains(err.Error(), "second") {
+		t.Errorf("second append: %v", err)
+	}
+	if _, err := red.Wait(); err == nil {
+		t.Errorf("a step with a refused append reported success")
+	}
+}
+
+// TestSkipSegment: a skipped segment is in no bucket (with buckets), its
+// Ready is ignored, and a step leaves its range as each rank had it; with
+// one bucket of the whole gradient it stays in that bucket.
+func TestSkipSegment(t *testing.T) {
+	segs := []Segment{{Off: 300, Len: 100, Order: 1}, {Off: 100, Len: 200, Order: 2}, {Off: 0, Len: 100, Order: 3, Group: 1, Skip: true}}
+	plan, err := NewPlan(400, segs, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range plan.Buckets {
+		if b.Lo < 100 || slices.Contains(b.Segs, 2) {
+			t.Fatalf("bucket %+v holds the skipped segment", b)
+		}
+	}
+	whole, err := NewPlan(400, segs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(whole.Buckets) != 1 || whole.Buckets[0].Lo != 0 || whole.Buckets[0].Hi != 400 {
+		t.Fatalf("one bucket of the whole gradient: %+v", whole.Buckets)
+	}
+	rings := newRings(t, allreduce.TCP, 2)
+	bufs := [][]float32{make([]float32, 400), make([]float32, 400)}
+	for r := range bufs {
+		for i := range bufs[r] {
+			bufs[r][i] = float32(r + 1)
+		}
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r := range 2 {
+		wg.Go(func() {
+			red, err := plan.Begin(context.Background(), rings[r], bufs[r], true)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			for i := range segs {
+				red.Ready(i)
+			}
+			red.Ready(2) // again: ignored
+			if err := red.BackwardDone(); err != nil {
+				errs[r] = err
+			}
+			if _, err := red.Wait(); err != nil && errs[r] == nil {
+				errs[r] = err
+			}
+		})
+	}
+	wg.Wait()
+	for r := range 2 {
+		if errs[r] != nil {
+			t.Fatalf("rank %d: %v", r, errs[r])
+		}
+		for i, v := range bufs[r] {
+			want := float32(3)
+			if i < 100 {
+				want = float32(r + 1) // skipped: not reduced
+			}
+			if v != want {
+				t.Fatalf("rank %d element %d: %v, want %v", r, i, v, want)
+			}
+		}
+	}
+}

@@ -357,6 +357,21 @@ type AllReduceConfig struct {
 	// Default true. false reduces the same buckets after backward; the
 	// weights are bit-identical either way.
 	Overlap bool `mapstructure:"overlap"`
+
+	// SparseEmbedding reduces the input embedding's gradient by rows: the
+	// step's lookups read a copy of the rows its tokens use, and only
+	// those rows (the union over the ranks, agreed by one small reduction
+	// before the first forward) are reduced, after backward. A tied
+	// embedding (GPT-2's wte, a tied Llama's embed_tokens, BERT
+	// masked-LM's word embeddings) keeps the output layer's dense part,
+	// which is then final at the start of backward and reduced during it;
+	// an untied one (BERT's word embeddings for classification, an untied
+	// Llama's) then has no dense part and is not reduced at all. The sum is
+	// the same gradient up to the order of the float additions; overlap on
+	// and off still give bit-identical weights. Default true: at GPT-2 124M
+	// it cuts the comm left after backward (README "Benchmarks", big).
+	// No effect under train.shard_optimizer zero1.
+	SparseEmbedding bool `mapstructure:"sparse_embedding"`
 }
 
 // CheckpointConfig controls periodic checkpoints.
@@ -438,8 +453,9 @@ func Default() *Config {
 			Wire:       PrecisionFP32,
 			Timeout:    60 * time.Second,
 
-			BucketBytes: 25 << 20,
-			Overlap:     true,
+			BucketBytes:     25 << 20,
+			Overlap:         true,
+			SparseEmbedding: true,
 		},
 		Checkpoint: CheckpointConfig{
 			Dir:  "checkpoints",

@@ -33,7 +33,13 @@ import (
 // TypeSetState are gone; TypePull, TypeLoaded and TypeExported are new), and
 // opens every session with the challenge-response of handshake.go (hello
 // carries a nonce; challenge and auth follow).
-const Version = 3
+//
+// Version 4: every request carries a request id and every reply echoes it
+// (ready, reduced, failed and digest too), and TrainSpec.SparseEmbedding
+// adds one all-reduce before a step's first forward and one after its
+// buckets: a version-3 node would put the ring out of step, so it is
+// refused at Hello.
+const Version = 4
 
 // CoordinatorID is the coordinator's gossip name; no node may use it.
 const CoordinatorID = "coordinator"
@@ -176,6 +182,12 @@ type TrainSpec struct {
 	ShardOptimizer string `json:"shard_optimizer,omitempty"`
 	Precision      string `json:"precision"`
 	Threads        int    `json:"threads"`
+	// SparseEmbedding is allreduce.sparse_embedding: a tied embedding's
+	// output projection is reduced during backward and its lookups' rows
+	// after it (node/agent.RowSplitter). It travels here, with the
+	// trainer's settings, because the trainer builds its graph and its
+	// gradient segments from it. Absent (an older coordinator): off.
+	SparseEmbedding bool `json:"sparse_embedding,omitempty"`
 }
 
 // World is one generation as seen by one rank.

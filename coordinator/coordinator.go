@@ -196,7 +196,7 @@ func New(opts Options) (*Coordinator, error) {
 		Task:  cfg.Model.Task, NumLabels: cfg.Model.NumLabels, Labels: cfg.Model.Labels, Init: cfg.Model.Init, Seed: t.Seed,
 		Train: control.TrainSpec{Optimizer: t.Optimizer, LR: t.LR, Schedule: t.Schedule, WarmupSteps: warm, WeightDecay: t.WeightDecay,
 			Betas: t.Betas, Eps: t.Eps, Momentum: t.Momentum, MaxGradNorm: t.MaxGradNorm, Precision: t.Precision, Threads: t.Threads,
-			ShardOptimizer: t.ShardOptimizer},
+			ShardOptimizer: t.ShardOptimizer, SparseEmbedding: cfg.AllReduce.SparseEmbedding},
 		TotalSteps: c.total, Files: c.files, ChunkBytes: cfg.AllReduce.ChunkBytes, Wire: cfg.AllReduce.Wire, TimeoutMS: cfg.AllReduce.Timeout.Milliseconds(),
 		Transport: cfg.AllReduce.Transport, BucketBytes: cfg.AllReduce.BucketBytes, Overlap: cfg.AllReduce.Overlap, BulkChunkBytes: cfg.Cluster.BulkChunkBytes, BulkTimeoutMS: cfg.Cluster.BulkTimeout.Milliseconds(),
 	}

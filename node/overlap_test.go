@@ -33,6 +33,13 @@ const overlapBert = `{
 
 func overlapTrainers(t *testing.T, n int) []*Trainer {
 	t.Helper()
+	return overlapTrainersSplit(t, n, false)
+}
+
+// overlapTrainersSplit is overlapTrainers with the (untied) word embedding
+// split or not (allreduce.sparse_embedding).
+func overlapTrainersSplit(t *testing.T, n int, split bool) []*Trainer {
+	t.Helper()
 	d := t.TempDir()
 	if err := os.WriteFile(filepath.Join(d, "config.json"), []byte(overlapBert), 0o644); err != nil {
 		t.Fatal(err)
@@ -42,7 +49,7 @@ func overlapTrainers(t *testing.T, n int) []*Trainer {
 		tr := &Trainer{}
 		if _, err := tr.Setup(agent.Job{ModelDir: d, Task: "classification", NumLabels: 2, Init: "random", Seed: 5, Device: "cpu",
 			Train: control.TrainSpec{Optimizer: "adamw", LR: 1e-2, Schedule: "constant", Betas: []float64{0.9, 0.999}, Eps: 1e-8,
-				WeightDecay: 0.01, MaxGradNorm: 1, Threads: 1}, TotalSteps: 10}); err != nil {
+				WeightDecay: 0.01, MaxGradNorm: 1, Threads: 1, SparseEmbedding: split}, TotalSteps: 10}); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = tr.Close() })
@@ -134,7 +141,15 @@ func runSteps(t *testing.T, tr allreduce.Transport, n, steps, micro, bucketBytes
 
 func runStepsWire(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n, steps, micro, bucketBytes int, overlap bool) ([]byte, []agent.StepResult) {
 	t.Helper()
-	trs := overlapTrainers(t, n)
+	d, res, _ := runStepsSplit(t, tr, wire, n, steps, micro, bucketBytes, overlap, false)
+	return d, res
+}
+
+// runStepsSplit is runStepsWire with the word embedding split or not; it
+// also returns rank 0's parameters.
+func runStepsSplit(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n, steps, micro, bucketBytes int, overlap, split bool) ([]byte, []agent.StepResult, []float32) {
+	t.Helper()
+	trs := overlapTrainersSplit(t, n, split)
 	rings := loopbackRingsWire(t, tr, wire, n)
 	plan, err := bucket.NewPlan(int(trs[0].m.NumParams()), trs[0].GradSegments(), bucketBytes)
 	if err != nil {
@@ -188,7 +203,11 @@ func runStepsWire(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n, 
 			t.Fatalf("rank %d's weights differ from rank 0's", r)
 		}
 	}
-	return d0, results
+	p := make([]float32, trs[0].m.NumParams())
+	if err := trs[0].m.CopyParamsTo(p); err != nil {
+		t.Fatal(err)
+	}
+	return d0, results, p
 }
 
 // TestOverlapBitIdentical: real libtorch ranks on real loopback rings, with
@@ -249,17 +268,30 @@ func TestOverlapBF16Wire(t *testing.T) {
 }
 
 // dyingRing is rank 2's ring, which dies right after starting its first
-// bucket of the step: mid-bucket, mid-backward.
+// bucket of the step: mid-bucket, mid-backward. A later bucket's start
+// waits until the ring is closed, so that the step fails however late the
+// closing goroutine runs on a loaded machine (it once ran after the whole
+// step had succeeded).
 type dyingRing struct {
 	*allreduce.Ring
-	armed bool
-	once  sync.Once
+	armed  bool
+	once   sync.Once
+	closed chan struct{} // closed once the ring is; set by the first start
 }
 
 func (d *dyingRing) Start(ctx context.Context, buf []float32) (*allreduce.Op, error) {
+	if d.armed && d.closed != nil {
+		<-d.closed
+	}
 	op, err := d.Ring.Start(ctx, buf)
 	if d.armed {
-		d.once.Do(func() { go d.Ring.Close() })
+		d.once.Do(func() {
+			d.closed = make(chan struct{})
+			go func() {
+				_ = d.Ring.Close()
+				close(d.closed)
+			}()
+		})
 	}
 	return op, err
 }

@@ -37,6 +37,11 @@ type Trainer struct {
 	own, buddy  torch.Range
 	params      []float32
 	maxGradNorm float64
+	// splitRows is the vocabulary when the tied embedding is split
+	// (allreduce.sparse_embedding; agent.RowSplitter), else 0; rowHost is
+	// the CUDA host copy of a step's row gradients.
+	splitRows int
+	rowHost   []float32
 }
 
 // NewTrainer returns an empty trainer; Setup builds it. It is an
@@ -106,6 +111,14 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 		return 0, err
 	}
 	t.job, t.m, t.optim = job, m, oc.Name
+	// The split changes the gradient's segments (the tied embedding is
+	// finished first), so it is set before they are taken. zero1's
+	// reduce-scatter takes the whole gradient after backward: nothing to
+	// split for.
+	if t.splitRows, err = m.SetSplitEmbedding(tr.SparseEmbedding && !t.zero1); err != nil {
+		m.Close()
+		return 0, err
+	}
 	t.segs, t.seg = m.GradSegments()
 	if dev.IsCUDA() {
 		t.host = host
@@ -163,6 +176,16 @@ func (t *Trainer) Apply(step, globalCount int) error {
 		if err := t.m.SetGrads(t.host); err != nil {
 			return fmt.Errorf("apply step %d: %w", step, err)
 		}
+		if t.rowHost != nil {
+			if err := t.m.SetRowGrads(t.rowHost); err != nil {
+				return fmt.Errorf("apply step %d: %w", step, err)
+			}
+			t.rowHost = nil
+		}
+	}
+	// The reduced rows of the split embedding join its reduced head part.
+	if err := t.m.FoldRows(); err != nil {
+		return fmt.Errorf("apply step %d: %w", step, err)
 	}
 	// Scale, update and zero in one call: with AdamW on CPU that is a
 	// single fused pass over the blocks instead of ~20 (see hf.Model.Step).
@@ -173,7 +196,45 @@ func (t *Trainer) Apply(step, globalCount int) error {
 }
 
 // Discard implements agent.Trainer.
-func (t *Trainer) Discard() error { return t.m.ZeroGrad() }
+func (t *Trainer) Discard() error {
+	t.rowHost = nil
+	if err := t.m.DropRows(); err != nil {
+		return err
+	}
+	return t.m.ZeroGrad()
+}
+
+var _ agent.RowSplitter = (*Trainer)(nil)
+
+// SplitRows implements agent.RowSplitter.
+func (t *Trainer) SplitRows() int { return t.splitRows }
+
+// MarkRows implements agent.RowSplitter.
+func (t *Trainer) MarkRows(b *data.Batch, used []float32) { t.m.MarkRows(b, used) }
+
+// BeginRows implements agent.RowSplitter.
+func (t *Trainer) BeginRows(rows []int64) error {
+	t.rowHost = nil
+	return t.m.BeginRows(rows)
+}
+
+// RowGradients implements agent.RowSplitter: the rows' gradient block
+// itself on CPU, a host copy on CUDA (written back by Apply).
+func (t *Trainer) RowGradients() ([]float32, error) {
+	if g := t.m.RowGrads(); g != nil {
+		return g, nil
+	}
+	n := t.m.RowGradLen()
+	if n == 0 {
+		return nil, nil
+	}
+	t.rowHost = make([]float32, n)
+	if err := t.m.CopyRowGradsTo(t.rowHost); err != nil {
+		t.rowHost = nil
+		return nil, err
+	}
+	return t.rowHost, nil
+}
 
 // Digest implements agent.Trainer.
 func (t *Trainer) Digest() ([]byte, error) {

@@ -37,6 +37,9 @@ type inputs struct {
 	pos    torch.Tensor
 	packed bool
 	mask   torch.Tensor // additive attention mask, broadcastable to [B,1,T,T]
+	// rowIDs are ids remapped to the step's rows of the split embedding
+	// (rows.go); undefined outside a training pass of such a step.
+	rowIDs torch.Tensor
 }
 
 // net runs the forward passes; it reads parameters through w so that bf16
@@ -46,6 +49,9 @@ type net struct {
 	w    func(s *torch.Scope, name string) torch.Tensor
 	drop func(kind string) float64
 	rope func(s *torch.Scope, t int64) (cos, sin torch.Tensor)
+	// embed looks the batch's token ids up in the named word-embedding
+	// matrix (pad: the padding row, no gradient; < 0 none).
+	embed func(s *torch.Scope, name string, in *inputs, pad int64) torch.Tensor
 }
 
 // splitHeads turns [B,T,n·d] into [B,n,T,d].
@@ -80,7 +86,7 @@ func (n *net) bertEncoder(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 	eps := c.NormEps
 	pd, ad := n.drop("hidden"), n.drop("attn")
 	p := "bert."
-	x := s.EmbeddingPad(n.w(s, p+"embeddings.word_embeddings.weight"), in.ids, int64(c.PadTokenID))
+	x := n.embed(s, p+"embeddings.word_embeddings.weight", in, int64(c.PadTokenID))
 	x = s.Add(x, s.Embedding(n.w(s, p+"embeddings.token_type_embeddings.weight"), in.types))
 	x = s.Add(x, s.Embedding(n.w(s, p+"embeddings.position_embeddings.weight"), in.pos))
 	x = s.LayerNorm(x, []int64{h}, n.w(s, p+"embeddings.LayerNorm.weight"), n.w(s, p+"embeddings.LayerNorm.bias"), eps)
@@ -110,7 +116,7 @@ func (n *net) gpt2(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 	eps := c.NormEps
 	pd, ad := n.drop("hidden"), n.drop("attn")
 	p := "transformer."
-	x := s.Add(s.Embedding(n.w(s, p+"wte.weight"), in.ids), s.Embedding(n.w(s, p+"wpe.weight"), in.pos))
+	x := s.Add(n.embed(s, p+"wte.weight", in, -1), s.Embedding(n.w(s, p+"wpe.weight"), in.pos))
 	x = s.Dropout(x, n.drop("embedding"), train)
 	ln := func(x torch.Tensor, name string) torch.Tensor {
 		return s.LayerNorm(x, []int64{h}, n.w(s, name+".weight"), n.w(s, name+".bias"), eps)
@@ -160,7 +166,7 @@ func (n *net) llama(s *torch.Scope, in *inputs, train bool) torch.Tensor {
 	eps := c.NormEps
 	ad := n.drop("attn")
 	p := "model."
-	x := s.EmbeddingPad(n.w(s, p+"embed_tokens.weight"), in.ids, int64(c.PadTokenID))
+	x := n.embed(s, p+"embed_tokens.weight", in, int64(c.PadTokenID))
 	cos, sin := n.rope(s, in.t)
 	if in.packed {
 		// Per-row positions: gather each token's rotary row, [B,1,T,d],

@@ -85,6 +85,16 @@ type Model struct {
 	// until asked for.
 	watch *torch.GradWatch
 	shard *torch.ShardedAdamW // train.shard_optimizer zero1, instead of optim
+
+	// split is the tied embedding whose lookups a step reads from rows of
+	// its own (SetSplitEmbedding; "" when off); rows and rowIDs are the
+	// step's (BeginRows), remap maps a token id to its row in rows (-1:
+	// none). See rows.go.
+	split     string
+	splitTied bool
+	rows      *torch.Rows
+	rowIDs    []int64
+	remap     []int32
 }
 
 // Load builds a model from a Hugging Face model directory.
@@ -120,7 +130,7 @@ func Load(dir string, opt Options) (*Model, error) {
 	}
 	m := &Model{cfg: cfg, task: task, numLabels: numLabels, opt: opt, dir: dir, lay: lay,
 		th: torch.NewThread(), bf16: opt.Precision == config.PrecisionBF16}
-	m.net = &net{c: cfg, w: m.weight, drop: m.dropout, rope: m.rope}
+	m.net = &net{c: cfg, w: m.weight, drop: m.dropout, rope: m.rope, embed: m.embed}
 	err = m.th.Do(func() error {
 		if err := opt.Device.Check(); err != nil {
 			return err
@@ -202,6 +212,8 @@ func (m *Model) Close() {
 		}
 		m.watch.Free() // before the parameters it hooks
 		m.watch = nil
+		m.rows.Free()
+		m.rows = nil
 		if m.shard != nil {
 			m.shard.Free()
 			m.shard = nil
@@ -289,8 +301,6 @@ func (m *Model) rope(s *torch.Scope, t int64) (torch.Tensor, torch.Tensor) {
 	d := int64(m.cfg.HeadDim)
 	if t > m.ropeLen {
 		cos, sin := ropeTables(m.cfg.RopeTheta, int(d), int(t))
-		m.watch.Free() // before the parameters it hooks
-		m.watch = nil
 		m.ropeCos.Free()
 		m.ropeSin.Free()
 		c := s.FromSliceOn(cos, m.opt.Device, t, d)
@@ -456,6 +466,11 @@ func (m *Model) loss(s *torch.Scope, b *data.Batch, train bool) (torch.Tensor, i
 	in, err := m.inputs(s, b)
 	if err != nil {
 		return torch.Tensor{}, 0, err
+	}
+	if train {
+		if err := m.lookupIDs(s, b, in); err != nil {
+			return torch.Tensor{}, 0, err
+		}
 	}
 	dev := m.opt.Device
 	switch m.task {

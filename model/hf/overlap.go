@@ -29,7 +29,10 @@ import (
 // The parameters declared before the first block (the embeddings: their
 // names come before any ".0." of a numbered layer) are finished last, at
 // the very end of backward, and get a group of their own, so that no bucket
-// makes the first block's parameters wait for them.
+// makes the first block's parameters wait for them. The exception is a
+// split tied embedding (SetSplitEmbedding): its gradient is then only the
+// output projection's, finished first, so it is listed first, in a group
+// of its own; a split untied one has none and is skipped.
 func (m *Model) GradSegments() (segs []bucket.Segment, seg []int) {
 	decl := make(map[string]int, len(m.lay.specs))
 	firstBlock := len(m.lay.specs)
@@ -48,11 +51,23 @@ func (m *Model) GradSegments() (segs []bucket.Segment, seg []int) {
 				continue
 			}
 			seg[i] = len(segs)
-			segs = append(segs, bucket.Segment{
+			sg := bucket.Segment{
 				Off: int(p.Offsets[i]), Len: int(numelOf(sp.Shape)),
 				Order: len(m.lay.specs) - decl[sp.Name],
 				Group: boolInt(decl[sp.Name] < firstBlock),
-			})
+			}
+			switch {
+			case sp.Name == m.split && m.splitTied:
+				// Split (rows.go): only the output projection adds into
+				// it, and that is the first thing backward does. A group
+				// of its own keeps it out of every other bucket.
+				sg.Order, sg.Group = 0, 2
+			case sp.Name == m.split:
+				// Split and untied: nothing adds into it; its rows are
+				// reduced instead.
+				sg.Skip = true
+			}
+			segs = append(segs, sg)
 		}
 	}
 	return segs, seg

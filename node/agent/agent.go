@@ -996,6 +996,16 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 			return res, errors.New("overlap asked of a trainer that cannot report ready gradients")
 		}
 	}
+	// A split embedding's rows (rows.go): agreed on before the first
+	// forward, reduced after the buckets.
+	rows, ringErr, err := beginRows(ctx, sp, batches)
+	if err != nil {
+		return res, err
+	}
+	if ringErr != nil {
+		res.RingErr = ringErr
+		return res, nil
+	}
 	var op *bucket.Reduce
 	for i, b := range batches {
 		var loss float64
@@ -1050,11 +1060,20 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 			op.Ready(i)
 		}
 	}
-	err := op.BackwardDone()
+	rowGrads, err := rows.grads()
+	if err != nil {
+		op.Abandon()
+		return res, err
+	}
+	err = op.BackwardDone()
+	if err == nil && rowGrads != nil {
+		err = op.Append(rowGrads)
+	}
 	st, werr := op.Wait()
 	if err == nil {
 		err = werr
 	}
+	rows.account(&st)
 	res.Comm = st
 	res.RingErr = err
 	red.Seconds = time.Since(start).Seconds()

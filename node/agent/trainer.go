@@ -135,3 +135,34 @@ type Factory func() (Trainer, error)
 type LoadReporter interface {
 	LoadReport() string
 }
+
+// RowSplitter is implemented by trainers that reduce a tied embedding's
+// input lookups apart from the rest of the gradient (allreduce.
+// sparse_embedding; see model/hf's rows.go): the output projection's part
+// of the matrix stays in the flat gradient and is final at the start of
+// backward, and the lookups' part covers only the rows the step's tokens
+// used, reduced after backward as one small extra operation
+// (bucket.Reduce.Append). The agent uses it on the bucketed path only (not
+// under zero1, whose reduce-scatter takes the whole gradient).
+type RowSplitter interface {
+	// SplitRows is the number of rows of the split matrix (the
+	// vocabulary), or 0 when the trainer does not split: then the step
+	// runs as without this interface. Fixed after Setup.
+	SplitRows() int
+
+	// MarkRows sets used[row] to a positive value for every row b's input
+	// lookups read (len(used) is SplitRows()).
+	MarkRows(b *data.Batch, used []float32)
+
+	// BeginRows starts a step whose lookups read only rows (ascending,
+	// distinct: the union over every rank's micro-batches, the same on
+	// every rank). Called before the step's first Accumulate.
+	BeginRows(rows []int64) error
+
+	// RowGradients is the lookups' gradient of the step's rows, row after
+	// row, summed over its micro-batches, after the last backward. The
+	// agent all-reduces it in place; Apply adds it into the gradient
+	// before the optimizer step, and Discard drops it. The slice must stay
+	// valid and unmoved until then.
+	RowGradients() ([]float32, error)
+}

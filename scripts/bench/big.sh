@@ -32,7 +32,13 @@
 # ring's busy time, overlapped_comm_ms the part of it before the end of
 # backward. The overlap=on line compares its exposed_comm_ms with the
 # overlap=off run's (there every byte is reduced after backward):
-# exposed_ratio = exposed_comm_ms / noover_allreduce_ms.
+# exposed_ratio = exposed_comm_ms / noover_allreduce_ms. On a loaded
+# machine that median also holds the ranks' skew (a rank that ends
+# backward first waits for the others), so last_rank_exposed_ms is, per
+# timed step, the smallest exposed time over the nodes (the wait of the
+# rank that ended backward last: the comm left once every rank is done),
+# the median over the steps; last_rank_ratio compares it with the
+# overlap=off run's.
 #
 #   bench: big n=N shard=none|zero1 overlap=off|on params=… optimizer_mb=… samples_per_s=… ddp_samples_per_s=… ratio=…
 # optimizer_mb is the optimizer state a node holds (the largest over the
@@ -42,7 +48,8 @@
 #   bench: big n=N shard=none|zero1 params=… optimizer_mb=… samples_per_s=… ddp_samples_per_s=… ratio=…
 #     peak_rss_mb=… ddp_peak_rss_mb=… rss_ratio=… train_peak_rss_mb=… apply_ms=… torch_adamw_ms=…
 #     apply_ratio=… checkpoint_s=… export_s=… checkpoints=on|off window=…
-#     exposed_comm_ms=… overlapped_comm_ms=… comm_ms=… buckets=… [noover_allreduce_ms=… exposed_ratio=…]
+#     exposed_comm_ms=… overlapped_comm_ms=… comm_ms=… buckets=… last_rank_exposed_ms=…
+#     [noover_allreduce_ms=… exposed_ratio=… noover_last_rank_ms=… last_rank_ratio=…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -91,7 +98,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   # BENCH_LOGS=DIR keeps the coordinator's and nodes' logs.
-  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && cp "$work"/run/*.log "$BENCH_LOGS"/ 2>/dev/null || true; fi
+  if [ -n "${BENCH_LOGS:-}" ]; then mkdir -p "$BENCH_LOGS" && for d in "$work"/run-*; do [ -d "$d" ] && mkdir -p "$BENCH_LOGS/${d##*/}" && cp "$d"/*.log "$BENCH_LOGS/${d##*/}"/; done 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -242,15 +249,17 @@ ddp_ckpt=()
   --steps "$steps" --warmup "$warmup" --max-norm 1.0 "${ddp_ckpt[@]}" > "$work/ddp.log" 2>&1 || { cat "$work/ddp.log" >&2; exit 1; }
 
 noover=""
+noover_tail=""
 for mode in $overlap_modes; do
 dir=$work/run-$mode
 read -r hwm train_hwm status < "$dir/result"
-/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" "$nodes" "$shard" > "$dir/line" <<'PY'
+/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" "$nodes" "$shard" "$noover_tail" > "$dir/line" <<'PY'
 import datetime, json, re, statistics, sys
 d, warm, hwm_kb, tadam, ddp_path, ckpt, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", sys.argv[7]
 train_kb = int(sys.argv[8])
 mode, noover = sys.argv[9], sys.argv[10]
 nodes, shard = int(sys.argv[11]), sys.argv[12]
+noover_tail = sys.argv[13]
 
 def ts(line):
     m = re.search(r'time=(\S+)', line)
@@ -270,6 +279,7 @@ for line in open(d + "/coord.log"):
     if m and params is None:
         params = int(m.group(1))
 apply, optb, phases = [], 0, {"exposed_comm_ms": [], "overlapped_comm_ms": [], "comm_ms": [], "allreduce_ms": [], "buckets": []}
+tail = {}  # timed step -> the smallest exposed_comm_ms over the nodes
 for k in range(1, nodes + 1):
     for line in open("%s/node%d.log" % (d, k)):
         m = re.search(r'msg="step timing".* step=(\d+) .*apply_ms=([0-9.]+)', line)
@@ -279,10 +289,15 @@ for k in range(1, nodes + 1):
                 v = re.search(r' ' + key + r'=([0-9.]+)', line)
                 if v:
                     phases[key].append(float(v.group(1)))
+            v = re.search(r' exposed_comm_ms=([0-9.]+)', line)
+            if v:
+                st = int(m.group(1))
+                tail[st] = min(tail.get(st, float("inf")), float(v.group(1)))
         m = re.search(r'msg="step timing".* optimizer_bytes=(\d+)', line)
         if m:
             optb = max(optb, int(m.group(1)))
 med = {k: (statistics.median(v) if v else float("nan")) for k, v in phases.items()}
+tail_med = statistics.median(tail.values()) if tail else float("nan")
 last, first = max(commits), warm - 1
 samples = 4 * nodes * (last - first)
 if written is not None:
@@ -308,15 +323,18 @@ am = statistics.median(apply) if apply else float("nan")
 extra = ""
 if mode == "on" and noover:
     extra = " noover_allreduce_ms=%.0f exposed_ratio=%.3f" % (float(noover), med["exposed_comm_ms"] / float(noover))
+    if noover_tail:
+        extra += " noover_last_rank_ms=%.0f last_rank_ratio=%.3f" % (float(noover_tail), tail_med / float(noover_tail))
 print("bench: big n=%d shard=%s overlap=%s params=%s optimizer_mb=%.0f samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
-      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f%s" % (
+      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f last_rank_exposed_ms=%.0f%s" % (
           nodes, shard, mode, params or ddp["params"], optb / 2**20, sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
           rss / ddp["peak_rss_mb"], train_kb / 1024, am, tadam, am / tadam, ck_s, ex_s, "on" if ckpt else "off",
-          window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], extra))
+          window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], tail_med, extra))
 PY
 line=$(cat "$dir/line")
 echo "$line"
 if [ "$mode" = off ]; then
   noover=$(echo "$line" | sed -n 's/.* exposed_comm_ms=\([0-9.]*\).*/\1/p')
+  noover_tail=$(echo "$line" | sed -n 's/.* last_rank_exposed_ms=\([0-9.]*\).*/\1/p')
 fi
 done
