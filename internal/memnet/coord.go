@@ -101,8 +101,7 @@ func (n *Net) RestartCoordinator() error {
 	n.reduced = map[[2]uint64]map[string]bool{}
 	n.rings = map[[2]uint64][]*Node{}
 	n.genInst = map[uint64]map[string]int{}
-	for _, id := range n.ids() {
-		nd := n.Nodes[id]
+	for _, nd := range n.order {
 		if !nd.Alive || nd.Session == 0 {
 			continue
 		}

@@ -15,6 +15,7 @@
 package memnet
 
 import (
+	"cmp"
 	"container/heap"
 	"fmt"
 	"hash/fnv"
@@ -98,6 +99,19 @@ type Net struct {
 	// Log receives every event and decision when set.
 	Log func(format string, args ...any)
 
+	// order is the nodes sorted by id, kept as nodes are added, so that a
+	// tick does not sort them again (O(N log N) per tick at 1,000 nodes).
+	order []*Node
+	// down is the nodes started once whose process is not running now,
+	// kept as they exit and start, so that a driver finds them without
+	// scanning every node after every event.
+	down map[string]*Node
+	// canon[k] is the canonical state after the first k steps. The batches
+	// never change once sent (a change fails the run), so a prefix once
+	// computed stays right; the per-event replica check is then O(1)
+	// instead of rehashing the whole chain.
+	canon []uint64
+
 	err error
 }
 
@@ -109,7 +123,8 @@ func New(seed uint64, cfg cm.Config, agent am.Config) (*Net, error) {
 	}
 	return &Net{Coord: c, Cfg: cfg, Agent: agent, Nodes: map[string]*Node{}, rnd: rand.New(rand.NewPCG(seed, 0x6d656d)),
 		last: map[uint64]int64{}, byS: map[uint64]*Node{}, rings: map[[2]uint64][]*Node{}, reduced: map[[2]uint64]map[string]bool{},
-		batches: map[int][]int{}, aborts: map[[2]uint64]bool{}, genInst: map[uint64]map[string]int{}, Disk: map[int]uint64{}}, nil
+		batches: map[int][]int{}, aborts: map[[2]uint64]bool{}, genInst: map[uint64]map[string]int{}, Disk: map[int]uint64{},
+		down: map[string]*Node{}, canon: []uint64{InitState}}, nil
 }
 
 // SameProcess reports whether node id is still the process incarnation
@@ -148,6 +163,8 @@ func (n *Net) Start(id string) error {
 	if nd == nil {
 		nd = &Node{ID: id}
 		n.Nodes[id] = nd
+		i, _ := slices.BinarySearchFunc(n.order, id, func(a *Node, id string) int { return cmp.Compare(a.ID, id) })
+		n.order = slices.Insert(n.order, i, nd)
 	}
 	if nd.Alive {
 		return fmt.Errorf("memnet: node %s is running", id)
@@ -157,6 +174,7 @@ func (n *Net) Start(id string) error {
 		return err
 	}
 	nd.Inst++
+	delete(n.down, id)
 	nd.M, nd.Alive, nd.state, nd.held, nd.work, nd.Sessions = m, true, 0, -1, 0, 0
 	nd.frozen, nd.missed, nd.stopped = 0, 0, false
 	n.connect(nd)
@@ -193,6 +211,7 @@ func (n *Net) Kill(id string) {
 func (n *Net) exit(nd *Node) {
 	s := nd.Session
 	nd.Alive, nd.Session, nd.work = false, 0, 0
+	n.down[nd.ID] = nd
 	delete(n.byS, s)
 	if s != 0 {
 		n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
@@ -277,8 +296,8 @@ func (n *Net) Run(limit int64, hook func()) error {
 		}
 		n.now++
 		n.coord(cm.Event{Kind: cm.Tick})
-		for _, id := range n.ids() {
-			if nd := n.Nodes[id]; nd.Alive {
+		for _, nd := range n.order {
+			if nd.Alive {
 				n.agent(nd, am.Event{Kind: am.Tick})
 			}
 		}
@@ -295,9 +314,11 @@ func (n *Net) Run(limit int64, hook func()) error {
 	return n.err
 }
 
-func (n *Net) ids() []string {
-	ids := make([]string, 0, len(n.Nodes))
-	for id := range n.Nodes {
+// Down is the nodes started once whose process is not running now
+// (killed, left or finished), sorted by id.
+func (n *Net) Down() []string {
+	ids := make([]string, 0, len(n.down))
+	for id := range n.down {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
@@ -470,15 +491,14 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 // Canonical is the state after the first k steps of the run, from the
 // batches the coordinator sent.
 func (n *Net) Canonical(k int) (uint64, bool) {
-	st := uint64(InitState)
-	for g := 0; g < k; g++ {
+	for g := len(n.canon) - 1; g < k; g++ {
 		b, ok := n.batches[g]
 		if !ok {
 			return 0, false
 		}
-		st = StepState(st, g, b)
+		n.canon = append(n.canon, StepState(n.canon[g], g, b))
 	}
-	return st, true
+	return n.canon[k], true
 }
 
 // check: the node's replica holds the canonical state of the step count
