@@ -110,6 +110,13 @@ type Net struct {
 	Disk map[int]uint64
 	// Log receives every event and decision when set.
 	Log func(format string, args ...any)
+	// DupEvery, when above 0, delivers about one agent reply in DupEvery
+	// twice (a retried send whose first copy did arrive), the copy after
+	// the original on the same ordered stream. 0 (the default) duplicates
+	// nothing.
+	DupEvery int
+	// Dups counts the replies delivered twice.
+	Dups int
 
 	// order is the nodes sorted by id, kept as nodes are added, so that a
 	// tick does not sort them again (O(N log N) per tick at 1,000 nodes).
@@ -484,11 +491,19 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 			continue
 		}
 		inc := n.inc
-		n.inOrder(s, 1, n.delay(0, 3), func() {
+		deliver := func() {
 			if n.inc == inc {
 				n.coord(ev)
 			}
-		})
+		}
+		n.inOrder(s, 1, n.delay(0, 3), deliver)
+		if n.DupEvery > 0 && n.rnd.IntN(n.DupEvery) == 0 {
+			n.Dups++
+			if n.Log != nil {
+				n.logf("%s → %s (delivered twice)", nd.ID, r)
+			}
+			n.inOrder(s, 1, n.delay(0, 3), deliver)
+		}
 	}
 	for _, w := range rd.Work {
 		n.do(nd, w)

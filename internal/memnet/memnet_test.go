@@ -209,7 +209,8 @@ func TestPairScripted(t *testing.T) {
 
 // TestPairRandom runs the two machines together over many seeds with
 // random kills, restarts, leaves, false suspicions, freezes (SIGSTOP for
-// up to 220 ticks, past the coordinator's step deadline) and at most one
+// up to 220 ticks, past the coordinator's step deadline), replies delivered
+// twice (one in 40) and at most one
 // coordinator restart with --resume under the live nodes, checking the
 // same invariants; a run may also end with exit 4 when every node is gone.
 // The seeds run on -memnet.workers goroutines, each seed on its own net
@@ -232,6 +233,7 @@ func TestPairRandom(t *testing.T) {
 		nodes     int
 		code      int
 		restarted bool
+		dups      int
 		err       error
 	}
 	var (
@@ -254,9 +256,9 @@ func TestPairRandom(t *testing.T) {
 				}
 				next++
 				mu.Unlock()
-				nodes, code, restarted, err := pairRandomSeed(seed)
+				nodes, code, restarted, dups, err := pairRandomSeed(seed)
 				mu.Lock()
-				results = append(results, result{seed, nodes, code, restarted, err})
+				results = append(results, result{seed, nodes, code, restarted, dups, err})
 				if err != nil && seed < failed {
 					failed = seed
 				}
@@ -267,8 +269,9 @@ func TestPairRandom(t *testing.T) {
 	wg.Wait()
 	slices.SortFunc(results, func(a, b result) int { return cmp.Compare(a.seed, b.seed) })
 	outcomes := map[int]int{}
-	restarts := 0
+	restarts, dups := 0, 0
 	for _, r := range results {
+		dups += r.dups
 		if r.err != nil {
 			t.Fatalf("seed %d: %v\nreplay: go test ./internal/memnet -run 'TestPairRandom' -memnet.seed=%d -memnet.nodes=%d -memnet.trace", r.seed, r.err, r.seed, r.nodes)
 		}
@@ -277,30 +280,33 @@ func TestPairRandom(t *testing.T) {
 			restarts++
 		}
 	}
-	t.Logf("%d seeds on %d workers, outcomes %v (exit code: runs), %d coordinator restarts", len(results), workers, outcomes, restarts)
+	t.Logf("%d seeds on %d workers, outcomes %v (exit code: runs), %d coordinator restarts, %d replies delivered twice", len(results), workers, outcomes, restarts, dups)
 }
 
 // pairRandomSeed runs one seed of TestPairRandom: its node count, the
-// run's exit code, whether the coordinator restarted, and the first broken
-// invariant.
-func pairRandomSeed(seed uint64) (nodes, code int, restarted bool, err error) {
+// run's exit code, whether the coordinator restarted, the replies
+// delivered twice, and the first broken invariant.
+func pairRandomSeed(seed uint64) (nodes, code int, restarted bool, dups int, err error) {
 	c := coordCfg()
 	rnd := rand.New(rand.NewPCG(seed, 1))
 	c.MinNodes = 1 + rnd.IntN(2)
 	n, err := New(seed, c, agentCfg)
 	if err != nil {
-		return 0, 0, false, err
+		return 0, 0, false, 0, err
 	}
 	if *trace {
 		n.Log = func(f string, a ...any) { fmt.Printf(f+"\n", a...) }
 	}
+	// One reply in 40 arrives twice: the coordinator must take the copy
+	// as the duplicate it is.
+	n.DupEvery = 40
 	nodes = 2 + rnd.IntN(15)
 	if *nodeN > 0 {
 		nodes = *nodeN
 	}
 	for i := range nodes {
 		if err := n.Start(fmt.Sprintf("n%d", i)); err != nil {
-			return nodes, 0, false, err
+			return nodes, 0, false, 0, err
 		}
 	}
 	faults := 0
@@ -358,7 +364,7 @@ func pairRandomSeed(seed uint64) (nodes, code int, restarted bool, err error) {
 		err = hookErr
 	}
 	if err != nil {
-		return nodes, 0, restarted, err
+		return nodes, 0, restarted, n.Dups, err
 	}
 	code, cerr := n.Coord.Outcome()
 	if code == cm.ExitNoNodes {
@@ -370,11 +376,11 @@ func pairRandomSeed(seed uint64) (nodes, code int, restarted bool, err error) {
 			}
 		}
 		if alive >= c.MinNodes {
-			return nodes, code, restarted, fmt.Errorf("exit 4 with %d node processes alive (min_nodes %d): %v", alive, c.MinNodes, cerr)
+			return nodes, code, restarted, n.Dups, fmt.Errorf("exit 4 with %d node processes alive (min_nodes %d): %v", alive, c.MinNodes, cerr)
 		}
-		return nodes, code, restarted, nil
+		return nodes, code, restarted, n.Dups, nil
 	}
-	return nodes, code, restarted, runErr(n)
+	return nodes, code, restarted, n.Dups, runErr(n)
 }
 
 func must(t *testing.T, err error) {
