@@ -209,10 +209,9 @@ func TestPairScripted(t *testing.T) {
 
 // TestPairRandom runs the two machines together over many seeds with
 // random kills, restarts, leaves, false suspicions, freezes (SIGSTOP for
-// up to 220 ticks, past the coordinator's step deadline), replies delivered
-// twice (one in 40) and at most one
-// coordinator restart with --resume under the live nodes, checking the
-// same invariants; a run may also end with exit 4 when every node is gone.
+// up to 220 ticks, past the coordinator's step deadline), replies
+// delivered twice (one in 40) and at most one coordinator restart with
+// --resume under the live nodes, checking the same invariants; a run may also end with exit 4 when every node is gone.
 // The seeds run on -memnet.workers goroutines, each seed on its own net
 // and its own random streams, so a seed's run does not depend on the
 // others; a failure reports the lowest failing seed and its replay.
