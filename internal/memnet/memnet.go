@@ -2,7 +2,8 @@
 // and real agent machines (node/agent/machine) together over an in-memory
 // transport, with fake trainers, a fake ring and a fake disk, on one
 // logical clock. It is the two machines' wire in tests: what each sends
-// reaches the other in order per session, after a seeded delay, and the
+// reaches the other in order per session, after a seeded delay (a reply
+// sometimes twice: Net.DupEvery), and the
 // work each asks for (set-up, steps, pulls, checkpoints) completes later,
 // so requests queue behind busy work as they do on a real node.
 //
