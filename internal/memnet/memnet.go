@@ -3,9 +3,9 @@
 // transport, with fake trainers, a fake ring and a fake disk, on one
 // logical clock. It is the two machines' wire in tests: what each sends
 // reaches the other in order per session, after a seeded delay (a reply
-// sometimes twice: Net.DupEvery), and the
-// work each asks for (set-up, steps, pulls, checkpoints) completes later,
-// so requests queue behind busy work as they do on a real node.
+// sometimes twice: Net.DupEvery), and the work each asks for (set-up,
+// steps, pulls, checkpoints) completes later, so requests queue behind
+// busy work as they do on a real node.
 //
 // A fake trainer's state is a hash chain of the steps it applied (the step
 // and its batch's indices), so a replica's state says exactly which steps
