@@ -14,7 +14,9 @@ import (
 
 // action is the coordinator's driver doing what its machine asked.
 func (n *Net) action(a cm.Action) {
-	n.logf("coordinator action %s", a)
+	if n.Log != nil { // boxing a message for a log nobody reads is a 1,000-node run's hot allocation
+		n.logf("coordinator action %s", a)
+	}
 	switch a.Kind {
 	case cm.Committed:
 		got := n.reduced[[2]uint64{a.Gen, a.Req}]
@@ -101,8 +103,7 @@ func (n *Net) RestartCoordinator() error {
 	n.reduced = map[[2]uint64]map[string]bool{}
 	n.rings = map[[2]uint64][]*Node{}
 	n.genInst = map[uint64]map[string]int{}
-	for _, id := range n.ids() {
-		nd := n.Nodes[id]
+	for _, nd := range n.order {
 		if !nd.Alive || nd.Session == 0 {
 			continue
 		}

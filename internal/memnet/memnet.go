@@ -2,9 +2,10 @@
 // and real agent machines (node/agent/machine) together over an in-memory
 // transport, with fake trainers, a fake ring and a fake disk, on one
 // logical clock. It is the two machines' wire in tests: what each sends
-// reaches the other in order per session, after a seeded delay, and the
-// work each asks for (set-up, steps, pulls, checkpoints) completes later,
-// so requests queue behind busy work as they do on a real node.
+// reaches the other in order per session, after a seeded delay (a reply
+// sometimes twice: Net.DupEvery), and the work each asks for (set-up,
+// steps, pulls, checkpoints) completes later, so requests queue behind
+// busy work as they do on a real node.
 //
 // A fake trainer's state is a hash chain of the steps it applied (the step
 // and its batch's indices), so a replica's state says exactly which steps
@@ -15,9 +16,8 @@
 package memnet
 
 import (
-	"container/heap"
+	"cmp"
 	"fmt"
-	"hash/fnv"
 	"math/rand/v2"
 	"slices"
 
@@ -30,10 +30,25 @@ const InitState = 0x9e3779b97f4a7c15
 
 // StepState is the state after applying step g with its batch's indices
 // to prev.
+// The words are hashed as fixed-width little-endian bytes (the step, the
+// batch's length, then each index), so that no two (prev, g, indices)
+// share an encoding, without fmt's per-call formatting cost.
 func StepState(prev uint64, g int, indices []int) uint64 {
-	h := fnv.New64a()
-	fmt.Fprint(h, prev, g, indices)
-	return h.Sum64()
+	const prime = 1099511628211 // FNV-1a, 64-bit
+	h := uint64(14695981039346656037)
+	word := func(v uint64) {
+		for range 8 {
+			h = (h ^ (v & 0xff)) * prime
+			v >>= 8
+		}
+	}
+	word(prev)
+	word(uint64(g))
+	word(uint64(len(indices)))
+	for _, i := range indices {
+		word(uint64(i))
+	}
+	return h
 }
 
 // Node is one simulated node process: an agent machine and its trainer.
@@ -77,8 +92,7 @@ type Net struct {
 
 	rnd   *rand.Rand
 	now   int64
-	q     queue
-	seq   int
+	q     *wheel
 	next  uint64           // session ids
 	last  map[uint64]int64 // last delivery tick per session and direction
 	byS   map[uint64]*Node // live sessions
@@ -97,6 +111,26 @@ type Net struct {
 	Disk map[int]uint64
 	// Log receives every event and decision when set.
 	Log func(format string, args ...any)
+	// DupEvery, when above 0, delivers about one agent reply in DupEvery
+	// twice (a retried send whose first copy did arrive), the copy after
+	// the original on the same ordered stream. 0 (the default) duplicates
+	// nothing.
+	DupEvery int
+	// Dups counts the replies delivered twice.
+	Dups int
+
+	// order is the nodes sorted by id, kept as nodes are added, so that a
+	// tick does not sort them again (O(N log N) per tick at 1,000 nodes).
+	order []*Node
+	// down is the nodes started once whose process is not running now,
+	// kept as they exit and start, so that a driver finds them without
+	// scanning every node after every event.
+	down map[string]*Node
+	// canon[k] is the canonical state after the first k steps. The batches
+	// never change once sent (a change fails the run), so a prefix once
+	// computed stays right; the per-event replica check is then O(1)
+	// instead of rehashing the whole chain.
+	canon []uint64
 
 	err error
 }
@@ -109,7 +143,8 @@ func New(seed uint64, cfg cm.Config, agent am.Config) (*Net, error) {
 	}
 	return &Net{Coord: c, Cfg: cfg, Agent: agent, Nodes: map[string]*Node{}, rnd: rand.New(rand.NewPCG(seed, 0x6d656d)),
 		last: map[uint64]int64{}, byS: map[uint64]*Node{}, rings: map[[2]uint64][]*Node{}, reduced: map[[2]uint64]map[string]bool{},
-		batches: map[int][]int{}, aborts: map[[2]uint64]bool{}, genInst: map[uint64]map[string]int{}, Disk: map[int]uint64{}}, nil
+		batches: map[int][]int{}, aborts: map[[2]uint64]bool{}, genInst: map[uint64]map[string]int{}, Disk: map[int]uint64{},
+		q: &wheel{}, down: map[string]*Node{}, canon: []uint64{InitState}}, nil
 }
 
 // SameProcess reports whether node id is still the process incarnation
@@ -148,6 +183,8 @@ func (n *Net) Start(id string) error {
 	if nd == nil {
 		nd = &Node{ID: id}
 		n.Nodes[id] = nd
+		i, _ := slices.BinarySearchFunc(n.order, id, func(a *Node, id string) int { return cmp.Compare(a.ID, id) })
+		n.order = slices.Insert(n.order, i, nd)
 	}
 	if nd.Alive {
 		return fmt.Errorf("memnet: node %s is running", id)
@@ -157,6 +194,7 @@ func (n *Net) Start(id string) error {
 		return err
 	}
 	nd.Inst++
+	delete(n.down, id)
 	nd.M, nd.Alive, nd.state, nd.held, nd.work, nd.Sessions = m, true, 0, -1, 0, 0
 	nd.frozen, nd.missed, nd.stopped = 0, 0, false
 	n.connect(nd)
@@ -193,6 +231,7 @@ func (n *Net) Kill(id string) {
 func (n *Net) exit(nd *Node) {
 	s := nd.Session
 	nd.Alive, nd.Session, nd.work = false, 0, 0
+	n.down[nd.ID] = nd
 	delete(n.byS, s)
 	if s != 0 {
 		n.coordAt(n.delay(0, 2), cm.Event{Kind: cm.Lost, Node: nd.ID, Session: s})
@@ -267,9 +306,8 @@ func (n *Net) Run(limit int64, hook func()) error {
 		if n.now > limit {
 			return fmt.Errorf("memnet: the run did not end within %d ticks (coordinator %s, %d of %d steps)", limit, n.Coord.Phase(), n.Coord.Applied(), n.Coord.Total())
 		}
-		if len(n.q) > 0 && n.q[0].at <= n.now {
-			it := heap.Pop(&n.q).(*item)
-			it.do()
+		if f := n.q.pop(n.now); f != nil {
+			f()
 			if hook != nil {
 				hook()
 			}
@@ -277,8 +315,8 @@ func (n *Net) Run(limit int64, hook func()) error {
 		}
 		n.now++
 		n.coord(cm.Event{Kind: cm.Tick})
-		for _, id := range n.ids() {
-			if nd := n.Nodes[id]; nd.Alive {
+		for _, nd := range n.order {
+			if nd.Alive {
 				n.agent(nd, am.Event{Kind: am.Tick})
 			}
 		}
@@ -287,17 +325,20 @@ func (n *Net) Run(limit int64, hook func()) error {
 		}
 	}
 	// What the coordinator sent last (the stops) still reaches the nodes.
-	for n.err == nil && len(n.q) > 0 {
-		it := heap.Pop(&n.q).(*item)
-		n.now = max(n.now, it.at)
-		it.do()
+	for n.err == nil && n.q.n > 0 {
+		for n.q.empty(n.now) {
+			n.now++
+		}
+		n.q.pop(n.now)()
 	}
 	return n.err
 }
 
-func (n *Net) ids() []string {
-	ids := make([]string, 0, len(n.Nodes))
-	for id := range n.Nodes {
+// Down is the nodes started once whose process is not running now
+// (killed, left or finished), sorted by id.
+func (n *Net) Down() []string {
+	ids := make([]string, 0, len(n.down))
+	for id := range n.down {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
@@ -319,8 +360,11 @@ func (n *Net) coordAt(t int64, ev cm.Event) {
 
 // later runs f at tick t.
 func (n *Net) later(t int64, f func()) {
-	n.seq++
-	heap.Push(&n.q, &item{at: t, seq: n.seq, do: f})
+	if t < n.now || t-n.now >= wheelSize {
+		n.fail("memnet: an event scheduled at tick %d, outside the queue's window [%d, %d)", t, n.now, n.now+wheelSize)
+		return
+	}
+	n.q.push(t, f)
 }
 
 // inOrder runs f at tick t, but not before anything sent earlier on the
@@ -363,7 +407,9 @@ func (n *Net) coord(ev cm.Event) {
 		if msg.Kind == cm.Abort {
 			n.aborts[[2]uint64{msg.Gen, msg.Req}] = true
 		}
-		n.logf("coordinator → %s", msg)
+		if n.Log != nil { // boxing a message for a log nobody reads is a 1,000-node run's hot allocation
+			n.logf("coordinator → %s", msg)
+		}
 		n.toNode(msg)
 	}
 }
@@ -434,7 +480,9 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 	}
 	s := nd.Session
 	for _, r := range rd.Replies {
-		n.logf("%s → %s", nd.ID, r)
+		if n.Log != nil { // boxing a message for a log nobody reads is a 1,000-node run's hot allocation
+			n.logf("%s → %s", nd.ID, r)
+		}
 		if s == 0 {
 			continue
 		}
@@ -444,11 +492,19 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 			continue
 		}
 		inc := n.inc
-		n.inOrder(s, 1, n.delay(0, 3), func() {
+		deliver := func() {
 			if n.inc == inc {
 				n.coord(ev)
 			}
-		})
+		}
+		n.inOrder(s, 1, n.delay(0, 3), deliver)
+		if n.DupEvery > 0 && n.rnd.IntN(n.DupEvery) == 0 {
+			n.Dups++
+			if n.Log != nil {
+				n.logf("%s → %s (delivered twice)", nd.ID, r)
+			}
+			n.inOrder(s, 1, n.delay(0, 3), deliver)
+		}
 	}
 	for _, w := range rd.Work {
 		n.do(nd, w)
@@ -470,15 +526,14 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 // Canonical is the state after the first k steps of the run, from the
 // batches the coordinator sent.
 func (n *Net) Canonical(k int) (uint64, bool) {
-	st := uint64(InitState)
-	for g := 0; g < k; g++ {
+	for g := len(n.canon) - 1; g < k; g++ {
 		b, ok := n.batches[g]
 		if !ok {
 			return 0, false
 		}
-		st = StepState(st, g, b)
+		n.canon = append(n.canon, StepState(n.canon[g], g, b))
 	}
-	return st, true
+	return n.canon[k], true
 }
 
 // check: the node's replica holds the canonical state of the step count
@@ -504,26 +559,49 @@ func share(count, world, rank int) int {
 	return c
 }
 
-type item struct {
-	at  int64
-	seq int
-	do  func()
+// wheelSize bounds how far ahead an event may be scheduled: the longest
+// wait is a freeze (up to 220 ticks) plus a few ticks of delay.
+const wheelSize = 1024
+
+// wheel is the event queue: a ring of per-tick FIFO buckets. Every event
+// is scheduled at the clock or less than wheelSize ticks ahead of it, so
+// bucket t%wheelSize holds only tick t's events, in the order they were
+// scheduled: the (tick, sequence) order a heap would give, with O(1)
+// push and pop instead of O(log queue), which is most of a 1,000-node
+// run's queue.
+type wheel struct {
+	b    [wheelSize][]func()
+	head [wheelSize]int
+	n    int // events queued
 }
 
-type queue []*item
+func (w *wheel) push(t int64, f func()) {
+	i := t % wheelSize
+	w.b[i] = append(w.b[i], f)
+	w.n++
+}
 
-func (q queue) Len() int { return len(q) }
-func (q queue) Less(i, j int) bool {
-	if q[i].at != q[j].at {
-		return q[i].at < q[j].at
+// empty reports whether tick t has no event left.
+func (w *wheel) empty(t int64) bool {
+	i := t % wheelSize
+	return w.head[i] == len(w.b[i])
+}
+
+// pop takes tick t's next event, or nil.
+func (w *wheel) pop(t int64) func() {
+	i := t % wheelSize
+	h := w.head[i]
+	if h == len(w.b[i]) {
+		return nil
 	}
-	return q[i].seq < q[j].seq
-}
-func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *queue) Push(x any)   { *q = append(*q, x.(*item)) }
-func (q *queue) Pop() any {
-	old := *q
-	it := old[len(old)-1]
-	*q = old[:len(old)-1]
-	return it
+	f := w.b[i][h]
+	w.b[i][h] = nil
+	w.n--
+	if h+1 == len(w.b[i]) {
+		// The bucket is drained: reuse its array for tick t+wheelSize.
+		w.b[i], w.head[i] = w.b[i][:0], 0
+	} else {
+		w.head[i] = h + 1
+	}
+	return f
 }

@@ -1,9 +1,14 @@
 package memnet
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"sync"
 	"testing"
 
 	cm "github.com/ringtune/ringtune/coordinator/machine"
@@ -16,6 +21,9 @@ var (
 	seeds = flag.Int("memnet.seeds", 200, "TestPairRandom: number of seeds (seeds 1..n)")
 	seed1 = flag.Uint64("memnet.seed", 0, "TestPairRandom: run only this seed (a failure prints it)")
 	nodeN = flag.Int("memnet.nodes", 0, "TestPairRandom: nodes per run; 0 picks 2..16 per seed")
+	// workerN: each seed runs on its own net, so seeds run in parallel
+	// without changing any seed's run.
+	workerN = flag.Int("memnet.workers", 0, "TestPairRandom: seeds run in parallel; 0 is GOMAXPROCS")
 )
 
 func coordCfg() cm.Config {
@@ -45,13 +53,21 @@ func newNet(t *testing.T, seed uint64, c cm.Config) *Net {
 // replica of the last world holding the canonical final state.
 func checkRun(t *testing.T, n *Net) {
 	t.Helper()
+	if err := runErr(n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runErr is checkRun's check, as an error, so that the seeds' workers can
+// report it from their goroutines.
+func runErr(n *Net) error {
 	if code, err := n.Coord.Outcome(); code != cm.ExitOK {
-		t.Fatalf("run ended with exit %d: %v", code, err)
+		return fmt.Errorf("run ended with exit %d: %v", code, err)
 	}
 	c := n.Cfg
 	total := n.Coord.Total()
 	if len(n.Lineage) != total {
-		t.Fatalf("%d of %d steps committed", len(n.Lineage), total)
+		return fmt.Errorf("%d of %d steps committed", len(n.Lineage), total)
 	}
 	per := c.Samples / c.GlobalBatch
 	for e := 0; e < c.Epochs; e++ {
@@ -59,34 +75,34 @@ func checkRun(t *testing.T, n *Net) {
 		for _, cmt := range n.Lineage[e*per : (e+1)*per] {
 			for _, i := range cmt.Indices {
 				if prev, dup := seen[i]; dup {
-					t.Fatalf("sample %d of epoch %d in committed steps %d and %d", i, e, prev, cmt.Step)
+					return fmt.Errorf("sample %d of epoch %d in committed steps %d and %d", i, e, prev, cmt.Step)
 				}
 				seen[i] = cmt.Step
 			}
 		}
 		if len(seen) != c.Samples {
-			t.Fatalf("epoch %d: %d of %d samples committed", e, len(seen), c.Samples)
+			return fmt.Errorf("epoch %d: %d of %d samples committed", e, len(seen), c.Samples)
 		}
 		// And they are the epoch's own batches, in order.
 		ep, err := data.NewEpoch(c.Seed, e, c.Samples, c.GlobalBatch, c.DropLast)
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
 		for k := 0; k < per; k++ {
 			b, _ := ep.Batch(k)
 			got := n.Lineage[e*per+k].Indices
-			if fmt.Sprint(b.Fresh()) != fmt.Sprint(got) {
-				t.Fatalf("step %d committed samples %v, the epoch's batch is %v", e*per+k, got, b.Fresh())
+			if !slices.Equal(b.Fresh(), got) {
+				return fmt.Errorf("step %d committed samples %v, the epoch's batch is %v", e*per+k, got, b.Fresh())
 			}
 		}
 	}
 	want, ok := n.Canonical(total)
 	if !ok {
-		t.Fatal("no canonical final state")
+		return fmt.Errorf("no canonical final state")
 	}
 	gen, ids := n.Coord.Generation()
 	if len(ids) == 0 {
-		t.Fatal("no world at the end")
+		return fmt.Errorf("no world at the end")
 	}
 	same := 0
 	for _, id := range ids {
@@ -97,12 +113,13 @@ func checkRun(t *testing.T, n *Net) {
 		nd := n.Nodes[id]
 		st, held := nd.State()
 		if held != total || st != want {
-			t.Fatalf("rank %s holds %d steps, state %x; want %d, %x", id, held, st, total, want)
+			return fmt.Errorf("rank %s holds %d steps, state %x; want %d, %x", id, held, st, total, want)
 		}
 	}
 	if same == 0 {
-		t.Fatal("no rank of the last world outlived it")
+		return fmt.Errorf("no rank of the last world outlived it")
 	}
+	return nil
 }
 
 // TestPairScripted runs the real coordinator machine with four real agent
@@ -192,89 +209,185 @@ func TestPairScripted(t *testing.T) {
 
 // TestPairRandom runs the two machines together over many seeds with
 // random kills, restarts, leaves, false suspicions, freezes (SIGSTOP for
-// up to 220 ticks, past the coordinator's step deadline) and at most one
-// coordinator restart with --resume under the live nodes, checking the
-// same invariants; a run may also end with exit 4 when every node is gone.
+// up to 220 ticks, past the coordinator's step deadline), replies
+// delivered twice (one in 40) and at most one coordinator restart with
+// --resume under the live nodes, checking the same invariants; a run may also end with exit 4 when every node is gone.
+// The seeds run on -memnet.workers goroutines, each seed on its own net
+// and its own random streams, so a seed's run does not depend on the
+// others; a failure reports the lowest failing seed and its replay.
 func TestPairRandom(t *testing.T) {
-	outcomes := map[int]int{}
-	restarts := 0
-	defer func() {
-		t.Logf("%d seeds, outcomes %v (exit code: runs), %d coordinator restarts", *seeds, outcomes, restarts)
-	}()
 	first, last := uint64(1), uint64(*seeds)
 	if *seed1 != 0 {
 		first, last = *seed1, *seed1
 	}
-	for seed := first; seed <= last; seed++ {
-		c := coordCfg()
-		rnd := rand.New(rand.NewPCG(seed, 1))
-		c.MinNodes = 1 + rnd.IntN(2)
-		n := newNet(t, seed, c)
-		nodes := 2 + rnd.IntN(15)
-		if *nodeN > 0 {
-			nodes = *nodeN
-		}
-		for i := range nodes {
-			must(t, n.Start(fmt.Sprintf("n%d", i)))
-		}
-		faults := 0
-		restarted := false
-		err := n.Run(40000, func() {
-			if faults >= 6 {
-				// The faults are over: the processes that ended come
-				// back (each a fresh one), so that the run can finish.
-				for i := range nodes {
-					if id := fmt.Sprintf("n%d", i); !n.Nodes[id].Alive {
-						must(t, n.Start(id))
-					}
-				}
-				return
-			}
-			if rnd.IntN(60) != 0 {
-				return
-			}
-			faults++
-			if !restarted && len(n.Disk) > 0 && rnd.IntN(6) == 0 {
-				restarted = true
-				restarts++
-				must(t, n.RestartCoordinator())
-				return
-			}
-			id := fmt.Sprintf("n%d", rnd.IntN(nodes))
-			nd := n.Nodes[id]
-			switch {
-			case !nd.Alive:
-				must(t, n.Start(id))
-			case rnd.IntN(3) == 0:
-				n.Kill(id)
-			case rnd.IntN(2) == 0:
-				n.Suspect(id)
-			case rnd.IntN(2) == 0:
-				n.Freeze(id, int64(20+rnd.IntN(200)))
-			default:
-				n.Term(id)
-			}
-		})
-		if err != nil {
-			t.Fatalf("seed %d: %v\nreplay: go test ./internal/memnet -run 'TestPairRandom' -memnet.seed=%d -memnet.nodes=%d -memnet.trace", seed, err, seed, nodes)
-		}
-		code, cerr := n.Coord.Outcome()
-		outcomes[code]++
-		if code == cm.ExitNoNodes {
-			// Documented only when the nodes were gone for the whole wait.
-			alive := 0
-			for _, nd := range n.Nodes {
-				if nd.Alive {
-					alive++
-				}
-			}
-			if alive >= c.MinNodes {
-				t.Fatalf("seed %d: exit 4 with %d node processes alive (min_nodes %d): %v", seed, alive, c.MinNodes, cerr)
-			}
-			continue
-		}
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { checkRun(t, n) })
+	// A 1,000-node run allocates fast and keeps little: collecting less
+	// often halves its time (GOGC 400: about 64 MB per worker).
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
+	workers := *workerN
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
 	}
+	type result struct {
+		seed      uint64
+		nodes     int
+		code      int
+		restarted bool
+		dups      int
+		err       error
+	}
+	var (
+		mu      sync.Mutex
+		results []result
+		wg      sync.WaitGroup
+		next    = first
+		failed  = last + 1 // the lowest failing seed so far: no worker starts a seed past it
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				seed := next
+				if seed > last || seed > failed {
+					mu.Unlock()
+					return
+				}
+				next++
+				mu.Unlock()
+				nodes, code, restarted, dups, err := pairRandomSeed(seed)
+				mu.Lock()
+				results = append(results, result{seed, nodes, code, restarted, dups, err})
+				if err != nil && seed < failed {
+					failed = seed
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(results, func(a, b result) int { return cmp.Compare(a.seed, b.seed) })
+	outcomes := map[int]int{}
+	restarts, dups := 0, 0
+	for _, r := range results {
+		dups += r.dups
+		if r.err != nil {
+			t.Fatalf("seed %d: %v\nreplay: go test ./internal/memnet -run 'TestPairRandom' -memnet.seed=%d -memnet.nodes=%d -memnet.trace", r.seed, r.err, r.seed, r.nodes)
+		}
+		outcomes[r.code]++
+		if r.restarted {
+			restarts++
+		}
+	}
+	t.Logf("%d seeds on %d workers, outcomes %v (exit code: runs), %d coordinator restarts, %d replies delivered twice", len(results), workers, outcomes, restarts, dups)
+}
+
+// pairRandomSeed runs one seed of TestPairRandom: its node count, the
+// run's exit code, whether the coordinator restarted, the replies
+// delivered twice, and the first broken invariant.
+func pairRandomSeed(seed uint64) (nodes, code int, restarted bool, dups int, err error) {
+	c := coordCfg()
+	rnd := rand.New(rand.NewPCG(seed, 1))
+	c.MinNodes = 1 + rnd.IntN(2)
+	n, err := New(seed, c, agentCfg)
+	if err != nil {
+		return 0, 0, false, 0, err
+	}
+	if *trace {
+		n.Log = func(f string, a ...any) { fmt.Printf(f+"\n", a...) }
+	}
+	// One reply in 40 arrives twice: the coordinator must take the copy
+	// as the duplicate it is.
+	n.DupEvery = 40
+	nodes = 2 + rnd.IntN(15)
+	if *nodeN > 0 {
+		nodes = *nodeN
+	}
+	for i := range nodes {
+		if err := n.Start(fmt.Sprintf("n%d", i)); err != nil {
+			return nodes, 0, false, 0, err
+		}
+	}
+	// A fault comes once in 60 events up to 16 nodes (CI's mix), and
+	// once in 15 events per node above: events grow with the nodes, and at
+	// 1,000 nodes a fixed rate spent all six faults in the first steps,
+	// before any checkpoint (so never a coordinator restart).
+	faultEvery := 60
+	if nodes > 16 {
+		faultEvery = 15 * nodes
+	}
+	faults := 0
+	var hookErr error
+	start := func(id string) {
+		if err := n.Start(id); err != nil && hookErr == nil {
+			hookErr = err
+		}
+	}
+	err = n.Run(40000, func() {
+		if hookErr != nil {
+			return
+		}
+		if faults >= 6 {
+			// The faults are over: the processes that ended come back
+			// (each a fresh one), so that the run can finish. Down is
+			// kept as nodes exit: no scan of every node after every
+			// event.
+			if down := n.Down(); len(down) > 0 {
+				// In the nodes' numeric order, as they were started.
+				slices.SortStableFunc(down, func(a, b string) int { return cmp.Compare(len(a), len(b)) })
+				for _, id := range down {
+					start(id)
+				}
+			}
+			return
+		}
+		if rnd.IntN(faultEvery) != 0 {
+			return
+		}
+		faults++
+		if !restarted && len(n.Disk) > 0 && rnd.IntN(6) == 0 {
+			restarted = true
+			if err := n.RestartCoordinator(); err != nil {
+				hookErr = err
+			}
+			return
+		}
+		id := fmt.Sprintf("n%d", rnd.IntN(nodes))
+		nd := n.Nodes[id]
+		switch {
+		case !nd.Alive:
+			start(id)
+		case rnd.IntN(3) == 0:
+			n.Kill(id)
+		case rnd.IntN(2) == 0:
+			n.Suspect(id)
+		case rnd.IntN(2) == 0:
+			n.Freeze(id, int64(20+rnd.IntN(200)))
+		default:
+			n.Term(id)
+		}
+	})
+	if err == nil {
+		err = hookErr
+	}
+	if err != nil {
+		return nodes, 0, restarted, n.Dups, err
+	}
+	code, cerr := n.Coord.Outcome()
+	if code == cm.ExitNoNodes {
+		// Documented only when the nodes were gone for the whole wait.
+		alive := 0
+		for _, nd := range n.Nodes {
+			if nd.Alive {
+				alive++
+			}
+		}
+		if alive >= c.MinNodes {
+			return nodes, code, restarted, n.Dups, fmt.Errorf("exit 4 with %d node processes alive (min_nodes %d): %v", alive, c.MinNodes, cerr)
+		}
+		return nodes, code, restarted, n.Dups, nil
+	}
+	return nodes, code, restarted, n.Dups, runErr(n)
 }
 
 func must(t *testing.T, err error) {
