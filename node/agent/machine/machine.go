@@ -88,26 +88,20 @@ func (m *Machine) CommitTicks() int64 { return m.commitTicks }
 // bounded by the driver's own timeouts (ring, bulk), and a spare or idle
 // rank waits for the coordinator, whose session's end is the signal.
 func (m *Machine) Deadline() (tick int64, ok bool) {
-	var ds []int64
+	// No slice of candidates: a simulator asks this of every node it
+	// steps, so it must not allocate.
 	switch m.phase {
 	case Done:
 		return 0, false
 	case AwaitCommit:
-		ds = append(ds, m.commitBy)
+		tick, ok = m.commitBy, true
 	case Rejoining:
-		ds = append(ds, m.rejoinBy)
+		tick, ok = m.rejoinBy, true
 	}
-	if m.leaving && m.leaveBy > 0 {
-		ds = append(ds, m.leaveBy)
+	if m.leaving && m.leaveBy > 0 && (!ok || m.leaveBy < tick) {
+		tick, ok = m.leaveBy, true
 	}
-	if len(ds) == 0 {
-		return 0, false
-	}
-	t := ds[0]
-	for _, d := range ds[1:] {
-		t = min(t, d)
-	}
-	return t, true
+	return tick, ok
 }
 
 // Outcome is how the run ended (Running until Done) and why (Failure).
@@ -181,7 +175,7 @@ func (m *Machine) Step(ev Event) {
 	case Term:
 		m.onTerm()
 	case Tick:
-		m.onTick()
+		m.onTicks(max(ev.Ticks, 1))
 	default:
 		m.note("unknown event kind %d dropped", ev.Kind)
 	}
@@ -322,6 +316,25 @@ func (m *Machine) leaveTicks() int64 {
 		return m.cfg.LeaveTicks
 	}
 	return m.commitTicks
+}
+
+// onTicks is k single ticks: each one's deadlines, queued requests and
+// leave, as k Tick events would do them. Once nothing is timed (no
+// Deadline) a tick only moves the clock: the requests queued stay
+// blocked by the same phase and no leave waits on the clock, so the rest
+// is added at once.
+func (m *Machine) onTicks(k int64) {
+	for ; k > 0 && m.phase != Done; k-- {
+		if _, timed := m.Deadline(); !timed {
+			m.now += k
+			return
+		}
+		m.onTick()
+		if k > 1 {
+			m.drain()
+			m.maybeLeave()
+		}
+	}
 }
 
 func (m *Machine) onTick() {

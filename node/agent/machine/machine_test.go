@@ -380,3 +380,44 @@ func TestRandomMessagesRejectedUntouched(t *testing.T) {
 		}
 	}
 }
+
+// TestTicksEqualSingleTicks: a Tick of k units leaves the machine exactly
+// as k single Ticks do, whether a deadline falls inside the k ticks (a
+// commit that never comes, a rejoin that times out) or nothing is timed.
+func TestTicksEqualSingleTicks(t *testing.T) {
+	cfg := Config{CommitTicks: 5, RejoinTicks: 7}
+	// setups drive a fresh machine into a phase: idle after the job,
+	// awaiting a commit, or rejoining.
+	open := func(m *Machine) { m.Step(Event{Kind: Open}) }
+	lost := func(m *Machine) { m.Step(Event{Kind: Open}); m.Step(Event{Kind: Lost, Error: "broken"}) }
+	term := func(m *Machine) { m.Step(Event{Kind: Open}); m.Step(Event{Kind: Term}) }
+	for name, setup := range map[string]func(*Machine){"open": open, "lost": lost, "term": term} {
+		for _, k := range []int64{1, 2, 6, 7, 8, 30} {
+			one, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			many, _ := New(cfg)
+			setup(one)
+			setup(many)
+			one.Advance()
+			many.Advance()
+			var notes []string
+			for range k {
+				one.Step(Event{Kind: Tick})
+				notes = append(notes, one.Ready().Notes...)
+				one.Advance()
+			}
+			many.Step(Event{Kind: Tick, Ticks: k})
+			if one.Now() != many.Now() || one.Phase() != many.Phase() || fmt.Sprint(notes) != fmt.Sprint(many.Ready().Notes) {
+				t.Errorf("%s, %d ticks: single ticks reach tick %d phase %s notes %q; one Tick of %d reaches tick %d phase %s notes %q",
+					name, k, one.Now(), one.Phase(), notes, k, many.Now(), many.Phase(), many.Ready().Notes)
+			}
+			o1, w1 := one.Outcome()
+			o2, w2 := many.Outcome()
+			if o1 != o2 || w1 != w2 {
+				t.Errorf("%s, %d ticks: outcome %d %q, one Tick of %d: %d %q", name, k, o1, w1, k, o2, w2)
+			}
+		}
+	}
+}

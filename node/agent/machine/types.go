@@ -168,7 +168,8 @@ const (
 	Fail
 	// Term: SIGTERM or SIGINT: leave at a step boundary.
 	Term
-	// Tick: one unit of logical time passed.
+	// Tick: one unit of logical time passed (Event.Ticks units when above
+	// 1).
 	Tick
 )
 
@@ -191,6 +192,12 @@ type Event struct {
 	// CommitTicks, from SetUp work, raises Config.CommitTicks for this
 	// job (past the coordinator's step timeout); 0 keeps it.
 	CommitTicks int64
+	// Ticks, on a Tick, is how many units of time passed: the event is
+	// exactly Ticks single Ticks in a row (0 or 1: one). A driver that
+	// lets a machine with no Deadline fall behind its clock catches it up
+	// with one event; while nothing is timed, a tick only moves the clock,
+	// so the catch-up is O(1).
+	Ticks int64
 }
 
 // WorkKind is what the driver does for the machine.
