@@ -72,6 +72,11 @@ type Node struct {
 	frozen  int64
 	missed  int64
 	stopped bool // frozen, and not yet resumed
+	// seen is the last tick this process has had (stepped, or counted in
+	// missed): a process whose machine has no deadline is not stepped on
+	// every tick, since such a tick only moves its clock; the ticks it is
+	// owed are given at once (catchUp) before anything else reaches it.
+	seen int64
 }
 
 // State is the trainer's state and the committed steps it holds.
@@ -131,6 +136,10 @@ type Net struct {
 	// computed stays right; the per-event replica check is then O(1)
 	// instead of rehashing the whole chain.
 	canon []uint64
+	// ticked is the last tick the nodes were given: the clock while the
+	// run goes on; after it, what is still in flight is delivered without
+	// ticks.
+	ticked int64
 
 	err error
 }
@@ -196,7 +205,7 @@ func (n *Net) Start(id string) error {
 	nd.Inst++
 	delete(n.down, id)
 	nd.M, nd.Alive, nd.state, nd.held, nd.work, nd.Sessions = m, true, 0, -1, 0, 0
-	nd.frozen, nd.missed, nd.stopped = 0, 0, false
+	nd.frozen, nd.missed, nd.stopped, nd.seen = 0, 0, false, n.ticked
 	n.connect(nd)
 	return nil
 }
@@ -223,6 +232,7 @@ func (n *Net) Kill(id string) {
 	}
 	n.logf("kill %s", id)
 	ring := n.ring(nd)
+	n.catchUp(nd, n.ticked)
 	n.exit(nd)
 	n.coordAt(n.delay(5, 15), cm.Event{Kind: cm.Lost, Node: id, Ring: ring})
 }
@@ -248,6 +258,7 @@ func (n *Net) Freeze(id string, ticks int64) {
 		return
 	}
 	n.logf("freeze %s for %d ticks", id, ticks)
+	n.catchUp(nd, n.ticked) // the ticks before the freeze were not missed
 	nd.frozen, nd.stopped = n.now+ticks, true
 	inst := nd.Inst
 	n.later(nd.frozen+1, func() {
@@ -255,6 +266,7 @@ func (n *Net) Freeze(id string, ticks int64) {
 			return
 		}
 		nd.stopped = false
+		n.catchUp(nd, n.ticked)
 		n.logf("%s resumes, %d ticks late", id, nd.missed)
 		for ; nd.missed > 0 && nd.Alive; nd.missed-- {
 			n.agent(nd, am.Event{Kind: am.Tick})
@@ -314,15 +326,29 @@ func (n *Net) Run(limit int64, hook func()) error {
 			continue
 		}
 		n.now++
+		n.ticked = n.now
 		n.coord(cm.Event{Kind: cm.Tick})
 		for _, nd := range n.order {
-			if nd.Alive {
-				n.agent(nd, am.Event{Kind: am.Tick})
+			// Only a running machine with a deadline needs this tick now,
+			// in id order with the others; any other's tick only moves
+			// its clock (or is missed, frozen), which catchUp does when
+			// something next reaches it, with the same result.
+			if !nd.Alive || nd.frozen > n.now {
+				continue
 			}
+			if _, timed := nd.M.Deadline(); !timed {
+				continue
+			}
+			n.catchUp(nd, n.now-1)
+			nd.seen = n.now
+			n.agent(nd, am.Event{Kind: am.Tick})
 		}
 		if hook != nil {
 			hook()
 		}
+	}
+	for _, nd := range n.order {
+		n.catchUp(nd, n.ticked)
 	}
 	// What the coordinator sent last (the stops) still reaches the nodes.
 	for n.err == nil && n.q.n > 0 {
@@ -450,6 +476,9 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 	if n.err != nil || !nd.Alive || nd.M.Phase() == am.Done {
 		return
 	}
+	if ev.Kind != am.Tick {
+		n.catchUp(nd, n.ticked)
+	}
 	if nd.frozen > n.now {
 		// A stopped process sees nothing until it resumes; then it sees
 		// everything that arrived, in order, and its clock jumps.
@@ -521,6 +550,30 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 		n.exit(nd)
 	}
 	n.check(nd)
+}
+
+// catchUp gives nd the ticks after nd.seen up to tick to that it was not
+// stepped with: those before its freeze's end are missed (given when it
+// resumes), the rest one Tick event of that many ticks. Its machine had
+// no deadline meanwhile (the tick loop steps every one that has), so
+// these ticks only move its clock, wherever they fall among the other
+// nodes' events.
+func (n *Net) catchUp(nd *Node, to int64) {
+	from := nd.seen
+	if from >= to {
+		return
+	}
+	nd.seen = to
+	if !nd.Alive || nd.M.Phase() == am.Done {
+		return
+	}
+	if end := min(to, nd.frozen-1); end > from { // tick t is missed while frozen > t
+		nd.missed += end - from
+		from = end
+	}
+	if to > from {
+		n.agent(nd, am.Event{Kind: am.Tick, Ticks: to - from})
+	}
 }
 
 // Canonical is the state after the first k steps of the run, from the
