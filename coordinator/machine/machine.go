@@ -119,6 +119,19 @@ func (m *Machine) Ready() Ready { return m.out }
 // and started its actions.
 func (m *Machine) Advance() { m.out = Ready{} }
 
+// Recycle hands back the Msgs of an acknowledged Ready that the driver
+// has finished with, for the machine to queue its next messages in: a
+// driver that broadcasts to 1,000 nodes would otherwise have the array
+// allocated again for every broadcast. The driver must not read msgs
+// after Recycle. It does nothing while messages are queued.
+func (m *Machine) Recycle(msgs []Msg) {
+	if len(m.out.Msgs) > 0 || cap(msgs) <= cap(m.out.Msgs) {
+		return
+	}
+	clear(msgs) // drop what the sent messages point to
+	m.out.Msgs = msgs[:0]
+}
+
 // send queues msg for its node's live session.
 func (m *Machine) send(msg Msg) {
 	if n := m.nodes[msg.Node]; n != nil {

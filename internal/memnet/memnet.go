@@ -438,6 +438,9 @@ func (n *Net) coord(ev cm.Event) {
 		}
 		n.toNode(msg)
 	}
+	// Sent: the array holds the next broadcast (a nested step above used
+	// one of its own).
+	n.Coord.Recycle(rd.Msgs)
 }
 
 // toNode carries a coordinator message to its session's agent.
