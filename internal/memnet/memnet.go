@@ -541,6 +541,9 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 	for _, w := range rd.Work {
 		n.do(nd, w)
 	}
+	// Done with them: the next Ready queues into these arrays (a nested
+	// step above, e.g. an Open on connect, used arrays of its own).
+	nd.M.Recycle(rd.Replies, rd.Work)
 	if p := nd.M.Phase(); p == am.AwaitCommit || p == am.Rejoining {
 		// A node's timed waits have their deadline ahead of them.
 		if dl, ok := nd.M.Deadline(); !ok || dl <= nd.M.Now() {

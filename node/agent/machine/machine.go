@@ -114,6 +114,22 @@ func (m *Machine) Ready() Ready { return m.out }
 // started its work.
 func (m *Machine) Advance() { m.out = Ready{} }
 
+// Recycle hands back the Replies and Work of an acknowledged Ready that
+// the driver has finished with, for the machine to queue its next ones
+// in, so that a simulator stepping many machines does not allocate them
+// again for every event. The driver must not read them after Recycle. It
+// does nothing to a slice while the machine has queued into its own.
+func (m *Machine) Recycle(replies []Msg, work []Work) {
+	if len(m.out.Replies) == 0 && cap(replies) > cap(m.out.Replies) {
+		clear(replies) // drop what the sent replies point to
+		m.out.Replies = replies[:0]
+	}
+	if len(m.out.Work) == 0 && cap(work) > cap(m.out.Work) {
+		clear(work)
+		m.out.Work = work[:0]
+	}
+}
+
 func (m *Machine) reply(msg Msg) { m.out.Replies = append(m.out.Replies, msg) }
 
 func (m *Machine) note(format string, args ...any) {

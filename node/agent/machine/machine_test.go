@@ -421,3 +421,24 @@ func TestTicksEqualSingleTicks(t *testing.T) {
 		}
 	}
 }
+
+// TestRecycleKeepsReplies: recycled arrays carry the next Ready's replies
+// and work, and recycling while some are queued loses none of them.
+func TestRecycleKeepsReplies(t *testing.T) {
+	m, err := New(Config{CommitTicks: 5, RejoinTicks: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replies, work := make([]Msg, 1, 8), make([]Work, 1, 8)
+	m.Recycle(replies, work)
+	if &m.out.Replies[:1][0] != &replies[0] || &m.out.Work[:1][0] != &work[0] {
+		t.Fatal("the recycled arrays were not kept")
+	}
+	m.Step(Event{Kind: Open})
+	m.Step(Event{Kind: Message, Msg: &Msg{Kind: Job}})
+	rd := m.Ready()
+	m.Recycle(make([]Msg, 0, 64), make([]Work, 0, 64)) // work is queued: ignored
+	if got := m.Ready(); len(got.Work) != len(rd.Work) || len(rd.Work) == 0 || got.Work[0].Kind != SetUpTrainer {
+		t.Fatalf("after a job, work %v; after recycling while it was queued, %v", rd.Work, got.Work)
+	}
+}
