@@ -45,10 +45,16 @@ func ToAgent(m cm.Msg) (am.Msg, error) {
 // ToCoordinator is node id's reply on session s as the coordinator
 // machine's event (a leave is an event of its own).
 func ToCoordinator(id string, s uint64, r am.Msg) (cm.Event, error) {
+	return toCoordinator(id, s, r, new(cm.Msg))
+}
+
+// toCoordinator is ToCoordinator writing the message into m, which the
+// event points to: a caller keeps it in the same allocation as the event.
+func toCoordinator(id string, s uint64, r am.Msg, m *cm.Msg) (cm.Event, error) {
 	if r.Kind == am.Leave {
 		return cm.Event{Kind: cm.Leave, Node: id, Session: s}, nil
 	}
-	m := cm.Msg{Node: id, Session: s, Gen: r.Gen, Req: r.Req, Step: r.Step, Applied: r.Applied, Sum: r.Sum, Error: r.Error}
+	*m = cm.Msg{Node: id, Session: s, Gen: r.Gen, Req: r.Req, Step: r.Step, Applied: r.Applied, Sum: r.Sum, Error: r.Error}
 	switch r.Kind {
 	case am.SetUp:
 		m.Kind = cm.SetUp
@@ -76,5 +82,5 @@ func ToCoordinator(id string, s uint64, r am.Msg) (cm.Event, error) {
 	default:
 		return cm.Event{}, fmt.Errorf("memnet: node %s sent %s, which is no reply", id, r.Kind)
 	}
-	return cm.Event{Kind: cm.Message, Msg: &m}, nil
+	return cm.Event{Kind: cm.Message, Msg: m}, nil
 }
