@@ -77,6 +77,10 @@ type Node struct {
 	// every tick, since such a tick only moves its clock; the ticks it is
 	// owed are given at once (catchUp) before anything else reaches it.
 	seen int64
+	// last is the last delivery tick on session lastS, to the node [0]
+	// and from it [1]: only its live session carries messages.
+	lastS uint64
+	last  [2]int64
 }
 
 // State is the trainer's state and the committed steps it holds.
@@ -99,7 +103,6 @@ type Net struct {
 	now   int64
 	q     *wheel
 	next  uint64           // session ids
-	last  map[uint64]int64 // last delivery tick per session and direction
 	byS   map[uint64]*Node // live sessions
 	rings map[[2]uint64][]*Node
 	// reduced records the reduced reports delivered to the coordinator,
@@ -151,7 +154,7 @@ func New(seed uint64, cfg cm.Config, agent am.Config) (*Net, error) {
 		return nil, err
 	}
 	return &Net{Coord: c, Cfg: cfg, Agent: agent, Nodes: map[string]*Node{}, rnd: rand.New(rand.NewPCG(seed, 0x6d656d)),
-		last: map[uint64]int64{}, byS: map[uint64]*Node{}, rings: map[[2]uint64][]*Node{}, reduced: map[[2]uint64]map[string]bool{},
+		byS: map[uint64]*Node{}, rings: map[[2]uint64][]*Node{}, reduced: map[[2]uint64]map[string]bool{},
 		batches: map[int][]int{}, aborts: map[[2]uint64]bool{}, genInst: map[uint64]map[string]int{}, Disk: map[int]uint64{},
 		q: &wheel{}, down: map[string]*Node{}, canon: []uint64{InitState}}, nil
 }
@@ -398,10 +401,19 @@ func (n *Net) laterJob(t int64, f job) {
 
 // inOrder runs f at tick t, but not before anything sent earlier on the
 // same stream (session s, direction dir): gRPC streams are ordered.
-func (n *Net) inOrder(s uint64, dir uint64, t int64, f job) {
-	k := s<<1 | dir
-	t = max(t, n.last[k])
-	n.last[k] = t
+// The order is kept on the node (a map by session was a lookup per
+// message): messages travel only on its live session, and session ids
+// only grow.
+func (n *Net) inOrder(nd *Node, s uint64, dir int, t int64, f job) {
+	switch {
+	case s < nd.lastS:
+		n.fail("memnet: a message on %s's old session %d after session %d", nd.ID, s, nd.lastS)
+		return
+	case s > nd.lastS:
+		nd.lastS, nd.last = s, [2]int64{}
+	}
+	t = max(t, nd.last[dir])
+	nd.last[dir] = t
 	n.laterJob(t, f)
 }
 
@@ -511,7 +523,7 @@ func (n *Net) toNode(msg cm.Msg) {
 		}
 		n.batches[msg.Step] = msg.Indices
 	}
-	n.inOrder(msg.Session, 0, n.delay(0, 2), d)
+	n.inOrder(nd, msg.Session, 0, n.delay(0, 2), d)
 }
 
 // agent steps nd's machine and carries out its Ready.
@@ -565,13 +577,13 @@ func (n *Net) agent(nd *Node, ev am.Event) {
 			n.fail("%v", err)
 			continue
 		}
-		n.inOrder(s, 1, n.delay(0, 3), deliver)
+		n.inOrder(nd, s, 1, n.delay(0, 3), deliver)
 		if n.DupEvery > 0 && n.rnd.IntN(n.DupEvery) == 0 {
 			n.Dups++
 			if n.Log != nil {
 				n.logf("%s → %s (delivered twice)", nd.ID, r)
 			}
-			n.inOrder(s, 1, n.delay(0, 3), deliver)
+			n.inOrder(nd, s, 1, n.delay(0, 3), deliver)
 		}
 	}
 	for _, w := range rd.Work {
