@@ -16,6 +16,12 @@ import (
 // each session's ServerHandshake result goes to results, and a session that
 // passes gets a job.
 func handshakeServer(t *testing.T, key auth.Key) (string, <-chan error) {
+	return serveSessions(t, key, false)
+}
+
+// serveSessions is handshakeServer; with hold, a session stays open after
+// the job until the node ends it (or the keepalive does), as a spare's.
+func serveSessions(t *testing.T, key auth.Key, hold bool) (string, <-chan error) {
 	t.Helper()
 	tc, err := auth.DerivedTLS(key)
 	if err != nil {
@@ -37,7 +43,11 @@ func handshakeServer(t *testing.T, key auth.Key) (string, <-chan error) {
 		if err != nil {
 			return err
 		}
-		return st.Send(&Msg{V: Version, Type: TypeJob, Job: &Job{RunID: "r"}})
+		if err := st.Send(&Msg{V: Version, Type: TypeJob, Job: &Job{RunID: "r"}}); err != nil || !hold {
+			return err
+		}
+		_, err = st.Recv()
+		return err
 	})
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -94,48 +93,13 @@ func (f *freezer) close() {
 	f.wg.Wait()
 }
 
-// idleServer is a coordinator that sends a job and then nothing, as to a
-// spare, keeping the session open until the node ends it.
-func idleServer(t *testing.T, key auth.Key) (string, <-chan error) {
-	t.Helper()
-	tc, err := auth.DerivedTLS(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	results := make(chan error, 8)
-	gs := grpc.NewServer(ServerOptions(key, tc.Server)...)
-	Register(gs, func(st Stream) error {
-		first, err := st.Recv()
-		if err != nil {
-			return err
-		}
-		err = ServerHandshake(st, key, first)
-		results <- err
-		if err != nil {
-			return err
-		}
-		if err := st.Send(&Msg{V: Version, Type: TypeJob, Job: &Job{RunID: "r"}}); err != nil {
-			return err
-		}
-		_, err = st.Recv() // the node's end, or the keepalive's
-		return err
-	})
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	return lis.Addr().String(), results
-}
-
 // TestIdleSessionEndsWhenCoordinatorFreezes: a node whose session carries
 // no message (a spare) learns that the coordinator froze from the
 // keepalive, within its time and timeout, and not never (defect 14 of the
 // protocol issue: idle nodes had no deadline).
 func TestIdleSessionEndsWhenCoordinatorFreezes(t *testing.T) {
 	key, _ := auth.GenerateKey()
-	addr, results := idleServer(t, key)
+	addr, results := serveSessions(t, key, true) // a spare's session: a job, then nothing
 	proxy := newFreezer(t, addr)
 	tc, err := auth.DerivedTLS(key)
 	if err != nil {
