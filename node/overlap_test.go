@@ -190,11 +190,25 @@ func runStepsSplit(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n,
 			}
 		}
 	}
+	d0, p := identicalReplicas(t, trs)
+	return d0, results, p
+}
+
+// TestOverlapBitIdentical: real libtorch ranks on real loopback rings, with
+// gradient accumulation (2 micro-batches per rank per step) on both
+// transports at N = 2 and 3: all-reducing the buckets during the last
+// backward gives bit-identical weights to all-reducing the same buckets
+// after backward. With overlap on, buckets really start during backward
+// (comm time before the end of backward); off, none does.
+// identicalReplicas checks that every trainer holds rank 0's weights and
+// returns their digest and values.
+func identicalReplicas(t *testing.T, trs []*Trainer) ([]byte, []float32) {
+	t.Helper()
 	d0, err := trs[0].Digest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for r := 1; r < n; r++ {
+	for r := 1; r < len(trs); r++ {
 		d, err := trs[r].Digest()
 		if err != nil {
 			t.Fatal(err)
@@ -207,15 +221,9 @@ func runStepsSplit(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n,
 	if err := trs[0].m.CopyParamsTo(p); err != nil {
 		t.Fatal(err)
 	}
-	return d0, results, p
+	return d0, p
 }
 
-// TestOverlapBitIdentical: real libtorch ranks on real loopback rings, with
-// gradient accumulation (2 micro-batches per rank per step) on both
-// transports at N = 2 and 3: all-reducing the buckets during the last
-// backward gives bit-identical weights to all-reducing the same buckets
-// after backward. With overlap on, buckets really start during backward
-// (comm time before the end of backward); off, none does.
 func TestOverlapBitIdentical(t *testing.T) {
 	for _, tr := range []allreduce.Transport{allreduce.TCP, allreduce.GRPC} {
 		for _, n := range []int{2, 3} {

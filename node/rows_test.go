@@ -126,23 +126,7 @@ func runLM(t *testing.T, tr allreduce.Transport, n, steps, micro int, split, ove
 			}
 		}
 	}
-	d0, err := trs[0].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for r := 1; r < n; r++ {
-		d, err := trs[r].Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(d, d0) {
-			t.Fatalf("rank %d's weights differ from rank 0's", r)
-		}
-	}
-	p := make([]float32, trs[0].m.NumParams())
-	if err := trs[0].m.CopyParamsTo(p); err != nil {
-		t.Fatal(err)
-	}
+	_, p := identicalReplicas(t, trs)
 	return p, results
 }
 
