@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/ringtune/ringtune/data"
 	"github.com/ringtune/ringtune/model/hfspec"
@@ -43,9 +42,9 @@ func (m *Model) loadWeights() error {
 	for _, n := range match.Missing {
 		missing[n] = true
 	}
-	redraw, err := m.sequenceHeadRedraw(match.Loaded)
+	redraw, err := m.cfg.Redraw(m.task, match.Loaded, m.lay.Class)
 	if err != nil {
-		return err
+		return fmt.Errorf("load model %s: %w", m.dir, err)
 	}
 	for _, n := range redraw {
 		missing[n] = true
@@ -96,56 +95,10 @@ func (m *Model) loadWeights() error {
 	return nil
 }
 
-// SequenceHeadRedrawKey is a config.json key a ringtune pre-trained
-// checkpoint may carry: a list of substrings of parameter names that are
-// initialised afresh, not loaded, when the checkpoint is fine-tuned for a
-// sequence-level task (classification or regression, which read the [CLS]
-// state through the pooler). Every other task, and every other tensor,
-// loads as from_pretrained would. scripts/pretrain.sh writes
-// [".attention.self.query.", ".attention.self.key."]: the masked LM's heads
-// are sharp and positional, so [CLS] attends to itself and [SEP], not to
-// the words, and a classifier fine-tuned from them under-fits (README, "Why
-// the checkpoint loses on sentiment"). transformers ignores the key. Save
+// SequenceHeadRedrawKey is the config.json key naming the tensors a
+// sequence-level fine-tune draws afresh (hfspec.SequenceHeadRedrawKey). Save
 // drops it: a fine-tuned model's attention is its own.
-const SequenceHeadRedrawKey = "ringtune_sequence_head_redraw"
-
-// sequenceHeadRedraw returns the loaded parameters that config.json's
-// SequenceHeadRedrawKey names for this model's task (none for a task that
-// is not sequence-level).
-func (m *Model) sequenceHeadRedraw(loaded []string) ([]string, error) {
-	v, ok := m.cfg.Raw[SequenceHeadRedrawKey]
-	if !ok {
-		return nil, nil
-	}
-	list, isList := v.([]any)
-	var subs []string
-	for _, e := range list {
-		if s, _ := e.(string); s != "" {
-			subs = append(subs, s)
-		}
-	}
-	if !isList || len(subs) != len(list) || len(list) == 0 {
-		return nil, fmt.Errorf("load model %s: config.json: %s is %v; want a non-empty list of non-empty parameter-name substrings, e.g. [\".attention.self.query.\"] (or remove the key)",
-			m.dir, SequenceHeadRedrawKey, v)
-	}
-	if m.task != data.Classification && m.task != data.Regression {
-		return nil, nil
-	}
-	var out []string
-	for _, n := range loaded {
-		for _, s := range subs {
-			if strings.Contains(n, s) {
-				out = append(out, n)
-				break
-			}
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("load model %s: config.json: %s %v matches no parameter of %s; fix or remove the key",
-			m.dir, SequenceHeadRedrawKey, subs, m.lay.Class)
-	}
-	return out, nil
-}
+const SequenceHeadRedrawKey = hfspec.SequenceHeadRedrawKey
 
 // Save writes a Hugging Face model directory that transformers (and
 // PyTorch) load: config.json updated for the task head, model.safetensors

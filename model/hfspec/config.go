@@ -6,6 +6,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
+
+	"github.com/ringtune/ringtune/data"
 )
 
 // Family is an architecture family this package implements.
@@ -49,8 +52,49 @@ type Config struct {
 	ProblemType  string
 	Architecture string // architectures[0], "" when absent
 
+	// SequenceHeadRedraw is config.json's SequenceHeadRedrawKey: substrings
+	// of parameter names drawn afresh, not loaded, when the checkpoint is
+	// fine-tuned for a sequence-level task (nil when the key is absent).
+	SequenceHeadRedraw []string
+
 	Raw  map[string]any
 	Path string
+}
+
+// SequenceHeadRedrawKey is a config.json key a ringtune pre-trained
+// checkpoint may carry: a list of substrings of parameter names that are
+// initialised afresh, not loaded, when the checkpoint is fine-tuned for a
+// sequence-level task (classification or regression, which read the [CLS]
+// state through the pooler). Every other task, and every other tensor,
+// loads as from_pretrained would. scripts/pretrain.sh writes
+// [".attention.self.query.", ".attention.self.key."]: the masked LM's heads
+// are sharp and positional, so [CLS] attends to itself and [SEP], not to
+// the words, and a classifier fine-tuned from them under-fits (README, "Why
+// the checkpoint loses on sentiment"). transformers ignores the key.
+const SequenceHeadRedrawKey = "ringtune_sequence_head_redraw"
+
+// Redraw returns the loaded parameters (names as in the layout) that
+// SequenceHeadRedraw names for task: none for a task that is not
+// sequence-level, and an error naming the key when it matches none of
+// them (a typo would otherwise silently load everything).
+func (c *Config) Redraw(task data.Task, loaded []string, class string) ([]string, error) {
+	if c.SequenceHeadRedraw == nil || (task != data.Classification && task != data.Regression) {
+		return nil, nil
+	}
+	var out []string
+	for _, n := range loaded {
+		for _, s := range c.SequenceHeadRedraw {
+			if strings.Contains(n, s) {
+				out = append(out, n)
+				break
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("model config %s: key %q: %v matches no parameter of %s; fix or remove the key",
+			c.Path, SequenceHeadRedrawKey, c.SequenceHeadRedraw, class)
+	}
+	return out, nil
 }
 
 // ReadConfig reads dir/config.json.
@@ -180,6 +224,17 @@ func ParseConfig(raw []byte, path string) (*Config, error) {
 	c.ProblemType = r.str("problem_type", "")
 	if a, ok := m["architectures"].([]any); ok && len(a) > 0 {
 		c.Architecture, _ = a[0].(string)
+	}
+	if v, ok := m[SequenceHeadRedrawKey]; ok {
+		list, isList := v.([]any)
+		for _, e := range list {
+			if s, _ := e.(string); s != "" {
+				c.SequenceHeadRedraw = append(c.SequenceHeadRedraw, s)
+			}
+		}
+		if !isList || len(c.SequenceHeadRedraw) != len(list) || len(list) == 0 {
+			r.fail(SequenceHeadRedrawKey, "is %v; want a non-empty list of non-empty parameter-name substrings, e.g. [\".attention.self.query.\"] (or remove the key)", v)
+		}
 	}
 	if r.err != nil {
 		return nil, r.err

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,6 +39,16 @@ func weightsFor(l *Layout) []safetensors.Tensor {
 		ts = append(ts, safetensors.FromFloat32(p.Name, p.Shape, make([]float32, p.Numel())))
 	}
 	return ts
+}
+
+func mustParse(t *testing.T, cfg map[string]any) *Config {
+	t.Helper()
+	raw, _ := json.Marshal(cfg)
+	c, err := ParseConfig(raw, "config.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func tinyLayout(t *testing.T) *Layout {
@@ -81,6 +92,27 @@ func TestCheckDirAcceptsAGoodModel(t *testing.T) {
 	}
 	if _, err := CheckDir(modelDir(t, tinyBERT, base), data.Classification, 2, true); err != nil {
 		t.Errorf("base checkpoint: %v", err)
+	}
+	// A marked checkpoint (scripts/pretrain.sh) checks for every task: the
+	// names match for classification, and other tasks load everything.
+	marked := map[string]any{SequenceHeadRedrawKey: []any{".attention.self.query.", ".attention.self.key."}}
+	for k, v := range tinyBERT {
+		marked[k] = v
+	}
+	for _, task := range []data.Task{data.Classification, data.Regression, data.TokenClassification} {
+		labels := map[data.Task]int{data.Classification: 2, data.Regression: 1, data.TokenClassification: 2}[task]
+		tl, err := NewLayout(mustParse(t, marked), task, labels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := CheckDir(modelDir(t, marked, weightsFor(tl)), task, labels, true)
+		if err != nil {
+			t.Errorf("%s from a marked checkpoint: %v", task, err)
+			continue
+		}
+		if want := []string{".attention.self.query.", ".attention.self.key."}; !slices.Equal(got.Config.SequenceHeadRedraw, want) {
+			t.Errorf("parsed %s = %v, want %v", SequenceHeadRedrawKey, got.Config.SequenceHeadRedraw, want)
+		}
 	}
 	// init: random needs no weights.
 	if _, err := CheckDir(modelDir(t, tinyBERT, nil), data.Classification, 2, false); err != nil {
@@ -168,6 +200,15 @@ func TestCheckDirNamesTheFault(t *testing.T) {
 			os.WriteFile(filepath.Join(d, BinFileName), []byte("PK not really a zip"), 0o644)
 			return d
 		}, data.Classification, 2, []string{BinFileName}},
+		{"redraw key not a list", func(t *testing.T) string {
+			return modelDir(t, with(SequenceHeadRedrawKey, ".attention.self.query."), weightsFor(l))
+		}, data.Classification, 2, []string{"config.json", SequenceHeadRedrawKey, "want a non-empty list"}},
+		{"redraw key with an empty name", func(t *testing.T) string {
+			return modelDir(t, with(SequenceHeadRedrawKey, []any{".attention.self.query.", ""}), weightsFor(l))
+		}, data.Classification, 2, []string{"config.json", SequenceHeadRedrawKey, "want a non-empty list"}},
+		{"redraw key matches nothing", func(t *testing.T) string {
+			return modelDir(t, with(SequenceHeadRedrawKey, []any{".attention.self.qeury."}), weightsFor(l))
+		}, data.Classification, 2, []string{"config.json", SequenceHeadRedrawKey, "matches no parameter of BertForSequenceClassification"}},
 		{"index names a missing shard", func(t *testing.T) string {
 			d := modelDir(t, tinyBERT, nil)
 			os.WriteFile(filepath.Join(d, safetensors.IndexFileName), []byte(`{"weight_map":{"`+victim+`":"model-00001-of-00002.safetensors"}}`), 0o644)

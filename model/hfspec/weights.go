@@ -181,11 +181,14 @@ func CheckDir(dir string, task data.Task, numLabels int, pretrained bool) (*Chec
 		if err != nil {
 			return nil, err
 		}
-		_, err = l.Match(c, dir, w)
+		m, err := l.Match(c, dir, w)
 		if cerr := w.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("load model %s: %w", dir, cerr)
 		}
 		if err != nil {
+			return nil, err
+		}
+		if _, err := c.Redraw(task, m.Loaded, l.Class); err != nil {
 			return nil, err
 		}
 	}
