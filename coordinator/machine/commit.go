@@ -32,8 +32,9 @@ func (m *Machine) commit() {
 	m.applied = g + 1
 	m.fails = 0
 	every := m.cfg.DigestEvery
-	digest := every > 0 && m.applied%every == 0
+	digest := every > 0 && (m.applied%every == 0 || m.owed)
 	if digest {
+		m.owed = false
 		m.pending[m.applied] = &digests{gen: r.gen, req: r.req, sums: make([]string, len(m.world))}
 	}
 	m.reserve(2 * len(m.world)) // the commits, then the next step's messages

@@ -50,6 +50,11 @@ type Machine struct {
 	count   int
 	pending map[int]*digests // by committed step count
 	drain   bool             // waiting for the last digests
+	// owed: a world dissolved with digests still owed, so those steps'
+	// replicas went uncompared; the next commit asks for digests whatever
+	// DigestEvery says, so they are compared one step later, not up to
+	// DigestEvery steps later.
+	owed bool
 
 	ckpt     int            // committed steps of the newest checkpoint, -1: none
 	ckptReqs map[uint64]int // checkpoint actions not yet done: request → step

@@ -15,7 +15,12 @@ func (m *Machine) enterWaiting() {
 	}
 	m.nRanked = 0
 	m.world, m.ids, m.broken, m.round, m.action, m.actNode, m.drain = nil, nil, false, nil, 0, "", false
-	// Digests still owed by the dissolved generation can never complete.
+	// Digests still owed by the dissolved generation can never complete:
+	// the next commit asks again.
+	if len(m.pending) > 0 {
+		m.note("digests of steps %v dropped with generation %d; the next commit asks for digests", m.pendingSteps(), m.gen)
+		m.owed = true
+	}
 	clear(m.pending)
 	for _, id := range m.leavingIDs() {
 		m.note("node %s left", id)
