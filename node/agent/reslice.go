@@ -10,8 +10,9 @@ import (
 )
 
 // reslicePiece is how many floats move per ring operation in Reslice: it
-// bounds the extra memory of the move to 16 MiB.
-const reslicePiece = 1 << 22
+// bounds the extra memory of the move to 16 MiB. (A variable so that tests
+// can move a small block in many pieces.)
+var reslicePiece = 1 << 22
 
 // ResliceStats says what a Reslice moved over the ring.
 type ResliceStats struct {
@@ -315,6 +316,9 @@ func (p *reslicePlan) stats(np int) ResliceStats {
 		}
 	}
 	n := int64(len(p.all))
+	if p.slotLen == 0 {
+		return st
+	}
 	if p.slots == 1 {
 		st.Kind = allreduce.KindAllReduceFloat32
 		st.SentFloats = 2 * (n - 1) * int64(p.slotLen) / n
