@@ -113,6 +113,12 @@ func TestZero1Cluster(t *testing.T) {
 		if m == nil || m[1] != m[2] || m[1] == "0" || strings.Contains(log, "optimizer state lost") {
 			t.Errorf("surviving node %d did not re-slice its optimizer state in generation 2", i)
 		}
+		// Each survivor held two of the three slices: only the third's
+		// moments (and, were they dirty, parameters) changed hands.
+		mv := regexp.MustCompile(`zero1 optimizer slices" node=\S+ gen=2 .* moved_bytes=(\d+) full_bytes=(\d+) `).FindStringSubmatch(log)
+		if mv == nil || len(mv[1]) > len(mv[2]) || (len(mv[1]) == len(mv[2]) && mv[1] >= mv[2]) || mv[1] == "0" {
+			t.Errorf("surviving node %d: the generation 2 re-slice moved %v bytes; want more than 0 and less than the full state", i, mv)
+		}
 	}
 	if strings.Contains(out, "node pulls state") {
 		t.Error("a survivor pulled the state after the loss: the re-slice should have kept it")
