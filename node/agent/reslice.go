@@ -198,7 +198,8 @@ type reslicePlan struct {
 	// unchanged: every rank already holds what it needs (same layout,
 	// same ranks, all clean holders): nothing moves.
 	unchanged bool
-	src       []int // the new rank that contributes old slice k
+	// cands[k]: the new ranks that hold old slice k, its owner first.
+	cands [][]int
 	// needP[r] and needM[r]: the parameters and moments new rank r needs
 	// and does not hold.
 	needP, needM []spanSet
@@ -234,18 +235,18 @@ func planReslice(all []ShardInfo, np int) (*reslicePlan, error) {
 		p.unchanged = p.unchanged && p.holder(in) && in.Size == n && in.Rank == r && !in.Dirty
 	}
 	S := p.best.Size
-	// The source of old slice k: its owner if it survived, else its buddy.
-	p.src = make([]int, S)
+	// The holders of old slice k: its owner if it survived, then its
+	// buddy (the owner's right neighbour) if it did.
+	p.cands = make([][]int, S)
 	for k := range S {
-		p.src[k] = -1
 		for pass, want := range []int{k, (k + 1) % S} {
 			for r, in := range all {
-				if p.src[k] < 0 && p.holder(in) && in.Rank == want && (pass == 0 || S > 1) {
-					p.src[k] = r
+				if p.holder(in) && in.Rank == want && (pass == 0 || S > 1) {
+					p.cands[k] = append(p.cands[k], r)
 				}
 			}
 		}
-		if p.src[k] < 0 {
+		if len(p.cands[k]) == 0 {
 			return nil, &LostError{Gen: p.best.Gen, Rank: k, Size: S, Applied: p.best.Applied}
 		}
 	}
@@ -272,14 +273,60 @@ func planReslice(all []ShardInfo, np int) (*reslicePlan, error) {
 		allP = allP.union(p.needP[r])
 	}
 	// Split by old slice, in one order: block, then old slice, then
-	// element.
+	// element. A range whose old slice has one holder comes from it; one
+	// with two (owner and buddy both survived) is split between them so
+	// that their contributions come out as even as can be (the ranks'
+	// largest contribution sizes an all-gather).
+	type pending struct {
+		block, k int
+		x        span
+	}
+	var todo []pending
+	load := make([]int, n)
 	for block, need := range []spanSet{allP, allM, allM} {
 		for k := range S {
 			lo, hi := allreduce.Slice(np, S, k)
 			for _, x := range need.within(lo, hi) {
-				p.segs = append(p.segs, moveSeg{block: block, lo: x.lo, hi: x.hi, src: p.src[k]})
+				todo = append(todo, pending{block, k, x})
+				if c := p.cands[k]; len(c) == 1 {
+					load[c[0]] += x.hi - x.lo
+				}
 			}
 		}
+	}
+	// Both ways, owner first or balanced, keeping the one with the
+	// smaller largest contribution (the greedy balance is not always
+	// better), the owner first on a tie.
+	assign := func(balance bool) ([]moveSeg, int) {
+		var segs []moveSeg
+		load := slices.Clone(load)
+		for _, t := range todo {
+			c := p.cands[t.k]
+			if len(c) == 1 || !balance {
+				segs = append(segs, moveSeg{block: t.block, lo: t.x.lo, hi: t.x.hi, src: c[0]})
+				if len(c) > 1 {
+					load[c[0]] += t.x.hi - t.x.lo
+				}
+				continue
+			}
+			a, b, l := c[0], c[1], t.x.hi-t.x.lo
+			na := min(max((load[b]+l-load[a])/2, 0), l)
+			load[a] += na
+			load[b] += l - na
+			if na > 0 {
+				segs = append(segs, moveSeg{block: t.block, lo: t.x.lo, hi: t.x.lo + na, src: a})
+			}
+			if na < l {
+				segs = append(segs, moveSeg{block: t.block, lo: t.x.lo + na, hi: t.x.hi, src: b})
+			}
+		}
+		return segs, slices.Max(load)
+	}
+	owner, om := assign(false)
+	even, em := assign(true)
+	p.segs = owner
+	if em < om {
+		p.segs = even
 	}
 	// The cheaper operation: an all-reduce sends 2(n-1)/n of the packed
 	// floats per rank; an all-gather (n-1) times the largest contribution.

@@ -248,6 +248,7 @@ func TestResliceMovesOnlyWhatChangedHands(t *testing.T) {
 		{"3to3/stale1", 3, []old{{rank: 0}, {rank: 1, stale: true}, {rank: 2}}, false, false},
 		{"2to1", 2, []old{{rank: 1}}, true, false},
 		{"1to2/joiner", 1, []old{{rank: 0}, {rank: -1}}, false, true},
+		{"2to3/one-survivor-two-joiners", 2, []old{{rank: 1}, {rank: -1}, {rank: -1}}, false, true},
 	}
 	kinds := map[allreduce.Kind]bool{}
 	for _, c := range cases {
