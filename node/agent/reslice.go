@@ -208,6 +208,9 @@ type reslicePlan struct {
 	// all-gather, slot r for rank r's contributions); slotLen is the
 	// longest slot.
 	slots, slotLen int
+	// depth is how many pieces are in flight at once (2; 1 moves one
+	// piece at a time, as the full move of BenchmarkReslice's peer does).
+	depth int
 }
 
 // holder says whether in holds the newest committed state.
@@ -221,7 +224,7 @@ func (p *reslicePlan) holder(in ShardInfo) bool {
 // *LostError when an old slice has no holder.
 func planReslice(all []ShardInfo, np int) (*reslicePlan, error) {
 	n := len(all)
-	p := &reslicePlan{all: all, best: ShardInfo{Applied: -1}}
+	p := &reslicePlan{all: all, best: ShardInfo{Applied: -1}, depth: 2}
 	for _, in := range all {
 		if in.Valid && (in.Applied > p.best.Applied || (in.Applied == p.best.Applied && in.Gen > p.best.Gen)) {
 			p.best = in
@@ -459,12 +462,31 @@ func (p *reslicePlan) run(ctx context.Context, ring *allreduce.Ring, tr ShardTra
 	if p.slots > 1 {
 		kind = allreduce.KindAllGather
 	}
-	q := max(1, reslicePiece/p.slots)
-	buf := make([]float32, p.slots*min(q, p.slotLen))
+	// Two pieces in flight, each half of reslicePiece: while the ring
+	// moves one, this rank packs the next and unpacks the last.
+	q := max(1, reslicePiece/p.depth/p.slots)
+	pieces := (p.slotLen + q - 1) / q
+	bufs := make([][]float32, p.depth)
+	for i := range bufs {
+		bufs[i] = make([]float32, p.slots*min(q, p.slotLen))
+	}
 	negZero := float32(math.Copysign(0, -1))
-	for base := 0; base < p.slotLen; base += q {
-		qj := min(q, p.slotLen-base)
-		pc := buf[:p.slots*qj]
+	// each calls f for each segment overlapping the piece of slot offsets
+	// [base, base+qj), with its element range [lo, hi) and the position of
+	// lo in the piece's buffer.
+	each := func(base, qj int, f func(s moveSeg, lo, hi, at int) error) error {
+		for _, s := range p.segs {
+			a, b := max(s.off, base), min(s.off+s.hi-s.lo, base+qj)
+			if a >= b {
+				continue
+			}
+			if err := f(s, s.lo+a-s.off, s.lo+b-s.off, s.slot*qj+a-base); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	pack := func(pc []float32, base, qj int) error {
 		if p.slots == 1 {
 			for i := range pc {
 				pc[i] = negZero
@@ -472,21 +494,7 @@ func (p *reslicePlan) run(ctx context.Context, ring *allreduce.Ring, tr ShardTra
 		} else {
 			clear(pc[me*qj : (me+1)*qj])
 		}
-		// Each segment overlapping this piece, as element range [lo, hi)
-		// of its block and the position of lo in pc.
-		each := func(f func(s moveSeg, lo, hi, at int) error) error {
-			for _, s := range p.segs {
-				a, b := max(s.off, base), min(s.off+s.hi-s.lo, base+qj)
-				if a >= b {
-					continue
-				}
-				if err := f(s, s.lo+a-s.off, s.lo+b-s.off, s.slot*qj+a-base); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		err := each(func(s moveSeg, lo, hi, at int) error {
+		return each(base, qj, func(s moveSeg, lo, hi, at int) error {
 			if s.src != me {
 				return nil
 			}
@@ -494,17 +502,9 @@ func (p *reslicePlan) run(ctx context.Context, ring *allreduce.Ring, tr ShardTra
 			copy(pc[at:], src)
 			return err
 		})
-		if err != nil {
-			return err
-		}
-		op, err := ring.StartKind(ctx, kind, pc)
-		if err == nil {
-			err = op.Wait()
-		}
-		if err != nil {
-			return fmt.Errorf("zero1 re-slice: moving piece %d of %d (%s): %w", base/q, (p.slotLen+q-1)/q, kind, err)
-		}
-		_ = each(func(s moveSeg, lo, hi, at int) error {
+	}
+	unpack := func(pc []float32, base, qj int) {
+		_ = each(base, qj, func(s moveSeg, lo, hi, at int) error {
 			if s.block == 0 {
 				for _, x := range needP.within(lo, hi) {
 					copy(params[x.lo:x.hi], pc[at+x.lo-lo:])
@@ -522,6 +522,52 @@ func (p *reslicePlan) run(ctx context.Context, ring *allreduce.Ring, tr ShardTra
 			}
 			return nil
 		})
+	}
+	type flight struct {
+		op    *allreduce.Op
+		j, qj int
+		pc    []float32
+	}
+	var queue []flight
+	// land waits for the oldest piece in flight and unpacks it.
+	land := func() error {
+		f := queue[0]
+		queue = queue[1:]
+		if err := f.op.Wait(); err != nil {
+			return fmt.Errorf("zero1 re-slice: moving piece %d of %d (%s): %w", f.j, pieces, kind, err)
+		}
+		unpack(f.pc, f.j*q, f.qj)
+		return nil
+	}
+	// fail waits out what is still in flight (the broken ring ends it
+	// soon) so that no operation outlives the call, then returns err.
+	fail := func(err error) error {
+		for _, f := range queue {
+			_ = f.op.Wait()
+		}
+		return err
+	}
+	for j := range pieces {
+		qj := min(q, p.slotLen-j*q)
+		pc := bufs[j%p.depth][:p.slots*qj]
+		if err := pack(pc, j*q, qj); err != nil {
+			return fail(err)
+		}
+		op, err := ring.StartKind(ctx, kind, pc)
+		if err != nil {
+			return fail(fmt.Errorf("zero1 re-slice: moving piece %d of %d (%s): %w", j, pieces, kind, err))
+		}
+		queue = append(queue, flight{op, j, qj, pc})
+		if len(queue) == p.depth {
+			if err := land(); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	for len(queue) > 0 {
+		if err := land(); err != nil {
+			return fail(err)
+		}
 	}
 	if len(needP) > 0 {
 		if err := tr.ParamsGathered(); err != nil {

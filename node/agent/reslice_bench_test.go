@@ -110,9 +110,9 @@ func benchReslice(b *testing.B, size int, olds []old, full bool) (float64, Resli
 }
 
 // resliceFull is the re-slice that moves all of the state, every element of
-// the parameters and both moments from its old slice's source, by float32
-// all-reduces (what Reslice did before it moved only what changed hands):
-// the peer of BenchmarkReslice.
+// the parameters and both moments from its old slice's owner (else buddy),
+// by float32 all-reduces of 16 MiB pieces one at a time: what Reslice did
+// before it moved only what changed hands, the peer of BenchmarkReslice.
 func resliceFull(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine ShardInfo) (ResliceStats, error) {
 	n := ring.Size()
 	infos := make([]float32, shardInfoLen*n)
@@ -129,7 +129,7 @@ func resliceFull(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, min
 	if err != nil {
 		return ResliceStats{}, err
 	}
-	p.segs, p.slots, p.slotLen = nil, 1, 0
+	p.segs, p.slots, p.slotLen, p.depth = nil, 1, 0, 1
 	for block := range 3 {
 		for k := range p.best.Size {
 			lo, hi := allreduce.Slice(np, p.best.Size, k)
