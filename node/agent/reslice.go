@@ -66,8 +66,12 @@ func Reslice(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine Sh
 // A single loss never resets or rolls back the state, and joiners get it
 // too. When an old slice has no holder (two adjacent ranks died) it drops
 // the state (fresh zeroed slices) and returns a *LostError. When the ring
-// fails midway, a holder still holds its old slices; a rank that needed
-// parameters may hold some of them changed (call it again with Dirty set).
+// fails midway, a holder still holds its old slices and returns
+// mine.Applied: a clean holder is untouched (it needs no parameters, and
+// nothing is written to a holder's slices), a dirty one stays dirty. A rank
+// that held no slices of the newest step (a joiner, a rank of an older
+// step) may hold some parameters changed: it returns -1, holding no
+// committed state.
 // When nobody holds a committed state it sets fresh slices and returns
 // mine.Applied.
 func ResliceWithStats(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine ShardInfo) (int, ResliceStats, error) {
@@ -101,6 +105,11 @@ func ResliceWithStats(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer
 		return p.best.Applied, stats, nil
 	}
 	if err := p.run(ctx, ring, tr); err != nil {
+		if !p.holder(mine) {
+			// Its parameters may be partly overwritten with another
+			// step's: it holds no committed state any more.
+			return -1, stats, err
+		}
 		return mine.Applied, stats, err
 	}
 	return p.best.Applied, stats, nil

@@ -376,9 +376,10 @@ func TestResliceLostSlice(t *testing.T) {
 }
 
 // TestResliceRingFailsMidway: the ring breaks while the state moves (a
-// joiner's ring closes as a holder starts): every rank fails, and the
-// holders still hold their old slices and the committed step, so the next
-// generation can re-slice again.
+// joiner's ring closes as a holder starts): every rank fails, the clean
+// holders still hold all of the committed step (their slices and whole
+// parameters), the joiner says it holds nothing, and the next generation
+// re-slices with the holders still clean.
 func TestResliceRingFailsMidway(t *testing.T) {
 	const np = 10007
 	defer func(p int) { reslicePiece = p }(reslicePiece)
@@ -393,10 +394,11 @@ func TestResliceRingFailsMidway(t *testing.T) {
 	var once sync.Once
 	fakes[0].onHeld = func() { once.Do(func() { rings[2].Close() }) }
 	errs := make([]error, 3)
+	got := make([]int, 3)
 	var wg sync.WaitGroup
 	for r := range fakes {
 		wg.Go(func() {
-			_, _, errs[r] = ResliceWithStats(context.Background(), rings[r], fakes[r], infos[r])
+			got[r], _, errs[r] = ResliceWithStats(context.Background(), rings[r], fakes[r], infos[r])
 		})
 	}
 	wg.Wait()
@@ -404,6 +406,12 @@ func TestResliceRingFailsMidway(t *testing.T) {
 		var lost *LostError
 		if err == nil || errors.As(err, &lost) {
 			t.Fatalf("rank %d: %v; want a ring error", r, err)
+		}
+		// The holders still hold step 3; the joiner holds nothing (-1
+		// when it failed while moving the state, what it passed in, 0,
+		// when its ring closed before the holdings were exchanged).
+		if (r < 2 && got[r] != 3) || (r == 2 && got[r] > 0) {
+			t.Fatalf("rank %d: the failed re-slice says step %d", r, got[r])
 		}
 	}
 	for r := range 2 {
@@ -418,17 +426,14 @@ func TestResliceRingFailsMidway(t *testing.T) {
 				t.Fatalf("holder %d: moments changed by the failed re-slice", r)
 			}
 		}
-		for i := own[0]; i < own[1]; i++ {
+		for i := range f.params {
 			if math.Float32bits(f.params[i]) != math.Float32bits(truth(0, i)) {
-				t.Fatalf("holder %d: parameter %d of its own slice changed by the failed re-slice", r, i)
+				t.Fatalf("clean holder %d: parameter %d changed by the failed re-slice", r, i)
 			}
 		}
 	}
-	// Retried in a new generation (the holders clean: nothing of theirs
-	// was written), the joiner gets the state.
-	for r := range 2 {
-		infos[r].Dirty = true
-	}
+	// Retried in a new generation, the holders still clean (nothing of
+	// theirs was written), the joiner gets the state.
 	for r, res := range resliceAll(t, fakes, infos) {
 		if res.err != nil || res.applied != 3 {
 			t.Fatalf("retry: rank %d: %d, %v", r, res.applied, res.err)

@@ -226,10 +226,15 @@ func (s *session) reslice(w *control.World) {
 		s.a.log.Error("optimizer state lost; reloading from the newest checkpoint", "err", err)
 		s.applied, s.z = -1, zeroState{}
 	case err != nil:
-		// The new ring broke (another node lost): what this node held is
-		// intact, except possibly its parameters outside its slices.
+		// The new ring broke (another node lost). A holder still holds its
+		// slices, and a clean one all of its parameters (Reslice writes
+		// none there): it keeps its dirty flag. A rank that held no slices
+		// of the newest step may have had its parameters partly
+		// overwritten (applied -1): it holds no committed state.
 		s.a.log.Warn("zero1 re-slice failed; retrying with the next generation", "gen", w.Generation, "err", err)
-		s.z.dirty = s.z.dirty || s.z.valid
+		if applied < 0 {
+			s.applied, s.z = -1, zeroState{}
+		}
 	default:
 		was := s.applied
 		s.applied = applied
