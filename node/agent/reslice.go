@@ -56,12 +56,14 @@ func Reslice(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine Sh
 // slices and, unless it is a clean holder, the parameters; what it holds
 // already (a holder's old own and buddy slices, and a clean holder's whole
 // parameter block) it keeps. What some rank needs and does not hold moves,
-// each element once, from the old slice's owner when it survived, else from
-// its buddy (the old owner's right neighbour). It moves by float32 ring
-// operations in bounded pieces, in which every element has exactly one
-// contributor, so the values arrive bit for bit: an all-gather of per-rank
-// slots, or an all-reduce where the non-contributors put -0 (x + -0 is x
-// for every x, -0 included; +0 would turn a -0 into +0).
+// each element once, from a surviving holder of its old slice: the owner,
+// or the buddy (the old owner's right neighbour), or split between them
+// when both survived and that evens out what the ranks send. It moves by
+// float32 ring operations in bounded pieces, two in flight, in which every
+// element has exactly one contributor, so the values arrive bit for bit:
+// an all-gather of per-rank slots, or an all-reduce where the
+// non-contributors put -0 (x + -0 is x for every x, -0 included; +0 would
+// turn a -0 into +0), whichever sends fewer bytes.
 //
 // A single loss never resets or rolls back the state, and joiners get it
 // too. When an old slice has no holder (two adjacent ranks died) it drops
@@ -71,9 +73,8 @@ func Reslice(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine Sh
 // nothing is written to a holder's slices), a dirty one stays dirty. A rank
 // that held no slices of the newest step (a joiner, a rank of an older
 // step) may hold some parameters changed: it returns -1, holding no
-// committed state.
-// When nobody holds a committed state it sets fresh slices and returns
-// mine.Applied.
+// committed state. When nobody holds a committed state it sets fresh
+// slices and returns mine.Applied.
 func ResliceWithStats(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine ShardInfo) (int, ResliceStats, error) {
 	n, me := ring.Size(), ring.Rank()
 	np := tr.NumParams()
