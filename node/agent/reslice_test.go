@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -439,5 +441,85 @@ func TestResliceRingFailsMidway(t *testing.T) {
 			t.Fatalf("retry: rank %d: %d, %v", r, res.applied, res.err)
 		}
 		checkHolds(t, r, 3, fakes[r], 3)
+	}
+}
+
+// TestResliceRandom: random layout changes (old sizes 1-5, new rings 1-5,
+// survivors in any order, joiners, dirty and stale ranks, blocks from 1
+// element to a few thousand, so also slices that are empty), each on a real
+// ring: either an old slice has no surviving holder and every rank says it
+// was lost, or every rank ends with the committed state bit for bit and
+// the moved floats equal the element-by-element count.
+func TestResliceRandom(t *testing.T) {
+	defer func(p int) { reslicePiece = p }(reslicePiece)
+	reslicePiece = 64
+	rng := rand.New(rand.NewPCG(10, 10))
+	var nLost, nMoved int
+	defer func() {
+		t.Logf("%d cases lost a slice, %d moved state", nLost, nMoved)
+		if nLost < 5 || nMoved < 20 {
+			t.Errorf("the random cases cover too little: %d lost, %d moved", nLost, nMoved)
+		}
+	}()
+	for c := range 60 {
+		size := 1 + rng.IntN(5)
+		np := 1 + rng.IntN(3000)
+		if c%6 == 0 {
+			np = 1 + rng.IntN(6) // fewer elements than ranks
+		}
+		var olds []old
+		for _, r := range rng.Perm(size)[:1+rng.IntN(size)] {
+			olds = append(olds, old{rank: r, dirty: rng.IntN(5) == 0, stale: rng.IntN(8) == 0})
+		}
+		olds[0].stale = false // the newest step has a holder
+		for range rng.IntN(3) {
+			at := rng.IntN(len(olds) + 1)
+			olds = slices.Insert(olds, at, old{rank: -1})
+		}
+		if len(olds) > 5 {
+			olds = olds[:5]
+		}
+		name := fmt.Sprintf("%d/np=%d/size=%d/%v", c, np, size, olds)
+		lost := -1
+		for k := size - 1; k >= 0; k-- {
+			held := false
+			for _, o := range olds {
+				held = held || (o.rank >= 0 && !o.stale && (o.rank == k || (size > 1 && o.rank == (k+1)%size)))
+			}
+			if !held {
+				lost = k
+			}
+		}
+		n := len(olds)
+		fakes := make([]*fakeShard, n)
+		infos := make([]ShardInfo, n)
+		for r, o := range olds {
+			fakes[r], infos[r] = newFake(np, size, 4, o)
+		}
+		res := resliceAll(t, fakes, infos)
+		for r, f := range fakes {
+			if lost >= 0 {
+				var le *LostError
+				if !errors.As(res[r].err, &le) || le.Rank != lost || res[r].applied != -1 {
+					t.Fatalf("%s: rank %d: %d, %v; want slice %d lost", name, r, res[r].applied, res[r].err, lost)
+				}
+				continue
+			}
+			if res[r].err != nil || res[r].applied != 4 {
+				t.Fatalf("%s: rank %d: %d, %v", name, r, res[r].applied, res[r].err)
+			}
+			checkHolds(t, r, n, f, 4)
+		}
+		if lost >= 0 {
+			nLost++
+			continue
+		}
+		wp, wm := wantMoved(np, size, 4, olds)
+		if wp+wm > 0 {
+			nMoved++
+		}
+		if st := res[0].stats; st.ParamFloats != wp || st.MomentFloats != wm {
+			t.Fatalf("%s: moved %d parameters and %d moments, the move list says %d and %d", name, st.ParamFloats, st.MomentFloats, wp, wm)
+		}
 	}
 }
