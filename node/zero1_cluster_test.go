@@ -118,6 +118,8 @@ func TestZero1Cluster(t *testing.T) {
 		mv := regexp.MustCompile(`zero1 optimizer slices" node=\S+ gen=2 .* moved_bytes=(\d+) full_bytes=(\d+) `).FindStringSubmatch(log)
 		if mv == nil || len(mv[1]) > len(mv[2]) || (len(mv[1]) == len(mv[2]) && mv[1] >= mv[2]) || mv[1] == "0" {
 			t.Errorf("surviving node %d: the generation 2 re-slice moved %v bytes; want more than 0 and less than the full state", i, mv)
+		} else {
+			t.Logf("surviving node %d: the generation 2 re-slice moved %s of %s bytes", i, mv[1], mv[2])
 		}
 	}
 	if strings.Contains(out, "node pulls state") {
