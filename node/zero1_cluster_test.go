@@ -109,6 +109,14 @@ func TestZero1Cluster(t *testing.T) {
 			t.Errorf("surviving node %d exit %d", i, code)
 		}
 		log := c.Nodes[i].Text()
+		// Each survivor held two of the three slices: only the third's
+		// moments (and, were they dirty, parameters) changed hands.
+		mv := regexp.MustCompile(`zero1 optimizer slices" node=\S+ gen=2 .* moved_bytes=(\d+) full_bytes=(\d+) `).FindStringSubmatch(log)
+		if mv == nil || len(mv[1]) > len(mv[2]) || (len(mv[1]) == len(mv[2]) && mv[1] >= mv[2]) || mv[1] == "0" {
+			t.Errorf("surviving node %d: the generation 2 re-slice moved %v bytes; want more than 0 and less than the full state", i, mv)
+		} else {
+			t.Logf("surviving node %d: the generation 2 re-slice moved %s of %s bytes", i, mv[1], mv[2])
+		}
 		m := regexp.MustCompile(`zero1 optimizer slices" node=\S+ gen=2 rank=\d size=2 applied=(\d+) was_applied=(\d+) `).FindStringSubmatch(log)
 		if m == nil || m[1] != m[2] || m[1] == "0" || strings.Contains(log, "optimizer state lost") {
 			t.Errorf("surviving node %d did not re-slice its optimizer state in generation 2", i)

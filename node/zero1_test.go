@@ -329,10 +329,14 @@ func TestZero1ResliceAfterLoss(t *testing.T) {
 		rings2 := loopRings(t, 3, allreduce.Float32)
 		if shard == config.ShardZero1 {
 			runRanks(t, 3, func(r int) error {
-				got, err := agent.Reslice(context.Background(), rings2[r], surv[r],
+				got, st, err := agent.ResliceWithStats(context.Background(), rings2[r], surv[r],
 					agent.ShardInfo{Valid: true, Gen: 1, Rank: old[r], Size: 4, Applied: k1})
 				if err == nil && got != k1 {
 					err = fmt.Errorf("re-slice says step %d, want %d", got, k1)
+				}
+				// Clean survivors hold every parameter: only moments move.
+				if err == nil && (st.ParamFloats != 0 || st.MomentFloats == 0 || st.MovedFloats() >= st.FullFloats) {
+					err = fmt.Errorf("re-slice moved %d parameters and %d moments of %d floats; want no parameters and fewer floats than the full state", st.ParamFloats, st.MomentFloats, st.FullFloats)
 				}
 				return err
 			})

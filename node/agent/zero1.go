@@ -189,167 +189,6 @@ func (e *LostError) Error() string {
 		e.Rank, (e.Rank+1)%e.Size, e.Gen, e.Size, e.Rank, e.Applied)
 }
 
-// reslicePiece is how many floats of a state block move per ring operation
-// in Reslice: it bounds the extra memory to 16 MiB.
-const reslicePiece = 1 << 22
-
-// Reslice brings the zero1 state into the layout of ring, a new generation,
-// from the layout the ranks held it in. Every rank of the new ring calls it
-// with what it holds (mine); joiners and ranks without state pass an
-// invalid ShardInfo. The ranks first all-gather their ShardInfo. The
-// holders are the valid ranks of the newest committed step; each old slice
-// is taken from its owner when the owner survived, else from its buddy (the
-// old owner's right neighbour). Parameters and moments then move in pieces
-// by float32 all-reduces in which every element has one contributor (so
-// the sums are exact), and every rank keeps the parameters and the moments
-// of its new slices: a single loss never resets or rolls back the state,
-// and joiners get it too. It returns the committed step every rank now
-// holds. When an old slice has no holder (two adjacent ranks died) it drops
-// the state (fresh zeroed slices) and returns a *LostError. When the ring
-// fails midway, a holder still holds its old slices (only the rest of its
-// parameters may have changed: call it again with Dirty set).
-//
-// This moves all of the state, not only what changed hands: simple and
-// exact, at a cost of three all-reduces of the parameter block per
-// generation change.
-func Reslice(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, mine ShardInfo) (int, error) {
-	n, me := ring.Size(), ring.Rank()
-	infos := make([]float32, shardInfoLen*n)
-	mine.encode(infos[shardInfoLen*me:])
-	if err := ring.AllGather(ctx, infos); err != nil {
-		return mine.Applied, fmt.Errorf("zero1 re-slice: exchanging what each rank holds: %w", err)
-	}
-	all := make([]ShardInfo, n)
-	best := ShardInfo{Applied: -1}
-	for r := range n {
-		all[r] = decodeShardInfo(infos[shardInfoLen*r:])
-		if in := all[r]; in.Valid && (in.Applied > best.Applied || (in.Applied == best.Applied && in.Gen > best.Gen)) {
-			best = in
-		}
-	}
-	holder := func(in ShardInfo) bool {
-		return in.Valid && in.Applied == best.Applied && in.Gen == best.Gen && in.Size == best.Size
-	}
-	if best.Applied < 0 {
-		// Nobody holds a committed state: fresh slices (step 0, or a pull
-		// from a checkpoint follows).
-		return mine.Applied, tr.Reshard(me, n)
-	}
-	same := true
-	for r, in := range all {
-		same = same && holder(in) && in.Size == n && in.Rank == r && !in.Dirty
-	}
-	if same {
-		return best.Applied, nil
-	}
-	// src[k] is the new rank that contributes old slice k.
-	S := best.Size
-	src := make([]int, S)
-	for k := range S {
-		src[k] = -1
-		for pass, want := range []int{k, (k + 1) % S} {
-			for r, in := range all {
-				if src[k] < 0 && holder(in) && in.Rank == want && (pass == 0 || S > 1) {
-					src[k] = r
-				}
-			}
-		}
-		if src[k] < 0 {
-			if err := tr.Reshard(me, n); err != nil {
-				return -1, err
-			}
-			return -1, &LostError{Gen: best.Gen, Rank: k, Size: S, Applied: best.Applied}
-		}
-	}
-	np := tr.NumParams()
-	params, err := tr.Params()
-	if err != nil {
-		return mine.Applied, err
-	}
-	// What this rank contributes: old slices it was chosen for, with the
-	// host copies of their moments.
-	type part struct {
-		lo, hi int
-		m, v   []float32
-	}
-	var parts []part
-	if holder(mine) {
-		ownM, ownV, budM, budV, err := tr.HeldMoments()
-		if err != nil {
-			return mine.Applied, err
-		}
-		own, bud := tr.Layout()
-		if src[mine.Rank] == me {
-			parts = append(parts, part{own[0], own[1], ownM, ownV})
-		}
-		if k := mod(mine.Rank-1, S); S > 1 && src[k] == me {
-			parts = append(parts, part{bud[0], bud[1], budM, budV})
-		}
-	}
-	nlo, nhi := allreduce.Slice(np, n, me)
-	blo, bhi := allreduce.Slice(np, n, me-1)
-	if n == 1 {
-		blo, bhi = 0, 0
-	}
-	newM := [2][]float32{make([]float32, nhi-nlo), make([]float32, bhi-blo)}
-	newV := [2][]float32{make([]float32, nhi-nlo), make([]float32, bhi-blo)}
-	newR := [2][2]int{{nlo, nhi}, {blo, bhi}}
-	piece := make([]float32, min(np, reslicePiece))
-	for block := range 3 {
-		for off := 0; off < np; off += len(piece) {
-			pc := piece[:min(len(piece), np-off)]
-			clear(pc)
-			for _, p := range parts {
-				lo, hi := max(p.lo, off), min(p.hi, off+len(pc))
-				if lo >= hi {
-					continue
-				}
-				switch block {
-				case 0:
-					copy(pc[lo-off:hi-off], params[lo:hi])
-				case 1:
-					copy(pc[lo-off:hi-off], p.m[lo-p.lo:hi-p.lo])
-				case 2:
-					copy(pc[lo-off:hi-off], p.v[lo-p.lo:hi-p.lo])
-				}
-			}
-			op, err := ring.StartKind(ctx, allreduce.KindAllReduceFloat32, pc)
-			if err == nil {
-				err = op.Wait()
-			}
-			if err != nil {
-				return mine.Applied, fmt.Errorf("zero1 re-slice: moving state block %d at %d: %w", block, off, err)
-			}
-			if block == 0 {
-				copy(params[off:], pc)
-				continue
-			}
-			dst := newM
-			if block == 2 {
-				dst = newV
-			}
-			for i, r := range newR {
-				lo, hi := max(r[0], off), min(r[1], off+len(pc))
-				if lo < hi {
-					copy(dst[i][lo-r[0]:hi-r[0]], pc[lo-off:hi-off])
-				}
-			}
-		}
-	}
-	if err := tr.ParamsGathered(); err != nil {
-		return mine.Applied, err
-	}
-	if err := tr.Reshard(me, n); err != nil {
-		return mine.Applied, err
-	}
-	if err := tr.SetHeldMoments(newM[0], newV[0], newM[1], newV[1], int64(best.Applied)); err != nil {
-		return mine.Applied, err
-	}
-	return best.Applied, nil
-}
-
-func mod(a, m int) int { return ((a % m) + m) % m }
-
 // zeroState is what a zero1 session holds besides the trainer.
 type zeroState struct {
 	// valid: the trainer holds its slices of committed step applied, in
@@ -380,23 +219,29 @@ func (s *session) optimizerBytes() int64 {
 func (s *session) reslice(w *control.World) {
 	mine := ShardInfo{Valid: s.z.valid && s.applied >= 0, Gen: s.z.gen, Rank: s.z.rank, Size: s.z.size, Applied: s.applied, Dirty: s.z.dirty}
 	start := time.Now()
-	applied, err := Reslice(context.Background(), s.ring, s.shard, mine)
+	applied, moved, err := ResliceWithStats(context.Background(), s.ring, s.shard, mine)
 	var lost *LostError
 	switch {
 	case errors.As(err, &lost):
 		s.a.log.Error("optimizer state lost; reloading from the newest checkpoint", "err", err)
 		s.applied, s.z = -1, zeroState{}
 	case err != nil:
-		// The new ring broke (another node lost): what this node held is
-		// intact, except possibly its parameters outside its slices.
+		// The new ring broke (another node lost). A holder still holds its
+		// slices, and a clean one all of its parameters (Reslice writes
+		// none there): it keeps its dirty flag. A rank that held no slices
+		// of the newest step may have had its parameters partly
+		// overwritten (applied -1): it holds no committed state.
 		s.a.log.Warn("zero1 re-slice failed; retrying with the next generation", "gen", w.Generation, "err", err)
-		s.z.dirty = s.z.dirty || s.z.valid
+		if applied < 0 {
+			s.applied, s.z = -1, zeroState{}
+		}
 	default:
 		was := s.applied
 		s.applied = applied
 		s.z = zeroState{valid: applied >= 0, gen: w.Generation, rank: w.Rank, size: len(w.Peers)}
 		s.a.log.Info("zero1 optimizer slices", "gen", w.Generation, "rank", w.Rank, "size", len(w.Peers), "applied", applied,
-			"was_applied", was, "optimizer_bytes", s.optimizerBytes(), "seconds", time.Since(start).Seconds())
+			"was_applied", was, "optimizer_bytes", s.optimizerBytes(), "moved_bytes", 4*moved.MovedFloats(), "full_bytes", 4*moved.FullFloats,
+			"moved_params_bytes", 4*moved.ParamFloats, "sent_bytes", 4*moved.SentFloats, "seconds", time.Since(start).Seconds())
 	}
 }
 
