@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ringtune/ringtune/allreduce"
 	"github.com/ringtune/ringtune/bucket"
@@ -50,6 +52,15 @@ type zeroResult struct {
 // agent.ShardedReduce; or, under none, the all-reduce and Apply.
 func runZero1(t *testing.T, c zrun) zeroResult {
 	t.Helper()
+	trs := zeroTrainers(t, c)
+	rings := loopbackRingsWire(t, c.tr, c.wire, c.n)
+	return trainZero1(t, c, trs, rings)
+}
+
+// zeroTrainers makes c.n trainers of c's model and shard mode, laid out as
+// the ranks of a ring of c.n.
+func zeroTrainers(t *testing.T, c zrun) []*Trainer {
+	t.Helper()
 	cfgJSON, task := overlapBert, "classification"
 	if c.lm {
 		cfgJSON, task = splitGPT2, "causal_lm"
@@ -71,7 +82,13 @@ func runZero1(t *testing.T, c zrun) zeroResult {
 		t.Cleanup(func() { _ = tr.Close() })
 		trs[r] = tr
 	}
-	rings := loopbackRingsWire(t, c.tr, c.wire, n)
+	return trs
+}
+
+// trainZero1 is runZero1 on given trainers and rings.
+func trainZero1(t *testing.T, c zrun, trs []*Trainer, rings []*allreduce.Ring) zeroResult {
+	t.Helper()
+	n := c.n
 	zero1 := c.shard == config.ShardZero1
 	ctx := context.Background()
 	if zero1 {
@@ -302,5 +319,88 @@ func TestZero1SplitUntiedEmbedding(t *testing.T) {
 		t.Errorf("zero1 split differs from replicated split AdamW by %.3g (relative L2), want <= 1e-6", d)
 	} else {
 		t.Logf("zero1 split vs replicated split: %.3g", d)
+	}
+}
+
+// TestZero1OverlapPeerDiesMidBucket: under zero1 with overlap on, rank 2
+// dies right after starting the step's first window, while the others are
+// still in backward. Every rank's step fails with a ring error (not a
+// local one: the node lives on), promptly, not by the ring's deadline, and
+// the survivors discard the step's gradient.
+func TestZero1OverlapPeerDiesMidBucket(t *testing.T) {
+	for _, tr := range []allreduce.Transport{allreduce.TCP, allreduce.GRPC} {
+		t.Run(tr.String(), func(t *testing.T) {
+			c := zrun{tr: tr, shard: config.ShardZero1, n: 3, lm: true}
+			trs := zeroTrainers(t, c)
+			rings := loopbackRings(t, tr, 3)
+			ctx := context.Background()
+			runRanks(t, 3, func(r int) error {
+				_, err := agent.Reslice(ctx, rings[r], trs[r], agent.ShardInfo{Applied: 0})
+				return err
+			})
+			plan, err := bucket.NewPlan(int(trs[0].m.NumParams()), trs[0].GradSegments(), 8<<10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dying := &dyingRing{Ring: rings[2]}
+			starters := []bucket.Starter{rings[0], rings[1], dying}
+			rng := rand.New(rand.NewPCG(3, 4))
+			for step := range 2 {
+				dying.armed = step == 1 // step 0 is good, so every link is up
+				res := make([]agent.StepResult, 3)
+				errs := make([]error, 3)
+				sumsq := make([]float64, 3)
+				begin := time.Now()
+				var wg sync.WaitGroup
+				for r := range 3 {
+					b := lmBatches(rng, r, 2, 3, 10)
+					wg.Go(func() {
+						sp := agent.StepSpec{Trainer: trs[r], Plan: plan, Overlap: true, Ring: starters[r],
+							Shard: func(ctx context.Context) (err error) {
+								sumsq[r], err = agent.ShardedSumSq(ctx, rings[r], trs[r])
+								return err
+							}}
+						res[r], errs[r] = agent.RunStep(ctx, sp, b)
+					})
+				}
+				wg.Wait()
+				for r := range 3 {
+					if errs[r] != nil {
+						t.Fatalf("step %d rank %d: local error %v", step, r, errs[r])
+					}
+				}
+				if step == 0 {
+					count := 0
+					for r := range 3 {
+						if res[r].RingErr != nil {
+							t.Fatalf("good step, rank %d: %v", r, res[r].RingErr)
+						}
+						count += res[r].Reduced.Count
+					}
+					runRanks(t, 3, func(r int) error { return agent.ShardedApply(ctx, rings[r], trs[r], 0, count, sumsq[r]) })
+					continue
+				}
+				for r := range 3 {
+					if res[r].RingErr == nil {
+						t.Errorf("rank %d: step succeeded although rank 2 died", r)
+					} else {
+						t.Logf("rank %d: %v", r, res[r].RingErr)
+					}
+				}
+				if el := time.Since(begin); el > time.Minute {
+					t.Errorf("the failure took %v", el)
+				}
+				for r := range 2 {
+					if err := trs[r].Discard(); err != nil {
+						t.Fatal(err)
+					}
+					for _, g := range trs[r].GradBuffer() {
+						if g != 0 {
+							t.Fatalf("rank %d: gradient not zero after Discard", r)
+						}
+					}
+				}
+			}
+		})
 	}
 }
