@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -402,5 +403,37 @@ func TestZero1OverlapPeerDiesMidBucket(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// plainStarter hides a ring's StartWindow: a starter that can only
+// all-reduce.
+type plainStarter struct{ r *allreduce.Ring }
+
+func (p plainStarter) Start(ctx context.Context, buf []float32) (*allreduce.Op, error) {
+	return p.r.Start(ctx, buf)
+}
+
+// TestZero1NeedsWindows: a zero1 step on a starter that cannot reduce
+// windows of the gradient is refused before any micro-batch runs, with an
+// error naming the starter, and leaves the gradient untouched.
+func TestZero1NeedsWindows(t *testing.T) {
+	c := zrun{tr: allreduce.TCP, shard: config.ShardZero1, n: 1}
+	trs := zeroTrainers(t, c)
+	rings := loopbackRings(t, allreduce.TCP, 1)
+	plan, err := bucket.NewPlan(int(trs[0].m.NumParams()), trs[0].GradSegments(), 8<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp := agent.StepSpec{Trainer: trs[0], Plan: plan, Overlap: true, Ring: plainStarter{rings[0]},
+		Shard: func(context.Context) error { return nil }}
+	_, err = agent.RunStep(context.Background(), sp, microBatches(t, rand.New(rand.NewPCG(1, 1)), 1, 3))
+	if err == nil || !strings.Contains(err.Error(), "cannot reduce windows") || !strings.Contains(err.Error(), "plainStarter") {
+		t.Fatalf("got %v, want a refusal naming the starter", err)
+	}
+	for _, g := range trs[0].GradBuffer() {
+		if g != 0 {
+			t.Fatal("the refused step touched the gradient")
+		}
 	}
 }
