@@ -20,6 +20,13 @@
 // bfloat16 before the all-gather, so it holds exactly what the others decode;
 // see BFloat16ErrorBound for the accuracy.
 //
+// Reduce-scatter and all-gather also run alone (StartKind), leaving rank r
+// the sum of its own slice (Slice); and any operation can run on a window
+// of a larger virtual block (StartWindow): the block's segments, cut to the
+// window. Reducing a block window by window (zero1's gradient buckets) then
+// forms every element's sum on the same ranks in the same order as one
+// operation on the whole block, so the slices come out bit-identical.
+//
 // # Transport
 //
 // Rank r opens one long-lived bidirectional gRPC stream
@@ -31,9 +38,10 @@
 // (content-type application/grpc+ringtune-raw), not protobuf: a 44-byte
 // little-endian header (see header) followed by the raw payload. The first
 // message is a hello (generation, sender rank, ring size, wire format); every
-// data message names generation, operation sequence, phase, step, chunk and
-// element count, and the receiver rejects anything but the exact next message
-// it expects, with an error that names both values.
+// data message names generation, operation sequence, phase, step, chunk,
+// element count and a tag of its window, and the receiver rejects anything
+// but the exact next message it expects, with an error that names both
+// values. The header's version (2 since windows) must match exactly.
 //
 // With Config.Transport TCP (the default unless TLS is configured) the
 // stream carries only the hello, the receiver's reply (an "offer" naming the

@@ -59,7 +59,7 @@ const (
 
 const (
 	headerMagic   = 0x52415452 // "RTAR" little-endian
-	headerVersion = 1
+	headerVersion = 2          // 2: data messages carry the window tag (offset 40)
 	headerLen     = 44
 )
 
@@ -67,7 +67,7 @@ const (
 //
 //	off size field
 //	  0    4 magic "RTAR"
-//	  4    1 version (1)
+//	  4    1 version (2)
 //	  5    1 kind (1 hello, 2 data, 3 offer)
 //	  6    1 wire format (0 float32, 1 bfloat16)
 //	  7    1 phase (0 reduce-scatter, 1 all-gather)
@@ -78,20 +78,24 @@ const (
 //	 32    4 chunk index within the segment (data) / transport (hello) /
 //	         TCP port of the data listener (offer)
 //	 36    4 element count of the payload
-//	 40    4 reserved, zero
+//	 40    4 window tag (data: see windowTag; 0 for an operation on a
+//	         whole block) / reserved, zero (hello, offer)
 //
 // The payload (count elements in the wire format, little-endian) follows.
 type header struct {
-	Kind   uint8
-	Wire   Wire
-	Phase  Phase
-	Gen    uint64
-	Seq    uint64
-	From   uint32
-	Step   uint32 // ring size for hello
-	Chunk  uint32
-	Count  uint32
-	Unused uint32
+	Kind  uint8
+	Wire  Wire
+	Phase Phase
+	Gen   uint64
+	Seq   uint64
+	From  uint32
+	Step  uint32 // ring size for hello
+	Chunk uint32
+	Count uint32
+	// Window tags the window of a virtual block a data message's operation
+	// covers (see windowTag), so that neighbours that disagree on it fail
+	// instead of summing mismatched elements.
+	Window uint32
 }
 
 func (h *header) encode(b []byte) {
@@ -107,7 +111,7 @@ func (h *header) encode(b []byte) {
 	binary.LittleEndian.PutUint32(b[28:], h.Step)
 	binary.LittleEndian.PutUint32(b[32:], h.Chunk)
 	binary.LittleEndian.PutUint32(b[36:], h.Count)
-	binary.LittleEndian.PutUint32(b[40:], 0)
+	binary.LittleEndian.PutUint32(b[40:], h.Window)
 }
 
 // decodeHeader parses and sanity-checks a header; it does not know what the
@@ -139,8 +143,9 @@ func decodeHeader(b []byte) (header, error) {
 	h.Step = binary.LittleEndian.Uint32(b[28:])
 	h.Chunk = binary.LittleEndian.Uint32(b[32:])
 	h.Count = binary.LittleEndian.Uint32(b[36:])
-	if r := binary.LittleEndian.Uint32(b[40:]); r != 0 {
-		return h, fmt.Errorf("reserved header field is %#x, want 0", r)
+	h.Window = binary.LittleEndian.Uint32(b[40:])
+	if h.Kind != kindData && h.Window != 0 {
+		return h, fmt.Errorf("reserved header field of a control message (kind %d) is %#x, want 0", h.Kind, h.Window)
 	}
 	if h.Kind != kindData && h.Count != 0 {
 		return h, fmt.Errorf("control message (kind %d) claims a payload of %d elements", h.Kind, h.Count)
@@ -162,6 +167,8 @@ func checkData(got, want header) error {
 		return fmt.Errorf("message from rank %d rejected: left neighbour is rank %d", got.From, want.From)
 	case got.Wire != want.Wire:
 		return fmt.Errorf("message in wire format %v rejected: this ring uses %v", got.Wire, want.Wire)
+	case got.Window != want.Window:
+		return fmt.Errorf("operation %d: message for block window tag %#x rejected: this rank runs the operation on window tag %#x (the ranks disagree on the window's offset or the block's length; every rank must start the same windows in the same order)", want.Seq, got.Window, want.Window)
 	case got.Phase != want.Phase || got.Step != want.Step || got.Chunk != want.Chunk:
 		return fmt.Errorf("operation %d: got %v step %d chunk %d, want %v step %d chunk %d", want.Seq, got.Phase, got.Step, got.Chunk, want.Phase, want.Step, want.Chunk)
 	case got.Count != want.Count:
@@ -183,6 +190,27 @@ func mod(a, m int) int { return ((a % m) + m) % m }
 // numChunks is the number of chunks of at most chunk elements in n elements.
 func numChunks(n, chunk int) int { return (n + chunk - 1) / chunk }
 
+// windowTag identifies the window [off, off+n) of a virtual block of total
+// elements in data headers: 0 for a whole block (off 0, n = total), so that
+// a whole-block operation looks the same however it was started; else an
+// FNV-1a hash of off and total, never 0.
+func windowTag(off, n, total int) uint32 {
+	if off == 0 && n == total {
+		return 0
+	}
+	h := uint32(2166136261)
+	for _, v := range []uint64{uint64(off), uint64(total)} {
+		for range 8 {
+			h = (h ^ uint32(v&0xff)) * 16777619
+			v >>= 8
+		}
+	}
+	if h == 0 {
+		h = 1
+	}
+	return h
+}
+
 // plan is one rank's schedule for one operation. Global step t runs from 0
 // to 2(size-1)-1: steps below size-1 are reduce-scatter, the rest all-gather.
 // At step t the rank sends segment (rank-t+shift) and receives segment
@@ -192,10 +220,20 @@ func numChunks(n, chunk int) int { return (n + chunk - 1) / chunk }
 // all-gather. shift is 0 for an all-reduce (after its reduce-scatter half
 // rank r holds segment r+1, as always) and -1 for the separate
 // reduce-scatter and all-gather, so that rank r owns segment r (see Slice).
+//
+// The buffer may be a window [off, off+n) of a virtual block of total
+// elements (off 0 and total n for a whole buffer): the segments are then the
+// whole block's, segment(total, size, s), each cut to the window (many
+// empty). Every element of the window meets the same ranks in the same order
+// as it would in an operation on the whole block, so reducing a block window
+// by window gives bit-identical sums (a bucket of the gradient under zero1
+// ends in the same rank's slice as the whole gradient would).
 type plan struct {
 	n, size, rank, chunk int
 	t0, t1, shift        int
-	recvStart            []int // recvStart[t-t0]: index of step t's first chunk in receive order
+	off, total           int
+	wtag                 uint32 // windowTag of the window
+	recvStart            []int  // recvStart[t-t0]: index of step t's first chunk in receive order
 }
 
 func newPlan(n, size, rank, chunk int) plan {
@@ -203,7 +241,11 @@ func newPlan(n, size, rank, chunk int) plan {
 }
 
 func newPartPlan(n, size, rank, chunk, t0, t1, shift int) plan {
-	p := plan{n: n, size: size, rank: rank, chunk: chunk, t0: t0, t1: t1, shift: shift}
+	return newWindowPlan(n, size, rank, chunk, t0, t1, shift, 0, n)
+}
+
+func newWindowPlan(n, size, rank, chunk, t0, t1, shift, off, total int) plan {
+	p := plan{n: n, size: size, rank: rank, chunk: chunk, t0: t0, t1: t1, shift: shift, off: off, total: total, wtag: windowTag(off, n, total)}
 	p.recvStart = make([]int, t1-t0+1)
 	for t := t0; t < t1; t++ {
 		lo, hi := p.recvSeg(t)
@@ -212,12 +254,22 @@ func newPartPlan(n, size, rank, chunk, t0, t1, shift int) plan {
 	return p
 }
 
-func (p plan) sendSeg(t int) (lo, hi int) {
-	return segment(p.n, p.size, mod(p.rank-t+p.shift, p.size))
+// seg is segment s of the virtual block cut to the window, in buffer
+// coordinates (empty ranges as [0, 0)).
+func (p plan) seg(s int) (lo, hi int) {
+	lo, hi = segment(p.total, p.size, s)
+	lo, hi = max(lo, p.off), min(hi, p.off+p.n)
+	if lo >= hi {
+		return 0, 0
+	}
+	return lo - p.off, hi - p.off
 }
-func (p plan) recvSeg(t int) (lo, hi int) {
-	return segment(p.n, p.size, mod(p.rank-t-1+p.shift, p.size))
-}
+
+func (p plan) sendSeg(t int) (lo, hi int) { return p.seg(mod(p.rank-t+p.shift, p.size)) }
+func (p plan) recvSeg(t int) (lo, hi int) { return p.seg(mod(p.rank-t-1+p.shift, p.size)) }
+
+// tag is the window tag of the plan's data headers.
+func (p plan) tag() uint32 { return p.wtag }
 
 // stepOf returns the global step of the i-th chunk in receive order.
 func (p plan) stepOf(i int) int {

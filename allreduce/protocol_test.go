@@ -131,12 +131,29 @@ func TestHeaderRoundTrip(t *testing.T) {
 	if err != nil || got != h {
 		t.Fatalf("round trip: %+v, %v; want %+v", got, err, h)
 	}
-	for i, want := range map[int]string{0: "magic", 4: "version", 5: "kind", 6: "wire", 7: "phase", 40: "reserved"} {
+	for i, want := range map[int]string{0: "magic", 4: "version", 5: "kind", 6: "wire", 7: "phase"} {
 		bad := append([]byte(nil), b...)
 		bad[i] ^= 0x55
 		if _, err := decodeHeader(bad); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("corrupt byte %d: got %v, want %q", i, err, want)
 		}
+	}
+	// A data message carries its window tag there; a control message's
+	// field stays reserved.
+	h.Window = windowTag(10, 5, 100)
+	h.encode(b)
+	if got, err := decodeHeader(b); err != nil || got != h {
+		t.Fatalf("round trip with a window: %+v, %v; want %+v", got, err, h)
+	}
+	hello := header{Kind: kindHello, Gen: 1, Step: 3}
+	hello.encode(b)
+	b[40] = 1
+	if _, err := decodeHeader(b); err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Errorf("hello with a non-zero reserved field: got %v", err)
+	}
+	b[4] = 1
+	if _, err := decodeHeader(b); err == nil || !strings.Contains(err.Error(), "protocol version 1, this build speaks 2") {
+		t.Errorf("a version 1 peer: got %v", err)
 	}
 	if _, err := decodeHeader(b[:10]); err == nil {
 		t.Error("short header accepted")
@@ -224,7 +241,7 @@ func TestPartPlansInMemory(t *testing.T) {
 				bufs, ref, abs := randomBufs(rng, n, length)
 				plans := make([]plan, n)
 				for r := range plans {
-					plans[r] = opPlan(k, length, n, r, 3)
+					plans[r] = opPlan(k, length, n, r, 3, 0, length)
 				}
 				for r := range plans {
 					if n > 1 && plans[r].totalRecv() != plans[mod(r-1, n)].totalSend() {

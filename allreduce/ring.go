@@ -329,14 +329,33 @@ func (r *Ring) Start(ctx context.Context, buf []float32) (*Op, error) {
 // kinds in the same order: a rank that runs another kind than its left
 // neighbour fails the ring with an error naming both.
 func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error) {
+	return r.StartWindow(ctx, k, buf, 0, len(buf))
+}
+
+// StartWindow begins an operation of kind k on buf, which is the window
+// [off, off+len(buf)) of a virtual block of total elements; see StartKind
+// for the rules shared by all operations. The ring's segments are the
+// whole block's, each cut to the window, so the ranks' slices stay those
+// of the block: after a reduce-scatter of every window of a block, rank r
+// holds the sum of Slice(total, size, r) (and with the buddy hop of
+// Slice(total, size, r-1)) bit-identical to a reduce-scatter of the whole
+// block; a window holds the parts of those slices that fall in it. This is
+// how zero1 reduces its gradient in buckets as backward finishes them.
+// Every rank must start the same windows (off, total and length) in the
+// same order; a neighbour that disagrees fails the ring with an error
+// saying so. StartWindow(ctx, k, buf, 0, len(buf)) is StartKind.
+func (r *Ring) StartWindow(ctx context.Context, k Kind, buf []float32, off, total int) (*Op, error) {
 	if k > KindAllReduceFloat32 {
 		return nil, fmt.Errorf("allreduce: %s: unknown operation kind %d", r.who(), k)
+	}
+	if off < 0 || total < 0 || off > total || len(buf) > total-off {
+		return nil, fmt.Errorf("allreduce: %s: window [%d, %d) does not fit a block of %d elements", r.who(), off, off+len(buf), total)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("allreduce: %s: start: %w", r.who(), err)
 	}
-	if len(buf) > 1<<40 {
-		return nil, fmt.Errorf("allreduce: %s: buffer of %d elements is too large", r.who(), len(buf))
+	if total > 1<<40 {
+		return nil, fmt.Errorf("allreduce: %s: block of %d elements is too large", r.who(), total)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -361,7 +380,7 @@ func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error
 	if len(r.pending) >= maxInFlight {
 		return nil, fmt.Errorf("allreduce: %s: %d operations already in flight; Wait for some first", r.who(), maxInFlight)
 	}
-	op.plan = opPlan(k, len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4)
+	op.plan = opPlan(k, len(buf), r.size, r.cfg.Rank, r.cfg.ChunkBytes/4, off, total)
 	op.remaining.Store(int64(op.plan.totalRecv() + op.plan.totalSend() + 1))
 	if len(buf) == 0 {
 		op.remaining.Store(1)
@@ -404,18 +423,20 @@ func (r *Ring) StartKind(ctx context.Context, k Kind, buf []float32) (*Op, error
 	return op, nil
 }
 
-// opPlan is the schedule of one operation of kind k.
-func opPlan(k Kind, n, size, rank, chunk int) plan {
+// opPlan is the schedule of one operation of kind k on the window
+// [off, off+n) of a block of total elements (off 0 and total n: a whole
+// buffer).
+func opPlan(k Kind, n, size, rank, chunk, off, total int) plan {
 	half := size - 1
 	switch k {
 	case KindReduceScatter:
-		return newPartPlan(n, size, rank, chunk, 0, half, -1)
+		return newWindowPlan(n, size, rank, chunk, 0, half, -1, off, total)
 	case KindReduceScatterBuddy:
-		return newPartPlan(n, size, rank, chunk, 0, half+1, -1)
+		return newWindowPlan(n, size, rank, chunk, 0, half+1, -1, off, total)
 	case KindAllGather:
-		return newPartPlan(n, size, rank, chunk, half, 2*half, -1)
+		return newWindowPlan(n, size, rank, chunk, half, 2*half, -1, off, total)
 	}
-	return newPlan(n, size, rank, chunk)
+	return newWindowPlan(n, size, rank, chunk, 0, 2*half, 0, off, total)
 }
 
 // Op is one ring operation in flight.
@@ -679,7 +700,7 @@ func (r *Ring) sendOp(tx chunkSender, op *Op) error {
 			}
 			a, b := p.chunkRange(lo, hi, c)
 			h := header{Kind: kindData, Wire: op.wire, Phase: ph, Gen: r.cfg.Generation, Seq: op.seq,
-				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a)}
+				From: uint32(r.cfg.Rank), Step: uint32(st), Chunk: uint32(c), Count: uint32(b - a), Window: p.tag()}
 			op.sent.Add(1)
 			if err := tx.send(op, &h, a, b); err != nil {
 				return err
@@ -798,7 +819,7 @@ func (c *recvCursor) next() ([]float32, error) {
 	a, b := p.chunkRange(lo, hi, ch)
 	ph, st := p.phaseStep(c.t)
 	c.want = header{Kind: kindData, Wire: c.cur.wire, Phase: ph, Gen: r.cfg.Generation, Seq: c.cur.seq,
-		From: uint32(r.left), Step: uint32(st), Chunk: uint32(ch), Count: uint32(b - a)}
+		From: uint32(r.left), Step: uint32(st), Chunk: uint32(ch), Count: uint32(b - a), Window: p.tag()}
 	return c.cur.buf[a:b], nil
 }
 

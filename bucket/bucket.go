@@ -160,6 +160,13 @@ type Starter interface {
 	Start(ctx context.Context, buf []float32) (*allreduce.Op, error)
 }
 
+// WindowStarter starts operations on windows of a block as well;
+// *allreduce.Ring implements it.
+type WindowStarter interface {
+	Starter
+	StartWindow(ctx context.Context, k allreduce.Kind, buf []float32, off, total int) (*allreduce.Op, error)
+}
+
 // Stats are where one step's communication went.
 type Stats struct {
 	Buckets int
@@ -179,6 +186,8 @@ type Reduce struct {
 	ctx     context.Context
 	buf     []float32
 	overlap bool
+	// start starts the operation of bucket [lo, hi) of buf.
+	start func(lo, hi int) (*allreduce.Op, error)
 
 	mu        sync.Mutex
 	appended  bool  // Append was called
@@ -201,7 +210,29 @@ func (p *Plan) Begin(ctx context.Context, ring Starter, buf []float32, overlap b
 	if len(buf) != p.N {
 		return nil, fmt.Errorf("bucket: gradient has %d elements, the plan %d", len(buf), p.N)
 	}
-	r := &Reduce{plan: p, ring: ring, ctx: ctx, buf: buf, overlap: overlap,
+	return p.begin(ctx, ring, buf, overlap, func(lo, hi int) (*allreduce.Op, error) {
+		return ring.Start(ctx, buf[lo:hi])
+	}), nil
+}
+
+// BeginWindows is Begin for operations of kind k on windows of the whole
+// buffer: each bucket [Lo, Hi) runs on buf[Lo:Hi] as the window at Lo of a
+// block of Plan.N elements (allreduce.Ring.StartWindow), so the ranks'
+// slices are those of the whole buffer. A reduce-scatter (with the buddy
+// hop) bucket by bucket then leaves each rank bit-identical sums of its
+// slices to one reduce-scatter of the whole gradient (zero1), and it can
+// overlap with backward like the all-reduce. Append still all-reduces.
+func (p *Plan) BeginWindows(ctx context.Context, ring WindowStarter, k allreduce.Kind, buf []float32, overlap bool) (*Reduce, error) {
+	if len(buf) != p.N {
+		return nil, fmt.Errorf("bucket: gradient has %d elements, the plan %d", len(buf), p.N)
+	}
+	return p.begin(ctx, ring, buf, overlap, func(lo, hi int) (*allreduce.Op, error) {
+		return ring.StartWindow(ctx, k, buf[lo:hi], lo, len(buf))
+	}), nil
+}
+
+func (p *Plan) begin(ctx context.Context, ring Starter, buf []float32, overlap bool, start func(lo, hi int) (*allreduce.Op, error)) *Reduce {
+	r := &Reduce{plan: p, ring: ring, ctx: ctx, buf: buf, overlap: overlap, start: start,
 		left: make([]int, len(p.Buckets)), ops: make(chan *allreduce.Op, len(p.Buckets)+1),
 		timerDone: make(chan struct{})}
 	for k, b := range p.Buckets {
@@ -213,7 +244,7 @@ func (p *Plan) Begin(ctx context.Context, ring Starter, buf []float32, overlap b
 		r.advance()
 		r.mu.Unlock()
 	}
-	return r, nil
+	return r
 }
 
 // time records when each started operation is done (they finish in start
@@ -261,7 +292,7 @@ func (r *Reduce) advance() {
 
 func (r *Reduce) startNext() {
 	b := r.plan.Buckets[r.next]
-	op, err := r.ring.Start(r.ctx, r.buf[b.Lo:b.Hi])
+	op, err := r.start(b.Lo, b.Hi)
 	if err != nil {
 		r.err = fmt.Errorf("bucket %d of %d [%d, %d): %w", r.next, len(r.plan.Buckets), b.Lo, b.Hi, err)
 		return

@@ -142,6 +142,11 @@ var testKey = func() auth.Key {
 
 func newRings(t *testing.T, tr allreduce.Transport, n int) []*allreduce.Ring {
 	t.Helper()
+	return newRingsWire(t, tr, allreduce.Float32, n)
+}
+
+func newRingsWire(t *testing.T, tr allreduce.Transport, wire allreduce.Wire, n int) []*allreduce.Ring {
+	t.Helper()
 	ls := make([]net.Listener, n)
 	addrs := make([]string, n)
 	for i := range ls {
@@ -154,7 +159,7 @@ func newRings(t *testing.T, tr allreduce.Transport, n int) []*allreduce.Ring {
 	rings := make([]*allreduce.Ring, n)
 	for i := range rings {
 		r, err := allreduce.New(allreduce.Config{Generation: 1, Rank: i, Peers: addrs, Listener: ls[i], Key: testKey,
-			Timeout: 60 * time.Second, Transport: tr, ChunkBytes: 16 << 10})
+			Timeout: 60 * time.Second, Transport: tr, ChunkBytes: 16 << 10, Wire: wire})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,6 +194,13 @@ func backward(red *Reduce, order []int, rng *rand.Rand) {
 // reduceStep runs one step on every rank and returns the buffers.
 func reduceStep(t *testing.T, rings []*allreduce.Ring, plan *Plan, segs []Segment, grads [][]float32, overlap bool, shuffle bool) ([][]float32, []Stats) {
 	t.Helper()
+	return reduceStepKind(t, rings, plan, segs, grads, overlap, shuffle, nil)
+}
+
+// reduceStepKind is reduceStep with the buckets run as windows of kind
+// *kind (BeginWindows), or all-reduced when kind is nil.
+func reduceStepKind(t *testing.T, rings []*allreduce.Ring, plan *Plan, segs []Segment, grads [][]float32, overlap, shuffle bool, kind *allreduce.Kind) ([][]float32, []Stats) {
+	t.Helper()
 	n := len(rings)
 	out := make([][]float32, n)
 	stats := make([]Stats, n)
@@ -198,7 +210,13 @@ func reduceStep(t *testing.T, rings []*allreduce.Ring, plan *Plan, segs []Segmen
 		out[r] = slices.Clone(grads[r])
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(r), 9))
-			red, err := plan.Begin(context.Background(), rings[r], out[r], overlap)
+			var red *Reduce
+			var err error
+			if kind != nil {
+				red, err = plan.BeginWindows(context.Background(), rings[r], *kind, out[r], overlap)
+			} else {
+				red, err = plan.Begin(context.Background(), rings[r], out[r], overlap)
+			}
 			if err != nil {
 				errs[r] = err
 				return
@@ -284,6 +302,80 @@ func TestOverlapEqualsAfterBackward(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestWindowsEqualWholeReduceScatter: zero1's buckets. Reduce-scattering
+// (with the buddy hop) each bucket as a window of the whole gradient, as
+// backward reports it or after backward, in any hook order, leaves every
+// rank's own and buddy slices bit-identical to one reduce-scatter of the
+// whole gradient, on both transports, with a float32 and a bfloat16 wire.
+func TestWindowsEqualWholeReduceScatter(t *testing.T) {
+	for _, tr := range []allreduce.Transport{allreduce.TCP, allreduce.GRPC} {
+		for _, wire := range []allreduce.Wire{allreduce.Float32, allreduce.BFloat16} {
+			for _, n := range []int{2, 3, 4} {
+				t.Run(tr.String()+"/"+wire.String()+"/"+string(rune('0'+n)), func(t *testing.T) {
+					rng := rand.New(rand.NewPCG(uint64(n), 5))
+					total, segs := layout(rng, 60)
+					plan, err := NewPlan(total, segs, 32<<10)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(plan.Buckets) < 4 {
+						t.Fatalf("only %d buckets", len(plan.Buckets))
+					}
+					grads := make([][]float32, n)
+					for r := range grads {
+						grads[r] = make([]float32, total)
+						for i := range grads[r] {
+							grads[r][i] = float32(rng.NormFloat64())
+						}
+					}
+					rings := newRingsWire(t, tr, wire, n)
+					k := allreduce.KindReduceScatterBuddy
+					whole := make([][]float32, n)
+					errs := make([]error, n)
+					var wg sync.WaitGroup
+					for r := range n {
+						whole[r] = slices.Clone(grads[r])
+						wg.Go(func() {
+							op, err := rings[r].StartKind(context.Background(), k, whole[r])
+							if err == nil {
+								err = op.Wait()
+							}
+							errs[r] = err
+						})
+					}
+					wg.Wait()
+					for r, err := range errs {
+						if err != nil {
+							t.Fatalf("rank %d: whole reduce-scatter: %v", r, err)
+						}
+					}
+					off, _ := reduceStepKind(t, rings, plan, segs, grads, false, false, &k)
+					on, st := reduceStepKind(t, rings, plan, segs, grads, true, false, &k)
+					shuf, _ := reduceStepKind(t, rings, plan, segs, grads, true, true, &k)
+					for r := range n {
+						for _, s := range [][2]int{sliceOf(total, n, r), sliceOf(total, n, r-1)} {
+							for i := s[0]; i < s[1]; i++ {
+								w := whole[r][i]
+								if off[r][i] != w || on[r][i] != w || shuf[r][i] != w {
+									t.Fatalf("rank %d element %d: whole block %v, buckets after backward %v, overlapped %v, shuffled %v", r, i, w, off[r][i], on[r][i], shuf[r][i])
+								}
+							}
+						}
+						if st[r].Buckets != len(plan.Buckets) {
+							t.Errorf("rank %d: stats count %d buckets", r, st[r].Buckets)
+						}
+					}
+				})
+			}
+		}
+	}
+}
+
+func sliceOf(n, size, rank int) [2]int {
+	lo, hi := allreduce.Slice(n, size, rank)
+	return [2]int{lo, hi}
 }
 
 // TestPeerDiesMidBucket: a rank dies (its ring closes) after starting its

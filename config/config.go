@@ -292,8 +292,10 @@ type TrainConfig struct {
 	// ShardOptimizer is none (default: every rank holds all of AdamW's
 	// moments) or zero1 (ZeRO-1: rank r of N holds the moments of its
 	// slice of the flat parameter block, plus a buddy copy of its left
-	// neighbour's, 2/N of them; gradients are reduce-scattered, each rank
-	// updates its slices, parameters are all-gathered). zero1 needs adamw.
+	// neighbour's, 2/N of them; gradients are reduce-scattered, in the
+	// allreduce buckets and overlapped with backward as the all-reduce is,
+	// each rank updates its slices, parameters are all-gathered). zero1
+	// needs adamw.
 	// A new generation re-slices the moments from surviving owners and
 	// buddies; only the loss of two adjacent ranks together loses state
 	// (the run then reloads from the newest checkpoint). Checkpoints hold
@@ -370,7 +372,8 @@ type AllReduceConfig struct {
 	// the same gradient up to the order of the float additions; overlap on
 	// and off still give bit-identical weights. Default true: at GPT-2 124M
 	// it cuts the comm left after backward (README "Benchmarks", big).
-	// No effect under train.shard_optimizer zero1.
+	// Under train.shard_optimizer zero1 the rows are all-reduced whole
+	// and folded into the ranks' slices.
 	SparseEmbedding bool `mapstructure:"sparse_embedding"`
 }
 

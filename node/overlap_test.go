@@ -288,10 +288,19 @@ type dyingRing struct {
 }
 
 func (d *dyingRing) Start(ctx context.Context, buf []float32) (*allreduce.Op, error) {
+	return d.dying(func() (*allreduce.Op, error) { return d.Ring.Start(ctx, buf) })
+}
+
+// StartWindow is Start for zero1's windows (bucket.WindowStarter).
+func (d *dyingRing) StartWindow(ctx context.Context, k allreduce.Kind, buf []float32, off, total int) (*allreduce.Op, error) {
+	return d.dying(func() (*allreduce.Op, error) { return d.Ring.StartWindow(ctx, k, buf, off, total) })
+}
+
+func (d *dyingRing) dying(start func() (*allreduce.Op, error)) (*allreduce.Op, error) {
 	if d.armed && d.closed != nil {
 		<-d.closed
 	}
-	op, err := d.Ring.Start(ctx, buf)
+	op, err := start()
 	if d.armed {
 		d.once.Do(func() {
 			d.closed = make(chan struct{})

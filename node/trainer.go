@@ -112,10 +112,9 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 	}
 	t.job, t.m, t.optim = job, m, oc.Name
 	// The split changes the gradient's segments (the tied embedding is
-	// finished first), so it is set before they are taken. zero1's
-	// reduce-scatter takes the whole gradient after backward: nothing to
-	// split for.
-	if t.splitRows, err = m.SetSplitEmbedding(tr.SparseEmbedding && !t.zero1); err != nil {
+	// finished first), so it is set before they are taken. Under zero1
+	// the rows are folded into the slices before their norm (SliceSumSq).
+	if t.splitRows, err = m.SetSplitEmbedding(tr.SparseEmbedding); err != nil {
 		m.Close()
 		return 0, err
 	}

@@ -56,6 +56,18 @@ func (t *Trainer) SliceSumSq(globalCount int) (float64, error) {
 		if err := t.m.SetGrads(t.host); err != nil {
 			return 0, err
 		}
+		if t.rowHost != nil {
+			if err := t.m.SetRowGrads(t.rowHost); err != nil {
+				return 0, err
+			}
+			t.rowHost = nil
+		}
+	}
+	// The split embedding's all-reduced rows join the reduce-scattered
+	// head part: right in this rank's slices, which is all the update and
+	// the norm read (the rest of the block holds partial sums).
+	if err := t.m.FoldRows(); err != nil {
+		return 0, err
 	}
 	return t.m.ShardSumSq(t.own, 1/float64(globalCount))
 }

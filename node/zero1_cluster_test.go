@@ -45,6 +45,13 @@ func zero1Run(t *testing.T, ctx context.Context, bins []string, label string, n 
 	})
 	f.YAML = strings.Replace(f.YAML, "  every: 10\n", "  every: 4\n  keep: 10\n", 1)
 	f.YAML = strings.Replace(f.YAML, "  min_nodes:", "  wait_timeout: 20s\n  min_nodes:", 1)
+	// Small buckets, so that zero1's reduce-scatter runs bucket by bucket
+	// during backward (overlap is on by default), next to the split
+	// embedding's rows (sparse_embedding, on by default).
+	f.YAML = strings.Replace(f.YAML, "allreduce:\n  timeout: 5s\n", "allreduce:\n  timeout: 5s\n  bucket_bytes: 65536\n", 1)
+	if !strings.Contains(f.YAML, "bucket_bytes: 65536") {
+		t.Fatal("the fixture's allreduce section changed: cannot set bucket_bytes")
+	}
 	if ckptDir != "" {
 		f.YAML = strings.Replace(f.YAML, "  dir: ckpt\n", "  dir: "+ckptDir+"\n", 1)
 	}
@@ -120,6 +127,9 @@ func TestZero1Cluster(t *testing.T) {
 		m := regexp.MustCompile(`zero1 optimizer slices" node=\S+ gen=2 rank=\d size=2 applied=(\d+) was_applied=(\d+) `).FindStringSubmatch(log)
 		if m == nil || m[1] != m[2] || m[1] == "0" || strings.Contains(log, "optimizer state lost") {
 			t.Errorf("surviving node %d did not re-slice its optimizer state in generation 2", i)
+		}
+		if b := regexp.MustCompile(`gradient buckets" node=\S+ buckets=(\d+) bucket_bytes=65536 overlap=true`).FindStringSubmatch(log); b == nil || b[1] == "1" {
+			t.Errorf("surviving node %d did not reduce in several buckets with overlap: %v", i, b)
 		}
 	}
 	if strings.Contains(out, "node pulls state") {

@@ -903,10 +903,10 @@ func (s *session) onStep(m *control.Msg) (red *control.Reduced, ringErr, err err
 	defer s.watch.end()
 	spec := StepSpec{Trainer: s.tr, Plan: s.plan, Overlap: s.ov != nil, Ring: s.ring}
 	if s.shard != nil {
-		// zero1: the reduce-scatter (with the buddy's copy) and the
-		// gradient's sum of squares, after backward.
-		spec.Reduce = func(ctx context.Context, grads []float32) (err error) {
-			s.z.sumsq, err = ShardedReduce(ctx, s.ring, s.shard, grads)
+		// zero1: the buckets are reduce-scattered (with the buddy's copy),
+		// then the gradient's global sum of squares.
+		spec.Shard = func(ctx context.Context) (err error) {
+			s.z.sumsq, err = ShardedSumSq(ctx, s.ring, s.shard)
 			return err
 		}
 	}
@@ -958,11 +958,17 @@ type StepSpec struct {
 	// Trainer must then implement Overlapper.
 	Overlap bool
 	Ring    bucket.Starter
-	// Reduce, when set, replaces the buckets: the whole gradient is
-	// handed to it after the last backward (zero1's reduce-scatter with
-	// its buddy hop, which does not split into buckets), and Overlap is
-	// ignored.
-	Reduce func(ctx context.Context, grads []float32) error
+	// Shard, when set, makes the step zero1's (train.shard_optimizer):
+	// each bucket is reduce-scattered with the buddy hop as a window of
+	// the whole gradient (bucket.Plan.BeginWindows; Ring must then be a
+	// bucket.WindowStarter), during the last backward with Overlap as the
+	// all-reduce is, so each rank ends with the sums of its own and its
+	// buddy's slices of the whole gradient, bit-identical to one
+	// reduce-scatter of it. A split embedding's rows are all-reduced after
+	// the buckets. Shard runs once every operation is done (the global sum
+	// of squares); its time counts as exposed communication and its error
+	// as the ring's.
+	Shard func(ctx context.Context) error
 }
 
 // StepResult is one step's outcome on a node.
@@ -980,20 +986,33 @@ type StepResult struct {
 }
 
 // RunStep runs one step on a node: Accumulate on each micro-batch, then the
-// all-reduce of the gradient in the plan's buckets, started during the last
-// backward with Overlap, else after it. The returned error is a local
-// failure (the trainer's); a failure of the ring is StepResult.RingErr.
-// The agent's protocol loop calls it for each step; tests call it to run
-// real trainers on real rings without a coordinator.
+// all-reduce (zero1: reduce-scatter, see StepSpec.Shard) of the gradient in
+// the plan's buckets, started during the last backward with Overlap, else
+// after it. The returned error is a local failure (the trainer's); a
+// failure of the ring is StepResult.RingErr. The agent's protocol loop
+// calls it for each step; tests call it to run real trainers on real rings
+// without a coordinator.
 func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResult, error) {
 	var res StepResult
 	start := time.Now()
 	red := &res.Reduced
 	var ov Overlapper
-	if sp.Overlap && sp.Reduce == nil {
+	if sp.Overlap {
 		var ok bool
 		if ov, ok = sp.Trainer.(Overlapper); !ok {
 			return res, errors.New("overlap asked of a trainer that cannot report ready gradients")
+		}
+	}
+	begin := func(buf []float32, overlap bool) (*bucket.Reduce, error) {
+		return sp.Plan.Begin(ctx, sp.Ring, buf, overlap)
+	}
+	if sp.Shard != nil {
+		ws, ok := sp.Ring.(bucket.WindowStarter)
+		if !ok {
+			return res, fmt.Errorf("zero1 step on a ring (%T) that cannot reduce windows of the gradient", sp.Ring)
+		}
+		begin = func(buf []float32, overlap bool) (*bucket.Reduce, error) {
+			return sp.Plan.BeginWindows(ctx, ws, allreduce.KindReduceScatterBuddy, buf, overlap)
 		}
 	}
 	// A split embedding's rows (rows.go): agreed on before the first
@@ -1014,7 +1033,7 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 		if ov != nil && i == len(batches)-1 {
 			// The last micro-batch: buckets start as backward finishes
 			// them.
-			if op, err = sp.Plan.Begin(ctx, sp.Ring, ov.GradBuffer(), true); err != nil {
+			if op, err = begin(ov.GradBuffer(), true); err != nil {
 				return res, err
 			}
 			loss, n, err = ov.AccumulateReady(b, op.Ready)
@@ -1033,19 +1052,6 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 		red.Tokens += b.Tokens
 	}
 	res.Computed = time.Now()
-	if sp.Reduce != nil {
-		grads, err := sp.Trainer.Gradients()
-		if err != nil {
-			return res, fmt.Errorf("gradients: %w", err)
-		}
-		err = sp.Reduce(ctx, grads)
-		took := time.Since(res.Computed)
-		res.Comm = bucket.Stats{Comm: took, Exposed: took, Buckets: 1}
-		res.RingErr = err
-		red.Seconds = time.Since(start).Seconds()
-		red.CommMS, red.ExposedMS, red.Buckets = ms(took), ms(took), 1
-		return res, nil
-	}
 	if op == nil {
 		// No overlap (or no micro-batch): the same buckets, all started
 		// now.
@@ -1053,7 +1059,7 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 		if err != nil {
 			return res, fmt.Errorf("gradients: %w", err)
 		}
-		if op, err = sp.Plan.Begin(ctx, sp.Ring, grads, false); err != nil {
+		if op, err = begin(grads, false); err != nil {
 			return res, err
 		}
 		for i := range sp.Plan.Segments() {
@@ -1072,6 +1078,15 @@ func RunStep(ctx context.Context, sp StepSpec, batches []*data.Batch) (StepResul
 	st, werr := op.Wait()
 	if err == nil {
 		err = werr
+	}
+	if err == nil && sp.Shard != nil {
+		// Nothing of it can start before the last bucket is done: it is
+		// exposed, like the wait for that bucket.
+		t0 := time.Now()
+		err = sp.Shard(ctx)
+		took := time.Since(t0)
+		st.Comm += took
+		st.Exposed += took
 	}
 	rows.account(&st)
 	res.Comm = st

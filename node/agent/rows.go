@@ -23,12 +23,12 @@ type stepRows struct {
 // the step reads — the union of every rank's micro-batches' tokens, by one
 // all-reduce of a per-row count (the vocabulary's length in float32: 200
 // KB for GPT-2) — and hands them to the trainer. It returns nil rows when
-// the trainer does not split (or the step is zero1's), a ring failure as
+// the trainer does not split, a ring failure as
 // ringErr (the step is lost, the node is fine), and the trainer's failure
 // as err.
 func beginRows(ctx context.Context, sp StepSpec, batches []*data.Batch) (sr *stepRows, ringErr, err error) {
 	rs, ok := sp.Trainer.(RowSplitter)
-	if !ok || sp.Reduce != nil {
+	if !ok {
 		return nil, nil, nil
 	}
 	n := rs.SplitRows()

@@ -142,8 +142,9 @@ type LoadReporter interface {
 // of the matrix stays in the flat gradient and is final at the start of
 // backward, and the lookups' part covers only the rows the step's tokens
 // used, reduced after backward as one small extra operation
-// (bucket.Reduce.Append). The agent uses it on the bucketed path only (not
-// under zero1, whose reduce-scatter takes the whole gradient).
+// (bucket.Reduce.Append). Under zero1 the rows are all-reduced whole after
+// the reduce-scattered buckets, and the trainer folds them into its slices
+// before it takes their sum of squares (ShardTrainer.SliceSumSq).
 type RowSplitter interface {
 	// SplitRows is the number of rows of the split matrix (the
 	// vocabulary), or 0 when the trainer does not split: then the step

@@ -21,16 +21,19 @@ import (
 //
 // A step then runs: Accumulate; a reduce-scatter with the buddy hop of
 // Gradients() (KindReduceScatterBuddy: this rank ends with the summed
-// gradient of both slices it holds); at the commit SliceSumSq, an exchange
-// of the slices' sums of squares for the global norm, ApplyShard, and an
-// all-gather of Params() in float32 (ShardedApply does all of it).
+// gradient of both slices it holds), whole or bucket by bucket as windows
+// of the block (RunStep, overlapped with backward); SliceSumSq and an
+// exchange of the slices' sums of squares for the global norm
+// (ShardedSumSq); at the commit ApplyShard and an all-gather of Params()
+// in float32 (ShardedApply).
 type ShardTrainer interface {
 	Trainer
 	// Reshard sets the ring layout: this rank's slices for rank of size.
 	// The moments of the new slices start at zero.
 	Reshard(rank, size int) error
 	// SliceSumSq is Σ (g/globalCount)² over this rank's own slice of the
-	// reduced gradient.
+	// reduced gradient. A RowSplitter first folds the step's all-reduced
+	// rows into the gradient (once per step).
 	SliceSumSq(globalCount int) (float64, error)
 	// ApplyShard updates both slices this rank holds, like Apply, with the
 	// gradient clipped to the global norm sqrt(sumsq).
@@ -98,6 +101,14 @@ func ShardedReduce(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer, g
 	if err := op.Wait(); err != nil {
 		return 0, err
 	}
+	return ShardedSumSq(ctx, ring, tr)
+}
+
+// ShardedSumSq is the end of ShardedReduce, once the gradient is
+// reduce-scattered (whole, or bucket by bucket as RunStep does): the
+// global sum of squares, unscaled, of the summed gradient, from the ranks'
+// own slices.
+func ShardedSumSq(ctx context.Context, ring *allreduce.Ring, tr ShardTrainer) (sumsq float64, err error) {
 	own, err := tr.SliceSumSq(1)
 	if err != nil {
 		return 0, err
