@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"time"
 
@@ -66,6 +67,14 @@ type Config struct {
 	// encrypts the gradients too, at a measured cost in speed. All ranks of
 	// a ring must use the same transport.
 	Transport Transport
+	// Logf receives one line whenever a link of Transport SHM carries its
+	// payloads on TCP instead of shared memory, and why (default
+	// log.Printf).
+	Logf func(format string, args ...any)
+
+	// shmDir is where SHM segments are created and opened (default
+	// /dev/shm); tests point it elsewhere to force the fallback.
+	shmDir string
 }
 
 // Transport selects the data path of a ring.
@@ -86,6 +95,14 @@ const (
 	// straight into the destination (all-gather) or a small scratch buffer
 	// that is added into it (reduce-scatter).
 	TCP Transport = 2
+	// SHM is TCP, plus: neighbours on the same host pass the payloads
+	// through a shared-memory segment instead of the TCP connection, which
+	// then carries only headers and slot credits (see shm.go). Each byte
+	// costs one copy in and one add or copy out instead of two more kernel
+	// copies. A link whose neighbours cannot share memory (other hosts, no
+	// /dev/shm, another uid) falls back to TCP payloads and says so
+	// through Config.Logf.
+	SHM Transport = 3
 )
 
 func (t Transport) String() string {
@@ -96,22 +113,26 @@ func (t Transport) String() string {
 		return "grpc"
 	case TCP:
 		return "tcp"
+	case SHM:
+		return "shm"
 	}
 	return fmt.Sprintf("transport(%d)", uint8(t))
 }
 
-// ParseTransport parses "tcp", "grpc" or "default" (as in flags and config
-// files).
+// ParseTransport parses "tcp", "grpc", "shm" or "default" (as in flags and
+// config files).
 func ParseTransport(s string) (Transport, error) {
 	switch s {
 	case "tcp":
 		return TCP, nil
 	case "grpc":
 		return GRPC, nil
+	case "shm":
+		return SHM, nil
 	case "", "default":
 		return DefaultTransport, nil
 	}
-	return 0, fmt.Errorf("allreduce: unknown transport %q; want tcp, grpc or default", s)
+	return 0, fmt.Errorf("allreduce: unknown transport %q; want tcp, grpc, shm or default", s)
 }
 
 // Validate reports the first problem with c, naming the field.
@@ -147,8 +168,8 @@ func (c *Config) Validate() error {
 	if c.Timeout < 0 {
 		return fmt.Errorf("allreduce: Config.Timeout is %v; want > 0 (0 = %v)", c.Timeout, DefaultTimeout)
 	}
-	if c.Transport > TCP {
-		return fmt.Errorf("allreduce: Config.Transport is %v; want TCP, GRPC or DefaultTransport", c.Transport)
+	if c.Transport > SHM {
+		return fmt.Errorf("allreduce: Config.Transport is %v; want TCP, GRPC, SHM or DefaultTransport", c.Transport)
 	}
 	if err := c.Key.Validate(); err != nil {
 		return fmt.Errorf("allreduce: Config.Key: %w", err)
@@ -174,6 +195,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Transport == DefaultTransport {
 		c.Transport = TCP
+	}
+	if c.Logf == nil {
+		c.Logf = log.Printf
 	}
 	return c
 }

@@ -1,0 +1,232 @@
+package allreduce
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeShmSender answers a real receiver's shared-memory offer on conn the
+// way a sender does (it maps the segment) and returns a function that sends
+// one data message through the next slot.
+func fakeShmSender(t *testing.T, conn *net.TCPConn) func(h header, payload []byte) {
+	t.Helper()
+	r := &Ring{cfg: Config{Generation: 1, Rank: 0, Peers: []string{"a:1", "b:1"}, ChunkBytes: DefaultChunkBytes, Logf: t.Logf}, size: 2, right: 1, left: 1}
+	seg, err := r.acceptShm(conn)
+	if err != nil || seg == nil {
+		t.Fatalf("fake sender could not map the receiver's segment: %v", err)
+	}
+	t.Cleanup(seg.close)
+	next := 0
+	return func(h header, payload []byte) {
+		copy(seg.slot(next), payload)
+		next++
+		b := make([]byte, headerLen)
+		h.encode(b)
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// shmFiles lists the segments this package left in dir.
+func shmFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, shmPrefix+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// logLines collects Config.Logf output of several rings.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimSpace(fmt.Sprintf(format, args...)))
+}
+
+func (l *logLines) all() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// TestShmUsedAndClean: on one host every link of an SHM ring carries its
+// payloads through shared memory, the results are right, and no segment
+// name is left in the directory once the links are up (the receiver
+// unlinks right after the sender attached).
+func TestShmUsedAndClean(t *testing.T) {
+	dir := t.TempDir()
+	var logs logLines
+	const n = 3
+	rings := newRings(t, SHM, n, func(c *Config) { c.shmDir = dir; c.Logf = logs.logf; c.ChunkBytes = 64 << 10 })
+	rng := rand.New(rand.NewPCG(3, 3))
+	bufs, ref, abs := randomBufs(rng, n, 1<<20+7)
+	mustOK(t, "all-reduce", reduceAll(rings, bufs))
+	checkResult(t, bufs, ref, abs, f32tol(n))
+	for i, r := range rings {
+		if s, rc := r.SharedMemory(); !s || !rc {
+			t.Errorf("rank %d: shared memory send=%v recv=%v, want both (log: %s)", i, s, rc, logs.all())
+		}
+	}
+	if f := shmFiles(t, dir); len(f) != 0 {
+		t.Errorf("segments left behind while the ring runs: %v", f)
+	}
+	if l := logs.all(); l != "" {
+		t.Errorf("unexpected fallback log: %s", l)
+	}
+}
+
+// TestShmFallback: when the sender cannot open the offered segment (here:
+// it looks in another directory, as a rank on another host would) or the
+// receiver cannot create one, the link carries payloads on TCP, says so in
+// the log, and the results are still right.
+func TestShmFallback(t *testing.T) {
+	for name, c := range map[string]struct {
+		dir  func(t *testing.T, rank int) string
+		want string
+	}{
+		"sender cannot open": {func(t *testing.T, rank int) string { return t.TempDir() }, "opening the offered shared memory"},
+		"receiver cannot create": {func(t *testing.T, rank int) string {
+			return filepath.Join(t.TempDir(), "missing")
+		}, "creating shared memory"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var logs logLines
+			const n = 2
+			dirs := []string{c.dir(t, 0), c.dir(t, 1)}
+			rank := 0
+			rings := newRings(t, SHM, n, func(cfg *Config) {
+				cfg.shmDir = dirs[rank]
+				rank++
+				cfg.Logf = logs.logf
+				cfg.ChunkBytes = 64 << 10
+			})
+			rng := rand.New(rand.NewPCG(4, 4))
+			bufs, ref, abs := randomBufs(rng, n, 300001)
+			mustOK(t, "all-reduce", reduceAll(rings, bufs))
+			checkResult(t, bufs, ref, abs, f32tol(n))
+			for i, r := range rings {
+				if s, rc := r.SharedMemory(); s || rc {
+					t.Errorf("rank %d: shared memory send=%v recv=%v, want TCP both ways", i, s, rc)
+				}
+			}
+			l := logs.all()
+			if !strings.Contains(l, c.want) || !strings.Contains(l, "travel on TCP") {
+				t.Errorf("log does not say why payloads travel on TCP (want %q):\n%s", c.want, l)
+			}
+			for _, d := range dirs {
+				if f := shmFiles(t, d); len(f) != 0 {
+					t.Errorf("segments left behind: %v", f)
+				}
+			}
+		})
+	}
+}
+
+// TestShmOfferChecks: the sender maps only segments this package names,
+// with slots big enough for its chunks and the nonce it was offered.
+func TestShmOfferChecks(t *testing.T) {
+	dir := t.TempDir()
+	r := &Ring{cfg: Config{Generation: 1, Peers: []string{"a:1", "b:1"}, ChunkBytes: 64 << 10, shmDir: dir}, size: 2, right: 1, left: 1}
+	name := shmPrefix + randomHex(16)
+	seg, unlink, err := createShm(dir, name, 4, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seg.close()
+	defer unlink()
+	copy(seg.mem, "the real nonce, 32 bytes long!!!")
+	good := shmOffer{ok: true, slots: 4, slotBytes: 64 << 10, name: name}
+	copy(good.nonce[:], "the real nonce, 32 bytes long!!!")
+	o, err := decodeShmOffer(good.encode())
+	if err != nil || o != good {
+		t.Fatalf("offer round trip: %+v, %v", o, err)
+	}
+	m, err := r.mapOffer(good)
+	if err != nil {
+		t.Fatalf("good offer refused: %v", err)
+	}
+	m.close()
+	for what, c := range map[string]struct {
+		mod  func(o *shmOffer)
+		want string
+	}{
+		"path":      {func(o *shmOffer) { o.name = "../etc/passwd" }, "not one this package creates"},
+		"small":     {func(o *shmOffer) { o.slotBytes = 4 << 10 }, "chunk_bytes must agree"},
+		"nonce":     {func(o *shmOffer) { o.nonce[0] ^= 1 }, "another nonce"},
+		"size":      {func(o *shmOffer) { o.slots = 5 }, "the offer says"},
+		"too many":  {func(o *shmOffer) { o.slots = 1000 }, "slots"},
+		"not there": {func(o *shmOffer) { o.name = shmPrefix + randomHex(16) }, "opening"},
+	} {
+		o := good
+		c.mod(&o)
+		if _, err := r.mapOffer(o); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error containing %q", what, err, c.want)
+		}
+	}
+	if _, err := decodeShmOffer(make([]byte, shmOfferLen)); err == nil {
+		t.Error("an offer without magic was accepted")
+	}
+}
+
+// TestShmCreditsChecked: a receiver that returns more slots than it was
+// lent, or garbage instead of credits, breaks the sender.
+func TestShmCreditsChecked(t *testing.T) {
+	for what, b := range map[string][]byte{"too many": {shmCredit, shmCredit}, "garbage": {0x42}} {
+		c, s := tcpPair(t)
+		dir := t.TempDir()
+		seg, unlink, err := createShm(dir, shmPrefix+randomHex(16), 2, 4<<10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unlink()
+		snd := newShmSender(c.(*net.TCPConn), seg)
+		snd.free = 1
+		s.Write(b)
+		err = snd.takeCredits()
+		seg.close()
+		if err == nil {
+			t.Errorf("%s: credits %x accepted", what, b)
+		}
+	}
+}
+
+// TestShmCloseDrains: healthy SHM rings close without hanging, again and
+// again, each rank as soon as its own operation is done (the sender drains
+// the receiver's last credits before it closes its socket).
+func TestShmCloseDrains(t *testing.T) {
+	for range 5 {
+		rings := newRings(t, SHM, 2, func(c *Config) { c.ChunkBytes = 4 << 10 })
+		done := make(chan error, 2)
+		for _, r := range rings {
+			go func() {
+				err := r.AllReduce(context.Background(), make([]float32, 10000))
+				r.Close()
+				done <- err
+			}()
+		}
+		for range rings {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("operation failed around Close: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close hung")
+			}
+		}
+	}
+}
