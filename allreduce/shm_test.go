@@ -2,12 +2,16 @@ package allreduce
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -228,5 +232,126 @@ func TestShmCloseDrains(t *testing.T) {
 				t.Fatal("Close hung")
 			}
 		}
+	}
+}
+
+// Environment of TestShmKillHelper, the rank that TestShmKill9 runs in a
+// child process and kills.
+const (
+	envHelperPeers = "RINGTUNE_SHM_HELPER_PEERS"
+	envHelperKey   = "RINGTUNE_SHM_HELPER_KEY"
+	envHelperDir   = "RINGTUNE_SHM_HELPER_DIR"
+)
+
+// TestShmKillHelper is rank 1 of TestShmKill9's ring, run in a child
+// process (skipped otherwise): it all-reduces until it is killed.
+func TestShmKillHelper(t *testing.T) {
+	peers := os.Getenv(envHelperPeers)
+	if peers == "" {
+		t.Skip("only runs as TestShmKill9's child process")
+	}
+	key, err := hex.DecodeString(os.Getenv(envHelperKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.FileListener(os.NewFile(3, "listener"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Generation: 1, Rank: 1, Peers: strings.Split(peers, ","), Listener: lis, Key: key,
+		Transport: SHM, ChunkBytes: 64 << 10, Timeout: time.Minute, shmDir: os.Getenv(envHelperDir)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]float32, 1<<20)
+	for {
+		if err := r.AllReduce(context.Background(), buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestShmKill9: kill -9 of a rank in the middle of shared-memory traffic
+// breaks its neighbour at once (not by timeout), and leaves no segment
+// behind in the shared-memory directory, since names are unlinked as soon
+// as both sides have mapped them.
+func TestShmKill9(t *testing.T) {
+	base := "/dev/shm"
+	if st, err := os.Stat(base); err != nil || !st.IsDir() {
+		base = "" // os.MkdirTemp's default
+	}
+	dir, err := os.MkdirTemp(base, "ringtune-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ls, addrs := listeners(t, 2)
+	f, err := ls[1].(*net.TCPListener).File()
+	ls[1].Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestShmKillHelper$")
+	cmd.Env = append(os.Environ(), envHelperPeers+"="+strings.Join(addrs, ","), envHelperKey+"="+hex.EncodeToString(testKey), envHelperDir+"="+dir)
+	cmd.ExtraFiles = []*os.File{f}
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := false
+	defer func() {
+		if !waited {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}()
+	r, err := New(Config{Generation: 1, Rank: 0, Peers: addrs, Listener: ls[0], Key: testKey, Transport: SHM,
+		ChunkBytes: 64 << 10, Timeout: time.Minute, shmDir: dir, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]float32, 1<<20)
+	for i := range 3 {
+		if err := r.AllReduce(context.Background(), buf); err != nil {
+			t.Fatalf("all-reduce %d with the child rank: %v\nchild output:\n%s", i, err, out.String())
+		}
+	}
+	if s, rc := r.SharedMemory(); !s || !rc {
+		t.Fatalf("shared memory send=%v recv=%v, want both", s, rc)
+	}
+	// Kill the child in the middle of an operation.
+	op, err := r.Start(context.Background(), buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for op.recvd.Load() == 0 {
+		select {
+		case <-op.Done():
+			t.Fatalf("operation ended before the kill: %v", op.Wait())
+		case <-time.After(100 * time.Microsecond):
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	waited = true
+	start := time.Now()
+	err = op.Wait()
+	if err == nil {
+		t.Fatal("operation succeeded although its peer was killed")
+	}
+	if strings.Contains(err.Error(), "timed out") || time.Since(start) > 30*time.Second {
+		t.Errorf("the dead peer was noticed only by timeout: %v", err)
+	}
+	if !strings.Contains(err.Error(), "rank 1") {
+		t.Errorf("error does not name the dead neighbour: %v", err)
+	}
+	t.Logf("after kill -9: %v", err)
+	if f := shmFiles(t, dir); len(f) != 0 {
+		t.Errorf("segments left behind after kill -9: %v", f)
 	}
 }
