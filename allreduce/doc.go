@@ -35,7 +35,7 @@
 // element count, and the receiver rejects anything but the exact next message
 // it expects, with an error that names both values.
 //
-// With Config.Transport TCP (the default unless TLS is configured) the
+// With Config.Transport TCP or SHM (the default; see below) the
 // stream carries only the hello, the receiver's reply (an "offer" naming the
 // port of a data listener it opened for this link and generation) and the
 // final status; the chunks, with the same 44-byte headers and the same

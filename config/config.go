@@ -346,7 +346,8 @@ type AllReduceConfig struct {
 	// shared-memory segment instead of the socket, one copy fewer per byte
 	// on each side; links between hosts, or where /dev/shm is missing,
 	// full or of another user, carry them on tcp and log why), or
-	// "default" (tcp).
+	// "default" (shm: on one host it moved 1.6-2.2x the bytes per second
+	// of tcp, see README's allreduce benchmark).
 	Transport string `mapstructure:"transport"`
 
 	// BucketBytes cuts the flat gradient into buckets of about this many
