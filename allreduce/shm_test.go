@@ -330,9 +330,10 @@ func TestShmKill9(t *testing.T) {
 	for op.recvd.Load() == 0 {
 		select {
 		case <-op.Done():
-			t.Fatalf("operation ended before the kill: %v", op.Wait())
 		case <-time.After(100 * time.Microsecond):
+			continue
 		}
+		break
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -342,7 +343,15 @@ func TestShmKill9(t *testing.T) {
 	start := time.Now()
 	err = op.Wait()
 	if err == nil {
-		t.Fatal("operation succeeded although its peer was killed")
+		// On a loaded machine the operation can end between the check
+		// and the kill; the next one meets the dead peer.
+		t.Log("the operation finished before the kill; starting another")
+		if op, err = r.Start(context.Background(), buf); err == nil {
+			err = op.Wait()
+		}
+		if err == nil {
+			t.Fatal("operation succeeded although its peer was killed")
+		}
 	}
 	if strings.Contains(err.Error(), "timed out") || time.Since(start) > 30*time.Second {
 		t.Errorf("the dead peer was noticed only by timeout: %v", err)
