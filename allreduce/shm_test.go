@@ -364,3 +364,33 @@ func TestShmKill9(t *testing.T) {
 		t.Errorf("segments left behind after kill -9: %v", f)
 	}
 }
+
+// TestShmTransportMismatch: an SHM rank next to a TCP rank fails with an
+// error naming both transports, as any mismatch does, instead of one side
+// waiting for an offer the other never sends.
+func TestShmTransportMismatch(t *testing.T) {
+	ls, addrs := listeners(t, 2)
+	rings := make([]*Ring, 2)
+	for i, tr := range []Transport{SHM, TCP} {
+		r, err := New(Config{Generation: 1, Rank: i, Peers: addrs, Listener: ls[i], Key: testKey, Timeout: 5 * time.Second, Transport: tr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rings[i] = r
+	}
+	defer closeAll(rings)
+	errs := reduceAll(rings, [][]float32{make([]float32, 10), make([]float32, 10)})
+	found := false
+	for _, err := range errs {
+		if err == nil {
+			t.Fatal("a rank succeeded with mismatched transports")
+		}
+		if strings.Contains(err.Error(), "timed out") {
+			t.Errorf("mismatch noticed only by timeout: %v", err)
+		}
+		found = found || (strings.Contains(err.Error(), "shm") && strings.Contains(err.Error(), "tcp"))
+	}
+	if !found {
+		t.Fatalf("no error names both transports: %v", errs)
+	}
+}
