@@ -394,3 +394,26 @@ func TestShmTransportMismatch(t *testing.T) {
 		t.Fatalf("no error names both transports: %v", errs)
 	}
 }
+
+// TestShmSenderStalledOnCredits: a neighbour that stops taking chunks
+// leaves the sender waiting for slot credits; the operation's deadline
+// still ends the wait with the usual timeout error, and Close returns.
+func TestShmSenderStalledOnCredits(t *testing.T) {
+	rings := newRings(t, SHM, 2, func(c *Config) { c.ChunkBytes = 4 << 10; c.Timeout = 500 * time.Millisecond })
+	// Rank 1 never starts the operation: it reads the first header, then
+	// waits for an operation to put it in, returning no credits.
+	err := rings[0].AllReduce(context.Background(), make([]float32, 64<<10))
+	if err == nil || !strings.Contains(err.Error(), "timed out") || !strings.Contains(err.Error(), "generation 1") {
+		t.Fatalf("got %v, want the operation's timeout naming the generation", err)
+	}
+	if s, _ := rings[0].SharedMemory(); !s {
+		t.Fatal("rank 0 did not send through shared memory; the test proves nothing")
+	}
+	done := make(chan struct{})
+	go func() { closeAll(rings); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung after the stall")
+	}
+}
