@@ -10,6 +10,8 @@ import (
 
 // createShm creates, fully allocates and maps a new segment file dir/name
 // readable by this uid only. unlink removes the name (the mapping stays).
+// Both sides map with MAP_POPULATE, so the first operation takes no page
+// faults in the slots.
 func createShm(dir, name string, slots, slotBytes int) (*shmSegment, func(), error) {
 	path := filepath.Join(dir, name)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
@@ -25,7 +27,7 @@ func createShm(dir, name string, slots, slotBytes int) (*shmSegment, func(), err
 		unlink()
 		return nil, nil, fmt.Errorf("allocating %d bytes of shared memory in %s: %w", size, dir, err)
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		unlink()
 		return nil, nil, fmt.Errorf("mapping %s: %w", path, err)
@@ -50,7 +52,7 @@ func openShm(dir, name string, slots, slotBytes int) (*shmSegment, error) {
 	if st.Size() != int64(size) {
 		return nil, fmt.Errorf("%s has %d bytes, the offer says %d", path, st.Size(), size)
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("mapping %s: %w", path, err)
 	}
