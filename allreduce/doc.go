@@ -43,7 +43,7 @@
 // but the exact next message it expects, with an error that names both
 // values. The header's version (2 since windows) must match exactly.
 //
-// With Config.Transport TCP (the default unless TLS is configured) the
+// With Config.Transport TCP or SHM (the default; see below) the
 // stream carries only the hello, the receiver's reply (an "offer" naming the
 // port of a data listener it opened for this link and generation) and the
 // final status; the chunks, with the same 44-byte headers and the same
@@ -60,6 +60,21 @@
 // doubles bus bandwidth. The data connection is authenticated but not
 // encrypted, even when TLS protects the gRPC streams; Transport GRPC
 // encrypts the gradients as well.
+//
+// Transport SHM is TCP plus one step after the data handshake: the receiver
+// offers a shared-memory segment (a 0600 file in /dev/shm with a random
+// name, unlinked as soon as the sender has answered, so a kill -9 leaks
+// nothing) and a sender on the same host maps it and proves it by the nonce
+// the receiver wrote into it. Payloads then go through a ring of slots in
+// the segment: the sender copies (or bfloat16-encodes) a chunk into the next
+// slot and writes only its 44-byte header on the TCP connection; the
+// receiver checks the header as before, adds or copies straight from the
+// slot and returns it with a one-byte credit. This removes the kernel's two
+// socket copies of every byte; the connection's blocking reads are the
+// only wake-ups, and failures, deadlines and errors are those of TCP. A
+// link whose ends cannot share memory (other hosts, no /dev/shm, a full one,
+// another uid) carries payloads on TCP and says why through Config.Logf;
+// Ring.SharedMemory reports what each link uses. See shm.go.
 //
 // With Transport GRPC, sending is zero-copy for float32: gRPC reads chunks straight from the
 // caller's buffer and signals (through a mem.BufferPool) when it has written

@@ -59,6 +59,8 @@ type Ring struct {
 
 	closing   atomic.Bool
 	connected atomic.Bool   // the stream to the right neighbour is open
+	shmSend   atomic.Bool   // payloads to the right neighbour go through shared memory
+	shmRecv   atomic.Bool   // payloads from the left neighbour come through shared memory
 	graceDone chan struct{} // closed by sendLoop after a clean CloseSend
 	leftEOF   chan struct{} // closed by recvLoop when the left neighbour half-closes
 
@@ -562,7 +564,7 @@ func (r *Ring) sendLoop() {
 		r.fail(fmt.Errorf("allreduce: %s: open stream to right neighbour %s: %w", r.who(), r.peer(r.right), err))
 		return
 	}
-	tcp := r.cfg.Transport == TCP
+	tcp := r.cfg.Transport != GRPC // TCP or SHM: a data connection
 	hello := header{Kind: kindHello, Wire: r.cfg.Wire, Gen: r.cfg.Generation, From: uint32(r.cfg.Rank), Step: uint32(r.size), Chunk: uint32(r.cfg.Transport)}
 	hb := make([]byte, headerLen)
 	hello.encode(hb)
@@ -606,7 +608,11 @@ func (r *Ring) sendLoop() {
 		// A failed or closed ring must unblock a write in progress.
 		stop := context.AfterFunc(r.ctx, func() { conn.Close() })
 		defer stop()
-		tx = &tcpSender{conn: conn}
+		if tx, err = r.newDataSender(conn); err != nil {
+			r.fail(err)
+			return
+		}
+		defer tx.(dataSender).release()
 	}
 	r.connected.Store(err == nil)
 	for err == nil {
@@ -614,7 +620,7 @@ func (r *Ring) sendLoop() {
 		case op := <-r.sendQ:
 			if op == nil { // Close: half-close and let the neighbour drain
 				if conn != nil {
-					err = conn.CloseWrite()
+					err = tx.(dataSender).closeWrite()
 				}
 				if err == nil {
 					err = stream.CloseSend()
@@ -731,7 +737,7 @@ func (r *Ring) serveLeft(ss grpc.ServerStream, hello header) error {
 	r.hasLeft = true
 	errc := make(chan error, 1)
 	ctlErr := make(chan error, 1)
-	if r.cfg.Transport == TCP {
+	if r.cfg.Transport != GRPC {
 		r.wg.Go(func() { errc <- r.serveLeftTCP(ss) })
 		// The left neighbour sends nothing more on the stream; a break of
 		// it (its process died) fails the ring even before TCP notices.
@@ -786,7 +792,7 @@ func (r *Ring) serveLeftTCP(ss grpc.ServerStream) error {
 	defer conn.Close()
 	stop := context.AfterFunc(r.ctx, func() { conn.Close() })
 	defer stop()
-	return r.recvLoopTCP(conn)
+	return r.recvData(conn)
 }
 
 // recvCursor walks the receive schedule of the operations in start order:

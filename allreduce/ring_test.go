@@ -48,7 +48,7 @@ func listeners(t testing.TB, n int) ([]net.Listener, []string) {
 }
 
 // transports are the data paths every ring test runs on.
-var transports = []Transport{TCP, GRPC}
+var transports = []Transport{TCP, GRPC, SHM}
 
 // forTransports runs f as a subtest per transport.
 func forTransports(t *testing.T, f func(t *testing.T, tr Transport)) {
@@ -418,6 +418,9 @@ func fakeLeft(t *testing.T, addr string, tr Transport) func(h header, payload []
 	conn := dataConn(t, s, addr)
 	if err := clientHandshake(conn, testKey, 1, 0, 1); err != nil {
 		t.Fatal(err)
+	}
+	if tr == SHM {
+		return fakeShmSender(t, conn)
 	}
 	return func(h header, payload []byte) {
 		b := make([]byte, headerLen)

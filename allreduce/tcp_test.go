@@ -346,24 +346,31 @@ func cutUnderOperation(t *testing.T, n int) []error {
 
 func TestTransportConfig(t *testing.T) {
 	base := Config{Generation: 1, Rank: 0, Peers: []string{"127.0.0.1:1", "127.0.0.1:2"}, Key: testKey}
-	if got := base.withDefaults().Transport; got != TCP {
-		t.Errorf("default transport is %v, want tcp", got)
+	if got := base.withDefaults().Transport; got != SHM {
+		t.Errorf("default transport is %v, want shm", got)
 	}
 	withTLS := base
 	withTLS.ClientTLS = new(tls.Config)
-	if got := withTLS.withDefaults().Transport; got != TCP {
-		t.Errorf("default transport with TLS is %v, want tcp (TLS covers the gRPC streams; grpc encrypts gradients too)", got)
+	if got := withTLS.withDefaults().Transport; got != SHM {
+		t.Errorf("default transport with TLS is %v, want shm (TLS covers the gRPC streams; grpc encrypts gradients too)", got)
 	}
 	withTLS.Transport = TCP
 	if err := withTLS.Validate(); err != nil {
 		t.Errorf("TCP with TLS: %v", err)
+	}
+	for _, tr := range []Transport{TCP, GRPC, SHM} {
+		c := base
+		c.Transport = tr
+		if err := c.Validate(); err != nil || c.Transport.Resolved() != tr {
+			t.Errorf("Transport %v: %v (resolves to %v)", tr, err, c.Transport.Resolved())
+		}
 	}
 	bad := base
 	bad.Transport = 9
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "Transport") {
 		t.Errorf("Transport 9: got %v", err)
 	}
-	for s, want := range map[string]Transport{"tcp": TCP, "grpc": GRPC, "default": DefaultTransport} {
+	for s, want := range map[string]Transport{"tcp": TCP, "grpc": GRPC, "shm": SHM, "default": DefaultTransport} {
 		if got, err := ParseTransport(s); err != nil || got != want {
 			t.Errorf("ParseTransport(%q) = %v, %v", s, got, err)
 		}

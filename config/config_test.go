@@ -96,7 +96,7 @@ func TestValidateNamesEveryBadKey(t *testing.T) {
 		{"digest every", func(c *Config) { c.Train.DigestEvery = -1 }, "train.digest_every: must be >= 0"},
 		{"chunk", func(c *Config) { c.AllReduce.ChunkBytes = 1000 }, "allreduce.chunk_bytes: must be >= 4096 and a multiple of 4, got 1000"},
 		{"wire", func(c *Config) { c.AllReduce.Wire = "int8" }, `allreduce.wire: must be one of fp32, bf16, got "int8"`},
-		{"transport", func(c *Config) { c.AllReduce.Transport = "udp" }, `allreduce.transport: must be one of default, tcp, grpc, got "udp"`},
+		{"transport", func(c *Config) { c.AllReduce.Transport = "udp" }, `allreduce.transport: must be one of default, tcp, grpc, shm, got "udp"`},
 		{"timeout", func(c *Config) { c.AllReduce.Timeout = 0 }, "allreduce.timeout: must be > 0"},
 		{"bucket", func(c *Config) { c.AllReduce.BucketBytes = 1000 }, "allreduce.bucket_bytes: must be 0 (one all-reduce of the whole gradient) or >= 65536 and a multiple of 4, got 1000"},
 		{"bucket negative", func(c *Config) { c.AllReduce.BucketBytes = -4 }, "allreduce.bucket_bytes: must be 0"},

@@ -178,7 +178,7 @@ func (c *Config) Validate() error {
 		v.add("allreduce.chunk_bytes", "must be >= 4096 and a multiple of 4, got %d", c.AllReduce.ChunkBytes)
 	}
 	v.oneOf("allreduce.wire", c.AllReduce.Wire, PrecisionFP32, PrecisionBF16)
-	v.oneOf("allreduce.transport", c.AllReduce.Transport, "default", "tcp", "grpc")
+	v.oneOf("allreduce.transport", c.AllReduce.Transport, "default", "tcp", "grpc", "shm")
 	if c.AllReduce.Timeout <= 0 {
 		v.add("allreduce.timeout", "must be > 0, got %s", c.AllReduce.Timeout)
 	} else if c.AllReduce.Timeout < time.Millisecond {

@@ -60,6 +60,10 @@ type result struct {
 	TimeS   float64 `json:"time_s"` // slowest rank's loop time / iters
 	BusBW   float64 `json:"busbw_gbps"`
 	Correct bool    `json:"correct"`
+	// Transport is the data path measured: the -transport asked for, as
+	// resolved by the ring ("tcp", "grpc", "shm"), or "shm-fallback" when
+	// shm was asked for but some link carried its payloads on TCP.
+	Transport string `json:"transport"`
 }
 
 func main() {
@@ -76,7 +80,7 @@ func run() error {
 		scale    = flag.Float64("iters-scale", 1, "scale timed iterations")
 		chunk    = flag.Int("chunk-bytes", 0, "allreduce chunk size (0 = default)")
 		wire     = flag.String("wire", "float32", "float32 or bfloat16")
-		tport    = flag.String("transport", "default", "data path: tcp, grpc or default (the package default)")
+		tport    = flag.String("transport", "default", "data path: tcp, grpc, shm or default (the package default)")
 		jsonOut  = flag.String("json", "", "write results here")
 		timeout  = flag.Duration("timeout", 5*time.Minute, "limit per launch")
 		cpuprof  = flag.String("cpuprofile", "", "rank 0 writes a CPU profile here")
@@ -112,7 +116,7 @@ func run() error {
 			return fmt.Errorf("n=%d: %w", n, err)
 		}
 		for _, r := range res {
-			fmt.Printf("ring n=%d %4d MiB  %8.2f ms/op  busbw %.3f GB/s  correct=%v\n", r.N, r.SizeMiB, r.TimeS*1e3, r.BusBW, r.Correct)
+			fmt.Printf("ring %s n=%d %4d MiB  %8.2f ms/op  busbw %.3f GB/s  correct=%v\n", r.Transport, r.N, r.SizeMiB, r.TimeS*1e3, r.BusBW, r.Correct)
 		}
 		all = append(all, res...)
 	}
@@ -203,6 +207,9 @@ func launch(n int, sizes string, scale float64, chunk int, wire, transport strin
 			}
 			combined[j].TimeS = max(combined[j].TimeS, r.TimeS)
 			combined[j].Correct = combined[j].Correct && r.Correct
+			if r.Transport != combined[j].Transport {
+				combined[j].Transport = "shm-fallback" // only SHM resolves per link
+			}
 		}
 	}
 	for j := range combined {
@@ -232,6 +239,17 @@ func runWorker(rank int, peers []string, sizes []int, scale float64, chunk int, 
 	barrier := func() error { return ring.AllReduce(ctx, make([]float32, 1)) }
 	if err := barrier(); err != nil {
 		return err
+	}
+	// Name the path measured, not the one asked for: SHM falls back to TCP
+	// payloads per link when memory cannot be shared.
+	path := transport.String()
+	if transport == allreduce.DefaultTransport {
+		path = transport.Resolved().String()
+	}
+	if path == "shm" {
+		if s, r := ring.SharedMemory(); !s || !r {
+			path = "shm-fallback"
+		}
 	}
 	if cpuprof != "" {
 		f, err := os.Create(cpuprof)
@@ -272,7 +290,7 @@ func runWorker(rank int, peers []string, sizes []int, scale float64, chunk int, 
 			}
 		}
 		el := time.Since(t0).Seconds()
-		out = append(out, result{N: n, SizeMiB: sz, Bytes: sz * mib, Iters: it, TimeS: el / float64(it), Correct: correct})
+		out = append(out, result{N: n, SizeMiB: sz, Bytes: sz * mib, Iters: it, TimeS: el / float64(it), Correct: correct, Transport: path})
 	}
 	// A last barrier so that nobody closes while others still reduce. The
 	// measurements are complete by now: if a neighbour that finished first
@@ -296,9 +314,12 @@ func median(v []float64) float64 {
 }
 
 func runReport(ringGlob, glooGlob, tcpPath string) error {
-	type key struct{ n, mib int }
+	type key struct {
+		tr     string
+		n, mib int
+	}
 	ring := map[key][]float64{}
-	gloo := map[key][]float64{}
+	gloo := map[key][]float64{} // tr is ""
 	tcp := map[int]float64{}
 	var order []key
 	ok := map[key]bool{}
@@ -312,7 +333,7 @@ func runReport(ringGlob, glooGlob, tcpPath string) error {
 			return err
 		}
 		for _, r := range rs {
-			k := key{r.N, r.SizeMiB}
+			k := key{r.Transport, r.N, r.SizeMiB}
 			if _, seen := ring[k]; !seen {
 				order = append(order, k)
 				ok[k] = true
@@ -337,7 +358,7 @@ func runReport(ringGlob, glooGlob, tcpPath string) error {
 		}
 		for _, s := range g.Summary {
 			if s.BusBW.Median != nil {
-				k := key{s.WorldSize, s.SizeMiB}
+				k := key{"", s.WorldSize, s.SizeMiB}
 				gloo[k] = append(gloo[k], *s.BusBW.Median)
 			}
 		}
@@ -366,19 +387,46 @@ func runReport(ringGlob, glooGlob, tcpPath string) error {
 		}
 		return fmt.Sprintf("%.3f", v)
 	}
+	// Rows of one (n, size) together, tcp first.
+	sort.SliceStable(order, func(i, j int) bool {
+		a, b := order[i], order[j]
+		if a.n != b.n {
+			return a.n < b.n
+		}
+		if a.mib != b.mib {
+			return a.mib < b.mib
+		}
+		return trOrder(a.tr) < trOrder(b.tr)
+	})
 	for _, k := range order {
 		x := median(ring[k])
-		g, haveG := gloo[k]
+		g, haveG := gloo[key{"", k.n, k.mib}]
 		y := median(g)
 		ratio := "NA"
 		if haveG && y > 0 {
 			ratio = fmt.Sprintf("%.2f", x/y)
 		}
 		t, haveT := tcp[k.n]
-		fmt.Printf("bench: allreduce n=%d bytes=%d busbw_gbps=%.3f gloo_busbw_gbps=%s ratio=%s tcp_gbps=%s correct=%v repeats=%d\n",
-			k.n, k.mib*mib, x, na(y, haveG), ratio, na(t, haveT), ok[k], len(ring[k]))
+		vsTCP := "NA"
+		if tcpRow, have := ring[key{"tcp", k.n, k.mib}]; have && k.tr != "tcp" {
+			vsTCP = fmt.Sprintf("%.2f", x/median(tcpRow))
+		}
+		tr := k.tr
+		if tr == "" {
+			tr = "unknown" // results of a ringbench without the field
+		}
+		fmt.Printf("bench: allreduce transport=%s n=%d bytes=%d busbw_gbps=%.3f gloo_busbw_gbps=%s ratio=%s vs_tcp_transport=%s tcp_gbps=%s correct=%v repeats=%d\n",
+			tr, k.n, k.mib*mib, x, na(y, haveG), ratio, vsTCP, na(t, haveT), ok[k], len(ring[k]))
 	}
 	return nil
+}
+
+// trOrder lists the baseline transport first in the report.
+func trOrder(tr string) string {
+	if tr == "tcp" {
+		return ""
+	}
+	return tr
 }
 
 func readJSON(path string, v any) error {

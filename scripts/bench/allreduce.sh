@@ -4,31 +4,34 @@
 # loopback TCP ring ceiling (../shared/bench/tcp_loopback.go).
 #
 # usage: scripts/bench.sh allreduce [--quick] [--repeats R] [--sizes-mib 1,16,64,256] [--n 2,3,4]
-#                                   [--transport default|tcp|grpc]
+#                                   [--transport tcp,shm] (any of default, tcp, grpc, shm)
 #
-# ringbench and gloo are interleaved world size by world size within each
-# repeat (A/B/A/B) so that the machine's speed drift and foreign load hit
-# both alike. Prints one line per (n, size), for the transport given
-# (default: the package default, TCP):
-#   bench: allreduce n=N bytes=B busbw_gbps=X gloo_busbw_gbps=Y ratio=X/Y tcp_gbps=Z
-# busbw = bytes/time * 2(n-1)/n (nccl-tests), GB = 1e9 B, medians over repeats.
+# ringbench (once per transport) and gloo are interleaved world size by world
+# size within each repeat (A/B/C/A/B/C) so that the machine's speed drift and
+# foreign load hit all alike. Prints one line per (transport, n, size):
+#   bench: allreduce transport=T n=N bytes=B busbw_gbps=X gloo_busbw_gbps=Y ratio=X/Y
+#          vs_tcp_transport=X/X_tcp tcp_gbps=Z correct=... repeats=R
+# transport names the data path measured ("shm-fallback" if shm was asked
+# for but a link carried TCP payloads). busbw = bytes/time * 2(n-1)/n
+# (nccl-tests), GB = 1e9 B, medians over repeats.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-repeats=3 sizes=1,16,64,256 ns=2,3,4 scale=1 tcp_seconds=2 transport=default
+repeats=3 sizes=1,16,64,256 ns=2,3,4 scale=1 tcp_seconds=2 transports=tcp,shm
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) repeats=1 sizes=1,16 ns=2,4 scale=0.5 tcp_seconds=1 ;;
     --repeats) repeats=$2; shift ;;
     --sizes-mib) sizes=$2; shift ;;
     --n) ns=$2; shift ;;
-    --transport) transport=$2; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --transport) transports=$2; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "allreduce.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
-gloo=$root/../shared/bench/gloo_allreduce.py
-tcp=$root/../shared/bench/tcp_loopback.go
+shared=${RINGTUNE_SHARED_BENCH:-$root/../shared/bench} # override from a git worktree
+gloo=$shared/gloo_allreduce.py
+tcp=$shared/tcp_loopback.go
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -44,8 +47,10 @@ fi
 # changes within minutes, and a pass over every n takes several.
 for rep in $(seq 1 "$repeats"); do
   for n in ${ns//,/ }; do
-    echo "# repeat $rep/$repeats n=$n: ringbench"
-    timeout 900 "$tmp/ringbench" -n "$n" -sizes-mib "$sizes" -iters-scale "$scale" -transport "$transport" -json "$tmp/ring_${rep}_$n.json"
+    for tr in ${transports//,/ }; do
+      echo "# repeat $rep/$repeats n=$n: ringbench $tr"
+      timeout 900 "$tmp/ringbench" -n "$n" -sizes-mib "$sizes" -iters-scale "$scale" -transport "$tr" -json "$tmp/ring_${tr}_${rep}_$n.json"
+    done
     if [ $have_gloo = 1 ]; then
       echo "# repeat $rep/$repeats n=$n: gloo"
       timeout 900 /usr/bin/python3 "$gloo" --world-sizes "$n" --sizes-mib "$sizes" --repeats 1 \
