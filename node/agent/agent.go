@@ -1148,6 +1148,10 @@ type stepTiming struct {
 	// updated: zero1 only, the end of the slices' update; apply_ms then
 	// splits into update_ms and the parameters' all-gather, gather_ms.
 	updated time.Time
+	// prevCPU is the process's CPU time at the end of the previous step
+	// (processCPU; 0 before the first), so that cpu_ms covers a whole
+	// step cycle, the idle wait and the coordinator's messages included.
+	prevCPU time.Duration
 }
 
 // report is the step's control.Reduced.Metrics: its phases so far, the
@@ -1199,10 +1203,18 @@ func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	if !t.prevApplied.IsZero() {
 		idle = ms(t.prevApplied, t.start)
 	}
+	cpu, cpuOK := processCPU()
+	cpuMS := -1.0 // not measured
+	if cpuOK && t.prevCPU > 0 {
+		cpuMS = msOf(cpu - t.prevCPU)
+	}
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "exposed_comm_ms", msOf(t.comm.Exposed), "overlapped_comm_ms", msOf(t.comm.Overlapped),
 		"comm_ms", msOf(t.comm.Comm), "buckets", t.comm.Buckets,
 		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied), "optimizer_bytes", optBytes,
+		// The process's CPU time (all threads) since the previous step's
+		// end: what a step costs the host, independent of its load.
+		"cpu_ms", cpuMS,
 		// The wall clock of sending reduced and of taking the commit: on
 		// one host, the nodes' moments line up, so the commit latency
 		// (the last rank's reduced to every node's commit) can be read
@@ -1211,7 +1223,7 @@ func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	if !t.updated.IsZero() {
 		l.Debug("zero1 apply", "step", step, "update_ms", ms(t.commit, t.updated), "gather_ms", ms(t.updated, t.applied))
 	}
-	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit)}
+	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit), prevCPU: cpu}
 }
 
 // Exit codes of `node join` (see ExitCode).
