@@ -115,7 +115,10 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 	// finished first), so it is set before they are taken. zero1's
 	// reduce-scatter takes the whole gradient after backward: nothing to
 	// split for.
-	if t.splitRows, err = m.SetSplitEmbedding(tr.SparseEmbedding && !t.zero1); err != nil {
+	// Below job.SplitMinBytes the split's two extra ring operations a
+	// step cost more than the bytes it saves (agent.Job.SplitMinBytes).
+	split := tr.SparseEmbedding && !t.zero1 && 4*m.SplitEmbeddingNumel() >= int64(job.SplitMinBytes)
+	if t.splitRows, err = m.SetSplitEmbedding(split); err != nil {
 		m.Close()
 		return 0, err
 	}
