@@ -356,7 +356,11 @@ type AllReduceConfig struct {
 	// bytes (whole parameters; one bigger than this is a bucket of its
 	// own), each reduced by its own all-reduce. Default 25 MiB (26214400),
 	// PyTorch DDP's bucket_cap_mb. 0 reduces the whole gradient in one
-	// operation. Otherwise at least 65536 and a multiple of 4.
+	// operation, and so does a gradient no bigger than one bucket (its
+	// buckets by parameter group would all be final only at the end of
+	// backward: overlap would hide next to nothing, and each operation
+	// adds the ring's latency). Otherwise at least 65536 and a multiple
+	// of 4.
 	BucketBytes int `mapstructure:"bucket_bytes"`
 
 	// Overlap starts each bucket's all-reduce while backward is still
@@ -378,8 +382,12 @@ type AllReduceConfig struct {
 	// the same gradient up to the order of the float additions; overlap on
 	// and off still give bit-identical weights. Default true: at GPT-2 124M
 	// it cuts the comm left after backward (README "Benchmarks", big).
-	// Under train.shard_optimizer zero1 the rows are all-reduced whole
-	// and folded into the ranks' slices.
+	// It applies only to a matrix of at least bucket_bytes of float32
+	// gradient (GPT-2's wte: 154 MB), and not with bucket_bytes 0: it
+	// costs two more ring operations a step (the rows' agreement and the
+	// rows), which a smaller matrix does not pay for (bench train's 8 MB
+	// one). Under train.shard_optimizer zero1 the rows are all-reduced
+	// whole and folded into the ranks' slices.
 	SparseEmbedding bool `mapstructure:"sparse_embedding"`
 }
 

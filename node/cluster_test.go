@@ -61,12 +61,18 @@ func TestTwoNodesEqualOneNode(t *testing.T) {
   digest_every: 1
 `,
 		})
+		// Buckets of 256 KiB: this 1M-parameter model's gradient (4 MB)
+		// would fit the default 25 MiB bucket whole, which is reduced in
+		// one operation after backward; smaller ones keep the overlap and
+		// the word embedding's split (3.9 MB) in this run.
+		ar := "allreduce:\n  bucket_bytes: 262144\n"
 		if n > 1 {
 			// The coordinator's own tests run the ring on its default raw TCP
 			// path; run this one on gRPC streams so both transports train.
-			f.YAML = strings.Replace(f.YAML, "allreduce:\n", "allreduce:\n  transport: grpc\n", 1)
-			f.Write(t, f.YAML)
+			ar += "  transport: grpc\n"
 		}
+		f.YAML = strings.Replace(f.YAML, "allreduce:\n", ar, 1)
+		f.Write(t, f.YAML)
 		c := clustertest.RunCluster(t, ctx, f, bins[0], bins[1], n, nil)
 		if code := c.Coord.Wait(t, 3*time.Minute); code != 0 {
 			t.Fatalf("%d-node run: coordinator exit %d", n, code)
@@ -80,8 +86,8 @@ func TestTwoNodesEqualOneNode(t *testing.T) {
 		if n > 1 && !strings.Contains(c.Nodes[0].Text(), `transport=grpc`) {
 			t.Fatalf("the 2-node run did not use the gRPC transport")
 		}
-		if n > 1 && !strings.Contains(c.Nodes[0].Text(), `overlap=true`) {
-			t.Fatalf("the 2-node run did not overlap the all-reduce with backward (allreduce.overlap defaults to true)")
+		if n > 1 && !strings.Contains(c.Nodes[0].Text(), `overlap=true split_embedding_rows=30522`) {
+			t.Fatalf("the 2-node run did not overlap the all-reduce with backward (allreduce.overlap defaults to true) with the word embedding split")
 		}
 		if n > 1 && !strings.Contains(out, `replicas identical" applied=3`) {
 			t.Fatalf("no digest agreement after the last step in the %d-node run", n)

@@ -114,7 +114,10 @@ func (t *Trainer) Setup(job agent.Job) (int, error) {
 	// The split changes the gradient's segments (the tied embedding is
 	// finished first), so it is set before they are taken. Under zero1
 	// the rows are folded into the slices before their norm (SliceSumSq).
-	if t.splitRows, err = m.SetSplitEmbedding(tr.SparseEmbedding); err != nil {
+	// Below job.SplitMinBytes the split's two extra ring operations a
+	// step cost more than the bytes it saves (agent.Job.SplitMinBytes).
+	split := tr.SparseEmbedding && 4*m.SplitEmbeddingNumel() >= int64(job.SplitMinBytes)
+	if t.splitRows, err = m.SetSplitEmbedding(split); err != nil {
 		m.Close()
 		return 0, err
 	}

@@ -52,6 +52,20 @@ func (m *Model) SplitEmbedding() (name string, tied bool) {
 	return "", false
 }
 
+// SplitEmbeddingNumel is the number of elements of the matrix the split
+// applies to (SplitEmbedding), 0 when the model has none. The node splits
+// only a matrix big enough to pay for the split's two extra ring
+// operations a step (agent.Job.SplitMinBytes).
+func (m *Model) SplitEmbeddingNumel() int64 {
+	name, _ := m.SplitEmbedding()
+	for _, sp := range m.params.Specs {
+		if name != "" && sp.Name == name {
+			return numelOf(sp.Shape)
+		}
+	}
+	return 0
+}
+
 // SetSplitEmbedding turns the split on (or off) and returns the number of
 // rows of the split matrix (the vocabulary; 0 when off). Call it before
 // GradSegments and outside a step.

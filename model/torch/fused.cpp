@@ -78,4 +78,45 @@ void adamw(float *__restrict p, float *__restrict g, float *__restrict m, float 
   }
 }
 
+namespace {
+
+// splitmix64: expands one seed into xoshiro's 256-bit state (its authors'
+// recommended seeding; never all zero).
+uint64_t splitmix64(uint64_t &x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+} // namespace
+
+void dropout_mask(float *out, int64_t first, int64_t n, double p, uint64_t seed) {
+  // keep when the 32-bit uniform u >= drop, i.e. with probability
+  // 1 - drop/2^32 (drop rounded to the nearest integer: off p by < 2^-33).
+  const uint64_t drop64 = static_cast<uint64_t>(std::llround(p * 4294967296.0));
+  const float scale = 1.0f / static_cast<float>(1.0 - p);
+  for (int64_t lo = 0; lo < n; lo += kDropoutBlock) {
+    uint64_t x = seed ^ (static_cast<uint64_t>((first + lo) / kDropoutBlock) * 0xd1342543de82ef95ULL);
+    uint64_t s0 = splitmix64(x), s1 = splitmix64(x), s2 = splitmix64(x), s3 = splitmix64(x);
+    const int64_t hi = lo + kDropoutBlock < n ? lo + kDropoutBlock : n;
+    for (int64_t i = lo; i < hi; i += 2) {
+      const uint64_t r = rotl(s1 * 5, 7) * 9; // xoshiro256**
+      const uint64_t t = s1 << 17;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = rotl(s3, 45);
+      out[i] = (r & 0xffffffffULL) >= drop64 ? scale : 0.0f;
+      if (i + 1 < hi) {
+        out[i + 1] = (r >> 32) >= drop64 ? scale : 0.0f;
+      }
+    }
+  }
+}
+
 } // namespace rt_fused

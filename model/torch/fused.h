@@ -30,5 +30,16 @@ void adamw(float *__restrict p, float *__restrict g, float *__restrict m, float 
            int64_t n, float gscale, float clip, float decay_mul, float b1, float one_minus_b1,
            float b2, float one_minus_b2, float bc2_sqrt, float eps, float neg_step_size);
 
+// Dropout's scaled keep mask over n elements: out[i] = scale with
+// probability 1-p, else 0 (scale = 1/(1-p) in float, as
+// torch.nn.functional.dropout's noise). The bits come from xoshiro256**
+// (Blackman and Vigna), one 64-bit draw per two elements, each compared
+// as a 32-bit uniform against p·2^32; a block of kDropoutBlock elements
+// starting at first (a multiple of it) is seeded from seed and the
+// block's index alone, so the mask does not depend on how blocks are
+// shared among threads.
+constexpr int64_t kDropoutBlock = 1 << 16;
+void dropout_mask(float *out, int64_t first, int64_t n, double p, uint64_t seed);
+
 } // namespace rt_fused
 #endif

@@ -255,11 +255,22 @@ func (s *Scope) LogSoftmax(x Tensor, dim int64) Tensor {
 }
 
 // Dropout zeroes elements with probability p and scales the rest by
-// 1/(1-p) when train is true; it is the identity otherwise.
+// 1/(1-p) when train is true; it is the identity otherwise. On CPU
+// float32 its mask is drawn by rt_dropout's own generator (seeded from
+// libtorch's, so Seed still decides it): libtorch 1.13 without MKL draws a
+// double per element, which took ~10% of bench train's BERT step (its
+// hidden and attention dropouts); BenchmarkDropout compares the two.
+// Elsewhere it is at::dropout.
 func (s *Scope) Dropout(x Tensor, p float64, train bool) Tensor {
 	if !train || p == 0 {
 		return x
 	}
+	return s.runRT("dropout", func(o *C.rt_tensor) *C.char { return C.rt_dropout(o, C.rt_tensor(x.c), C.double(p)) })
+}
+
+// dropoutATen is libtorch's own at::dropout, which Dropout replaces on
+// CPU float32 (benchmarks and tests compare the two).
+func (s *Scope) dropoutATen(x Tensor, p float64) Tensor {
 	return s.run("dropout", func(o *libtch.Ctensor) { libtch.AtgDropout(o, x.c, p, 1) })
 }
 

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -13,7 +14,9 @@
 #include <stdexcept>
 #include <vector>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <mutex>
 
 namespace {
 
@@ -73,6 +76,33 @@ char *rt_set_grad(rt_tensor param, rt_tensor grad) {
 char *rt_gelu(rt_tensor *out, rt_tensor x, int approximate) {
   return guard([&] {
     out[0] = new at::Tensor(at::gelu(T(x), approximate ? "tanh" : "none"));
+  });
+}
+
+char *rt_dropout(rt_tensor *out, rt_tensor x, double p) {
+  return guard([&] {
+    const at::Tensor &in = T(x);
+    if (!in.device().is_cpu() || in.scalar_type() != at::kFloat || p <= 0 || p >= 1) {
+      out[0] = new at::Tensor(at::dropout(in, p, true));
+      return;
+    }
+    uint64_t seed;
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      seed = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
+    }
+    at::Tensor noise = at::empty(in.sizes(), in.options().memory_format(at::MemoryFormat::Contiguous));
+    float *d = noise.data_ptr<float>();
+    const int64_t n = noise.numel();
+    // Whole blocks per task, so a block's mask is the same on any thread.
+    at::parallel_for(0, (n + rt_fused::kDropoutBlock - 1) / rt_fused::kDropoutBlock, 1,
+                     [&](int64_t b0, int64_t b1) {
+                       const int64_t lo = b0 * rt_fused::kDropoutBlock;
+                       const int64_t hi = std::min(n, b1 * rt_fused::kDropoutBlock);
+                       rt_fused::dropout_mask(d + lo, lo, hi - lo, p, seed);
+                     });
+    out[0] = new at::Tensor(at::mul(in, noise));
   });
 }
 

@@ -21,6 +21,13 @@ int rt_get_num_threads(void);
 char *rt_set_grad(rt_tensor param, rt_tensor grad);
 // Out-of-place GELU; approximate != 0 uses the tanh form.
 char *rt_gelu(rt_tensor *out, rt_tensor x, int approximate);
+// Dropout in training mode, as at::dropout(x, p, true): x times a noise
+// tensor of 0 and 1/(1-p). On CPU float32 the noise comes from
+// rt_fused::dropout_mask, seeded by one draw of libtorch's default CPU
+// generator (so torch::manual_seed still decides it), instead of libtorch
+// 1.13's per-element Bernoulli draws without MKL, which cost ~10% of a
+// BERT training step; elsewhere it is at::dropout.
+char *rt_dropout(rt_tensor *out, rt_tensor x, double p);
 // Tensor from raw host bytes (copied), of gotch dtype kind and device.
 char *rt_from_bytes(rt_tensor *out, const void *data, const int64_t *dims, int ndims,
                     int kind, int device);

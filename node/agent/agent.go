@@ -809,7 +809,8 @@ func (s *session) setupTrainer() error {
 		return fmt.Errorf("agent: trainer: %w", err)
 	}
 	s.tr = tr
-	n, err := tr.Setup(Job{ModelDir: dir, Task: j.Task, NumLabels: j.NumLabels, Labels: j.Labels, Init: j.Init, Seed: j.Seed, Device: s.a.cfg.Device, Train: j.Train, TotalSteps: j.TotalSteps})
+	n, err := tr.Setup(Job{ModelDir: dir, Task: j.Task, NumLabels: j.NumLabels, Labels: j.Labels, Init: j.Init, Seed: j.Seed, Device: s.a.cfg.Device,
+		Train: splitTrain(j), SplitMinBytes: j.BucketBytes, TotalSteps: j.TotalSteps})
 	if err != nil {
 		return fmt.Errorf("agent: set up the model from %s: %w", dir, err)
 	}
@@ -834,27 +835,58 @@ func (s *session) setupTrainer() error {
 	return nil
 }
 
+// splitTrain is the job's training settings for the trainer: with one
+// all-reduce of the whole gradient (allreduce.bucket_bytes 0) the split
+// embedding has no bucket to leave its matrix out of, so its two extra
+// ring operations would buy nothing, and it is off.
+func splitTrain(j *control.Job) control.TrainSpec {
+	t := j.Train
+	if j.BucketBytes == 0 {
+		t.SparseEmbedding = false
+	}
+	return t
+}
+
 // planBuckets cuts the gradient into the job's buckets: by parameter when
 // the trainer describes its gradient (Overlapper), else one bucket.
+//
+// A gradient no bigger than one bucket is reduced whole, in one operation
+// after backward, as with allreduce.bucket_bytes 0. Cut by parameter
+// groups (the embeddings apart, the weight-decayed block apart from the
+// rest), it would make four or so buckets that all become final in the
+// last layers of backward, so overlap would hide next to nothing, while
+// each extra operation adds the ring's latency, 2(N-1) hops, to the step
+// (scripts/bench.sh train's 5.4M-parameter model: 21 MB in 4 buckets).
 func (s *session) planBuckets() error {
 	j := s.job
 	if j.BucketBytes < 0 {
 		return fmt.Errorf("agent: job from the coordinator: allreduce.bucket_bytes is %d; want 0 or more", j.BucketBytes)
 	}
+	bytes := j.BucketBytes
+	if int64(s.params)*4 <= int64(bytes) {
+		bytes = 0
+	}
 	segs := []bucket.Segment{{Off: 0, Len: s.params}}
+	s.ov = nil
 	ov, ok := s.tr.(Overlapper)
 	if ok {
 		segs = ov.GradSegments()
-		if j.Overlap {
+		// One bucket is final only when backward ends: nothing to
+		// overlap, and no hooks to call.
+		if j.Overlap && bytes > 0 {
 			s.ov = ov
 		}
 	}
-	p, err := bucket.NewPlan(s.params, segs, j.BucketBytes)
+	p, err := bucket.NewPlan(s.params, segs, bytes)
 	if err != nil {
 		return fmt.Errorf("agent: gradient buckets of the model: %w", err)
 	}
 	s.plan = p
-	s.a.log.Info("gradient buckets", "buckets", len(p.Buckets), "bucket_bytes", j.BucketBytes, "overlap", s.ov != nil)
+	rows := 0
+	if rs, ok := s.tr.(RowSplitter); ok {
+		rows = rs.SplitRows()
+	}
+	s.a.log.Info("gradient buckets", "buckets", len(p.Buckets), "bucket_bytes", j.BucketBytes, "overlap", s.ov != nil, "split_embedding_rows", rows)
 	return nil
 }
 
@@ -1163,6 +1195,10 @@ type stepTiming struct {
 	// updated: zero1 only, the end of the slices' update; apply_ms then
 	// splits into update_ms and the parameters' all-gather, gather_ms.
 	updated time.Time
+	// prevCPU is the process's CPU time at the end of the previous step
+	// (processCPU; 0 before the first), so that cpu_ms covers a whole
+	// step cycle, the idle wait and the coordinator's messages included.
+	prevCPU time.Duration
 }
 
 // report is the step's control.Reduced.Metrics: its phases so far, the
@@ -1214,10 +1250,18 @@ func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	if !t.prevApplied.IsZero() {
 		idle = ms(t.prevApplied, t.start)
 	}
+	cpu, cpuOK := processCPU()
+	cpuMS := -1.0 // not measured
+	if cpuOK && t.prevCPU > 0 {
+		cpuMS = msOf(cpu - t.prevCPU)
+	}
 	l.Debug("step timing", "step", step, "idle_ms", idle, "compute_ms", ms(t.start, t.computed),
 		"allreduce_ms", ms(t.computed, t.reduced), "exposed_comm_ms", msOf(t.comm.Exposed), "overlapped_comm_ms", msOf(t.comm.Overlapped),
 		"comm_ms", msOf(t.comm.Comm), "buckets", t.comm.Buckets,
 		"commit_wait_ms", ms(t.reduced, t.commit), "apply_ms", ms(t.commit, t.applied), "optimizer_bytes", optBytes,
+		// The process's CPU time (all threads) since the previous step's
+		// end: what a step costs the host, independent of its load.
+		"cpu_ms", cpuMS,
 		// The wall clock of sending reduced and of taking the commit: on
 		// one host, the nodes' moments line up, so the commit latency
 		// (the last rank's reduced to every node's commit) can be read
@@ -1226,7 +1270,7 @@ func (t *stepTiming) log(l *slog.Logger, step int, optBytes int64) {
 	if !t.updated.IsZero() {
 		l.Debug("zero1 apply", "step", step, "update_ms", ms(t.commit, t.updated), "gather_ms", ms(t.updated, t.applied))
 	}
-	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit)}
+	*t = stepTiming{prevApplied: t.applied, prevApply: t.applied.Sub(t.commit), prevCPU: cpu}
 }
 
 // Exit codes of `node join` (see ExitCode).

@@ -121,6 +121,15 @@ type Job struct {
 	// TotalSteps is the number of optimizer steps of the run, for the
 	// learning-rate schedule.
 	TotalSteps int
+	// SplitMinBytes is the smallest embedding matrix, in bytes of its
+	// float32 gradient, that the trainer splits by rows when
+	// Train.SparseEmbedding asks for it (RowSplitter); 0 splits any. The
+	// split costs two more ring operations a step (the rows' agreement
+	// before the first forward, and the rows after backward), which pay
+	// only when the matrix is big next to the ring's latency: the agent
+	// passes allreduce.bucket_bytes, so a matrix smaller than one bucket
+	// is reduced with the rest of the gradient (setupTrainer).
+	SplitMinBytes int
 	// Rank and WorldSize describe the first generation the node joins
 	// (they can change later; a trainer should not depend on them for
 	// anything that must stay identical across replicas).

@@ -9,9 +9,15 @@
 # N `node join` processes over loopback; the global batch is 8·N, so every
 # node computes one micro-batch per step as a DDP rank does.
 #
-# samples/s for ringtune = samples committed between the end of warm-up and
-# the last step, over the time between those commits (coordinator's debug
-# log). For DDP, the script's synced-step figure. One line per N:
+# samples/s for ringtune = samples of the steps after warm-up, over the
+# slowest node's time for them: the sum of its step cycles (the nodes'
+# debug "step timing" line: idle, compute, all-reduce, commit wait and
+# apply, one after another from the previous step's end), which are
+# measured on the monotonic clock, as DDP's perf_counter steps are. The
+# coordinator's wall-clock commit times (the figure before 2026-12-01) ran
+# 0.5% fast against it on this host, and a 3.4 s stall of the virtual
+# machine once showed in them but in neither monotonic clock. For DDP, the
+# script's synced-step figure. One line per N:
 #   bench: train n=N samples_per_s=X ddp_samples_per_s=Y ratio=X/Y
 #
 # --tls off runs ringtune with cluster.tls.enabled: false. --tls both
@@ -135,7 +141,7 @@ YAML
   [ -n "$gossip" ] || { echo "bench train: coordinator did not start:" >&2; cat "$dir/coord.log" >&2; kill $cpid; return 1; }
   local pids=()
   for k in $(seq "$n"); do
-    .build/node join --coordinator "$gossip" --key-file "$work/cluster.key" --label bench-train \
+    .build/node join --coordinator "$gossip" --key-file "$work/cluster.key" --label bench-train --log-level debug \
       --bind 127.0.0.1:0 --name "bench-$n-$k" --cache-dir "$dir/cache" > "$dir/node$k.log" 2>&1 &
     pids+=("$!")
   done
@@ -145,17 +151,22 @@ YAML
     return 1
   fi
   wait "${pids[@]}" 2>/dev/null || true
-  /usr/bin/python3 - "$dir/coord.log" "$warmup" "$n" <<'PY'
-import re, sys, datetime
-log, warm, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-ts = {}
-for line in open(log):
-    m = re.search(r'time=(\S+) level=DEBUG msg="step committed" step=(\d+)', line)
-    if m:
-        ts[int(m.group(2))] = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
-last = max(ts)
-first = warm - 1
-print("%.4f" % (8 * n * (last - first) / (ts[last] - ts[first])))
+  /usr/bin/python3 - "$dir" "$warmup" "$n" "$((steps + warmup))" <<'PY'
+import glob, re, sys
+d, warm, n, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+slowest = 0.0
+for f in glob.glob(d + "/node*.log"):
+    cyc = {}
+    for line in open(f):
+        if 'msg="step timing"' not in line:
+            continue
+        kv = dict(re.findall(r'(\w+)=(\S+)', line))
+        cyc[int(kv["step"])] = sum(float(kv[k]) for k in ("idle_ms", "compute_ms", "allreduce_ms", "commit_wait_ms", "apply_ms"))
+    timed = [cyc.get(s) for s in range(warm, total)]
+    if None in timed:
+        sys.exit("bench train: %s lacks the step timing of some of steps %d-%d (a node left or the run was cut short)" % (f, warm, total - 1))
+    slowest = max(slowest, sum(timed) / 1000)
+print("%.4f" % (8 * n * (total - warm) / slowest))
 PY
 }
 
