@@ -17,8 +17,10 @@
 # coordinator's wall-clock commit times (the figure before 2026-12-01) ran
 # 0.5% fast against it on this host, and a 3.4 s stall of the virtual
 # machine once showed in them but in neither monotonic clock. For DDP, the
-# script's synced-step figure. One line per N:
-#   bench: train n=N samples_per_s=X ddp_samples_per_s=Y ratio=X/Y
+# script's synced-step figure. The old figure (the coordinator's commit
+# times) is printed beside it, with its ratio, so the two clocks can be
+# compared. One line per N:
+#   bench: train n=N samples_per_s=X ddp_samples_per_s=Y ratio=X/Y commit_clock_samples_per_s=Z commit_clock_ratio=Z/Y
 #
 # --tls off runs ringtune with cluster.tls.enabled: false. --tls both
 # measures, interleaved, TLS on (default: the ring's gRPC streams encrypted,
@@ -152,7 +154,7 @@ YAML
   fi
   wait "${pids[@]}" 2>/dev/null || true
   /usr/bin/python3 - "$dir" "$warmup" "$n" "$((steps + warmup))" <<'PY'
-import glob, re, sys
+import datetime, glob, re, sys
 d, warm, n, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 slowest = 0.0
 for f in glob.glob(d + "/node*.log"):
@@ -166,25 +168,37 @@ for f in glob.glob(d + "/node*.log"):
     if None in timed:
         sys.exit("bench train: %s lacks the step timing of some of steps %d-%d (a node left or the run was cut short)" % (f, warm, total - 1))
     slowest = max(slowest, sum(timed) / 1000)
-print("%.4f" % (8 * n * (total - warm) / slowest))
+# The figure before 2026-12-01, printed beside it: samples committed after
+# warm-up over the coordinator's wall-clock time between those commits.
+ts = {}
+for line in open(d + "/coord.log"):
+    m = re.search(r'time=(\S+) level=DEBUG msg="step committed" step=(\d+)', line)
+    if m:
+        ts[int(m.group(2))] = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
+last, first = max(ts), warm - 1
+print("%.4f %.4f" % (8 * n * (total - warm) / slowest, 8 * n * (last - first) / (ts[last] - ts[first])))
 PY
 }
 
-declare -A mine theirs plain tls_grpc
+declare -A mine theirs plain tls_grpc commits
 # Interleaved per world size (ringtune N, DDP N, next N, ...) so that a burst
 # of foreign load lands on both sides alike.
 for r in $(seq "$repeats"); do
   for n in ${sizes//,/ }; do
     first=on
     [ "$tls" = off ] && first=off
-    v=$(ours "$n" "$first")
+    read -r v c < <(ours "$n" "$first") || true
+    [ -n "${c:-}" ] || { echo "bench train: n=$n: no ringtune figure (see above)" >&2; exit 1; }
     mine[$n]="${mine[$n]:-} $v"
+    commits[$n]="${commits[$n]:-} $c"
     echo "bench train: repeat $r ringtune n=$n tls=$first samples/s=$v" >&2
     if [ "$tls" = both ]; then
-      v=$(ours "$n" off)
+      read -r v _ < <(ours "$n" off) || true
+      [ -n "${v:-}" ] || { echo "bench train: n=$n tls=off: no ringtune figure" >&2; exit 1; }
       plain[$n]="${plain[$n]:-} $v"
       echo "bench train: repeat $r ringtune n=$n tls=off samples/s=$v" >&2
-      v=$(ours "$n" on-grpc)
+      read -r v _ < <(ours "$n" on-grpc) || true
+      [ -n "${v:-}" ] || { echo "bench train: n=$n tls=on-grpc: no ringtune figure" >&2; exit 1; }
       tls_grpc[$n]="${tls_grpc[$n]:-} $v"
       echo "bench train: repeat $r ringtune n=$n tls=on transport=grpc samples/s=$v" >&2
     fi
@@ -198,11 +212,11 @@ print("%.4f" % s["samples_per_s_sync"]["median"])' "$work/ddp$r-$n.json" "$n")
   done
 done
 for n in ${sizes//,/ }; do
-  /usr/bin/python3 - "$n" "${mine[$n]}" "${theirs[$n]}" <<'PY'
+  /usr/bin/python3 - "$n" "${mine[$n]}" "${theirs[$n]}" "${commits[$n]}" <<'PY'
 import statistics, sys
-n, a, b = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
-x, y = statistics.median(a), statistics.median(b)
-print("bench: train n=%s samples_per_s=%.2f ddp_samples_per_s=%.2f ratio=%.3f repeats=%d" % (n, x, y, x / y, len(a)))
+n, a, b, c = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()], [float(x) for x in sys.argv[4].split()]
+x, y, z = statistics.median(a), statistics.median(b), statistics.median(c)
+print("bench: train n=%s samples_per_s=%.2f ddp_samples_per_s=%.2f ratio=%.3f commit_clock_samples_per_s=%.2f commit_clock_ratio=%.3f repeats=%d" % (n, x, y, x / y, z, z / y, len(a)))
 PY
   if [ "$tls" = both ]; then
     /usr/bin/python3 - "$n" "${mine[$n]}" "${plain[$n]}" "${tls_grpc[$n]}" <<'PY'
