@@ -913,7 +913,10 @@ func (s *session) onGen(m *control.Msg) error {
 	if err != nil {
 		return fmt.Errorf("agent: job from the coordinator: %w", err)
 	}
-	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, ClientTLS: s.clientTLS, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond})
+	r, err := allreduce.New(allreduce.Config{Generation: w.Generation, Rank: w.Rank, Peers: w.Peers, Server: s.ringSrv, ClientTLS: s.clientTLS, Key: s.a.cfg.Key, ChunkBytes: j.ChunkBytes, Wire: wire, Transport: transport, Timeout: time.Duration(j.TimeoutMS) * time.Millisecond,
+		Logf: func(format string, args ...any) {
+			s.a.log.Warn("all-reduce link", "gen", w.Generation, "detail", fmt.Sprintf(format, args...))
+		}})
 	if err != nil {
 		return fmt.Errorf("agent: ring of generation %d: %w", w.Generation, err)
 	}
