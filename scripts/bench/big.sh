@@ -49,6 +49,9 @@
 #     peak_rss_mb=… ddp_peak_rss_mb=… rss_ratio=… train_peak_rss_mb=… apply_ms=… torch_adamw_ms=…
 #     apply_ratio=… checkpoint_s=… export_s=… checkpoints=on|off window=…
 #     exposed_comm_ms=… overlapped_comm_ms=… comm_ms=… buckets=… last_rank_exposed_ms=…
+#     steps_samples_per_s=… ddp_steps_samples_per_s=… steps_ratio=…
+# (the steps alone: ringtune's commits' span less the checkpoints inside
+# it, DDP's steps without its saves)
 #     [noover_allreduce_ms=… exposed_ratio=… noover_last_rank_ms=… last_rank_ratio=…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -305,6 +308,10 @@ if written is not None:
 else:
     window, end = "steps", commits[last]
 sps = samples / (end - commits[first])
+# The steps alone: the commits' span less the checkpoints inside it, against
+# DDP's steps without its saves (both sides' saves left out).
+inside = sum(s or 0 for t, s in ckpts if commits[first] < t <= commits[last])
+steps_sps = samples / max(commits[last] - commits[first] - inside, 1e-9)
 ddp = json.load(open(ddp_path))
 # A checkpoint's time: its own "seconds" when the coordinator logs it,
 # else from the commit before it.
@@ -326,10 +333,11 @@ if mode == "on" and noover:
     if noover_tail:
         extra += " noover_last_rank_ms=%.0f last_rank_ratio=%.3f" % (float(noover_tail), tail_med / float(noover_tail))
 print("bench: big n=%d shard=%s overlap=%s params=%s optimizer_mb=%.0f samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
-      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f last_rank_exposed_ms=%.0f%s" % (
+      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f last_rank_exposed_ms=%.0f steps_samples_per_s=%.3f ddp_steps_samples_per_s=%.3f steps_ratio=%.3f%s" % (
           nodes, shard, mode, params or ddp["params"], optb / 2**20, sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
           rss / ddp["peak_rss_mb"], train_kb / 1024, am, tadam, am / tadam, ck_s, ex_s, "on" if ckpt else "off",
-          window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], tail_med, extra))
+          window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], tail_med,
+          steps_sps, ddp["steps_samples_per_s"], steps_sps / ddp["steps_samples_per_s"], extra))
 PY
 line=$(cat "$dir/line")
 echo "$line"
