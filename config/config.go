@@ -402,6 +402,15 @@ type CheckpointConfig struct {
 
 	// Keep is how many recent checkpoints to keep; older ones are deleted.
 	Keep int `mapstructure:"keep"`
+
+	// Background writes a checkpoint due between two steps while the next
+	// step runs (default true): a node's state changes only when a step
+	// is applied, so the transfer reads the committed state while forward
+	// and backward run, and only the next commit waits for it to end.
+	// Training then pauses for what the transfer takes beyond one step,
+	// not for all of it. false pauses training for every checkpoint. The
+	// final checkpoint always pauses (there is no next step).
+	Background bool `mapstructure:"background"`
 }
 
 // MetricsConfig controls the coordinator's observability endpoints.
@@ -475,8 +484,9 @@ func Default() *Config {
 			SparseEmbedding: true,
 		},
 		Checkpoint: CheckpointConfig{
-			Dir:  "checkpoints",
-			Keep: 2,
+			Dir:        "checkpoints",
+			Keep:       2,
+			Background: true,
 		},
 		Output: OutputConfig{
 			Dir: "output",

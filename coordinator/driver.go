@@ -150,7 +150,7 @@ func (c *Coordinator) machineConfig() machine.Config {
 		Samples: len(c.train), GlobalBatch: t.GlobalBatch, DropLast: t.DropLast, Seed: t.Seed, Epochs: t.Epochs, MaxSteps: t.MaxSteps,
 		CountOf:     c.stepCount,
 		DigestEvery: t.DigestEvery, EvalEvery: t.EvalEvery, HasEval: len(c.eval) > 0,
-		CheckpointEvery: c.cfg.Checkpoint.Every, Resumed: resumed, MaxAborts: c.opts.MaxAborts,
+		CheckpointEvery: c.cfg.Checkpoint.Every, CheckpointBackground: c.cfg.Checkpoint.Background, Resumed: resumed, MaxAborts: c.opts.MaxAborts,
 		SettleTicks: settle, WaitTicks: ticks(cl.WaitTimeout), FormTicks: ticks(formTimeout), SyncTicks: ticks(pullTimeout),
 		StepTicks: step, EvalTicks: step, CheckpointTicks: ticks(pullTimeout), ExportTicks: ticks(exportTimeout), DrainTicks: ticks(drainTimeout),
 	}

@@ -11,6 +11,10 @@ import (
 // told to apply it; evaluations and checkpoints that fall due wait for the
 // next boundary.
 func (m *Machine) commit() {
+	if m.bgReq != 0 {
+		m.hold()
+		return
+	}
 	r := m.round
 	m.round = nil
 	g := r.step

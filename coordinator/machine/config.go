@@ -34,6 +34,11 @@ type Config struct {
 	// CheckpointEvery writes a checkpoint every that many steps (0: only
 	// the final one, which is always written).
 	CheckpointEvery int
+	// CheckpointBackground transfers a checkpoint due between two steps
+	// while the next step runs, holding only that step's commit until the
+	// transfer ended (see startCheckpoint); false stops training for it.
+	// The final checkpoint always stops (nothing is left to overlap).
+	CheckpointBackground bool
 	// Resumed is the committed step count of the checkpoint the run resumed
 	// from, -1 for a fresh run.
 	Resumed int

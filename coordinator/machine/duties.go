@@ -14,9 +14,111 @@ func (m *Machine) startEval() {
 // replica, trying the others in rank order when a transfer fails; when
 // none can deliver it, the checkpoint is skipped and the run goes on (a
 // checkpoint is insurance, not a reason to stop training).
+//
+// With Config.CheckpointBackground a checkpoint due between two steps runs
+// in the background of the next one: the state of step s changes only
+// when step s+1 is applied, so the next step starts at once and only its
+// commit waits until the transfer ended (hold). Every replica then still
+// holds step s when a retry picks another one, and a checkpoint costs the
+// run what its transfer takes beyond one step's forward and backward,
+// instead of all of it. (Nodes also end any read of their state before
+// they change it, so no transfer ever sees a step half applied.) The
+// final checkpoint has no next step to hide behind and stops training.
 func (m *Machine) startCheckpoint() {
 	m.ckptAt, m.ckptDue, m.ckptTry = m.applied, false, 0
+	if m.cfg.CheckpointBackground && m.applied < m.sched.total {
+		m.tryBackground()
+		m.next()
+		return
+	}
 	m.tryCheckpoint()
+}
+
+// tryBackground starts the background checkpoint's transfer from the next
+// replica holding its step and reports whether it did. When none is left
+// the checkpoint is skipped; when the world dissolved meanwhile, it is
+// due again at the next boundary instead (no step committed since, so it
+// still writes step ckptAt, from the new generation's replicas).
+func (m *Machine) tryBackground() bool {
+	for ; m.ckptTry < len(m.world); m.ckptTry++ {
+		src := m.world[m.ckptTry]
+		if src.rank < 0 || src.applied != m.ckptAt {
+			continue
+		}
+		m.ckptTry++
+		m.bgReq, m.bgNode, m.bgDeadline = m.nextReq(), src.id, m.now+m.cfg.CheckpointTicks
+		m.ckptReqs[m.bgReq] = m.ckptAt
+		m.act(Action{Kind: WriteCheckpoint, Req: m.bgReq, Step: m.ckptAt, Node: src.id, Session: src.session, Ring: src.ring})
+		if m.held() {
+			m.deadline = m.bgDeadline
+		}
+		return true
+	}
+	m.bgReq, m.bgNode = 0, ""
+	if len(m.world) == 0 && m.applied == m.ckptAt {
+		m.ckptDue, m.ckptTry = true, 0
+		m.note("checkpoint of step %d: no replica to read it from while the world re-forms; it starts again once a generation formed", m.ckptAt)
+		return false
+	}
+	m.note("checkpoint of step %d skipped: no replica could deliver it; the run goes on", m.ckptAt)
+	return false
+}
+
+// held reports whether a step's round is complete and its commit waits
+// for the background checkpoint.
+func (m *Machine) held() bool {
+	return m.phase == Training && m.round != nil && m.round.reply == Reduced && m.round.complete()
+}
+
+// hold keeps the complete step round uncommitted until the background
+// checkpoint's transfer ends (releaseHeld); meanwhile the phase waits on
+// the transfer's deadline, not the step's.
+func (m *Machine) hold() {
+	m.note("commit of step %d waits for the background checkpoint of step %d from %s", m.round.step, m.ckptAt, m.bgNode)
+	m.deadline = m.bgDeadline
+}
+
+// releaseHeld commits the held step, if any, once no background
+// checkpoint is in flight.
+func (m *Machine) releaseHeld() {
+	if m.bgReq == 0 && m.held() {
+		m.commit()
+	}
+}
+
+// backgroundDone takes the outcome of the background checkpoint's
+// transfer.
+func (m *Machine) backgroundDone(ev Event) {
+	step, src := m.ckptAt, m.bgNode
+	m.bgReq, m.bgNode = 0, ""
+	switch {
+	case ev.Error == "":
+		m.fails = 0
+		if step > m.ckpt && step <= m.applied {
+			m.ckpt = step
+		}
+		m.note("checkpoint of step %d written from %s in the background", step, src)
+	case ev.Fatal:
+		m.fail(ExitFailure, "checkpoint of step %d: %s", step, ev.Error)
+		return
+	default:
+		m.note("checkpoint transfer from %s failed; trying another replica: %s", src, ev.Error)
+		if m.tryBackground() {
+			return
+		}
+	}
+	m.releaseHeld()
+}
+
+// backgroundTimeout gives up the background transfer past its deadline
+// (its late success still counts, as onActionDone says) and tries the
+// next replica.
+func (m *Machine) backgroundTimeout() {
+	m.note("checkpoint transfer from %s did not finish before the deadline; trying another replica", m.bgNode)
+	m.bgReq = 0
+	if !m.tryBackground() {
+		m.releaseHeld()
+	}
 }
 
 // tryCheckpoint asks the driver for the checkpoint from the next replica
@@ -50,6 +152,11 @@ func (m *Machine) startExport() {
 // onActionDone takes the outcome of the driver's outstanding action; the
 // late success of an abandoned checkpoint still counts (see below).
 func (m *Machine) onActionDone(ev Event) {
+	if ev.Req != 0 && ev.Req == m.bgReq {
+		delete(m.ckptReqs, ev.Req)
+		m.backgroundDone(ev)
+		return
+	}
 	step, isCkpt := m.ckptReqs[ev.Req]
 	delete(m.ckptReqs, ev.Req)
 	if isCkpt && ev.Req != m.action && ev.Error == "" && step > m.ckpt && step <= m.applied {

@@ -64,8 +64,13 @@ type Machine struct {
 	ckptAt   int            // committed steps at the last checkpoint attempt, -1: none
 	ckptTry  int            // the next rank to try for the checkpoint in progress
 	action   uint64         // the outstanding driver action's request id, 0: none
-	actNode  string         // the node the outstanding action reads from
-	fails    int            // consecutive failed attempts
+	// A background checkpoint (Config.CheckpointBackground): its
+	// transfer's request id (0: none), source and deadline tick.
+	bgReq      uint64
+	bgNode     string
+	bgDeadline int64
+	actNode    string // the node the outstanding action reads from
+	fails      int    // consecutive failed attempts
 
 	setupFailed map[string]string
 
@@ -180,7 +185,10 @@ func (m *Machine) Step(ev Event) {
 		m.onMsg(ev.Msg)
 	case Tick:
 		m.now++
-		if m.now >= m.deadline {
+		if m.bgReq != 0 && m.now >= m.bgDeadline {
+			m.backgroundTimeout()
+		}
+		if m.phase != Done && m.now >= m.deadline {
 			m.onDeadline()
 		}
 	case ActionDone:

@@ -50,6 +50,9 @@ func (m *Machine) lose(n *node, react bool) {
 	if n.leaving {
 		m.nLeaving--
 	}
+	if react && m.bgReq != 0 && n.id == m.bgNode {
+		defer m.bgSourceLost(n) // once n holds no rank: not a replica to retry
+	}
 	// A node that failed to set up stays counted after its session ends
 	// (the agent exits on the failure): the next node's failure then
 	// still ends the run.
@@ -88,6 +91,20 @@ func (m *Machine) lose(n *node, react bool) {
 		if n.id == m.actNode {
 			m.phaseFailed(fmt.Sprintf("rank %d (%s), the source of the export, lost", k, n.id))
 		}
+	}
+}
+
+// bgSourceLost moves the background checkpoint on from its lost source; a
+// held step is aborted for its lost rank (lose) or, when none was left to
+// wait on, commits.
+func (m *Machine) bgSourceLost(n *node) {
+	if m.phase == Done || m.bgReq == 0 || m.bgNode != n.id {
+		return
+	}
+	m.note("checkpoint source %s lost; trying another replica", n.id)
+	m.bgReq = 0
+	if !m.tryBackground() {
+		m.releaseHeld()
 	}
 }
 

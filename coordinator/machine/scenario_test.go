@@ -157,7 +157,7 @@ func (h *harness) do(cmd string) (string, error) {
 	if f[0] == "config" {
 		c := Config{MinNodes: atoi(a["min"], 1), MaxNodes: atoi(a["max"], 0), Samples: atoi(a["samples"], 8), GlobalBatch: atoi(a["batch"], 4),
 			Epochs: atoi(a["epochs"], 1), MaxSteps: atoi(a["steps"], 0), DigestEvery: atoi(a["digest"], 0), EvalEvery: atoi(a["eval_every"], 0),
-			HasEval: a["eval"] == "true", CheckpointEvery: atoi(a["ckpt"], 0), Resumed: atoi(a["resumed"], -1), MaxAborts: atoi(a["aborts"], 0),
+			HasEval: a["eval"] == "true", CheckpointEvery: atoi(a["ckpt"], 0), CheckpointBackground: a["bgckpt"] == "true", Resumed: atoi(a["resumed"], -1), MaxAborts: atoi(a["aborts"], 0),
 			SettleTicks: int64(atoi(a["settle"], 0)), WaitTicks: int64(atoi(a["wait"], 100)), FormTicks: 10, SyncTicks: 10, StepTicks: 10,
 			EvalTicks: 10, CheckpointTicks: 10, ExportTicks: 10, DrainTicks: 10}
 		m, err := New(c)

@@ -203,17 +203,18 @@ type simBucket struct {
 }
 
 type simRun struct {
-	seed  int64
-	n     int
-	rnd   *rand.Rand
-	m     *Machine
-	cfg   Config
-	nodes []*simNode
-	byID  map[string]*simNode
-	wheel [simHorizon]simBucket // what is due, by tick modulo simHorizon
-	free  []*simItem            // items to reuse
-	buf   Msg                   // the message being fed (see exec)
-	next  uint64                // session ids
+	bgLive uint64 // the background checkpoint transfer in flight, 0: none
+	seed   int64
+	n      int
+	rnd    *rand.Rand
+	m      *Machine
+	cfg    Config
+	nodes  []*simNode
+	byID   map[string]*simNode
+	wheel  [simHorizon]simBucket // what is due, by tick modulo simHorizon
+	free   []*simItem            // items to reuse
+	buf    Msg                   // the message being fed (see exec)
+	next   uint64                // session ids
 	// rings collects the ranks that finished a step's backward, by
 	// (generation, request): the all-reduce completes when all have.
 	rings map[[2]uint64][]*simNode
@@ -257,7 +258,7 @@ func newSimRun(seed int64, nodes, steps int) *simRun {
 	}
 	c := Config{MinNodes: 1 + rnd.IntN(min(3, n)), Samples: samples, GlobalBatch: gb, DropLast: rnd.IntN(2) == 0,
 		Seed: int64(seed), Epochs: 1 + rnd.IntN(3), DigestEvery: rnd.IntN(4), HasEval: rnd.IntN(2) == 0, EvalEvery: rnd.IntN(4),
-		CheckpointEvery: rnd.IntN(5), Resumed: -1, MaxAborts: 20, SettleTicks: int64(rnd.IntN(4)), WaitTicks: 400,
+		CheckpointEvery: rnd.IntN(5), CheckpointBackground: seed%2 == 1, Resumed: -1, MaxAborts: 20, SettleTicks: int64(rnd.IntN(4)), WaitTicks: 400,
 		FormTicks: 60, SyncTicks: 60, StepTicks: 80, EvalTicks: 60, CheckpointTicks: 60, ExportTicks: 60, DrainTicks: 30}
 	if steps > 0 {
 		c.Samples, c.GlobalBatch, c.Epochs, c.DropLast = steps*gb, gb, 1, true
@@ -709,6 +710,9 @@ func (r *simRun) action(a Action) {
 		if a.Step != len(r.lineage) {
 			r.fail("step %d committed after %d committed steps", a.Step, len(r.lineage))
 		}
+		if r.bgLive != 0 && r.bgLive == r.m.bgReq {
+			r.fail("step %d committed while the background checkpoint's transfer %d reads the replicas", a.Step, r.bgLive)
+		}
 		c := simCommit{step: a.Step, indices: slices.Clone(a.Indices)}
 		r.lineage = append(r.lineage, c)
 		if err := r.see(c); err != nil {
@@ -726,20 +730,29 @@ func (r *simRun) action(a Action) {
 	case WriteCheckpoint:
 		src := r.byID[a.Node]
 		ok := src != nil && src.alive && src.session == a.Session && src.applied == a.Step
-		st := uint64(0)
+		session := uint64(0)
 		if ok {
-			st = src.state
+			session = src.session
+		}
+		if r.cfg.CheckpointBackground && a.Step < r.m.Total() {
+			r.bgLive = a.Req
 		}
 		inc := r.inc
 		r.at(r.delay(1, 8), func() {
 			if r.inc != inc {
 				return // the coordinator died before the file was complete
 			}
-			if !ok {
-				r.feed(Event{Kind: ActionDone, Req: a.Req, Error: "source lost"})
+			if r.bgLive == a.Req {
+				r.bgLive = 0
+			}
+			// A node ends any read of its state before it changes it (an
+			// applied step, a loaded state): a source that moved on while
+			// the transfer ran delivers nothing.
+			if !ok || !src.alive || src.session != session || src.applied != a.Step {
+				r.feed(Event{Kind: ActionDone, Req: a.Req, Error: "source lost or moved on"})
 				return
 			}
-			r.disk[a.Step] = st
+			r.disk[a.Step] = src.state
 			r.feed(Event{Kind: ActionDone, Req: a.Req})
 		})
 	case WriteExport:
@@ -828,6 +841,7 @@ func (r *simRun) restartCoordinator() {
 	}
 	r.restarted = true
 	r.inc++
+	r.bgLive = 0 // the old coordinator's transfers die with it
 	cfg := r.cfg
 	cfg.Resumed = newest
 	m, err := New(cfg)

@@ -172,6 +172,12 @@ func (m *Machine) onDeadline() {
 		}
 		m.fail(ExitNoNodes, "waited %d ticks for %d set-up node(s), have %d", m.cfg.WaitTicks, need, len(m.candidates()))
 	case Training:
+		if m.held() {
+			// Past the transfer's deadline too: backgroundTimeout, which
+			// runs first on the same tick, has moved it on.
+			m.deadline = max(m.bgDeadline, m.now+1)
+			return
+		}
 		if m.round == nil { // draining digests: the rest are moot
 			m.note("digests of steps %v not all received before the deadline", m.pendingSteps())
 			clear(m.pending)
