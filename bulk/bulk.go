@@ -79,6 +79,11 @@ type Request struct {
 	Name string `json:"name,omitempty"`
 	Step int    `json:"step,omitempty"`
 	Req  int    `json:"req,omitempty"`
+	// Gen is, for KindShard, the generation whose slice layout the
+	// requester assembles (0: any): a node already re-sliced for another
+	// generation refuses, rather than send a range of the same length
+	// that holds other elements.
+	Gen uint64 `json:"gen,omitempty"`
 	// ChunkBytes is the size of the data messages the client wants
 	// (0: DefaultChunkBytes; clamped to [MinChunkBytes, MaxChunkBytes]).
 	ChunkBytes int `json:"chunk_bytes,omitempty"`

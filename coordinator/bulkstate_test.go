@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -186,12 +187,25 @@ func TestStaleRankAfterResumeGetsLiveState(t *testing.T) {
 // is skipped with a warning), the run goes on to the end, and no partial
 // checkpoint is ever valid.
 func TestCheckpointSourceKilledMidTransfer(t *testing.T) {
+	// In the background (the default) the source dies while the next step
+	// runs, which aborts that step; paused, it dies between two steps.
+	for _, tc := range []struct {
+		name, flag, lost string
+	}{
+		{"background", "--checkpoint.background=true", `step aborted" step=10 gen=1 why="rank `},
+		{"paused", "--checkpoint.background=false", `world lost a rank between steps`},
+	} {
+		t.Run(tc.name, func(t *testing.T) { checkpointSourceKilled(t, tc.flag, tc.lost) })
+	}
+}
+
+func checkpointSourceKilled(t *testing.T, flag, lost string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	f := adamFixture(t, fmt.Sprintf("ckkill-%d", os.Getpid()), 3, 3)
 	// 45 pieces of 16 KiB at 60 ms: a transfer takes about 3 s.
 	env := []string{"GONODE_STEP_DELAY=10ms", "GONODE_STATE_DELAY=60ms"}
-	c := runCluster(t, ctx, f, 3, env, smallPlane...)
+	c := runCluster(t, ctx, f, 3, env, append([]string{flag}, smallPlane...)...)
 	m := c.Coord.WaitFor(t, `pulling checkpoint" node=(\S+) applied=10`, 90*time.Second)
 	victim := -1
 	for i := range c.Nodes {
@@ -226,7 +240,7 @@ func TestCheckpointSourceKilledMidTransfer(t *testing.T) {
 	default:
 		t.Logf("checkpoint 10 skipped after %s was killed", m[1])
 	}
-	for _, want := range []string{`world lost a rank between steps`, `epoch complete" epoch=1 committed=96 missing=0 samples=96`, `model written`} {
+	for _, want := range []string{lost, `epoch complete" epoch=1 committed=96 missing=0 samples=96`, `model written`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("coordinator log lacks %q: the run did not go on", want)
 		}
@@ -290,5 +304,58 @@ func TestLastNodeDiesWaitTimeout(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("coordinator's exit message lacks %q", want)
 		}
+	}
+}
+
+// TestBackgroundCheckpointMatchesPaused: checkpoints written while the next
+// step runs (checkpoint.background, the nodes streaming their state off
+// their loop) hold the same states as checkpoints written with training
+// paused, and the two runs end with the same model bit for bit. A
+// checkpoint that caught a step half applied, or the wrong step, would
+// differ.
+func TestBackgroundCheckpointMatchesPaused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var sums [2]map[int]string
+	var weights [2][]float32
+	for i, mode := range []string{"true", "false"} {
+		f := adamFixture(t, fmt.Sprintf("bgck%d-%d", i, os.Getpid()), 3, 3)
+		args := append([]string{"--checkpoint.background=" + mode, "--checkpoint.every", "5", "--checkpoint.keep", "0"}, smallPlane...)
+		c := runCluster(t, ctx, f, 3, []string{"GONODE_STEP_DELAY=40ms"}, args...)
+		if code := c.Coord.Wait(t, 150*time.Second); code != 0 {
+			t.Fatalf("background=%s: coordinator exit %d", mode, code)
+		}
+		served, offLoop := 0, 0
+		for _, p := range c.Nodes {
+			p.Wait(t, 10*time.Second)
+			served += strings.Count(p.Text(), `msg="state served"`)
+			offLoop += strings.Count(p.Text(), `off_loop=true`)
+		}
+		// The pure-Go trainer's state is host memory: the nodes stream it
+		// off their loop in both modes (paused, the loop has nothing else
+		// to do meanwhile).
+		if served < 5 || offLoop != served {
+			t.Errorf("background=%s: nodes served %d states, %d off their loop; want one per checkpoint (5), all off the loop", mode, served, offLoop)
+		}
+		sums[i] = map[int]string{}
+		for _, step := range checkCheckpoints(t, filepath.Join(f.Dir, "ckpt")) {
+			ck, err := coordinator.VerifyCheckpoint(filepath.Join(f.Dir, "ckpt", fmt.Sprintf("step-%09d.ckpt", step)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sums[i][step] = ck.SHA256
+		}
+		weights[i], _ = readModel(t, filepath.Join(f.Dir, "out"))
+	}
+	if len(sums[0]) != 5 {
+		t.Errorf("background run wrote checkpoints %v, want steps 5, 10, 15, 20, 24", sums[0])
+	}
+	for step, sum := range sums[1] {
+		if sums[0][step] != sum {
+			t.Errorf("checkpoint of step %d: background state %.16s, paused %.16s", step, sums[0][step], sum)
+		}
+	}
+	if !slices.Equal(weights[0], weights[1]) {
+		t.Error("the final models differ between background and paused checkpoints")
 	}
 }

@@ -277,6 +277,39 @@ func (t *Trainer) WriteState(w io.Writer) error {
 	return nil
 }
 
+// StateView implements agent.StateViewer. On CPU the parameters, the
+// optimizer's buffers and, under zero1, the held slices' moments are
+// libtorch's own blocks, which only Apply, ReadState and the zero1
+// layout calls write; on CUDA ok is false (the state needs host copies,
+// made on the model's thread while WriteState runs on the agent's loop).
+func (t *Trainer) StateView() (agent.StateView, bool, error) {
+	if !t.zero1 {
+		blocks, step, ok, err := t.m.HostStateBlocks()
+		if err != nil || !ok {
+			return agent.StateView{}, false, err
+		}
+		return agent.StateView{Blocks: blocks, Step: *step}, true, nil
+	}
+	if t.params != nil || t.host != nil {
+		return agent.StateView{}, false, nil
+	}
+	v := agent.StateView{Blocks: [][]float32{t.m.Params().ParamSlice()}}
+	for i := range 2 {
+		sl := []torch.Range{t.own, t.buddy}[i]
+		for b := range 2 {
+			src, err := t.m.ShardMomentsHost(i, b)
+			if err != nil {
+				return agent.StateView{}, false, err
+			}
+			if len(src) != int(sl.Len()) {
+				return agent.StateView{}, false, fmt.Errorf("state view: held slice %d block %d has %d moments, the slice %d", i, b, len(src), sl.Len())
+			}
+			v.Held[i][b] = src
+		}
+	}
+	return v, true, nil
+}
+
 // hostCopies is HostStateBlocks for CUDA: host copies of the blocks.
 func (t *Trainer) hostCopies() ([][]float32, *int64, error) {
 	p := make([]float32, t.m.NumParams())

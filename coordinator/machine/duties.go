@@ -74,7 +74,7 @@ func (m *Machine) held() bool {
 // checkpoint's transfer ends (releaseHeld); meanwhile the phase waits on
 // the transfer's deadline, not the step's.
 func (m *Machine) hold() {
-	m.note("commit of step %d waits for the background checkpoint of step %d from %s", m.round.step, m.ckptAt, m.bgNode)
+	m.note("commit of step %d waits for the checkpoint (applied %d) that %s is writing in the background", m.round.step, m.ckptAt, m.bgNode)
 	m.deadline = m.bgDeadline
 }
 

@@ -325,6 +325,12 @@ func (t *Trainer) WriteState(w io.Writer) error {
 	return nil
 }
 
+// StateView implements agent.StateViewer: the trainer's own slices, which
+// only Apply and ReadState write.
+func (t *Trainer) StateView() (agent.StateView, bool, error) {
+	return agent.StateView{Blocks: [][]float32{t.params, t.m, t.v}, Step: int64(t.steps)}, true, nil
+}
+
 // ReadState implements agent.Trainer: it reads straight into the trainer's
 // slices after checking the header's sizes.
 func (t *Trainer) ReadState(r io.Reader) error {

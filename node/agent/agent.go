@@ -413,6 +413,9 @@ type session struct {
 	st      control.Stream
 	ringSrv *allreduce.Server
 	hub     *hub
+	// noView is the trainer whose state cannot be published as a view
+	// (not a StateViewer, or on CUDA): publish stops asking it.
+	noView  Trainer
 	bulkSrv *bulk.Server
 	coord   *grpc.ClientConn // the coordinator's bulk service
 	// clientTLS dials the ring's peers (nil without TLS).
@@ -484,6 +487,7 @@ func (s *session) send(m *control.Msg) error {
 // gradients of any step in flight, for the next session to adopt; otherwise
 // it closes the trainer and returns nil.
 func (s *session) release(err error) *carried {
+	s.hub.seal("the node's session ended")
 	s.dropPending()
 	if s.ring != nil {
 		_ = s.ring.Close()
@@ -645,6 +649,16 @@ func (s *session) run(ctx context.Context) (err error) {
 	// step (issue 11, defect 9).
 	termed := false
 	for {
+		// A state request waits for nothing else: with the state published
+		// it streams off the loop while the next step runs; a request the
+		// loop must serve itself is served before the next step starts.
+		s.publish()
+		select {
+		case r := <-s.hub.states:
+			s.serveState(r)
+			continue
+		default:
+		}
 		var done <-chan struct{}
 		if !termed {
 			done = ctx.Done()

@@ -17,14 +17,19 @@ import (
 )
 
 // hub connects the node's bulk service (gRPC handler goroutines) to the
-// session loop, the only goroutine that may touch the trainer.
+// session loop, the only goroutine that may change the trainer's state.
 //
-// A state request is handed to the loop as a pipe: the loop checks that the
-// trainer holds the committed step asked for and then runs WriteState into
-// the pipe, which the handler streams out chunk by chunk. The loop is busy
-// for the whole transfer, so no step is applied meanwhile and the memory
-// WriteState reads stays unchanged until the transfer ends; a consumer that
-// vanishes closes the pipe, which ends WriteState with an error.
+// A state request is streamed through a pipe, which the handler sends out
+// chunk by chunk. When the loop has published a view of its committed
+// state (a trainer whose state is host memory: StateViewer), a goroutine
+// writes the pipe from that view while the loop goes on with the next
+// step's forward and backward: the loop seals the view, ending every read
+// of it, before it changes the state (an applied step, a loaded state, a
+// re-slice, a new trainer), so a reader never sees a step half applied.
+// Otherwise the request is handed to the loop, which checks that the
+// trainer holds the committed step asked for and runs WriteState into the
+// pipe, busy for the whole transfer. A consumer that vanishes closes the
+// pipe, which ends the writer with an error.
 //
 // Export files are served from the directory of the newest export, without
 // the loop.
@@ -34,18 +39,31 @@ type hub struct {
 	mu        sync.Mutex
 	exportReq int
 	exportDir string
+
+	// vmu guards the published view and its reads in progress; vcond
+	// signals a read's end (seal waits on it).
+	vmu    sync.Mutex
+	vcond  sync.Cond
+	view   *stateView
+	leases map[*lease]struct{}
 }
 
 type stateReq struct {
 	step int
 	w    *io.PipeWriter
 	// shard is a KindShard request (zero1): block (0, 1) and whether the
-	// buddy slice is asked for; block is -1 for a whole state.
+	// buddy slice is asked for; block is -1 for a whole state. gen is the
+	// generation whose layout the requester expects (0: any).
 	block int
 	buddy bool
+	gen   uint64
 }
 
-func newHub() *hub { return &hub{states: make(chan stateReq)} }
+func newHub() *hub {
+	h := &hub{states: make(chan stateReq)}
+	h.vcond.L = &h.vmu
+	return h
+}
 
 // source is the bulk.Source of a node.
 func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error) {
@@ -54,7 +72,10 @@ func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error)
 		pr, pw := io.Pipe()
 		sr := stateReq{step: r.Step, w: pw, block: -1}
 		if r.Kind == bulk.KindShard {
-			sr.block, sr.buddy = r.Req, r.Name == "buddy"
+			sr.block, sr.buddy, sr.gen = r.Req, r.Name == "buddy", r.Gen
+		}
+		if h.serveView(sr) {
+			return pr, nil
 		}
 		select {
 		case h.states <- sr:
@@ -104,6 +125,8 @@ func (s *session) serveState(r stateReq) {
 		return
 	case s.applied != r.step:
 		err = fmt.Errorf("this node holds the state of step %d, not %d", s.applied, r.step)
+	case s.serveFromView(r):
+		return // streamed off the loop
 	case r.block >= 0:
 		err = s.serveShard(r)
 	case s.shard != nil:

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -175,6 +176,20 @@ func (s *session) failed(w am.Work, err error) *am.Event {
 func (s *session) do(w am.Work) (*am.Event, error) {
 	msg, _ := w.Payload.(*control.Msg)
 	done := &am.Event{Kind: am.WorkDone, ID: w.ID}
+	// Work that changes the trainer's state first ends every read of it
+	// (a background checkpoint of the state it replaces).
+	switch w.Kind {
+	case am.SetUpTrainer:
+		s.hub.seal("a new trainer")
+	case am.JoinGen:
+		if s.shard != nil {
+			s.hub.seal("re-sliced for generation " + strconv.FormatUint(msg.Gen, 10))
+		}
+	case am.Apply:
+		s.hub.seal("step " + strconv.Itoa(w.Step) + " applied")
+	case am.LoadState:
+		s.hub.seal("a state loaded")
+	}
 	switch w.Kind {
 	case am.SetUpTrainer:
 		if err := s.onJob(msg.Job); err != nil {

@@ -283,6 +283,9 @@ func (s *session) serveShard(r stateReq) error {
 	if s.shard == nil {
 		return errors.New("this node does not shard the optimizer (train.shard_optimizer is none)")
 	}
+	if r.gen != 0 && r.gen != s.gen {
+		return fmt.Errorf("this node is in generation %d, its slices are not cut as in generation %d, which the request assembles", s.gen, r.gen)
+	}
 	if !s.z.valid || s.z.gen != s.gen {
 		return fmt.Errorf("this node holds no zero1 slices of generation %d", s.gen)
 	}
@@ -290,39 +293,74 @@ func (s *session) serveShard(r stateReq) error {
 }
 
 // writeAssembled writes the full training state of the committed step this
-// zero1 node holds in control.EncodeState's layout, as WriteState does
-// under none: the header, the parameters (every rank holds them whole),
-// then each moment block assembled slice by slice in rank order: this
-// node's own slice from its trainer, the others' fetched on the bulk plane
-// from their owners, or from their buddies when an owner does not answer.
-// So a checkpoint (or a joiner's state) written under zero1 is the same
-// bytes as under none and loads under either.
+// zero1 node holds, from the loop (see assembly.write).
 func (s *session) writeAssembled(w io.Writer) error {
 	if !s.z.valid || s.z.dirty || s.z.gen != s.gen || s.world == nil {
 		return fmt.Errorf("zero1: this node holds no whole state of step %d in generation %d (its slices are being re-sliced); ask another node", s.applied, s.gen)
-	}
-	n := s.shard.NumParams()
-	if err := control.WriteStateHeader(w, n, 2*n, s.applied); err != nil {
-		return fmt.Errorf("write state: %w", err)
 	}
 	p, err := s.shard.Params()
 	if err != nil {
 		return err
 	}
-	if err := control.WriteFloat32s(w, p); err != nil {
+	return s.assembly(p, s.shard.WriteHeld).write(context.Background(), w)
+}
+
+// assembly is what assembling a zero1 node's full state needs, taken from
+// the session so that it can run off the loop (a background checkpoint).
+type assembly struct {
+	n, applied, rank int
+	gen              uint64
+	peers            []string
+	params           []float32
+	// writeHeld writes one moment block of the own or buddy slice.
+	writeHeld func(w io.Writer, buddy bool, block int) error
+	// fetch streams a peer's moment block (KindShard) into w.
+	fetch func(ctx context.Context, w io.Writer, addr string, block int, buddy bool) error
+}
+
+func (s *session) assembly(params []float32, writeHeld func(io.Writer, bool, int) error) *assembly {
+	key, tlsConf, chunk, timeout, applied, gen := s.a.cfg.Key, s.clientTLS, s.bulkChunk(), s.bulkTimeout(), s.applied, s.gen
+	return &assembly{n: s.shard.NumParams(), applied: applied, rank: s.world.Rank, gen: gen, peers: s.world.Peers, params: params, writeHeld: writeHeld,
+		fetch: func(ctx context.Context, w io.Writer, addr string, block int, buddy bool) error {
+			cc, err := bulk.Dial(addr, key, tlsConf)
+			if err != nil {
+				return err
+			}
+			defer cc.Close()
+			name := ""
+			if buddy {
+				name = "buddy"
+			}
+			_, err = bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindShard, Step: applied, Req: block, Name: name, Gen: gen, ChunkBytes: chunk}, w, timeout, "")
+			return err
+		}}
+}
+
+// write writes the full training state in control.EncodeState's layout, as
+// WriteState does under none: the header, the parameters (every rank holds
+// them whole), then each moment block assembled slice by slice in rank
+// order: this node's own slice from its memory, the others' fetched on the
+// bulk plane from their owners, or from their buddies when an owner does
+// not answer. So a checkpoint (or a joiner's state) written under zero1 is
+// the same bytes as under none and loads under either.
+func (a *assembly) write(ctx context.Context, w io.Writer) error {
+	if err := control.WriteStateHeader(w, a.n, 2*a.n, a.applied); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	size, me := len(s.world.Peers), s.world.Rank
+	if err := control.WriteFloat32s(w, a.params); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	size := len(a.peers)
 	for block := range 2 {
 		for k := range size {
-			if k == me {
-				if err := s.shard.WriteHeld(w, false, block); err != nil {
+			if k == a.rank {
+				if err := a.writeHeld(w, false, block); err != nil {
 					return fmt.Errorf("write state: %w", err)
 				}
 				continue
 			}
-			lo, hi := allreduce.Slice(n, size, k)
-			if err := s.fetchSlice(w, block, k, hi-lo); err != nil {
+			lo, hi := allreduce.Slice(a.n, size, k)
+			if err := a.fetchSlice(ctx, w, block, k, hi-lo); err != nil {
 				return err
 			}
 		}
@@ -336,30 +374,30 @@ func (s *session) writeAssembled(w io.Writer) error {
 // before sending anything, since w cannot take back what it got (a
 // transfer that breaks midway fails the whole state, and the consumer
 // discards it and asks another node).
-func (s *session) fetchSlice(w io.Writer, block, k, count int) error {
-	size := len(s.world.Peers)
+func (a *assembly) fetchSlice(ctx context.Context, w io.Writer, block, k, count int) error {
+	size := len(a.peers)
 	var errs []error
 	for _, src := range []struct {
 		rank  int
 		buddy bool
 	}{{k, false}, {(k + 1) % size, true}} {
-		if src.rank == s.world.Rank {
-			return s.shard.WriteHeld(w, true, block)
+		if src.rank == a.rank {
+			return a.writeHeld(w, true, block)
 		}
 		cw := &countWriter{w: w}
-		err := s.fetchShard(cw, s.world.Peers[src.rank], block, src.buddy)
+		err := a.fetch(ctx, cw, a.peers[src.rank], block, src.buddy)
 		if err == nil && cw.n != int64(4*count) {
 			err = fmt.Errorf("got %d bytes, want %d", cw.n, 4*count)
 		}
 		if err == nil {
 			return nil
 		}
-		errs = append(errs, fmt.Errorf("rank %d (%s, buddy copy %v): %w", src.rank, s.world.Peers[src.rank], src.buddy, err))
-		if cw.n > 0 {
+		errs = append(errs, fmt.Errorf("rank %d (%s, buddy copy %v): %w", src.rank, a.peers[src.rank], src.buddy, err))
+		if cw.n > 0 || ctx.Err() != nil {
 			break
 		}
 	}
-	return fmt.Errorf("zero1: assembling the state of step %d: moment block %d of rank %d's slice: %w", s.applied, block, k, errors.Join(errs...))
+	return fmt.Errorf("zero1: assembling the state of step %d: moment block %d of rank %d's slice: %w", a.applied, block, k, errors.Join(errs...))
 }
 
 // countWriter counts what passes through it.
@@ -372,18 +410,4 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-func (s *session) fetchShard(w io.Writer, addr string, block int, buddy bool) error {
-	cc, err := bulk.Dial(addr, s.a.cfg.Key, s.clientTLS)
-	if err != nil {
-		return err
-	}
-	defer cc.Close()
-	name := ""
-	if buddy {
-		name = "buddy"
-	}
-	_, err = bulk.Fetch(context.Background(), cc, bulk.Request{Kind: bulk.KindShard, Step: s.applied, Req: block, Name: name, ChunkBytes: s.bulkChunk()}, w, s.bulkTimeout(), "")
-	return err
 }

@@ -93,6 +93,24 @@ func (s slow) Accumulate(b *data.Batch) (float64, int, error) {
 	return s.Trainer.Accumulate(b)
 }
 
+// StateView forwards the inner trainer's view: slowing the steps down
+// leaves the state readable off the agent's loop.
+func (s slow) StateView() (agent.StateView, bool, error) { return viewOf(s.Trainer) }
+
+// StateView forwards the inner trainer's view (the fault changes the state
+// inside Apply, which the agent seals against readers).
+func (p *perturb) StateView() (agent.StateView, bool, error) { return viewOf(p.Trainer) }
+
+// viewOf is t's state view, or none (the agent's loop serves the state).
+func viewOf(t agent.Trainer) (agent.StateView, bool, error) {
+	if v, ok := t.(agent.StateViewer); ok {
+		return v.StateView()
+	}
+	return agent.StateView{}, false, nil
+}
+
+// slowState has no StateView: its slowed WriteState, which tests kill
+// nodes in the middle of, runs on the agent's loop.
 type slowState struct {
 	agent.Trainer
 	d time.Duration
