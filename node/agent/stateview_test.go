@@ -70,7 +70,9 @@ func TestViewServedOffTheLoop(t *testing.T) {
 
 	// A slice request needs a view with slices and the requester's layout.
 	h.publish(&stateView{step: 5, gen: 3, whole: func(context.Context, io.Writer) error { return nil },
-		held: func(w io.Writer, buddy bool, block int) error { return writeHeldView(w, [2][2][]float32{{m, v}, {p, p}}, buddy, block) }})
+		held: func(w io.Writer, buddy bool, block int) error {
+			return writeHeldView(w, [2][2][]float32{{m, v}, {p, p}}, buddy, block)
+		}})
 	pr, pw := io.Pipe()
 	if h.serveView(stateReq{step: 5, w: pw, block: 1, gen: 4}) {
 		t.Error("a slice of generation 3's layout was served to a requester assembling generation 4's")
