@@ -408,8 +408,8 @@ type CheckpointConfig struct {
 	// is applied, so the transfer reads the committed state while forward
 	// and backward run, and only the next commit waits for it to end.
 	// Training then pauses for what the transfer takes beyond one step,
-	// not for all of it. false pauses training for every checkpoint. The
-	// final checkpoint always pauses (there is no next step).
+	// not for all of it; the final checkpoint is written beside the
+	// export. false pauses training for every checkpoint.
 	Background bool `mapstructure:"background"`
 }
 

@@ -36,8 +36,8 @@ type Config struct {
 	CheckpointEvery int
 	// CheckpointBackground transfers a checkpoint due between two steps
 	// while the next step runs, holding only that step's commit until the
-	// transfer ended (see startCheckpoint); false stops training for it.
-	// The final checkpoint always stops (nothing is left to overlap).
+	// transfer ended, and the final one beside the export (see
+	// startCheckpoint); false stops training for each.
 	CheckpointBackground bool
 	// Resumed is the committed step count of the checkpoint the run resumed
 	// from, -1 for a fresh run.

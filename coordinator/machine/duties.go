@@ -23,10 +23,11 @@ func (m *Machine) startEval() {
 // run what its transfer takes beyond one step's forward and backward,
 // instead of all of it. (Nodes also end any read of their state before
 // they change it, so no transfer ever sees a step half applied.) The
-// final checkpoint has no next step to hide behind and stops training.
+// final checkpoint runs beside the export instead: both read the final
+// state, and the run ends when both are written.
 func (m *Machine) startCheckpoint() {
 	m.ckptAt, m.ckptDue, m.ckptTry = m.applied, false, 0
-	if m.cfg.CheckpointBackground && m.applied < m.sched.total {
+	if m.cfg.CheckpointBackground {
 		m.tryBackground()
 		m.next()
 		return
@@ -79,10 +80,14 @@ func (m *Machine) hold() {
 }
 
 // releaseHeld commits the held step, if any, once no background
-// checkpoint is in flight.
+// checkpoint is in flight; or ends the run whose model is written.
 func (m *Machine) releaseHeld() {
-	if m.bgReq == 0 && m.held() {
+	switch {
+	case m.bgReq != 0:
+	case m.held():
 		m.commit()
+	case m.exported && m.phase == Exporting:
+		m.finish(ExitOK, nil)
 	}
 }
 
@@ -190,6 +195,13 @@ func (m *Machine) onActionDone(ev Event) {
 		m.note("checkpoint of step %d written from %s", m.applied, m.actNode)
 		m.next()
 	case Exporting:
+		if m.bgReq != 0 {
+			// The model is written; the final checkpoint still streams.
+			m.exported = true
+			m.deadline = m.bgDeadline
+			m.note("model written; the run ends when the final checkpoint from %s is", m.bgNode)
+			return
+		}
 		m.finish(ExitOK, nil)
 	}
 }

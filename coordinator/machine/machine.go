@@ -69,6 +69,7 @@ type Machine struct {
 	bgReq      uint64
 	bgNode     string
 	bgDeadline int64
+	exported   bool   // the model is written; the run waits for the final checkpoint
 	actNode    string // the node the outstanding action reads from
 	fails      int    // consecutive failed attempts
 

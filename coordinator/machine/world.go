@@ -14,7 +14,7 @@ func (m *Machine) enterWaiting() {
 		n.rank = -1
 	}
 	m.nRanked = 0
-	m.world, m.ids, m.broken, m.round, m.action, m.actNode, m.drain = nil, nil, false, nil, 0, "", false
+	m.world, m.ids, m.broken, m.round, m.action, m.actNode, m.drain, m.exported = nil, nil, false, nil, 0, "", false, false
 	// Digests still owed by the dissolved generation can never complete:
 	// the next commit asks again.
 	if len(m.pending) > 0 {
@@ -191,6 +191,12 @@ func (m *Machine) onDeadline() {
 		why := m.dropSilent()
 		m.phaseFailed("silent past the deadline: " + why)
 	case Exporting:
+		if m.exported {
+			// Waiting for the final checkpoint: backgroundTimeout, which
+			// runs first on the same tick, has moved it on.
+			m.deadline = max(m.bgDeadline, m.now+1)
+			return
+		}
 		if m.round != nil {
 			m.phaseFailed("silent past the deadline: " + m.dropSilent())
 			return
