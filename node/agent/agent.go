@@ -413,9 +413,9 @@ type session struct {
 	st      control.Stream
 	ringSrv *allreduce.Server
 	hub     *hub
-	// noView is the trainer whose state cannot be published as a view
-	// (not a StateViewer, or on CUDA): publish stops asking it.
-	noView  Trainer
+	// noView: the trainer's state cannot be published as a view (not a
+	// StateViewer, or on CUDA); publish stops asking until a new trainer.
+	noView  bool
 	bulkSrv *bulk.Server
 	coord   *grpc.ClientConn // the coordinator's bulk service
 	// clientTLS dials the ring's peers (nil without TLS).

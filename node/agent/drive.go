@@ -181,9 +181,10 @@ func (s *session) do(w am.Work) (*am.Event, error) {
 	switch w.Kind {
 	case am.SetUpTrainer:
 		s.hub.seal("a new trainer")
+		s.noView = false
 	case am.JoinGen:
 		if s.shard != nil {
-			s.hub.seal("re-sliced for generation " + strconv.FormatUint(msg.Gen, 10))
+			s.hub.seal("re-sliced for generation " + strconv.FormatUint(w.Gen, 10))
 		}
 	case am.Apply:
 		s.hub.seal("step " + strconv.Itoa(w.Step) + " applied")

@@ -127,12 +127,12 @@ func (h *hub) seal(why string) {
 // the trainer can be read from another goroutine. It runs on the loop, so
 // the state cannot change meanwhile.
 func (s *session) publish() {
-	if s.tr == nil || s.applied < 0 || s.noView == s.tr || s.hub.published() {
+	if s.tr == nil || s.applied < 0 || s.noView || s.hub.published() {
 		return
 	}
 	sv, ok := s.tr.(StateViewer)
 	if !ok {
-		s.noView = s.tr
+		s.noView = true
 		return
 	}
 	if s.shard != nil && (!s.z.valid || s.z.dirty || s.z.gen != s.gen || s.world == nil) {
@@ -141,11 +141,11 @@ func (s *session) publish() {
 	tv, ok, err := sv.StateView()
 	if err != nil {
 		s.a.log.Warn("state view failed; the state is served from the loop", "applied", s.applied, "err", err)
-		s.noView = s.tr
+		s.noView = true
 		return
 	}
 	if !ok || len(tv.Blocks) == 0 {
-		s.noView = s.tr
+		s.noView = true
 		return
 	}
 	v := &stateView{step: s.applied, gen: s.gen}
