@@ -46,6 +46,7 @@ type hub struct {
 	vcond  sync.Cond
 	view   *stateView
 	leases map[*lease]struct{}
+	pub    chan struct{} // closed at the next publish (nextView)
 }
 
 type stateReq struct {
@@ -74,16 +75,26 @@ func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error)
 		if r.Kind == bulk.KindShard {
 			sr.block, sr.buddy, sr.gen = r.Req, r.Name == "buddy", r.Gen
 		}
-		if h.serveView(sr) {
-			return pr, nil
-		}
-		select {
-		case h.states <- sr:
-			return pr, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(bulk.DefaultChunkTimeout):
-			return nil, fmt.Errorf("node busy: the state of step %d was not served within %s", r.Step, bulk.DefaultChunkTimeout)
+		// The loop may publish the view while this waits for it (it
+		// applies the step asked for, then starts the next one): the
+		// request then streams from the view at once, instead of waiting
+		// for the loop to finish that step.
+		busy := time.NewTimer(bulk.DefaultChunkTimeout)
+		defer busy.Stop()
+		for {
+			published := h.nextView()
+			if h.serveView(sr) {
+				return pr, nil
+			}
+			select {
+			case h.states <- sr:
+				return pr, nil
+			case <-published:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-busy.C:
+				return nil, fmt.Errorf("node busy: the state of step %d was not served within %s", r.Step, bulk.DefaultChunkTimeout)
+			}
 		}
 	case bulk.KindExport:
 		if err := checkName(r.Name); err != nil {

@@ -101,7 +101,21 @@ func (h *hub) published() bool {
 func (h *hub) publish(v *stateView) {
 	h.vmu.Lock()
 	h.view = v
+	if h.pub != nil {
+		close(h.pub)
+		h.pub = nil
+	}
 	h.vmu.Unlock()
+}
+
+// nextView is closed when the next view is published.
+func (h *hub) nextView() <-chan struct{} {
+	h.vmu.Lock()
+	defer h.vmu.Unlock()
+	if h.pub == nil {
+		h.pub = make(chan struct{})
+	}
+	return h.pub
 }
 
 // seal withdraws the view and ends every read of it in progress, waiting

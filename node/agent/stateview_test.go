@@ -131,3 +131,43 @@ func TestSealEndsReads(t *testing.T) {
 		t.Fatal("a sealed view served a request")
 	}
 }
+
+// TestRequestTakesViewPublishedMeanwhile: a request for a step the node has
+// not applied yet, arriving while the loop is busy (nothing reads
+// hub.states), streams from the view as soon as the loop publishes that
+// step, without waiting for the loop to come back.
+func TestRequestTakesViewPublishedMeanwhile(t *testing.T) {
+	h := newHub()
+	viewOf(h, 5, [][]float32{{1}, {2}, {3}})
+	type res struct {
+		rc  io.ReadCloser
+		err error
+	}
+	got := make(chan res, 1)
+	go func() {
+		rc, err := h.source(context.Background(), bulk.Request{Kind: bulk.KindState, Step: 6})
+		got <- res{rc, err}
+	}()
+	select {
+	case r := <-got:
+		t.Fatalf("request for step 6 answered before step 6 was published: %v", r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	h.seal("step 5 applied")
+	viewOf(h, 6, [][]float32{{4}, {5}, {6}})
+	var r res
+	select {
+	case r = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request did not take the view published meanwhile")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	b, err := io.ReadAll(r.rc)
+	_ = r.rc.Close()
+	if err != nil || len(b) != control.StateHeaderLen+12 || !bytes.Equal(b[control.StateHeaderLen:control.StateHeaderLen+4], control.Float32Bytes([]float32{4})) {
+		t.Fatalf("streamed %v (%v), want step 6's state", b, err)
+	}
+	h.seal("test done")
+}
