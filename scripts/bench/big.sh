@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench.sh big [--steps 4] [--warmup 2] [--checkpoint] [--export-timeout 300]
+# scripts/bench.sh big [--steps 4] [--warmup 2] [--checkpoint [--paused-checkpoints]] [--export-timeout 300]
 #                      [--overlap both|on|off]
 #                      [--nodes 2] [--shard none|zero1]
 #
@@ -47,11 +47,18 @@
 #
 #   bench: big n=N shard=none|zero1 params=… optimizer_mb=… samples_per_s=… ddp_samples_per_s=… ratio=…
 #     peak_rss_mb=… ddp_peak_rss_mb=… rss_ratio=… train_peak_rss_mb=… apply_ms=… torch_adamw_ms=…
-#     apply_ratio=… checkpoint_s=… export_s=… checkpoints=on|off window=…
+#     apply_ratio=… checkpoint_s=… export_s=… checkpoints=on|off
+#     ckpt_background=on|off ckpt_held_s=… window=…
 #     exposed_comm_ms=… overlapped_comm_ms=… comm_ms=… buckets=… last_rank_exposed_ms=…
 #     steps_samples_per_s=… ddp_steps_samples_per_s=… steps_ratio=…
 # (the steps alone: ringtune's commits' span less the checkpoints inside
-# it, DDP's steps without its saves)
+# it, DDP's steps without its saves). ringtune writes its checkpoints with
+# checkpoint.background (the default; --paused-checkpoints turns it off):
+# the mid-run one while the next step runs, the final one beside the
+# export, so the window ends with the later of the two; ckpt_held_s is
+# the time commits waited for a checkpoint, which is all a background
+# checkpoint takes from the steps alone. checkpoint_s is still each
+# transfer's own length.
 #     [noover_allreduce_ms=… exposed_ratio=… noover_last_rank_ms=… last_rank_ratio=…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -59,6 +66,7 @@ root=$(pwd)
 steps=4
 warmup=2
 ckpt=0
+ckpt_bg=true
 export_timeout=300
 overlap_modes=both
 nodes=2
@@ -70,6 +78,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift ;;
     --warmup) warmup=$2; shift ;;
     --checkpoint) ckpt=1 ;;
+    --paused-checkpoints) ckpt_bg=false ;;
     --export-timeout) export_timeout=$2; shift ;;
     --overlap) overlap_modes=$2; shift ;;
     *) echo "bench big: unknown option $1" >&2; exit 2 ;;
@@ -176,6 +185,7 @@ allreduce:
 checkpoint:
   dir: ckpt
   every: $every
+  background: $ckpt_bg
 output:
   dir: out
 YAML
@@ -256,23 +266,28 @@ noover_tail=""
 for mode in $overlap_modes; do
 dir=$work/run-$mode
 read -r hwm train_hwm status < "$dir/result"
-/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" "$nodes" "$shard" "$noover_tail" > "$dir/line" <<'PY'
+/usr/bin/python3 - "$dir" "$warmup" "$hwm" "$tadam" "$work/ddp.json" "$ckpt" "$status" "$train_hwm" "$mode" "$noover" "$nodes" "$shard" "$noover_tail" "$ckpt_bg" > "$dir/line" <<'PY'
 import datetime, json, re, statistics, sys
 d, warm, hwm_kb, tadam, ddp_path, ckpt, status = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6] == "1", sys.argv[7]
 train_kb = int(sys.argv[8])
 mode, noover = sys.argv[9], sys.argv[10]
 nodes, shard = int(sys.argv[11]), sys.argv[12]
 noover_tail = sys.argv[13]
+ckpt_bg = sys.argv[14]
 
 def ts(line):
     m = re.search(r'time=(\S+)', line)
     return datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
 
-commits, ckpts, written, params = {}, [], None, None
+commits, ckpts, written, params, waits = {}, [], None, None, {}
 for line in open(d + "/coord.log"):
     m = re.search(r'msg="step committed" step=(\d+)', line)
     if m:
         commits[int(m.group(1))] = ts(line)
+    # checkpoint.background: a step whose commit waited for the checkpoint.
+    m = re.search(r'note="commit of step (\d+) waits for the checkpoint', line)
+    if m:
+        waits[int(m.group(1))] = ts(line)
     if 'msg="checkpoint written"' in line:
         s = re.search(r'seconds=([0-9.]+)', line)
         ckpts.append((ts(line), float(s.group(1)) if s else None))
@@ -304,13 +319,20 @@ tail_med = statistics.median(tail.values()) if tail else float("nan")
 last, first = max(commits), warm - 1
 samples = 4 * nodes * (last - first)
 if written is not None:
-    window, end = "steps+checkpoints+export", written
+    # In the background the final checkpoint is written beside the export:
+    # the run ends with the later of the two.
+    window, end = "steps+checkpoints+export", max([written] + [t for t, _ in ckpts if t > commits[last]])
 else:
     window, end = "steps", commits[last]
 sps = samples / (end - commits[first])
 # The steps alone: the commits' span less the checkpoints inside it, against
-# DDP's steps without its saves (both sides' saves left out).
-inside = sum(s or 0 for t, s in ckpts if commits[first] < t <= commits[last])
+# DDP's steps without its saves (both sides' saves left out). A checkpoint
+# in the background costs the steps only the time a commit waited for it.
+held = sum(commits[st] - t for st, t in waits.items() if st in commits and commits[first] < commits[st] <= commits[last])
+if waits or ckpt_bg == "true":
+    inside = held
+else:
+    inside = sum(s or 0 for t, s in ckpts if commits[first] < t <= commits[last])
 steps_sps = samples / max(commits[last] - commits[first] - inside, 1e-9)
 ddp = json.load(open(ddp_path))
 # A checkpoint's time: its own "seconds" when the coordinator logs it,
@@ -321,7 +343,7 @@ for t, s in ckpts:
     cks.append(s if s is not None else (t - before if before else float("nan")))
 ck_s = "%.2f" % statistics.median(cks) if cks else "none"
 if written is not None:
-    start = max([commits[last]] + [t for t, _ in ckpts if t <= written])
+    start = max([commits[last]] + [t for t, _ in ckpts if commits[last] < t <= written and ckpt_bg != "true"])
     ex_s = "%.2f" % (written - start)
 else:
     ex_s = "failed(" + status + ")"
@@ -333,10 +355,10 @@ if mode == "on" and noover:
     if noover_tail:
         extra += " noover_last_rank_ms=%.0f last_rank_ratio=%.3f" % (float(noover_tail), tail_med / float(noover_tail))
 print("bench: big n=%d shard=%s overlap=%s params=%s optimizer_mb=%.0f samples_per_s=%.3f ddp_samples_per_s=%.3f ratio=%.3f peak_rss_mb=%.0f ddp_peak_rss_mb=%.0f "
-      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f last_rank_exposed_ms=%.0f steps_samples_per_s=%.3f ddp_steps_samples_per_s=%.3f steps_ratio=%.3f%s" % (
+      "rss_ratio=%.3f train_peak_rss_mb=%.0f apply_ms=%.0f torch_adamw_ms=%.0f apply_ratio=%.3f checkpoint_s=%s export_s=%s checkpoints=%s ckpt_background=%s ckpt_held_s=%.2f window=%s exposed_comm_ms=%.0f overlapped_comm_ms=%.0f comm_ms=%.0f buckets=%.0f last_rank_exposed_ms=%.0f steps_samples_per_s=%.3f ddp_steps_samples_per_s=%.3f steps_ratio=%.3f%s" % (
           nodes, shard, mode, params or ddp["params"], optb / 2**20, sps, ddp["samples_per_s"], sps / ddp["samples_per_s"], rss, ddp["peak_rss_mb"],
           rss / ddp["peak_rss_mb"], train_kb / 1024, am, tadam, am / tadam, ck_s, ex_s, "on" if ckpt else "off",
-          window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], tail_med,
+          "on" if ckpt_bg == "true" else "off", held, window, med["exposed_comm_ms"], med["overlapped_comm_ms"], med["comm_ms"], med["buckets"], tail_med,
           steps_sps, ddp["steps_samples_per_s"], steps_sps / ddp["steps_samples_per_s"], extra))
 PY
 line=$(cat "$dir/line")
