@@ -829,6 +829,27 @@ func (c *recvCursor) next() ([]float32, error) {
 	return c.cur.buf[a:b], nil
 }
 
+// readHeader reads the next data message's header from conn (the TCP and
+// shared-memory transports, whose payload follows or sits in a slot) and
+// checks it against the message expected next; dst is where its payload
+// goes. When stop is set the receive loop ends with err, which is nil for
+// a clean end of the stream between operations (see end).
+func (c *recvCursor) readHeader(conn io.Reader, hb *[headerLen]byte) (h header, dst []float32, stop bool, err error) {
+	if _, err := io.ReadFull(conn, hb[:]); err != nil {
+		return h, nil, true, c.end(err)
+	}
+	if h, err = decodeHeader(hb[:]); err != nil {
+		return h, nil, true, c.end(err)
+	}
+	if dst, err = c.next(); err != nil {
+		return h, nil, true, err
+	}
+	if err := checkData(h, c.want); err != nil {
+		return h, nil, true, c.end(err)
+	}
+	return h, dst, false, nil
+}
+
 // applied records that the expected message's payload is in dst.
 func (c *recvCursor) applied(dst []float32) {
 	r := c.r

@@ -356,19 +356,9 @@ func (r *Ring) recvLoopShm(conn *net.TCPConn, seg *shmSegment) error {
 	var hb [headerLen]byte
 	credit := []byte{shmCredit}
 	for i := 0; ; i++ {
-		if _, err := io.ReadFull(conn, hb[:]); err != nil {
-			return cr.end(err)
-		}
-		h, err := decodeHeader(hb[:])
-		if err != nil {
-			return cr.end(err)
-		}
-		dst, err := cr.next()
-		if err != nil {
+		h, dst, stop, err := cr.readHeader(conn, &hb)
+		if stop {
 			return err
-		}
-		if err := checkData(h, cr.want); err != nil {
-			return cr.end(err)
 		}
 		n := len(dst) * h.Wire.elemSize()
 		if n > seg.slotBytes {

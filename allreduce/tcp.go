@@ -294,19 +294,9 @@ func (r *Ring) recvLoopTCP(conn *net.TCPConn) error {
 	var hb [headerLen]byte
 	var scratch []byte
 	for {
-		if _, err := io.ReadFull(conn, hb[:]); err != nil {
-			return cr.end(err)
-		}
-		h, err := decodeHeader(hb[:])
-		if err != nil {
-			return cr.end(err)
-		}
-		dst, err := cr.next()
-		if err != nil {
+		h, dst, stop, err := cr.readHeader(conn, &hb)
+		if stop {
 			return err
-		}
-		if err := checkData(h, cr.want); err != nil {
-			return cr.end(err)
 		}
 		add := h.Phase == ReduceScatter
 		if h.Wire == Float32 && !add {
