@@ -132,6 +132,19 @@ func TestZero1Cluster(t *testing.T) {
 			t.Errorf("surviving node %d did not reduce in several buckets with overlap: %v", i, b)
 		}
 	}
+	// The checkpoints ran in the background (checkpoint.background, the
+	// default): a node assembled the state off its loop, its peers'
+	// slices streamed off theirs, and the held commit waited at most.
+	assembled := 0
+	for _, i := range []int{0, 2} {
+		assembled += strings.Count(c.Nodes[i].Text(), `assembled zero1 state served" node=`)
+		if n := strings.Count(c.Nodes[i].Text(), `assembled zero1 state served"`); n > 0 && !strings.Contains(c.Nodes[i].Text(), `off_loop=true`) {
+			t.Errorf("surviving node %d assembled %d states on its loop, want off it", i, n)
+		}
+	}
+	if assembled == 0 {
+		t.Error("no survivor assembled a zero1 state for a checkpoint")
+	}
 	if strings.Contains(out, "node pulls state") {
 		t.Error("a survivor pulled the state after the loss: the re-slice should have kept it")
 	}
