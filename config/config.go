@@ -409,7 +409,10 @@ type CheckpointConfig struct {
 	// and backward run, and only the next commit waits for it to end.
 	// Training then pauses for what the transfer takes beyond one step,
 	// not for all of it; the final checkpoint is written beside the
-	// export. false pauses training for every checkpoint.
+	// export. false pauses training for every checkpoint. A node whose
+	// state is not host memory (CUDA) serves it from its loop, after the
+	// step in flight: keep cluster.bulk_timeout above one step's time
+	// there (its transfer waits that long for the loop).
 	Background bool `mapstructure:"background"`
 }
 

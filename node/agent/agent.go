@@ -723,6 +723,7 @@ func (s *session) onJob(j *control.Job) error {
 		if sameRun(k.job, j) && j.Train.ShardOptimizer != config.ShardZero1 {
 			s.job, s.tr, s.params, s.applied, s.modelDir = j, k.tr, k.params, k.applied, k.modelDir
 			s.bulkSrv.SetChunkTimeout(s.bulkTimeout())
+			s.hub.setLoopWait(s.bulkTimeout())
 			if err := s.planBuckets(); err != nil {
 				return err
 			}
@@ -735,6 +736,7 @@ func (s *session) onJob(j *control.Job) error {
 	}
 	s.job = j
 	s.bulkSrv.SetChunkTimeout(s.bulkTimeout())
+	s.hub.setLoopWait(s.bulkTimeout())
 	need := map[string]bool{}
 	var missing []string
 	cached := 0

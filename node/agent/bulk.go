@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ringtune/ringtune/bulk"
@@ -47,7 +48,15 @@ type hub struct {
 	view   *stateView
 	leases map[*lease]struct{}
 	pub    chan struct{} // closed at the next publish (nextView)
+
+	// loopWait bounds how long a request the loop must serve waits for
+	// it (cluster.bulk_timeout, from the job): a loop in the middle of a
+	// step answers after it.
+	loopWait atomic.Int64
 }
+
+// setLoopWait sets loopWait (0: bulk.DefaultChunkTimeout).
+func (h *hub) setLoopWait(d time.Duration) { h.loopWait.Store(int64(d)) }
 
 type stateReq struct {
 	step int
@@ -79,7 +88,11 @@ func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error)
 		// applies the step asked for, then starts the next one): the
 		// request then streams from the view at once, instead of waiting
 		// for the loop to finish that step.
-		busy := time.NewTimer(bulk.DefaultChunkTimeout)
+		wait := time.Duration(h.loopWait.Load())
+		if wait <= 0 {
+			wait = bulk.DefaultChunkTimeout
+		}
+		busy := time.NewTimer(wait)
 		defer busy.Stop()
 		for {
 			published := h.nextView()
@@ -93,7 +106,7 @@ func (h *hub) source(ctx context.Context, r bulk.Request) (io.ReadCloser, error)
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			case <-busy.C:
-				return nil, fmt.Errorf("node busy: the state of step %d was not served within %s", r.Step, bulk.DefaultChunkTimeout)
+				return nil, fmt.Errorf("node busy: the state of step %d was not served within %s (this node serves its state from its loop, which was in a longer step; raise cluster.bulk_timeout above the step time, or set checkpoint.background: false)", r.Step, wait)
 			}
 		}
 	case bulk.KindExport:
