@@ -145,11 +145,22 @@ type codec struct{}
 func (codec) Name() string { return codecName }
 
 // frame is one message. On send, payload (when set) is a pooled buffer that
-// gRPC frees once written, so a sent chunk is never copied again.
+// gRPC frees once written, so a sent chunk is never copied again. On
+// receive, body lies in buf, a buffer of gRPC's default pool that the
+// receiver returns to it (release) or hands on (FileSink.take).
 type frame struct {
 	kind    byte
 	body    []byte
 	payload mem.Buffer
+	buf     *[]byte
+}
+
+// release returns a received frame's buffer to the pool.
+func (f *frame) release() {
+	if f.buf != nil {
+		pool.Put(f.buf)
+		f.buf, f.body = nil, nil
+	}
 }
 
 func (codec) Marshal(v any) (mem.BufferSlice, error) {
@@ -172,9 +183,11 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if data.Len() == 0 {
 		return errors.New("bulk: empty message")
 	}
-	// One copy per chunk into a buffer the receiver owns: O(chunk).
-	b := data.Materialize()
-	f.kind, f.body = b[0], b[1:]
+	// One copy per chunk into a pooled buffer the receiver owns: O(chunk),
+	// and no fresh (zeroed, then garbage) allocation per chunk.
+	bp := pool.Get(data.Len())
+	data.CopyTo(*bp)
+	f.kind, f.body, f.buf = (*bp)[0], (*bp)[1:], bp
 	return nil
 }
 

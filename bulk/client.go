@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/ringtune/ringtune/auth"
 )
@@ -34,9 +35,10 @@ var ErrStalled = errors.New("bulk: peer stalled")
 // Dial connects to a gRPC server that hosts the bulk service (the
 // coordinator's control server or a node's ring server), authenticated with
 // key. The connection's windows are left at gRPC's defaults: flow control,
-// not window size, is what bounds memory here.
+// not window size, is what bounds memory here. Its read buffers come from
+// the bulk plane's pool, which does not zero them (see chunkPool).
 func Dial(addr string, key auth.Key, tlsConf *tls.Config) (*grpc.ClientConn, error) {
-	cc, err := grpc.NewClient(addr, append(auth.DialOptions(key, tlsConf), grpc.WithDisableRetry())...)
+	cc, err := grpc.NewClient(addr, append(auth.DialOptions(key, tlsConf), grpc.WithDisableRetry(), experimental.WithBufferPool(pool))...)
 	if err != nil {
 		return nil, fmt.Errorf("bulk: dial %s: %w", addr, err)
 	}
@@ -86,6 +88,7 @@ func Fetch(ctx context.Context, cc *grpc.ClientConn, req Request, w io.Writer, c
 	}
 	h := sha256.New()
 	var total int64
+	taker, _ := w.(chunkTaker)
 	for {
 		var in frame
 		if err := st.RecvMsg(&in); err != nil {
@@ -99,13 +102,23 @@ func Fetch(ctx context.Context, cc *grpc.ClientConn, req Request, w io.Writer, c
 			dog.Stop()
 			h.Write(in.body)
 			total += int64(len(in.body))
-			if _, err := w.Write(in.body); err != nil {
+			var err error
+			if taker != nil {
+				// The sink owns the buffer from here: no copy.
+				err = taker.take(in.buf, in.body)
+			} else {
+				_, err = w.Write(in.body)
+				in.release()
+			}
+			if err != nil {
 				return Result{}, fmt.Errorf("bulk: %s from %s: write: %w", req, cc.Target(), err)
 			}
 			dog.Reset(chunkTimeout)
 		case kindEnd:
 			var t trailer
-			if err := json.Unmarshal(in.body, &t); err != nil {
+			err := json.Unmarshal(in.body, &t)
+			in.release()
+			if err != nil {
 				return fail(fmt.Errorf("decode trailer: %w", err))
 			}
 			got := hex.EncodeToString(h.Sum(nil))
@@ -117,7 +130,9 @@ func Fetch(ctx context.Context, cc *grpc.ClientConn, req Request, w io.Writer, c
 			}
 			// The stream must end here; anything more is a protocol error.
 			var extra frame
-			if err := st.RecvMsg(&extra); !errors.Is(err, io.EOF) {
+			err = st.RecvMsg(&extra)
+			extra.release()
+			if !errors.Is(err, io.EOF) {
 				if err == nil {
 					err = errors.New("data after the trailer")
 				}
@@ -125,6 +140,7 @@ func Fetch(ctx context.Context, cc *grpc.ClientConn, req Request, w io.Writer, c
 			}
 			return Result{Bytes: total, SHA256: got}, nil
 		default:
+			in.release()
 			return fail(fmt.Errorf("unexpected message kind %q", in.kind))
 		}
 	}

@@ -98,7 +98,9 @@ func (s *Server) get(ss grpc.ServerStream) error {
 		return status.Errorf(codes.InvalidArgument, "bulk: first message is of kind %q, want a request", in.kind)
 	}
 	var req Request
-	if err := json.Unmarshal(in.body, &req); err != nil {
+	err := json.Unmarshal(in.body, &req)
+	in.release()
+	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "bulk: decode request: %v", err)
 	}
 	if err := req.validate(); err != nil {
@@ -134,7 +136,6 @@ func (s *Server) get(ss grpc.ServerStream) error {
 	})
 	defer dog.Stop()
 
-	pool := mem.DefaultBufferPool()
 	size := req.chunk()
 	h := sha256.New()
 	var total int64
