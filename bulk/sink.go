@@ -116,6 +116,12 @@ func (s *FileSink) enqueue(c sinkChunk) error {
 // Write copies p into the sink's buffers; they are written to the file in
 // the background. An error is the first write error (or ErrSinkClosed).
 func (s *FileSink) Write(p []byte) (int, error) {
+	if s.closed {
+		return 0, ErrSinkClosed
+	}
+	if err := s.Err(); err != nil {
+		return 0, err
+	}
 	n := 0
 	for len(p) > 0 {
 		if s.cur == nil {
