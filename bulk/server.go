@@ -2,8 +2,6 @@ package bulk
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -137,7 +135,7 @@ func (s *Server) get(ss grpc.ServerStream) error {
 	defer dog.Stop()
 
 	size := req.chunk()
-	h := sha256.New()
+	h := req.newSum()
 	var total int64
 	for {
 		bp := pool.Get(size)
@@ -166,7 +164,7 @@ func (s *Server) get(ss grpc.ServerStream) error {
 			return status.Errorf(codes.Aborted, "bulk: %s: source failed after %d bytes: %v", req, total, rerr)
 		}
 	}
-	f, err := jsonFrame(kindEnd, trailer{Bytes: total, SHA256: hex.EncodeToString(h.Sum(nil))})
+	f, err := jsonFrame(kindEnd, req.trailerFor(total, h))
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"hash/crc32"
 	"io"
 	"math/rand"
 	"net"
@@ -230,5 +231,93 @@ func TestChunkPool(t *testing.T) {
 	p.Put(&odd) // not of the pool's classes: dropped, no panic
 	if bp := p.Get(5000); cap(*bp) != 8192 {
 		t.Fatalf("Get(5000) gave capacity %d, want 8192", cap(*bp))
+	}
+}
+
+// TestCRC32CTransfer: a transfer checked with CRC-32C arrives whole, its
+// Result carries the CRC-32C of the content (hash/crc32's Castagnoli) and,
+// when the caller gives the SHA-256 it wants, the SHA-256 computed on the
+// client alone; a wrong want is still a mismatch, and FetchHashed feeds
+// the caller's hash every byte.
+func TestCRC32CTransfer(t *testing.T) {
+	key := testKey(t)
+	rng := rand.New(rand.NewSource(4))
+	blob := make([]byte, 3<<20+11)
+	rng.Read(blob)
+	cc := dial(t, serve(t, key, blobSource(map[string][]byte{"f": blob}), 0), key)
+	req := Request{Kind: KindModel, Name: "f", ChunkBytes: 64 << 10, Sum: SumCRC32C}
+	sum := sha256.Sum256(blob)
+	crc := crc32.Checksum(blob, crc32.MakeTable(crc32.Castagnoli))
+	wantCRC := hex.EncodeToString([]byte{byte(crc >> 24), byte(crc >> 16), byte(crc >> 8), byte(crc)})
+
+	var got bytes.Buffer
+	res, err := Fetch(context.Background(), cc, req, &got, 10*time.Second, "")
+	if err != nil || !bytes.Equal(got.Bytes(), blob) || res.CRC32C != wantCRC || res.SHA256 != "" || res.Bytes != int64(len(blob)) {
+		t.Fatalf("crc32c fetch: %+v, %v (content equal %v), want CRC %s", res, err, bytes.Equal(got.Bytes(), blob), wantCRC)
+	}
+	res, err = Fetch(context.Background(), cc, req, io.Discard, 10*time.Second, hex.EncodeToString(sum[:]))
+	if err != nil || res.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("crc32c fetch with want: %+v, %v", res, err)
+	}
+	if _, err := Fetch(context.Background(), cc, req, io.Discard, 10*time.Second, strings.Repeat("0", 64)); !errors.Is(err, ErrMismatch) {
+		t.Fatalf("wrong want under crc32c: %v, want ErrMismatch", err)
+	}
+	h := sha256.New()
+	f := tempFile(t, nil)
+	sink, err := NewFileSink(f, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = FetchHashed(context.Background(), cc, req, sink, 10*time.Second, h)
+	if cerr := sink.Close(); err != nil || cerr != nil || !bytes.Equal(h.Sum(nil), sum[:]) || res.CRC32C != wantCRC {
+		t.Fatalf("FetchHashed: %+v, %v, close %v, hash %x want %x", res, err, cerr, h.Sum(nil), sum)
+	}
+	if b, _ := os.ReadFile(f.Name()); !bytes.Equal(b, blob) {
+		t.Fatal("FetchHashed into a sink: file differs")
+	}
+	if _, err := Fetch(context.Background(), cc, Request{Kind: KindModel, Name: "f", Sum: "md5"}, io.Discard, 0, ""); err == nil || !strings.Contains(err.Error(), `"md5"`) {
+		t.Fatalf("unknown checksum kind: %v", err)
+	}
+}
+
+// TestCRC32CTrailerChecked: a sender whose CRC-32C does not match, or that
+// sends a SHA-256 trailer when CRC-32C was asked for (a version that
+// ignores Request.Sum), fails the transfer.
+func TestCRC32CTrailerChecked(t *testing.T) {
+	key := testKey(t)
+	for _, tc := range []struct {
+		name  string
+		trail trailer
+		want  string
+	}{
+		{"bad crc", trailer{Bytes: 5, CRC32C: "00000000"}, "CRC-32C"},
+		{"old sender", trailer{Bytes: 5, SHA256: func() string { s := sha256.Sum256([]byte("hello")); return hex.EncodeToString(s[:]) }()}, "has no CRC-32C"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			gs := grpc.NewServer(auth.ServerOptions(key, nil)...)
+			gs.RegisterService(&serviceDesc, faulty(func(ss grpc.ServerStream) error {
+				var in frame
+				if err := ss.RecvMsg(&in); err != nil {
+					return err
+				}
+				if err := ss.SendMsg(&frame{kind: kindData, body: []byte("hello")}); err != nil {
+					return err
+				}
+				f, _ := jsonFrame(kindEnd, tc.trail)
+				return ss.SendMsg(f)
+			}))
+			done := make(chan struct{})
+			go func() { defer close(done); _ = gs.Serve(lis) }()
+			defer func() { gs.Stop(); <-done }()
+			cc := dial(t, lis.Addr().String(), key)
+			_, err = Fetch(context.Background(), cc, Request{Kind: KindModel, Name: "f", Sum: SumCRC32C}, io.Discard, 10*time.Second, "")
+			if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want ErrMismatch saying %q", err, tc.want)
+			}
+		})
 	}
 }

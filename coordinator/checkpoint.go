@@ -76,10 +76,11 @@ func WriteCheckpointFrom(dir string, applied int, seed int64, pin *RunPin, keep 
 }
 
 // WriteCheckpointFetched is WriteCheckpointFrom for a fill that hashes what
-// it writes and returns its length and SHA-256 (bulk.Fetch's Result: it
-// verified every byte against the sender's sum as it arrived). The header
-// records that sum: the bytes are not hashed again here. The length that
-// reached the file must equal the Result's.
+// it writes and returns its length and SHA-256 (a bulk transfer's: Fetch
+// verified every byte against the sender's checksum as it arrived, and
+// computed or checked the SHA-256). The header records that sum: the bytes
+// are not hashed again here. The length that reached the file must equal
+// the Result's.
 //
 // fill writes into a bulk.FileSink: the file is written on a goroutine of
 // its own while fill receives and hashes the next chunks, and its
