@@ -703,7 +703,9 @@ func pullDir(ctx context.Context, dir, addr string, key auth.Key, tlsConf *tls.C
 			_ = out.Close()
 			return err, nil
 		}
-		_, ferr := bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindExport, Name: f.Name, Req: req, ChunkBytes: chunk}, sink, timeout, f.SHA256)
+		// CRC-32C on the wire, the file's SHA-256 checked here alone (the
+		// node hashed the file when it wrote the export).
+		_, ferr := bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindExport, Name: f.Name, Req: req, ChunkBytes: chunk, Sum: bulk.SumCRC32C}, sink, timeout, f.SHA256)
 		if err := sink.Close(); err != nil {
 			_ = out.Close()
 			return err, nil // a write error: the sink names the file
