@@ -202,20 +202,44 @@ func (codec) Name() string { return codecName }
 
 // frame is one message. On send, payload (when set) is a pooled buffer that
 // gRPC frees once written, so a sent chunk is never copied again. On
-// receive, body lies in buf, a buffer of gRPC's default pool that the
-// receiver returns to it (release) or hands on (FileSink.take).
+// receive, a data message keeps the buffers gRPC read it into (data, kind
+// byte included, referenced until release or until a FileSink has written
+// them): its bytes are hashed and written from there, never copied into
+// one piece by the codec. Other messages are copied into body, which lies
+// in buf, a buffer of the bulk pool.
 type frame struct {
 	kind    byte
 	body    []byte
 	payload mem.Buffer
 	buf     *[]byte
+	data    mem.BufferSlice
 }
 
-// release returns a received frame's buffer to the pool.
+// release returns a received frame's buffers to their pools.
 func (f *frame) release() {
 	if f.buf != nil {
 		pool.Put(f.buf)
 		f.buf, f.body = nil, nil
+	}
+	if f.data != nil {
+		f.data.Free()
+		f.data = nil
+	}
+}
+
+// pieces calls fn on each piece of a received data message's bytes, in
+// order, without the kind byte.
+func (f *frame) pieces(fn func([]byte)) {
+	skip := 1
+	for _, b := range f.data {
+		d := b.ReadOnlyData()
+		if skip > 0 {
+			k := min(skip, len(d))
+			d, skip = d[k:], skip-k
+		}
+		if len(d) > 0 {
+			fn(d)
+		}
 	}
 }
 
@@ -239,8 +263,20 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if data.Len() == 0 {
 		return errors.New("bulk: empty message")
 	}
-	// One copy per chunk into a pooled buffer the receiver owns: O(chunk),
-	// and no fresh (zeroed, then garbage) allocation per chunk.
+	var kind byte
+	for _, b := range data {
+		if d := b.ReadOnlyData(); len(d) > 0 {
+			kind = d[0]
+			break
+		}
+	}
+	if kind == kindData {
+		// Keep gRPC's buffers (they return to the pool when released):
+		// a data chunk is not copied here.
+		data.Ref()
+		f.kind, f.data = kind, data
+		return nil
+	}
 	bp := pool.Get(data.Len())
 	data.CopyTo(*bp)
 	f.kind, f.body, f.buf = (*bp)[0], (*bp)[1:], bp

@@ -125,21 +125,30 @@ func fetch(ctx context.Context, cc *grpc.ClientConn, req Request, w io.Writer, c
 		switch in.kind {
 		case kindData:
 			dog.Stop()
-			h.Write(in.body)
-			if content != nil {
-				content.Write(in.body)
-			}
-			if extra != nil {
-				extra.Write(in.body)
-			}
-			total += int64(len(in.body))
+			n := 0
+			in.pieces(func(p []byte) {
+				h.Write(p)
+				if content != nil {
+					content.Write(p)
+				}
+				if extra != nil {
+					extra.Write(p)
+				}
+				n += len(p)
+			})
+			total += int64(n)
 			var err error
 			if taker != nil {
-				// The sink owns the buffer from here: no copy.
-				err = taker.take(in.buf, in.body)
+				// The sink owns the buffers from here: no copy.
+				err = taker.take(in.data)
 			} else {
-				_, err = w.Write(in.body)
+				// One write per chunk (a pipe's reader wakes once).
+				bp := pool.Get(n)
+				b := (*bp)[:0]
+				in.pieces(func(p []byte) { b = append(b, p...) })
 				in.release()
+				_, err = w.Write(b)
+				pool.Put(bp)
 			}
 			if err != nil {
 				return Result{}, fmt.Errorf("bulk: %s from %s: write: %w", req, cc.Target(), err)

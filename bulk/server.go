@@ -93,6 +93,7 @@ func (s *Server) get(ss grpc.ServerStream) error {
 		return fmt.Errorf("bulk: read request: %w", err)
 	}
 	if in.kind != kindRequest {
+		in.release()
 		return status.Errorf(codes.InvalidArgument, "bulk: first message is of kind %q, want a request", in.kind)
 	}
 	var req Request

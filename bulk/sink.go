@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"google.golang.org/grpc/mem"
 )
 
 // FileSink writes a transfer into a file from a goroutine of its own, so
@@ -44,9 +46,22 @@ type FileSink struct {
 	closed bool
 }
 
+// sinkChunk is a piece of Write's bytes in a pooled buffer, or a data
+// message as gRPC received it (Fetch's chunks).
 type sinkChunk struct {
-	bp *[]byte // pooled buffer, returned to the pool once written
-	b  []byte  // the bytes to write, within *bp
+	bp   *[]byte         // pooled buffer, returned to the pool once written
+	b    []byte          // the bytes to write, within *bp
+	data mem.BufferSlice // or: a received data message, kind byte first
+}
+
+// free returns c's buffers to their pools.
+func (c sinkChunk) free() {
+	if c.bp != nil {
+		pool.Put(c.bp)
+	}
+	if c.data != nil {
+		c.data.Free()
+	}
 }
 
 const (
@@ -81,9 +96,19 @@ func NewFileSink(f *os.File, depth int) (*FileSink, error) {
 func (s *FileSink) run() {
 	defer close(s.done)
 	var pending int64 // written since the last writeback started
+	var iov [][]byte
 	for c := range s.q {
 		if s.err == nil {
-			n, err := s.f.Write(c.b)
+			var n int
+			var err error
+			if c.data != nil {
+				f := frame{data: c.data}
+				iov = iov[:0]
+				f.pieces(func(p []byte) { iov = append(iov, p) })
+				n, err = writeVec(s.f, iov)
+			} else {
+				n, err = s.f.Write(c.b)
+			}
 			s.n += int64(n)
 			pending += int64(n)
 			if err != nil {
@@ -99,7 +124,7 @@ func (s *FileSink) run() {
 		}
 		// After a failure the queue is still drained, so that a sender
 		// blocked on it wakes up; the bytes are dropped.
-		pool.Put(c.bp)
+		c.free()
 	}
 }
 
@@ -107,12 +132,12 @@ func (s *FileSink) run() {
 // stopped it.
 func (s *FileSink) enqueue(c sinkChunk) error {
 	if s.closed {
-		pool.Put(c.bp)
+		c.free()
 		return ErrSinkClosed
 	}
 	select {
 	case <-s.failed:
-		pool.Put(c.bp)
+		c.free()
 		return s.err
 	case s.q <- c:
 		return nil
@@ -160,14 +185,14 @@ func (s *FileSink) flush() error {
 	return s.enqueue(sinkChunk{bp: bp, b: *bp})
 }
 
-// take queues b, a slice of the pooled buffer bp, without copying it: the
-// sink owns bp from now on, even when it returns an error.
-func (s *FileSink) take(bp *[]byte, b []byte) error {
+// take queues a received data message without copying it: the sink owns
+// (and frees) data from now on, even when it returns an error.
+func (s *FileSink) take(data mem.BufferSlice) error {
 	if err := s.flush(); err != nil {
-		pool.Put(bp)
+		data.Free()
 		return err
 	}
-	return s.enqueue(sinkChunk{bp: bp, b: b})
+	return s.enqueue(sinkChunk{data: data})
 }
 
 // Close writes what is still queued, stops the sink's goroutine and
@@ -202,5 +227,5 @@ func (s *FileSink) Err() error {
 // chunkTaker is a writer that takes Fetch's received chunks without a
 // copy (FileSink).
 type chunkTaker interface {
-	take(bp *[]byte, b []byte) error
+	take(data mem.BufferSlice) error
 }
