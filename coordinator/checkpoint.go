@@ -173,7 +173,10 @@ func WriteCheckpointFetched(dir string, applied int, seed int64, pin *RunPin, ke
 // export: retrying with another replica cannot help.
 type DiskError struct{ Err error }
 
+// Error is the underlying error's text (it names the file or dir).
 func (e *DiskError) Error() string { return e.Err.Error() }
+
+// Unwrap gives errors.Is/As the underlying error (an *os.PathError, say).
 func (e *DiskError) Unwrap() error { return e.Err }
 
 type countWriter struct {
