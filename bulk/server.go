@@ -2,8 +2,6 @@ package bulk
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -95,10 +93,13 @@ func (s *Server) get(ss grpc.ServerStream) error {
 		return fmt.Errorf("bulk: read request: %w", err)
 	}
 	if in.kind != kindRequest {
+		in.release()
 		return status.Errorf(codes.InvalidArgument, "bulk: first message is of kind %q, want a request", in.kind)
 	}
 	var req Request
-	if err := json.Unmarshal(in.body, &req); err != nil {
+	err := json.Unmarshal(in.body, &req)
+	in.release()
+	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "bulk: decode request: %v", err)
 	}
 	if err := req.validate(); err != nil {
@@ -134,9 +135,8 @@ func (s *Server) get(ss grpc.ServerStream) error {
 	})
 	defer dog.Stop()
 
-	pool := mem.DefaultBufferPool()
 	size := req.chunk()
-	h := sha256.New()
+	h := req.newSum()
 	var total int64
 	for {
 		bp := pool.Get(size)
@@ -165,7 +165,7 @@ func (s *Server) get(ss grpc.ServerStream) error {
 			return status.Errorf(codes.Aborted, "bulk: %s: source failed after %d bytes: %v", req, total, rerr)
 		}
 	}
-	f, err := jsonFrame(kindEnd, trailer{Bytes: total, SHA256: hex.EncodeToString(h.Sum(nil))})
+	f, err := jsonFrame(kindEnd, req.trailerFor(total, h))
 	if err != nil {
 		return err
 	}

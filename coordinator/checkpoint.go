@@ -62,15 +62,42 @@ func WriteCheckpoint(dir string, applied int, seed int64, pin *RunPin, state []b
 // final name only once fill succeeded and the data is synced; on any error
 // the temporary file is removed and no checkpoint is listed. Then all but
 // the newest keep checkpoints are deleted.
+//
+// The state's SHA-256 for the header is computed here, as fill writes; a
+// fill that verifies its bytes itself uses WriteCheckpointFetched, so that
+// no byte is hashed twice.
 func WriteCheckpointFrom(dir string, applied int, seed int64, pin *RunPin, keep int, fill func(w io.Writer) error) (string, error) {
+	return WriteCheckpointFetched(dir, applied, seed, pin, keep, func(w io.Writer) (bulk.Result, error) {
+		h := sha256.New()
+		cw := &countWriter{w: io.MultiWriter(h, w)}
+		err := fill(cw)
+		return bulk.Result{Bytes: cw.n, SHA256: hex.EncodeToString(h.Sum(nil))}, err
+	})
+}
+
+// WriteCheckpointFetched is WriteCheckpointFrom for a fill that hashes what
+// it writes and returns its length and SHA-256 (a bulk transfer's: Fetch
+// verified every byte against the sender's checksum as it arrived, and
+// computed or checked the SHA-256). The header records that sum: the bytes
+// are not hashed again here. The length that reached the file must equal
+// the Result's.
+//
+// fill writes into a bulk.FileSink: the file is written on a goroutine of
+// its own while fill receives and hashes the next chunks, and its
+// writeback to the disk starts while the transfer goes on, so the final
+// fsync is short.
+//
+// A local file-system error (the file or dir cannot be created or written,
+// fsync fails) is a *DiskError naming the file; other errors are fill's.
+func WriteCheckpointFetched(dir string, applied int, seed int64, pin *RunPin, keep int, fill func(w io.Writer) (bulk.Result, error)) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", fmt.Errorf("checkpoint.dir: %w", err)
+		return "", &DiskError{fmt.Errorf("checkpoint.dir: %w", err)}
 	}
 	path := filepath.Join(dir, ckptName(applied))
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return "", fmt.Errorf("checkpoint.dir: %w", err)
+		return "", &DiskError{fmt.Errorf("checkpoint.dir: %w", err)}
 	}
 	ok := false
 	defer func() {
@@ -79,21 +106,31 @@ func WriteCheckpointFrom(dir string, applied int, seed int64, pin *RunPin, keep 
 			_ = os.Remove(tmp)
 		}
 	}()
+	disk := func(err error) (string, error) {
+		return "", &DiskError{fmt.Errorf("checkpoint %s: %w", tmp, err)}
+	}
 	prefix := make([]byte, len(ckptMagic)+8+ckptHeaderPad)
 	copy(prefix, ckptMagic)
 	if _, err := f.Write(prefix); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+		return disk(err)
 	}
-	bw := bufio.NewWriterSize(f, 1<<20)
-	h := sha256.New()
-	cw := &countWriter{w: io.MultiWriter(bw, h)}
-	if err := fill(cw); err != nil {
-		return "", err
+	sink, err := bulk.NewFileSink(f, 0)
+	if err != nil {
+		return disk(err)
 	}
-	if err := bw.Flush(); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+	res, fillErr := fill(sink)
+	// Close waits for the sink's goroutine whatever happened; a write
+	// error (already naming the file) explains a failed fill best.
+	if err := sink.Close(); err != nil {
+		return "", &DiskError{fmt.Errorf("checkpoint: %w", err)}
 	}
-	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: cw.n, SHA256: hex.EncodeToString(h.Sum(nil)), RunSeed: seed, Pin: pin})
+	if fillErr != nil {
+		return "", fillErr
+	}
+	if res.Bytes != sink.Written() {
+		return "", fmt.Errorf("checkpoint %s: the state's source reported %d bytes, %d reached the file", tmp, res.Bytes, sink.Written())
+	}
+	hdr, err := json.Marshal(ckptHeader{Applied: applied, Bytes: res.Bytes, SHA256: res.SHA256, RunSeed: seed, Pin: pin})
 	if err != nil {
 		return "", err
 	}
@@ -106,16 +143,16 @@ func WriteCheckpointFrom(dir string, applied int, seed int64, pin *RunPin, keep 
 		prefix[i] = ' '
 	}
 	if _, err := f.WriteAt(prefix, 0); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+		return disk(err)
 	}
 	if err := f.Sync(); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+		return disk(err)
 	}
 	if err := f.Close(); err != nil {
-		return "", fmt.Errorf("checkpoint %s: %w", tmp, err)
+		return disk(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return "", fmt.Errorf("checkpoint.dir: %w", err)
+		return "", &DiskError{fmt.Errorf("checkpoint.dir: %w", err)}
 	}
 	ok = true
 	if d, err := os.Open(dir); err == nil {
@@ -131,6 +168,16 @@ func WriteCheckpointFrom(dir string, applied int, seed int64, pin *RunPin, keep 
 	}
 	return path, nil
 }
+
+// DiskError is a local file-system error while writing a checkpoint or an
+// export: retrying with another replica cannot help.
+type DiskError struct{ Err error }
+
+// Error is the underlying error's text (it names the file or dir).
+func (e *DiskError) Error() string { return e.Err.Error() }
+
+// Unwrap gives errors.Is/As the underlying error (an *os.PathError, say).
+func (e *DiskError) Unwrap() error { return e.Err }
 
 type countWriter struct {
 	w io.Writer

@@ -16,7 +16,6 @@
 package coordinator
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -697,19 +696,23 @@ func pullDir(ctx context.Context, dir, addr string, key auth.Key, tlsConf *tls.C
 			_ = out.Close()
 			return err, nil
 		}
-		w := &errWriter{w: bufio.NewWriterSize(out, 1<<20)}
-		_, ferr := bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindExport, Name: f.Name, Req: req, ChunkBytes: chunk}, w, timeout, f.SHA256)
-		if w.err != nil {
+		// The file is written on the sink's goroutine while the next
+		// chunks arrive and are hashed (see bulk.FileSink).
+		sink, err := bulk.NewFileSink(out, 0)
+		if err != nil {
 			_ = out.Close()
-			return w.err, nil
+			return err, nil
+		}
+		// CRC-32C on the wire, the file's SHA-256 checked here alone (the
+		// node hashed the file when it wrote the export).
+		_, ferr := bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindExport, Name: f.Name, Req: req, ChunkBytes: chunk, Sum: bulk.SumCRC32C}, sink, timeout, f.SHA256)
+		if err := sink.Close(); err != nil {
+			_ = out.Close()
+			return err, nil // a write error: the sink names the file
 		}
 		if ferr != nil {
 			_ = out.Close()
 			return nil, ferr
-		}
-		if err := w.w.Flush(); err != nil {
-			_ = out.Close()
-			return err, nil
 		}
 		if err := out.Sync(); err != nil {
 			_ = out.Close()
@@ -724,21 +727,6 @@ func pullDir(ctx context.Context, dir, addr string, key auth.Key, tlsConf *tls.C
 	}
 	ok = true
 	return nil, nil
-}
-
-// errWriter remembers a write error, so that a full disk is told apart from
-// a failed transfer.
-type errWriter struct {
-	w   *bufio.Writer
-	err error
-}
-
-func (e *errWriter) Write(p []byte) (int, error) {
-	n, err := e.w.Write(p)
-	if err != nil && e.err == nil {
-		e.err = err
-	}
-	return n, err
 }
 
 // replaceDir renames the complete directory tmp to dir, replacing an older

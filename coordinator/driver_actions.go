@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/ringtune/ringtune/bulk"
@@ -195,16 +194,12 @@ func (d *driver) checkpoint(ctx context.Context, a machine.Action) result {
 		return r
 	}
 	defer cc.Close()
-	var fetchErr error
-	r.path, err = WriteCheckpointFrom(cfg.Checkpoint.Dir, a.Step, cfg.Train.Seed, c.pin, cfg.Checkpoint.Keep, func(w io.Writer) error {
-		_, fetchErr = bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindState, Step: a.Step, ChunkBytes: cfg.Cluster.BulkChunkBytes}, w, cfg.Cluster.BulkTimeout, "")
-		return fetchErr
-	})
-	if err != nil && fetchErr == nil {
-		r.err, r.disk = fmt.Errorf("checkpoint.dir: %w", err), true
+	path, diskErr, err := pullCheckpoint(ctx, cc, cfg.Checkpoint.Dir, a.Step, cfg.Train.Seed, c.pin, cfg.Checkpoint.Keep, cfg.Cluster.BulkChunkBytes, cfg.Cluster.BulkTimeout)
+	if diskErr != nil {
+		r.err, r.disk = fmt.Errorf("checkpoint.dir: %w", diskErr), true
 		return r
 	}
-	r.err = err
+	r.path, r.err = path, err
 	return r
 }
 

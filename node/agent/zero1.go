@@ -331,7 +331,9 @@ func (s *session) assembly(params []float32, writeHeld func(io.Writer, bool, int
 			if buddy {
 				name = "buddy"
 			}
-			_, err = bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindShard, Step: applied, Req: block, Name: name, Gen: gen, ChunkBytes: chunk}, w, timeout, "")
+			// CRC-32C, not SHA-256: the slice only passes through this
+			// node, into a state whose own transfer is checked again.
+			_, err = bulk.Fetch(ctx, cc, bulk.Request{Kind: bulk.KindShard, Step: applied, Req: block, Name: name, Gen: gen, ChunkBytes: chunk, Sum: bulk.SumCRC32C}, w, timeout, "")
 			return err
 		}}
 }
