@@ -26,8 +26,14 @@ func (m *Machine) startEval() {
 // final checkpoint runs beside the export instead: both read the final
 // state, and the run ends when both are written.
 func (m *Machine) startCheckpoint() {
-	m.ckptAt, m.ckptDue, m.ckptTry = m.applied, false, 0
+	m.ckptAt, m.ckptDue, m.ckptTry, m.ckptOff = m.applied, false, 0, 0
 	if m.cfg.CheckpointBackground {
+		if m.applied == m.sched.total && len(m.world) > 1 {
+			// Rank 0 writes the export meanwhile: read the final
+			// checkpoint from another rank first (another host's CPU,
+			// disk and network, in a real cluster).
+			m.ckptOff = 1
+		}
 		m.tryBackground()
 		m.next()
 		return
@@ -42,7 +48,7 @@ func (m *Machine) startCheckpoint() {
 // still writes step ckptAt, from the new generation's replicas).
 func (m *Machine) tryBackground() bool {
 	for ; m.ckptTry < len(m.world); m.ckptTry++ {
-		src := m.world[m.ckptTry]
+		src := m.world[(m.ckptTry+m.ckptOff)%len(m.world)]
 		if src.rank < 0 || src.applied != m.ckptAt {
 			continue
 		}

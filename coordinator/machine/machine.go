@@ -63,6 +63,7 @@ type Machine struct {
 	ckptDue  bool           // a checkpoint is due at this boundary
 	ckptAt   int            // committed steps at the last checkpoint attempt, -1: none
 	ckptTry  int            // the next rank to try for the checkpoint in progress
+	ckptOff  int            // the rank a background checkpoint tries first
 	action   uint64         // the outstanding driver action's request id, 0: none
 	// A background checkpoint (Config.CheckpointBackground): its
 	// transfer's request id (0: none), source and deadline tick.
