@@ -150,33 +150,40 @@ func TestCorruptTransferRejected(t *testing.T) {
 		{"short", trailer{Bytes: 6, SHA256: func() string { s := sha256.Sum256([]byte("hello")); return hex.EncodeToString(s[:]) }()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			gs := grpc.NewServer(auth.ServerOptions(key, nil)...)
-			gs.RegisterService(&serviceDesc, faulty(func(ss grpc.ServerStream) error {
-				var in frame
-				if err := ss.RecvMsg(&in); err != nil {
-					return err
-				}
-				if err := ss.SendMsg(&frame{kind: kindData, body: []byte("hello")}); err != nil {
-					return err
-				}
-				f, _ := jsonFrame(kindEnd, tc.trail)
-				return ss.SendMsg(f)
-			}))
-			done := make(chan struct{})
-			go func() { defer close(done); _ = gs.Serve(lis) }()
-			defer func() { gs.Stop(); <-done }()
-			cc := dial(t, lis.Addr().String(), key)
+			cc := dial(t, serveHello(t, key, tc.trail), key)
 			var got bytes.Buffer
-			_, err = Fetch(context.Background(), cc, Request{Kind: KindModel, Name: "f"}, &got, 10*time.Second, "")
+			_, err := Fetch(context.Background(), cc, Request{Kind: KindModel, Name: "f"}, &got, 10*time.Second, "")
 			if !errors.Is(err, ErrMismatch) {
 				t.Fatalf("err = %v, want ErrMismatch", err)
 			}
 		})
 	}
+}
+
+// serveHello runs a faulty sender on loopback: it sends the bytes "hello"
+// and then trail, whatever was asked; it returns the address.
+func serveHello(t *testing.T, key auth.Key, trail trailer) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(auth.ServerOptions(key, nil)...)
+	gs.RegisterService(&serviceDesc, faulty(func(ss grpc.ServerStream) error {
+		var in frame
+		if err := ss.RecvMsg(&in); err != nil {
+			return err
+		}
+		if err := ss.SendMsg(&frame{kind: kindData, body: []byte("hello")}); err != nil {
+			return err
+		}
+		f, _ := jsonFrame(kindEnd, trail)
+		return ss.SendMsg(f)
+	}))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return lis.Addr().String()
 }
 
 type faulty func(grpc.ServerStream) error

@@ -9,16 +9,11 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-
-	"github.com/ringtune/ringtune/auth"
 )
 
 // tempFile creates a file holding prefix, positioned at its end.
@@ -183,26 +178,7 @@ func (w *notifyWriter) Write(p []byte) (int, error) {
 // when the bytes went to a FileSink (the sink took them without a copy).
 func TestCorruptTransferIntoSink(t *testing.T) {
 	key := testKey(t)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(auth.ServerOptions(key, nil)...)
-	gs.RegisterService(&serviceDesc, faulty(func(ss grpc.ServerStream) error {
-		var in frame
-		if err := ss.RecvMsg(&in); err != nil {
-			return err
-		}
-		if err := ss.SendMsg(&frame{kind: kindData, body: []byte("hello")}); err != nil {
-			return err
-		}
-		f, _ := jsonFrame(kindEnd, trailer{Bytes: 5, SHA256: strings.Repeat("ab", 32)})
-		return ss.SendMsg(f)
-	}))
-	done := make(chan struct{})
-	go func() { defer close(done); _ = gs.Serve(lis) }()
-	defer func() { gs.Stop(); <-done }()
-	cc := dial(t, lis.Addr().String(), key)
+	cc := dial(t, serveHello(t, key, trailer{Bytes: 5, SHA256: strings.Repeat("ab", 32)}), key)
 	sink, err := NewFileSink(tempFile(t, nil), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -294,27 +270,8 @@ func TestCRC32CTrailerChecked(t *testing.T) {
 		{"old sender", trailer{Bytes: 5, SHA256: func() string { s := sha256.Sum256([]byte("hello")); return hex.EncodeToString(s[:]) }()}, "has no CRC-32C"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			lis, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			gs := grpc.NewServer(auth.ServerOptions(key, nil)...)
-			gs.RegisterService(&serviceDesc, faulty(func(ss grpc.ServerStream) error {
-				var in frame
-				if err := ss.RecvMsg(&in); err != nil {
-					return err
-				}
-				if err := ss.SendMsg(&frame{kind: kindData, body: []byte("hello")}); err != nil {
-					return err
-				}
-				f, _ := jsonFrame(kindEnd, tc.trail)
-				return ss.SendMsg(f)
-			}))
-			done := make(chan struct{})
-			go func() { defer close(done); _ = gs.Serve(lis) }()
-			defer func() { gs.Stop(); <-done }()
-			cc := dial(t, lis.Addr().String(), key)
-			_, err = Fetch(context.Background(), cc, Request{Kind: KindModel, Name: "f", Sum: SumCRC32C}, io.Discard, 10*time.Second, "")
+			cc := dial(t, serveHello(t, key, tc.trail), key)
+			_, err := Fetch(context.Background(), cc, Request{Kind: KindModel, Name: "f", Sum: SumCRC32C}, io.Discard, 10*time.Second, "")
 			if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want ErrMismatch saying %q", err, tc.want)
 			}
